@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* xdplb_decap: the backend side of IPIP DSR. Strips an outer IPv4 or IPv6
+ * header (IPIP, IP6IP6, 4-in-6, 6-in-4) addressed to one of this host's
+ * addresses listed in decap_addrs and passes the inner packet to the stack,
+ * which then answers the client directly. Everything else passes untouched. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "parsing.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+enum xdplb_decap_counter {
+	DECAP_PASS_NOT_IP = 0,   /* not IPv4/IPv6 */
+	DECAP_PASS_NOT_ENCAP,    /* IP, but not IPIP/IPv6-in-IP */
+	DECAP_PASS_NOT_LOCAL,    /* encapsulated, but not to a listed address */
+	DECAP_PASS_MALFORMED,    /* truncated, options, fragments, inner family wrong */
+	DECAP_PASS_VLAN_STACKED, /* more than one VLAN tag */
+	DECAP_DONE_4IN4,
+	DECAP_DONE_6IN4,
+	DECAP_DONE_4IN6,
+	DECAP_DONE_6IN6,
+	DECAP_FAILED,            /* shrinking the frame failed: dropped */
+	DECAP_COUNTER_MAX,
+};
+
+/* Outer destinations decapsulated here (this host's addresses). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct vip_addr);
+	__type(value, __u32);
+} decap_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DECAP_COUNTER_MAX);
+	__type(key, enum xdplb_decap_counter);
+	__type(value, __u64);
+} decap_stats SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&decap_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* strip removes outer bytes after an l2-byte Ethernet header and sets the
+ * ethertype to the inner packet's. */
+static __always_inline int strip(struct xdp_md *ctx, int outer, __u16 inner_proto, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 hdr[ETH_HLEN + VLAN_HLEN];
+
+	if (data + l2 + outer > data_end)
+		return -1;
+	__builtin_memcpy(hdr, data, l2);
+	if (bpf_xdp_adjust_head(ctx, outer))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + l2 > data_end)
+		return -1;
+	*(__be16 *)(hdr + l2 - 2) = bpf_htons(inner_proto);
+	__builtin_memcpy(data, hdr, l2);
+	return 0;
+}
+
+static __always_inline __u32 decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct vip_addr dst = {};
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct ipv6hdr *ip6h;
+	int proto, vlan, outer, inner_v4, r;
+	__u32 done;
+
+	proto = parse_eth(&c, &eth, &vlan);
+	if (proto == -2)
+		return DECAP_PASS_VLAN_STACKED;
+	if (proto < 0)
+		return DECAP_PASS_MALFORMED;
+	if (proto == ETH_P_IP) {
+		r = parse_ipv4(&c, &iph);
+		if (r < 0)
+			return DECAP_PASS_MALFORMED;
+		if (r != IPPROTO_IPIP_ && r != IPPROTO_IPV6_)
+			return DECAP_PASS_NOT_ENCAP;
+		if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK)))
+			return DECAP_PASS_MALFORMED;
+		__builtin_memcpy(dst.addr, &iph->daddr, 4);
+		dst.family = 4;
+		outer = IPV4_HLEN;
+		inner_v4 = r == IPPROTO_IPIP_;
+		done = inner_v4 ? DECAP_DONE_4IN4 : DECAP_DONE_6IN4;
+	} else if (proto == ETH_P_IPV6) {
+		r = parse_ipv6(&c, &ip6h);
+		if (r < 0)
+			return DECAP_PASS_MALFORMED;
+		if (r != IPPROTO_IPIP_ && r != IPPROTO_IPV6_)
+			return DECAP_PASS_NOT_ENCAP;
+		__builtin_memcpy(dst.addr, &ip6h->daddr, 16);
+		dst.family = 6;
+		outer = IPV6_HLEN;
+		inner_v4 = r == IPPROTO_IPIP_;
+		done = inner_v4 ? DECAP_DONE_4IN6 : DECAP_DONE_6IN6;
+	} else {
+		return DECAP_PASS_NOT_IP;
+	}
+	if (!bpf_map_lookup_elem(&decap_addrs, &dst))
+		return DECAP_PASS_NOT_LOCAL;
+
+	/* The inner header must be there and of the family the outer names. */
+	if (inner_v4) {
+		struct iphdr *in = c.pos;
+
+		if ((void *)(in + 1) > c.end || in->version != 4)
+			return DECAP_PASS_MALFORMED;
+	} else {
+		struct ipv6hdr *in = c.pos;
+
+		if ((void *)(in + 1) > c.end || in->version != 6)
+			return DECAP_PASS_MALFORMED;
+	}
+	if (vlan)
+		r = strip(ctx, outer, inner_v4 ? ETH_P_IP : ETH_P_IPV6, ETH_HLEN + VLAN_HLEN);
+	else
+		r = strip(ctx, outer, inner_v4 ? ETH_P_IP : ETH_P_IPV6, ETH_HLEN);
+	return r ? DECAP_FAILED : done;
+}
+
+SEC("xdp")
+int xdplb_decap(struct xdp_md *ctx)
+{
+	__u32 reason = decap(ctx);
+
+	count(reason);
+	return reason == DECAP_FAILED ? XDP_DROP : XDP_PASS;
+}

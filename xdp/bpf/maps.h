@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Maps of the load-balancer program, one line of purpose each. The loader sets
+ * max_entries from its options; the sizes here are defaults. */
+#ifndef XDPLB_MAPS_H
+#define XDPLB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+
+/* Bitmap prefilter over VIP addresses: a clear bit means "no VIP", so traffic
+ * that is not for us costs one array read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} vip_filter SEC(".maps");
+
+/* Every VIP address, for decisions about packets that have no port (ICMP,
+ * fragments, other protocols). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, struct vip_addr);
+	__type(value, struct vip_addr_info);
+} vip_addrs SEC(".maps");
+
+/* Services: (address, port, protocol) to mode and Maglev table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, struct vip_key);
+	__type(value, struct vip_meta);
+} vips SEC(".maps");
+
+/* Maglev tables, one inner array of backend ids per table; sizes differ per
+ * VIP (BPF_F_INNER_MAP). */
+struct maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, 251);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, DEFAULT_MAX_TABLES);
+	__type(key, __u32);
+	__array(values, struct maglev_inner);
+} maglev_tables SEC(".maps");
+
+/* Backends by id; a hash so that an update replaces the whole value at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* Pins of IPv4 and IPv6 flows made during table transitions. Plain hash maps:
+ * when full, new pins fail (counted) and existing ones are never evicted;
+ * user space expires idle pins. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_FLOWS);
+	__type(key, struct flow4);
+	__type(value, struct ct_value);
+} ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_FLOWS);
+	__type(key, struct flow6);
+	__type(value, struct ct_value);
+} ct6 SEC(".maps");
+
+/* Global verdict and event counters, indexed by enum xdplb_counter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, enum xdplb_counter);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Per-VIP counters, indexed by vip_meta.vip_id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lb_stats);
+} vip_stats SEC(".maps");
+
+/* Per-backend counters, indexed by backend id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_stats);
+} backend_stats SEC(".maps");
+
+/* Interfaces a backend may be reached through other than the ingress one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, DEFAULT_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+/* Runtime settings (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings_map SEC(".maps");
+
+#endif

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Map keys and values. Fixed-width types and explicit padding only: bpf2go
+ * generates the Go mirror of each struct, and pinned maps outlive a program
+ * version, so a layout change is a breaking change (append fields at the end). */
+#ifndef XDPLB_STRUCTS_H
+#define XDPLB_STRUCTS_H
+
+#include <linux/types.h>
+
+/* Addresses are 16 bytes in every key; an IPv4 address takes the first 4
+ * bytes and the rest are zero. family is 4 or 6. */
+
+/* Key of vip_addrs: a VIP address, whatever the port. */
+struct vip_addr {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct vip_addr_info {
+	__u32 flags; /* enum xdplb_addr_flags */
+	__u32 pad;
+};
+
+/* Key of vips: a service. port is in network byte order; 0 means "any port". */
+struct vip_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* Value of vips. Replaced as a whole (hash map update) to switch tables: a
+ * packet sees the old value or the new one, never a mix. */
+struct vip_meta {
+	__u32 vip_id;       /* index into vip_stats */
+	__u32 table_idx;    /* current Maglev table in maglev_tables */
+	__u32 table_size;   /* its number of slots (M, a prime) */
+	__u32 prev_idx;     /* table before the last change, while transition_end */
+	__u32 prev_size;
+	__u32 hash_seed;    /* flow hash seed, the same on every appliance */
+	__u64 transition_end; /* CLOCK_MONOTONIC ns; 0 or past: no transition */
+	__u8 mode;          /* enum xdplb_mode */
+	__u8 flags;         /* enum xdplb_vip_flags */
+	__u8 pad[6];
+};
+
+/* Value of backends, keyed by the backend id (u32, never 0). */
+struct backend {
+	__u8 addr[16];      /* IPIP outer destination */
+	__u8 family;
+	__u8 flags;         /* enum xdplb_backend_flags */
+	__u16 mtu;          /* egress MTU, for the IPIP size check */
+	__u32 ifindex;      /* egress interface */
+	__u8 dmac[6];       /* next hop's MAC: the backend's or its gateway's */
+	__u8 smac[6];       /* egress interface's MAC */
+	__be16 port;        /* reserved for SNAT */
+	__u16 pad;
+};
+
+/* Flow keys of ct4 and ct6: the client's side of a flow, as seen arriving. */
+struct flow4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct flow6 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* A pin: the flow stays on backend_id while the backend is up. */
+struct ct_value {
+	__u32 backend_id;
+	__u32 flags;        /* reserved (NAT state later) */
+	__u64 last_seen;    /* CLOCK_MONOTONIC ns, refreshed at most every PIN_TOUCH_NS */
+};
+
+/* Per-CPU counters of one VIP or one backend. */
+struct lb_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;    /* TCP SYNs */
+};
+
+/* Runtime settings that may change without reloading the program. */
+struct settings {
+	__be32 encap_src4;      /* outer source of IPv4 encapsulation */
+	__u32 encap_src4_spread; /* host bits of encap_src4 varied by flow hash (0-16) */
+	__u8 encap_src6[16];
+	__u32 encap_src6_spread; /* low bits of encap_src6 varied by flow hash (0-32) */
+	__u32 pad;
+};
+
+/* Original frame restored before every run of the bench wrapper. */
+struct bench_frame {
+	__u32 len;
+	__u32 vary_offset; /* offset of a be32 field set to its value + seq % vary_count */
+	__u32 vary_count;  /* 0: nothing varies */
+	__u32 seq;         /* runs so far on this CPU */
+	__u8 data[BENCH_MAX_FRAME];
+};
+
+#endif

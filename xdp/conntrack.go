@@ -1,0 +1,183 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Flow is a pinned flow: the datapath keeps it on BackendID while that
+// backend is up.
+type Flow struct {
+	Src, Dst  netip.AddrPort // client, VIP
+	Proto     Proto
+	BackendID uint32
+	// Idle is how long ago the flow was last seen (to within a second).
+	Idle time.Duration
+}
+
+func port(p uint16) uint16 { return bits.ReverseBytes16(p) }
+
+// Flows calls fn for every pinned flow, IPv4 then IPv6, until fn returns false.
+func (d *Datapath) Flows(fn func(Flow) bool) error {
+	now := d.nowMono()
+	var k4 lbFlow4
+	var v lbCtValue
+	it := d.objs.Ct4.Iterate()
+	for it.Next(&k4, &v) {
+		var s, t [4]byte
+		putLE32(s[:], k4.Saddr)
+		putLE32(t[:], k4.Daddr)
+		f := Flow{
+			Src: netip.AddrPortFrom(netip.AddrFrom4(s), port(k4.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom4(t), port(k4.Dport)),
+			Proto: Proto(k4.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
+		}
+		if !fn(f) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading IPv4 flows: %w", err)
+	}
+	var k6 lbFlow6
+	it = d.objs.Ct6.Iterate()
+	for it.Next(&k6, &v) {
+		f := Flow{
+			Src: netip.AddrPortFrom(netip.AddrFrom16(k6.Saddr), port(k6.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom16(k6.Daddr), port(k6.Dport)),
+			Proto: Proto(k6.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
+		}
+		if !fn(f) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading IPv6 flows: %w", err)
+	}
+	return nil
+}
+
+func putLE32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+
+func (f Flow) key4() lbFlow4 {
+	s, t := f.Src.Addr().As4(), f.Dst.Addr().As4()
+	return lbFlow4{Saddr: leUint32(s[:]), Daddr: leUint32(t[:]), Sport: port(f.Src.Port()), Dport: port(f.Dst.Port()), Proto: uint8(f.Proto)}
+}
+
+func (f Flow) key6() lbFlow6 {
+	return lbFlow6{Saddr: f.Src.Addr().As16(), Daddr: f.Dst.Addr().As16(), Sport: port(f.Src.Port()), Dport: port(f.Dst.Port()), Proto: uint8(f.Proto)}
+}
+
+// PinFlow pins a flow to a backend, as the program does during a transition.
+// For tests and for restoring state.
+func (d *Datapath) PinFlow(f Flow) error {
+	v := lbCtValue{BackendId: f.BackendID, LastSeen: uint64(d.nowMono() - f.Idle)}
+	var err error
+	if f.Src.Addr().Is4() {
+		err = d.objs.Ct4.Put(f.key4(), &v)
+	} else {
+		err = d.objs.Ct6.Put(f.key6(), &v)
+	}
+	if err != nil {
+		return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
+	}
+	return nil
+}
+
+func (d *Datapath) deleteFlow(f Flow) error {
+	var err error
+	if f.Src.Addr().Is4() {
+		err = d.objs.Ct4.Delete(f.key4())
+	} else {
+		err = d.objs.Ct6.Delete(f.key6())
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}
+
+// MaintainResult says what Maintain did.
+type MaintainResult struct {
+	Expired, Stale int // pins removed for idleness, for a gone or down backend
+	Remaining      int
+	TablesFreed    int // previous tables released after their grace period
+}
+
+// Maintain expires pins idle longer than idle or pointing to a backend that is
+// gone or down, releases previous tables whose grace period ended, and clears
+// the "has pins" flag of VIPs that have none left (so their packets skip the
+// flow lookup). Call it periodically, e.g. every 10 s.
+func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
+	var res MaintainResult
+	backends, err := d.Backends()
+	if err != nil {
+		return res, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	hasPins := map[VIPKey]bool{}
+	var del []Flow
+	err = d.Flows(func(f Flow) bool {
+		b, ok := backends[f.BackendID]
+		switch {
+		case !ok || !b.Up:
+			res.Stale++
+			del = append(del, f)
+		case f.Idle > idle:
+			res.Expired++
+			del = append(del, f)
+		default:
+			res.Remaining++
+			k := VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}
+			if _, ok := d.vips[k]; !ok {
+				k.Port = 0
+			}
+			hasPins[k] = true
+		}
+		return true
+	})
+	if err != nil {
+		return res, err
+	}
+	for _, f := range del {
+		if err := d.deleteFlow(f); err != nil {
+			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
+		}
+	}
+	// A packet may still pin a flow in the last moments of a grace period:
+	// leave a second's margin before calling a transition over.
+	now := d.nowMono() - time.Second
+	for k, st := range d.vips {
+		m := st.meta
+		if m.TransitionEnd != 0 && time.Duration(m.TransitionEnd) > now {
+			continue
+		}
+		changed := false
+		prev := m.PrevIdx
+		if prev != 0 {
+			m.PrevIdx, m.PrevSize, m.TransitionEnd = 0, 0, 0
+			changed = true
+		}
+		if m.Flags&uint8(lbXdplbVipFlagsVIP_F_HAS_PINS) != 0 && !hasPins[k] {
+			m.Flags &^= uint8(lbXdplbVipFlagsVIP_F_HAS_PINS)
+			changed = true
+		}
+		if changed {
+			if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
+				return res, fmt.Errorf("updating VIP %s: %w", k, err)
+			}
+			st.meta = m
+		}
+		if prev != 0 {
+			d.freeTable(prev)
+			res.TablesFreed++
+		}
+	}
+	return res, nil
+}

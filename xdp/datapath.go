@@ -1,0 +1,297 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinPath is where pinned programs, links and maps live by default.
+const DefaultPinPath = "/sys/fs/bpf/xdplb"
+
+// Options configure a Datapath. Zero values take the defaults.
+type Options struct {
+	// PinPath is a directory on a bpffs; bpffs is mounted at /sys/fs/bpf
+	// if it is not. Empty: DefaultPinPath. "-" (NoPin): nothing is pinned,
+	// for tests and benchmarks.
+	PinPath string
+	// MaxVIPs bounds the number of services (default 4096).
+	MaxVIPs int
+	// MaxBackends bounds backend ids (default 65536); ids are 1..MaxBackends-1.
+	MaxBackends int
+	// MaxFlows bounds the pins of each family (default 1,048,576).
+	MaxFlows int
+	// TransitionGrace is how long a VIP's previous table is consulted after
+	// SetTable (default 60s).
+	TransitionGrace time.Duration
+	// TTL of the headers the program writes (default 64).
+	TTL uint8
+	// DisableEcho stops the program answering pings to VIP addresses.
+	DisableEcho bool
+}
+
+// NoPin as Options.PinPath keeps every object private to the process.
+const NoPin = "-"
+
+func (o *Options) setDefaults() {
+	if o.PinPath == "" {
+		o.PinPath = DefaultPinPath
+	}
+	if o.MaxVIPs == 0 {
+		o.MaxVIPs = 4096
+	}
+	if o.MaxBackends == 0 {
+		o.MaxBackends = 65536
+	}
+	if o.MaxFlows == 0 {
+		o.MaxFlows = 1 << 20
+	}
+	if o.TransitionGrace == 0 {
+		o.TransitionGrace = 60 * time.Second
+	}
+	if o.TTL == 0 {
+		o.TTL = 64
+	}
+}
+
+// Datapath is the loaded load-balancer program and its maps. Its methods are
+// safe for concurrent use.
+type Datapath struct {
+	opts Options
+	objs lbObjects
+
+	mu      sync.Mutex
+	vips    map[VIPKey]*vipState
+	vipIDs  idAllocator
+	tables  idAllocator
+	filter  map[uint32]int // filter bit -> number of VIP addresses on it
+	addrs   map[addrKey]int
+	links   map[string]*Attachment
+	closed  bool
+	nowMono func() time.Duration
+}
+
+type vipState struct {
+	meta lbVipMeta
+}
+
+// Open loads the program, or reuses the maps pinned under opts.PinPath by an
+// earlier instance, and recovers its state from them. It attaches nothing.
+func Open(opts Options) (*Datapath, error) {
+	opts.setDefaults()
+	spec, err := loadLb()
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.Variables[lbVarCfgTtl].Set(opts.TTL); err != nil {
+		return nil, fmt.Errorf("setting ttl: %w", err)
+	}
+	echo := uint8(1)
+	if opts.DisableEcho {
+		echo = 0
+	}
+	if err := spec.Variables[lbVarCfgIcmpEcho].Set(echo); err != nil {
+		return nil, fmt.Errorf("setting icmp echo: %w", err)
+	}
+	sizes := map[string]int{
+		lbMapVips:         opts.MaxVIPs,
+		lbMapVipAddrs:     opts.MaxVIPs,
+		lbMapVipStats:     opts.MaxVIPs,
+		lbMapMaglevTables: 3*opts.MaxVIPs + 64,
+		lbMapBackends:     opts.MaxBackends,
+		lbMapBackendStats: opts.MaxBackends,
+		lbMapCt4:          opts.MaxFlows,
+		lbMapCt6:          opts.MaxFlows,
+	}
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = uint32(n)
+	}
+	var copts ebpf.CollectionOptions
+	if opts.PinPath != NoPin {
+		if err := ensureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
+		for name, m := range spec.Maps {
+			if name == ".rodata" || name == lbMapBenchFrames {
+				continue
+			}
+			m.Pinning = ebpf.PinByName
+		}
+		copts.Maps.PinPath = opts.PinPath
+	}
+	d := &Datapath{
+		opts:    opts,
+		vips:    map[VIPKey]*vipState{},
+		filter:  map[uint32]int{},
+		addrs:   map[addrKey]int{},
+		links:   map[string]*Attachment{},
+		nowMono: monotonicNow,
+	}
+	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading the xdplb program: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("loading the xdplb program: maps pinned under %s were made with other sizes or by an incompatible version (remove them with `xdplb detach`): %w", opts.PinPath, err)
+		}
+		return nil, fmt.Errorf("loading the xdplb program: %w", err)
+	}
+	d.vipIDs = newIDAllocator(1, opts.MaxVIPs-1, 0)
+	d.tables = newIDAllocator(1, 3*opts.MaxVIPs+63, time.Second)
+	if err := d.recover(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Close releases the program and maps held by this process. Pinned objects and
+// attachments stay (a restarted daemon picks them up); Detach and Unpin remove
+// them.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var errs []error
+	for _, a := range d.links {
+		errs = append(errs, a.link.Close())
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Program is the load-balancer program, for attaching elsewhere and for tests.
+func (d *Datapath) Program() *ebpf.Program { return d.objs.Xdplb }
+
+// PinPath is the directory the datapath's objects are pinned under, or NoPin.
+func (d *Datapath) PinPath() string { return d.opts.PinPath }
+
+// Unpin removes every pinned map and link of the datapath. The maps live on
+// while this process holds them.
+func (d *Datapath) Unpin() error {
+	if d.opts.PinPath == NoPin {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, a := range d.links {
+		if err := a.link.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range []*ebpf.Map{
+		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
+		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
+		d.objs.TxPorts, d.objs.SettingsMap,
+	} {
+		if m.IsPinned() {
+			if err := m.Unpin(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	_ = os.Remove(d.opts.PinPath)
+	return errors.Join(errs...)
+}
+
+// ensureBPFFS creates dir, mounting a bpffs at /sys/fs/bpf first when dir
+// lies there and none is mounted.
+func ensureBPFFS(dir string) error {
+	const root = "/sys/fs/bpf"
+	if rel, err := filepath.Rel(root, dir); err == nil && !filepath.IsAbs(rel) && rel != ".." && (len(rel) < 3 || rel[:3] != "../") {
+		var st unix.Statfs_t
+		if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+			if err := os.MkdirAll(root, 0o755); err != nil {
+				return fmt.Errorf("creating %s: %w", root, err)
+			}
+			if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+				return fmt.Errorf("mounting bpffs at %s: %w", root, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("checking pin directory %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin directory %s is not on a bpffs", dir)
+	}
+	return nil
+}
+
+func monotonicNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
+}
+
+// idAllocator hands out ids in [lo, hi]; a released id becomes available
+// again only after quarantine, so that a packet still holding it never sees
+// it reused.
+type idAllocator struct {
+	lo, hi     uint32
+	next       uint32
+	used       map[uint32]bool
+	quarantine time.Duration
+	released   []released
+}
+
+type released struct {
+	id uint32
+	at time.Time
+}
+
+func newIDAllocator(lo, hi int, quarantine time.Duration) idAllocator {
+	return idAllocator{lo: uint32(lo), hi: uint32(hi), next: uint32(lo), used: map[uint32]bool{}, quarantine: quarantine}
+}
+
+func (a *idAllocator) markUsed(id uint32) { a.used[id] = true }
+
+func (a *idAllocator) get() (uint32, error) {
+	now := time.Now()
+	for len(a.released) > 0 && now.Sub(a.released[0].at) >= a.quarantine {
+		delete(a.used, a.released[0].id)
+		a.released = a.released[1:]
+	}
+	n := a.hi - a.lo + 1
+	for i := uint32(0); i < n; i++ {
+		id := a.next
+		a.next++
+		if a.next > a.hi {
+			a.next = a.lo
+		}
+		if !a.used[id] {
+			a.used[id] = true
+			return id, nil
+		}
+	}
+	return 0, ErrFull
+}
+
+func (a *idAllocator) put(id uint32) {
+	if id == 0 {
+		return
+	}
+	if a.quarantine == 0 {
+		delete(a.used, id)
+		return
+	}
+	a.released = append(a.released, released{id, time.Now()})
+}
+
+// ErrFull is returned when a datapath table has no room left.
+var ErrFull = errors.New("datapath table full")
