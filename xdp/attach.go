@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 )
 
 // AttachMode is how an XDP program is attached to an interface.
@@ -39,9 +41,6 @@ func (a *Attachment) ProgramID() (ebpf.ProgramID, error) {
 	if err != nil {
 		return 0, err
 	}
-	if x := info.XDP(); x != nil {
-		_ = x
-	}
 	return info.Program, nil
 }
 
@@ -62,7 +61,7 @@ func attachXDP(prog *ebpf.Program, iface string, mode AttachMode, pin string) (*
 				return nil, fmt.Errorf("updating the XDP program on %q: %w", iface, err)
 			}
 			a.link, a.Reused = l, true
-			a.Mode = linkMode(l)
+			a.Mode = kernelMode(ifi.Index)
 			return a, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("loading pinned link %s: %w", pin, err)
@@ -98,12 +97,18 @@ func attachXDP(prog *ebpf.Program, iface string, mode AttachMode, pin string) (*
 	return a, nil
 }
 
-func linkMode(l link.Link) AttachMode {
-	info, err := l.Info()
-	if err != nil {
+// kernelMode asks the kernel how the program on ifindex is attached.
+func kernelMode(ifindex int) AttachMode {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil || l.Attrs().Xdp == nil {
 		return AttachAuto
 	}
-	_ = info
+	switch l.Attrs().Xdp.AttachMode {
+	case nl.XDP_ATTACHED_DRV, nl.XDP_ATTACHED_HW:
+		return AttachNative
+	case nl.XDP_ATTACHED_SKB:
+		return AttachGeneric
+	}
 	return AttachAuto
 }
 

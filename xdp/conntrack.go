@@ -73,9 +73,27 @@ func (f Flow) key6() lbFlow6 {
 	return lbFlow6{Saddr: f.Src.Addr().As16(), Daddr: f.Dst.Addr().As16(), Sport: port(f.Src.Port()), Dport: port(f.Dst.Port()), Proto: uint8(f.Proto)}
 }
 
-// PinFlow pins a flow to a backend, as the program does during a transition.
-// For tests and for restoring state.
+// PinFlow pins a flow to a backend, as the program does during a transition,
+// and marks its VIP as having pins. For tests and for restoring state.
 func (d *Datapath) PinFlow(f Flow) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}
+	st, ok := d.vips[k]
+	if !ok {
+		k.Port = 0
+		if st, ok = d.vips[k]; !ok {
+			return fmt.Errorf("pinning flow %s -> %s: no such VIP", f.Src, f.Dst)
+		}
+	}
+	if flag := uint8(lbXdplbVipFlagsVIP_F_HAS_PINS); st.meta.Flags&flag == 0 {
+		m := st.meta
+		m.Flags |= flag
+		if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
+		}
+		st.meta = m
+	}
 	v := lbCtValue{BackendId: f.BackendID, LastSeen: uint64(d.nowMono() - f.Idle)}
 	var err error
 	if f.Src.Addr().Is4() {

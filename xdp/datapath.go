@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,7 +119,9 @@ func Open(opts Options) (*Datapath, error) {
 			return nil, err
 		}
 		for name, m := range spec.Maps {
-			if name == ".rodata" || name == lbMapBenchFrames {
+			// Sections of global variables belong to one load of the
+			// program; bench frames to one benchmark.
+			if strings.HasPrefix(name, ".") || name == lbMapBenchFrames {
 				continue
 			}
 			m.Pinning = ebpf.PinByName

@@ -1,0 +1,184 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// Decap is the backend-side program that strips IPIP/IP6IP6 (and the mixed
+// 4-in-6, 6-in-4) encapsulation addressed to this host and passes the inner
+// packet to the stack: the backend of an IPIP VIP needs no tunnel device.
+type Decap struct {
+	objs   decapObjects
+	attach *Attachment
+	pin    string
+}
+
+// DecapCounter is a counter of the decap program.
+type DecapCounter struct {
+	Name  string
+	Value uint64
+}
+
+var decapCounterNames = map[decapXdplbDecapCounter]string{
+	decapXdplbDecapCounterDECAP_PASS_NOT_IP:       "pass_not_ip",
+	decapXdplbDecapCounterDECAP_PASS_NOT_ENCAP:    "pass_not_encapsulated",
+	decapXdplbDecapCounterDECAP_PASS_NOT_LOCAL:    "pass_not_local",
+	decapXdplbDecapCounterDECAP_PASS_MALFORMED:    "pass_malformed",
+	decapXdplbDecapCounterDECAP_PASS_VLAN_STACKED: "pass_vlan_stacked",
+	decapXdplbDecapCounterDECAP_DONE_4IN4:         "decap_ipv4_in_ipv4",
+	decapXdplbDecapCounterDECAP_DONE_6IN4:         "decap_ipv6_in_ipv4",
+	decapXdplbDecapCounterDECAP_DONE_4IN6:         "decap_ipv4_in_ipv6",
+	decapXdplbDecapCounterDECAP_DONE_6IN6:         "decap_ipv6_in_ipv6",
+	decapXdplbDecapCounterDECAP_FAILED:            "drop_failed",
+}
+
+// DecapOptions configure OpenDecap.
+type DecapOptions struct {
+	// PinPath as in Options; the link and maps are pinned under
+	// PinPath/decap/IFACE/.
+	PinPath string
+	// Addrs are the outer destinations to decapsulate; empty: every address
+	// of the interface.
+	Addrs []netip.Addr
+	// Mode of attachment.
+	Mode AttachMode
+}
+
+// OpenDecap loads the decap program and attaches it to iface (taking over a
+// pinned link of an earlier instance).
+func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
+	if opts.PinPath == "" {
+		opts.PinPath = DefaultPinPath
+	}
+	spec, err := loadDecap()
+	if err != nil {
+		return nil, err
+	}
+	var copts ebpf.CollectionOptions
+	d := &Decap{}
+	if opts.PinPath != NoPin {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		dir := filepath.Join(opts.PinPath, "decap", iface)
+		if err := ensureBPFFS(dir); err != nil {
+			return nil, err
+		}
+		copts.Maps.PinPath = dir
+		d.pin = filepath.Join(dir, "link")
+	}
+	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
+		return nil, fmt.Errorf("loading the decap program: %w", err)
+	}
+	addrs := opts.Addrs
+	if len(addrs) == 0 {
+		addrs, err = interfaceAddrs(iface)
+		if err != nil {
+			d.objs.Close()
+			return nil, err
+		}
+	}
+	if err := d.SetAddrs(addrs); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	d.attach, err = attachXDP(d.objs.XdplbDecap, iface, opts.Mode, d.pin)
+	if err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func interfaceAddrs(iface string) ([]netip.Addr, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("reading addresses of %q: %w", iface, err)
+	}
+	as, err := ifi.Addrs()
+	if err != nil {
+		return nil, fmt.Errorf("reading addresses of %q: %w", iface, err)
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
+			out = append(out, p.Addr())
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("interface %q has no address to decapsulate for", iface)
+	}
+	return out, nil
+}
+
+// SetAddrs replaces the outer destinations decapsulated.
+func (d *Decap) SetAddrs(addrs []netip.Addr) error {
+	want := map[lbVipAddr]bool{}
+	for _, a := range addrs {
+		want[vipAddrKey(a.Unmap())] = true
+	}
+	var k lbVipAddr
+	var v uint32
+	var stale []lbVipAddr
+	it := d.objs.DecapAddrs.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		_ = d.objs.DecapAddrs.Delete(k)
+	}
+	for k := range want {
+		if err := d.objs.DecapAddrs.Put(k, uint32(1)); err != nil {
+			return fmt.Errorf("adding decap address: %w", err)
+		}
+	}
+	return nil
+}
+
+// Attachment describes where the program runs.
+func (d *Decap) Attachment() Attachment { return *d.attach }
+
+// Counters reads the decap counters summed over CPUs.
+func (d *Decap) Counters() ([]DecapCounter, error) {
+	var out []DecapCounter
+	var perCPU []uint64
+	for i := decapXdplbDecapCounter(0); i < decapXdplbDecapCounterDECAP_COUNTER_MAX; i++ {
+		if err := d.objs.DecapStats.Lookup(i, &perCPU); err != nil {
+			return nil, fmt.Errorf("reading decap counter %d: %w", i, err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		out = append(out, DecapCounter{Name: decapCounterNames[i], Value: sum})
+	}
+	return out, nil
+}
+
+// Close releases the program; a pinned attachment stays on the interface.
+func (d *Decap) Close() error {
+	return errors.Join(d.attach.link.Close(), d.objs.Close())
+}
+
+// Detach removes the program from the interface and its pins.
+func (d *Decap) Detach() error {
+	_ = d.attach.link.Unpin()
+	for _, m := range []*ebpf.Map{d.objs.DecapAddrs, d.objs.DecapStats} {
+		if m.IsPinned() {
+			_ = m.Unpin()
+		}
+	}
+	if d.pin != "" {
+		_ = os.Remove(filepath.Dir(d.pin))
+	}
+	return d.Close()
+}
