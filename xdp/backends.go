@@ -63,7 +63,8 @@ func backendFrom(v lbBackend) Backend {
 }
 
 // UpsertBackend writes backend id (1..MaxBackends-1). The value is replaced as
-// a whole: a packet sees the old entry or the new one.
+// a whole: a packet sees the old entry or the new one. A new id's counters
+// start from zero (DeleteBackend zeroed them).
 func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if id == 0 || int(id) >= d.opts.MaxBackends {
 		return fmt.Errorf("backend id %d out of range 1-%d", id, d.opts.MaxBackends-1)
@@ -72,27 +73,23 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if err != nil {
 		return fmt.Errorf("backend %d (%s): %w", id, b.Addr, err)
 	}
-	var old lbBackend
-	if err := d.objs.Backends.Lookup(id, &old); errors.Is(err, ebpf.ErrKeyNotExist) {
-		// A new backend starts its counters from zero.
-		zero := make([]lbLbStats, ebpf.MustPossibleCPU())
-		if err := d.objs.BackendStats.Put(id, zero); err != nil {
-			return fmt.Errorf("backend %d: resetting counters: %w", id, err)
-		}
-	}
 	if err := d.objs.Backends.Put(id, &v); err != nil {
 		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
 	}
 	return nil
 }
 
-// DeleteBackend removes backend id. Tables must no longer reference it.
+// DeleteBackend removes backend id (tables must no longer reference it) and
+// zeroes its counters, so that a backend given the id later starts from zero.
 func (d *Datapath) DeleteBackend(id uint32) error {
 	if err := d.objs.Backends.Delete(id); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting backend %d: %w", id, ErrNotFound)
 		}
 		return fmt.Errorf("deleting backend %d: %w", id, err)
+	}
+	if err := d.objs.BackendStats.Put(id, d.zeroStats); err != nil {
+		return fmt.Errorf("deleting backend %d: resetting counters: %w", id, err)
 	}
 	return nil
 }

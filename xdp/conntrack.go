@@ -177,9 +177,8 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 			continue
 		}
 		changed := false
-		prev := m.PrevIdx
-		if prev != 0 {
-			m.PrevIdx, m.PrevSize, m.TransitionEnd = 0, 0, 0
+		if m.PrevSize != 0 || m.TransitionEnd != 0 {
+			m.PrevIdx, m.PrevHalf, m.PrevSize, m.TransitionEnd = 0, 0, 0, 0
 			changed = true
 		}
 		if m.Flags&uint8(lbXdplbVipFlagsVIP_F_HAS_PINS) != 0 && !hasPins[k] {
@@ -192,10 +191,14 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 			}
 			st.meta = m
 		}
-		if prev != 0 {
-			d.freeTable(prev)
+		if st.old != nil {
+			d.releaseTable(st.old)
+			st.old = nil
 			res.TablesFreed++
 		}
+	}
+	if err := d.flushFreed(); err != nil {
+		return res, err
 	}
 	return res, nil
 }

@@ -67,19 +67,25 @@ type Datapath struct {
 	opts Options
 	objs lbObjects
 
-	mu      sync.Mutex
-	vips    map[VIPKey]*vipState
-	vipIDs  idAllocator
-	tables  idAllocator
-	filter  map[uint32]int // filter bit -> number of VIP addresses on it
-	addrs   map[addrKey]int
-	links   map[string]*Attachment
-	closed  bool
-	nowMono func() time.Duration
+	mu        sync.Mutex
+	vips      map[VIPKey]*vipState
+	vipIDs    idAllocator
+	tables    idAllocator
+	filter    map[uint32]int // filter bit -> number of VIP addresses on it
+	addrs     map[addrKey]int
+	links     map[string]*Attachment
+	empty     *ebpf.Map // placeholder put into released maglev_tables slots
+	emptyID   ebpf.MapID
+	freed     []uint32 // maglev_tables slots to release at the next flush
+	zeroStats []lbLbStats
+	closed    bool
+	nowMono   func() time.Duration
 }
 
 type vipState struct {
-	meta lbVipMeta
+	meta  lbVipMeta
+	table *innerTable // the inner map of the current table
+	old   *innerTable // a previous inner map (the table size changed), while it may be the prev table
 }
 
 // Open loads the program, or reuses the maps pinned under opts.PinPath by an
@@ -129,12 +135,13 @@ func Open(opts Options) (*Datapath, error) {
 		copts.Maps.PinPath = opts.PinPath
 	}
 	d := &Datapath{
-		opts:    opts,
-		vips:    map[VIPKey]*vipState{},
-		filter:  map[uint32]int{},
-		addrs:   map[addrKey]int{},
-		links:   map[string]*Attachment{},
-		nowMono: monotonicNow,
+		opts:      opts,
+		zeroStats: make([]lbLbStats, ebpf.MustPossibleCPU()),
+		vips:      map[VIPKey]*vipState{},
+		filter:    map[uint32]int{},
+		addrs:     map[addrKey]int{},
+		links:     map[string]*Attachment{},
+		nowMono:   monotonicNow,
 	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		var ve *ebpf.VerifierError
@@ -148,7 +155,12 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	d.vipIDs = newIDAllocator(1, opts.MaxVIPs-1, 0)
 	d.tables = newIDAllocator(1, 3*opts.MaxVIPs+63, time.Second)
+	if err := d.newEmptyTable(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.recover(); err != nil {
+		d.closeTables()
 		d.objs.Close()
 		return nil, err
 	}
@@ -169,6 +181,7 @@ func (d *Datapath) Close() error {
 	for _, a := range d.links {
 		errs = append(errs, a.link.Close())
 	}
+	d.closeTables()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -103,8 +103,10 @@ type lbVipMeta struct {
 	_             structs.HostLayout
 	VipId         uint32
 	TableIdx      uint32
+	TableHalf     uint32
 	TableSize     uint32
 	PrevIdx       uint32
+	PrevHalf      uint32
 	PrevSize      uint32
 	HashSeed      uint32
 	TransitionEnd uint64

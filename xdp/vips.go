@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // Proto is a transport protocol of a service.
@@ -154,28 +153,36 @@ func (d *Datapath) recover() error {
 	)
 	for it.Next(&k, &m) {
 		key := vipKeyFrom(k)
-		d.vips[key] = &vipState{meta: m}
+		st := &vipState{meta: m}
+		d.vips[key] = st
 		d.vipIDs.markUsed(m.VipId)
-		d.tables.markUsed(m.TableIdx)
-		if m.PrevIdx != 0 {
-			d.tables.markUsed(m.PrevIdx)
+		var err error
+		if m.TableIdx != 0 {
+			if st.table, err = d.openTable(m.TableIdx); err != nil {
+				return fmt.Errorf("VIP %s: %w", key, err)
+			}
+		}
+		if m.PrevIdx != 0 && m.PrevIdx != m.TableIdx {
+			if st.old, err = d.openTable(m.PrevIdx); err != nil {
+				return fmt.Errorf("VIP %s: %w", key, err)
+			}
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading pinned VIPs: %w", err)
 	}
-	// Tables no VIP references (a crash between writes) are freed.
+	// Slots no VIP references (a crash between writes) are released.
 	var idx uint32
 	var id ebpf.MapID
-	var orphans []uint32
 	tit := d.objs.MaglevTables.Iterate()
 	for tit.Next(&idx, &id) {
-		if !d.tables.used[idx] {
-			orphans = append(orphans, idx)
+		if !d.tables.used[idx] && id != d.emptyID {
+			d.tables.markUsed(idx)
+			d.freed = append(d.freed, idx)
 		}
 	}
-	for _, i := range orphans {
-		_ = d.objs.MaglevTables.Delete(i)
+	if err := d.flushFreed(); err != nil {
+		return err
 	}
 	var a lbVipAddr
 	var info lbVipAddrInfo
@@ -256,8 +263,7 @@ func (d *Datapath) UpsertVIP(k VIPKey, v VIP) error {
 		return fmt.Errorf("adding VIP %s: %w", k, err)
 	}
 	// The id may have counted another VIP before: start from zero.
-	zero := make([]lbLbStats, ebpf.MustPossibleCPU())
-	if err := d.objs.VipStats.Put(id, zero); err != nil {
+	if err := d.objs.VipStats.Put(id, d.zeroStats); err != nil {
 		d.vipIDs.put(id)
 		return fmt.Errorf("adding VIP %s: resetting counters: %w", k, err)
 	}
@@ -305,111 +311,16 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	}
 	delete(d.vips, k)
 	d.releaseAddr(k.Addr)
-	d.freeTable(st.meta.TableIdx)
-	d.freeTable(st.meta.PrevIdx)
+	// No packet finds the tables any more; their slots in maglev_tables are
+	// released by the next flush (Maintain).
+	d.releaseTable(st.table)
+	d.releaseTable(st.old)
 	d.vipIDs.put(st.meta.VipId)
 	return nil
 }
 
 // ErrNotFound is returned for a VIP or backend the datapath does not have.
 var ErrNotFound = errors.New("not found")
-
-func (d *Datapath) freeTable(idx uint32) {
-	if idx == 0 {
-		return
-	}
-	_ = d.objs.MaglevTables.Delete(idx)
-	d.tables.put(idx)
-}
-
-// SetTable gives a service a new Maglev table (backend ids, one per slot; the
-// length is M) and swaps it in atomically. When the service had a table, the
-// old one stays consulted for Options.TransitionGrace so that flows whose slot
-// moved stay on their backend (they are pinned on their next packet).
-func (d *Datapath) SetTable(k VIPKey, table []uint32) error {
-	if len(table) == 0 {
-		return fmt.Errorf("setting the table of %s: empty table", k)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st, ok := d.vips[k]
-	if !ok {
-		return fmt.Errorf("setting the table of %s: %w", k, ErrNotFound)
-	}
-	idx, err := d.tables.get()
-	if err != nil {
-		return fmt.Errorf("setting the table of %s: %w", k, err)
-	}
-	inner, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "xdplb_maglev", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: uint32(len(table)),
-		// The flag of the outer map's template: tables of any size fit.
-		Flags: unix.BPF_F_INNER_MAP,
-	})
-	if err != nil {
-		d.tables.put(idx)
-		return fmt.Errorf("setting the table of %s: %w", k, err)
-	}
-	defer inner.Close()
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
-	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
-		d.tables.put(idx)
-		return fmt.Errorf("setting the table of %s: filling: %w", k, err)
-	}
-	if err := d.objs.MaglevTables.Put(idx, inner); err != nil {
-		d.tables.put(idx)
-		return fmt.Errorf("setting the table of %s: %w", k, err)
-	}
-	m := st.meta
-	oldPrev := m.PrevIdx
-	m.PrevIdx, m.PrevSize, m.TransitionEnd = 0, 0, 0
-	if m.TableIdx != 0 {
-		m.PrevIdx, m.PrevSize = m.TableIdx, m.TableSize
-		m.TransitionEnd = uint64(d.nowMono() + d.opts.TransitionGrace)
-		m.Flags |= uint8(lbXdplbVipFlagsVIP_F_HAS_PINS)
-	}
-	m.TableIdx, m.TableSize = idx, uint32(len(table))
-	if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
-		d.freeTable(idx)
-		return fmt.Errorf("setting the table of %s: %w", k, err)
-	}
-	st.meta = m
-	d.freeTable(oldPrev)
-	return nil
-}
-
-// Table reads back a service's current table.
-func (d *Datapath) Table(k VIPKey) ([]uint32, error) {
-	d.mu.Lock()
-	st, ok := d.vips[k]
-	d.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("reading the table of %s: %w", k, ErrNotFound)
-	}
-	return d.readTable(st.meta.TableIdx, st.meta.TableSize)
-}
-
-func (d *Datapath) readTable(idx, size uint32) ([]uint32, error) {
-	var id ebpf.MapID
-	if err := d.objs.MaglevTables.Lookup(idx, &id); err != nil {
-		return nil, fmt.Errorf("reading table %d: %w", idx, err)
-	}
-	inner, err := ebpf.NewMapFromID(id)
-	if err != nil {
-		return nil, fmt.Errorf("reading table %d: %w", idx, err)
-	}
-	defer inner.Close()
-	out := make([]uint32, size)
-	keys := make([]uint32, size)
-	var cursor ebpf.MapBatchCursor
-	n, err := inner.BatchLookup(&cursor, keys, out, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, fmt.Errorf("reading table %d: %w", idx, err)
-	}
-	return out[:n], nil
-}
 
 // VIPInfo describes a service as the datapath holds it.
 type VIPInfo struct {

@@ -129,16 +129,17 @@ static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 	return bpf_map_lookup_elem(&vips, &k);
 }
 
-static __always_inline __u32 table_lookup(__u32 idx, __u32 size, __u32 hash)
+static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u32 hash)
 {
 	void *table = bpf_map_lookup_elem(&maglev_tables, &idx);
-	__u32 slot, *id;
+	struct maglev_slot *s;
+	__u32 slot;
 
 	if (!table || !size)
 		return 0;
 	slot = hash % size;
-	id = bpf_map_lookup_elem(table, &slot);
-	return id ? *id : 0;
+	s = bpf_map_lookup_elem(table, &slot);
+	return s ? s->id[half & 1] : 0;
 }
 
 static __always_inline struct ct_value *ct_lookup(struct pkt *p)
@@ -214,10 +215,10 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 		}
 	}
 
-	cur = table_lookup(m->table_idx, m->table_size, hash);
+	cur = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
 	*id = cur;
 	if (m->transition_end && (now = bpf_ktime_get_ns()) < m->transition_end) {
-		prev = table_lookup(m->prev_idx, m->prev_size, hash);
+		prev = table_lookup(m->prev_idx, m->prev_half, m->prev_size, hash);
 		if (prev && prev != cur) {
 			/* The slot moved moments ago. A SYN starts a flow on the current
 			 * table; anything else belongs to a flow that may have started on

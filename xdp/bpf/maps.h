@@ -36,14 +36,19 @@ struct {
 	__type(value, struct vip_meta);
 } vips SEC(".maps");
 
-/* Maglev tables, one inner array of backend ids per table; sizes differ per
- * VIP (BPF_F_INNER_MAP). */
+/* Maglev tables: one inner array of M slots per VIP, each slot holding the
+ * backend ids of two tables, so the next table is written into the half the
+ * current one does not use and swapped in by updating the VIP's vip_meta.
+ * Sizes differ per VIP (BPF_F_INNER_MAP); user space writes tables through
+ * mmap (BPF_F_MMAPABLE), and replaces an inner map only when a VIP's table
+ * size changes, because every update of a map-in-map waits for an RCU grace
+ * period (~10 ms here). */
 struct maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, 251);
-	__type(key, __u32);
-	__type(value, __u32);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct maglev_slot));
 };
 
 struct {

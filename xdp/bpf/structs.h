@@ -34,9 +34,11 @@ struct vip_key {
  * packet sees the old value or the new one, never a mix. */
 struct vip_meta {
 	__u32 vip_id;       /* index into vip_stats */
-	__u32 table_idx;    /* current Maglev table in maglev_tables */
+	__u32 table_idx;    /* inner map of the current Maglev table in maglev_tables */
+	__u32 table_half;   /* which of the two ids of each slot is the current table's */
 	__u32 table_size;   /* its number of slots (M, a prime) */
-	__u32 prev_idx;     /* table before the last change, while transition_end */
+	__u32 prev_idx;     /* the table before the last change, while transition_end */
+	__u32 prev_half;
 	__u32 prev_size;
 	__u32 hash_seed;    /* flow hash seed, the same on every appliance */
 	__u64 transition_end; /* CLOCK_MONOTONIC ns; 0 or past: no transition */
@@ -82,6 +84,12 @@ struct ct_value {
 	__u32 backend_id;
 	__u32 flags;        /* reserved (NAT state later) */
 	__u64 last_seen;    /* CLOCK_MONOTONIC ns, refreshed at most every PIN_TOUCH_NS */
+};
+
+/* A slot of an inner Maglev map holds the backend ids of two tables: the
+ * current one and the previous or next one. */
+struct maglev_slot {
+	__u32 id[2];
 };
 
 /* Per-CPU counters of one VIP or one backend. */
