@@ -40,6 +40,7 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_DROP_ADJUST:           {"drop", "adjust_failed"},
 	lbXdplbCounterCNT_DROP_REDIRECT:         {"drop", "redirect_failed"},
 	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE: {"drop", "unsupported_mode"},
+	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE:  {"drop", "no_encap_source"},
 	lbXdplbCounterCNT_TX_L2:                 {"tx", "dsr_l2"},
 	lbXdplbCounterCNT_REDIRECT_L2:           {"redirect", "dsr_l2"},
 	lbXdplbCounterCNT_TX_IPIP:               {"tx", "dsr_ipip"},

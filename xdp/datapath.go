@@ -76,7 +76,8 @@ type Datapath struct {
 	links     map[string]*Attachment
 	empty     *ebpf.Map // placeholder put into released maglev_tables slots
 	emptyID   ebpf.MapID
-	freed     []uint32 // maglev_tables slots to release at the next flush
+	syncMap   *ebpf.Map // updated to wait for an RCU grace period (Sync)
+	freed     []uint32  // maglev_tables slots to release at the next flush
 	zeroStats []lbLbStats
 	closed    bool
 	nowMono   func() time.Duration

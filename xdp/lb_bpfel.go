@@ -150,22 +150,23 @@ const (
 	lbXdplbCounterCNT_DROP_ADJUST           lbXdplbCounter = 17
 	lbXdplbCounterCNT_DROP_REDIRECT         lbXdplbCounter = 18
 	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE lbXdplbCounter = 19
-	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 20
-	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 21
-	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 22
-	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 23
-	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 24
-	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 25
-	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 26
-	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 27
-	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 28
-	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 28
-	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 29
-	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 30
-	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 31
-	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 32
-	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 33
-	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 34
+	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  lbXdplbCounter = 20
+	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 21
+	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 22
+	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 23
+	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 24
+	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 25
+	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 26
+	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 27
+	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 28
+	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 29
+	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 29
+	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 30
+	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 31
+	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 32
+	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 33
+	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 34
+	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 35
 )
 
 type lbXdplbMode uint32

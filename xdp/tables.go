@@ -90,6 +90,14 @@ func (d *Datapath) newEmptyTable() error {
 	}
 	d.empty = m
 	d.emptyID, _ = info.ID()
+	d.syncMap, err = ebpf.NewMap(&ebpf.MapSpec{
+		Name: "xdplb_sync", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: slotBytes, MaxEntries: 1, Flags: innerFlags},
+	})
+	if err != nil {
+		m.Close()
+		return fmt.Errorf("creating the sync map: %w", err)
+	}
 	return nil
 }
 
@@ -110,6 +118,26 @@ func (d *Datapath) openTable(idx uint32) (*innerTable, error) {
 	t.idx = idx
 	d.tables.markUsed(idx)
 	return t, nil
+}
+
+// Sync waits until every run of the program that started before it has
+// finished: after it, no packet can still use a table or backend entry that
+// the datapath no longer references (an RCU grace period, about 10 ms here).
+// The reconciler calls it before deleting backend entries a table swap
+// stopped referencing.
+func (d *Datapath) Sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sync()
+}
+
+// sync updates a map-in-map, which the kernel makes wait for an RCU grace
+// period (programs run under rcu_read_lock).
+func (d *Datapath) sync() error {
+	if err := d.syncMap.Put(uint32(0), d.empty); err != nil {
+		return fmt.Errorf("waiting for running programs: %w", err)
+	}
+	return nil
 }
 
 // releaseTable queues t's slot for the next flush.
@@ -151,6 +179,9 @@ func (d *Datapath) closeTables() {
 	}
 	if d.empty != nil {
 		d.empty.Close()
+	}
+	if d.syncMap != nil {
+		d.syncMap.Close()
 	}
 }
 
@@ -249,15 +280,19 @@ func (d *Datapath) swapTable(st *vipState, k VIPKey, table []uint32, fresh *inne
 	if t == nil {
 		t, half = st.table, 1-m.TableHalf&1
 		// The half about to be written may be the previous table of a
-		// running transition: end that transition first, so no packet
-		// reads a half-written previous table.
-		if m.TransitionEnd != 0 && m.PrevIdx == t.idx && m.PrevHalf == half {
+		// running transition (or one that ended less than a second ago):
+		// end that transition first, and wait until no packet that saw it
+		// is still running, so no packet reads a half-written table.
+		if m.PrevIdx == t.idx && m.PrevHalf == half && time.Duration(m.TransitionEnd)+time.Second > now {
 			cut := m
 			cut.PrevIdx, cut.PrevHalf, cut.PrevSize, cut.TransitionEnd = 0, 0, 0, 0
 			if err := d.objs.Vips.Update(k.bpf(), &cut, ebpf.UpdateExist); err != nil {
 				return err
 			}
 			st.meta, m = cut, cut
+			if err := d.sync(); err != nil {
+				return err
+			}
 		}
 	}
 	t.write(half, table)

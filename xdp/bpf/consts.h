@@ -123,6 +123,7 @@ enum xdplb_counter {
 	CNT_DROP_ADJUST,         /* growing or shrinking the frame failed */
 	CNT_DROP_REDIRECT,       /* backend's egress interface not in tx_ports */
 	CNT_DROP_UNSUPPORTED_MODE, /* mode not implemented by this program */
+	CNT_DROP_NO_ENCAP_SOURCE, /* IPIP without an outer source of the backend's family */
 	/* XDP_TX / XDP_REDIRECT */
 	CNT_TX_L2,
 	CNT_REDIRECT_L2,

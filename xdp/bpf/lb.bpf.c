@@ -333,6 +333,8 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 		return CNT_DROP_ADJUST;
 
 	if (b->family == 4) {
+		if (!s->encap_src4)
+			return CNT_DROP_NO_ENCAP_SOURCE;
 		struct iphdr o = {
 			.version = 4, .ihl = 5, .tos = p->tos,
 			.tot_len = bpf_htons(p->l3_len + IPV4_HLEN),
@@ -361,7 +363,10 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 			.payload_len = bpf_htons(p->l3_len), .nexthdr = inner, .hop_limit = cfg_ttl,
 		};
 		__u32 w3;
+		__u64 *src6 = (__u64 *)s->encap_src6;
 
+		if (!src6[0] && !src6[1])
+			return CNT_DROP_NO_ENCAP_SOURCE;
 		o.flow_lbl[0] = ((p->tos & 0xf) << 4) | ((hash >> 16) & 0xf);
 		o.flow_lbl[1] = hash >> 8;
 		o.flow_lbl[2] = hash;

@@ -1,0 +1,46 @@
+# xdplb — see README.md. `make help` lists the targets.
+
+# The BPF compiler is pinned: the committed objects are built with it, and CI
+# regenerates them and fails on any difference.
+BPF_CLANG  ?= clang-19
+BPF_CFLAGS ?= -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
+GO         ?= go
+BIN        ?= bin/xdplb
+PREFIX     ?= /usr/local
+TEST_FLAGS ?= -count=1 -timeout 20m
+DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool
+
+export BPF_CLANG BPF_CFLAGS
+
+.PHONY: help deps generate build lint test bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the build and tests need (run as root)
+	apt-get update
+	apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
+
+generate: ## rebuild the BPF objects and their Go bindings (bpf2go)
+	$(GO) generate ./...
+
+build: ## build bin/xdplb
+	$(GO) build -o $(BIN) ./cmd/xdplb
+
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+test: ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
+	$(GO) test $(TEST_FLAGS) ./...
+
+bench: ## datapath and Maglev benchmarks (root)
+	$(GO) run ./bench datapath
+	$(GO) test -run '^$$' -bench Maglev -benchmem -count 6 ./lb
+
+demo: build ## run the appliance in a namespace topology with traffic and counters (root)
+	$(BIN) demo
+
+clean: ## remove build output
+	rm -rf bin

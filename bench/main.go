@@ -1,0 +1,213 @@
+// Command bench runs xdplb's benchmarks; docs/bench.md has the method and
+// the results.
+//
+//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
+//
+// datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
+// by case, next to the frame-restore floor and an empty XDP program measured
+// in the same runs, and checks every run's verdict, output and counters. It
+// needs root. A missed budget is reported, not an error: the exit status is
+// non-zero only when the benchmark could not run or a check failed.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"regexp"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/xdplb/xdplb/lb"
+	"github.com/xdplb/xdplb/xdp"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
+
+datapath  per-packet cost of the XDP program, case by case (needs root)
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "datapath" {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no benchmark named")
+	}
+	fs := flag.NewFlagSet("datapath", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print the results as a JSON array")
+	runs := fs.Int("runs", 7, "runs per case (the median is reported; at least 5)")
+	repeat := fs.Int("repeat", 1<<20, "packets per run (one BPF_PROG_TEST_RUN call)")
+	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *runs < 5 {
+		return fmt.Errorf("-runs %d: at least 5 runs, for a median worth the name", *runs)
+	}
+	if *repeat < 1000 || *repeat > 1<<30 {
+		return fmt.Errorf("-repeat %d: want 1000 to 2^30", *repeat)
+	}
+	re, err := regexp.Compile(*only)
+	if err != nil {
+		return fmt.Errorf("-case: %w", err)
+	}
+	if uid := os.Geteuid(); uid != 0 {
+		return fmt.Errorf("datapath needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN); running as uid %d: try sudo", uid)
+	}
+	return datapath(ctx, *runs, *repeat, re, *asJSON, stdout, stderr)
+}
+
+// result is one case in the JSON output. ns_per_packet and floor_ns are the
+// medians of runs and floor_runs; a run is one BPF_PROG_TEST_RUN call of
+// repeat packets, with its floor and empty-program runs right beside it.
+type result struct {
+	Case         string    `json:"case"`
+	NsPerPacket  float64   `json:"ns_per_packet"`
+	FloorNs      float64   `json:"floor_ns"`
+	Runs         []float64 `json:"runs"`
+	FloorRuns    []float64 `json:"floor_runs"`
+	EmptyNs      float64   `json:"empty_ns"`
+	OverFloorNs  float64   `json:"over_floor_ns"`
+	Repeat       int       `json:"repeat"`
+	BudgetNs     float64   `json:"budget_ns,omitempty"`
+	OverFloor    bool      `json:"budget_over_floor,omitempty"`
+	WithinBudget bool      `json:"within_budget"`
+}
+
+func ns(d time.Duration) float64 { return float64(d) / float64(time.Nanosecond) }
+
+func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON bool, stdout, stderr io.Writer) error {
+	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev})
+	if err != nil {
+		return err
+	}
+	defer suite.Close()
+
+	var results []result
+	var cases []*xdp.BenchCase
+	for _, c := range suite.Cases() {
+		if !only.MatchString(c.Name) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		fmt.Fprintf(stderr, "%-28s ", c.Name)
+		if err := c.Prepare(); err != nil {
+			fmt.Fprintln(stderr)
+			return err
+		}
+		r, err := c.Measure(runs, repeat)
+		if err != nil {
+			fmt.Fprintln(stderr)
+			return err
+		}
+		fmt.Fprintf(stderr, "%6.1f ns/packet (floor %.1f, empty %.1f) in %v\n", ns(r.Median), ns(r.FloorMedian), ns(r.EmptyMedian), time.Since(start).Round(100*time.Millisecond))
+		out := result{
+			Case: c.Name, NsPerPacket: ns(r.Median), FloorNs: ns(r.FloorMedian), EmptyNs: ns(r.EmptyMedian),
+			OverFloorNs: ns(r.OverFloor),
+			Repeat:      repeat, BudgetNs: ns(c.Budget), OverFloor: c.OverFloor, WithinBudget: c.Within(r),
+		}
+		for _, s := range r.Samples {
+			out.Runs = append(out.Runs, ns(s.Case))
+			out.FloorRuns = append(out.FloorRuns, ns(s.Floor))
+		}
+		results = append(results, out)
+		cases = append(cases, c)
+	}
+	if len(results) == 0 {
+		return fmt.Errorf("no case matches %q", only)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	return printTable(stdout, results, cases, runs, repeat)
+}
+
+func printTable(w io.Writer, results []result, cases []*xdp.BenchCase, runs, repeat int) error {
+	fmt.Fprintf(w, "%s\nmedians of %d runs of %d packets, ns per packet as the kernel reports it; ns/packet includes the frame restore,\n"+
+		"floor is the restore alone, empty an empty XDP program, over floor the median of each run's case minus its floor\n\n", machine(), runs, repeat)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "case\tns/packet\truns min-max\tfloor\tempty\tover floor\tbudget\t\t")
+	for _, r := range results {
+		lo, hi := r.Runs[0], r.Runs[0]
+		for _, v := range r.Runs {
+			lo, hi = min(lo, v), max(hi, v)
+		}
+		budget, verdict := "-", "info"
+		switch {
+		case r.BudgetNs == 0:
+		case r.OverFloor:
+			budget = fmt.Sprintf("floor+%.0f", r.BudgetNs)
+		default:
+			budget = fmt.Sprintf("%.0f", r.BudgetNs)
+		}
+		if r.BudgetNs != 0 {
+			verdict = "pass"
+			if !r.WithinBudget {
+				verdict = "MISS"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%.1f\t%.0f-%.0f\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", r.Case, r.NsPerPacket, lo, hi, r.FloorNs, r.EmptyNs, r.OverFloorNs, budget, verdict)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	for _, c := range cases {
+		fmt.Fprintf(w, "%s: %s.\n", c.Name, c.About)
+	}
+	if len(cases) > 0 {
+		fmt.Fprintln(w, "\nA missed budget is reported, not an error (docs/bench.md has what was tried).")
+	}
+	return nil
+}
+
+// maglevSeed seeds the benchmark's tables; any seed costs the same.
+var maglevSeed = [16]byte{'x', 'd', 'p', 'l', 'b', '-', 'b', 'e', 'n', 'c', 'h'}
+
+func maglev(m int, backends []xdp.BenchBackend) ([]uint32, error) {
+	in := make([]lb.MaglevBackend, len(backends))
+	for i, b := range backends {
+		in[i] = lb.MaglevBackend{ID: b.ID, Addr: netip.AddrPortFrom(b.Addr, 80), Weight: 1}
+	}
+	return lb.BuildMaglev(maglevSeed, m, in)
+}
+
+// machine describes the CPU and kernel in one line.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown kernel"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%s, %d CPUs, %s", model, runtime.NumCPU(), kernel)
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+)
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, out io.Writer) error
+}
+
+var commands = map[string]command{
+	"decap":   {"attach, detach or read the backend-side IPIP decapsulation program", runDecap},
+	"demo":    {"run the appliance in a namespace topology with traffic and counters (root)", runDemo},
+	"version": {"print the version", runVersion},
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(os.Stdout)
+		return nil
+	}
+	c, ok := commands[args[0]]
+	if !ok {
+		usage(os.Stderr)
+		return usageError{fmt.Sprintf("unknown command %q", args[0])}
+	}
+	return c.run(ctx, args[1:], os.Stdout)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: xdplb COMMAND [flags]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\n'xdplb COMMAND -h' describes a command's flags.")
+}
+
+// version is set at link time (-ldflags "-X main.version=…"); otherwise the
+// module build information says what was built.
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" {
+			v = strings.TrimSpace(v + " " + s.Value)
+		}
+	}
+	return v
+}
+
+func runVersion(_ context.Context, _ []string, out io.Writer) error {
+	_, err := fmt.Fprintln(out, "xdplb", versionString())
+	return err
+}

@@ -1,0 +1,582 @@
+package config
+
+import (
+	"encoding/base64"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Decoding, section by section. Each function fills in its defaults first,
+// then what the file says.
+
+var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "services", "announce", "metrics", "paths"}
+
+func (d *decoder) config(c *Config, n *yaml.Node) {
+	c.Maglev.TableSize = DefaultTableSize
+	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout}
+	c.Metrics.Listen = DefaultMetricsListen
+	c.Paths = Paths{Socket: DefaultSocketPath, State: DefaultStateDir, BPF: DefaultBPFDir}
+
+	n, ok := d.node("", n)
+	if !ok {
+		return
+	}
+	sawSeed := false
+	present := d.fields("", n, rootKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "interfaces":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				c.Interfaces = append(c.Interfaces, d.iface(path, item))
+			})
+			if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
+				d.errorf(path, v, "at least one interface is required")
+			}
+		case "maglev":
+			sawSeed = d.maglev(&c.Maglev, path, v)
+		case "conntrack":
+			d.conntrack(&c.Conntrack, path, v)
+		case "encap":
+			d.encap(&c.Encap, path, v)
+		case "pools":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				c.Pools = append(c.Pools, d.pool(path, item))
+			})
+		case "services":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				c.ServiceSpecs = append(c.ServiceSpecs, d.service(path, item))
+			})
+		case "announce":
+			d.announce(&c.Announce, path, v)
+		case "metrics":
+			d.metrics(&c.Metrics, path, v)
+		case "paths":
+			d.paths(&c.Paths, path, v)
+		}
+	})
+	if present == nil {
+		return
+	}
+	if !present["interfaces"] {
+		d.missing("interfaces", n, "missing; list at least one interface")
+	}
+	if !present["maglev"] || !sawSeed {
+		p, ok := d.pos["maglev.seed"]
+		if !ok {
+			p, ok = d.pos["maglev"]
+		}
+		if !ok {
+			p = posOf(n)
+		}
+		d.errorAt("maglev.seed", p, "missing; make one with: head -c 16 /dev/urandom | base64")
+	}
+	for i := range c.ServiceSpecs {
+		if c.ServiceSpecs[i].TableSize == 0 {
+			c.ServiceSpecs[i].TableSize = c.Maglev.TableSize
+		}
+	}
+}
+
+var ifaceKeys = []string{"name", "xdpMode"}
+
+func (d *decoder) iface(path string, n *yaml.Node) Interface {
+	iface := Interface{XDPMode: XDPModeAuto}
+	present := d.fields(path, n, ifaceKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "name":
+			if s, ok := d.str(path, v); ok {
+				if msg := badInterfaceName(s); msg != "" {
+					d.errorf(path, v, "%s %s", value(v), msg)
+				} else {
+					iface.Name = s
+				}
+			}
+		case "xdpMode":
+			if s, ok := d.oneOf(path, v, "auto", "native", "generic"); ok {
+				iface.XDPMode = XDPMode(s)
+			}
+		}
+	})
+	if present != nil && !present["name"] {
+		d.missing(join(path, "name"), n, "missing")
+	}
+	return iface
+}
+
+// badInterfaceName says why s cannot be a Linux interface name, or returns
+// "". The rules are the kernel's dev_valid_name.
+func badInterfaceName(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > MaxInterfaceName:
+		return fmt.Sprintf("is longer than %d bytes", MaxInterfaceName)
+	case s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n\v\f\r"):
+		return "is not a valid interface name"
+	}
+	return ""
+}
+
+var maglevKeys = []string{"seed", "tableSize"}
+
+// maglev decodes the maglev section and reports whether it had a seed.
+func (d *decoder) maglev(m *Maglev, path string, n *yaml.Node) bool {
+	present := d.fields(path, n, maglevKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "seed":
+			s, ok := d.str(path, v)
+			if !ok {
+				return
+			}
+			seed, err := base64.StdEncoding.DecodeString(s)
+			switch {
+			case err != nil:
+				d.errorf(path, v, "%s is not base64", value(v))
+			case len(seed) != len(m.Seed):
+				d.errorf(path, v, "%s is %d bytes, want %d", value(v), len(seed), len(m.Seed))
+			default:
+				copy(m.Seed[:], seed)
+			}
+		case "tableSize":
+			if t, ok := d.tableSize(path, v); ok {
+				m.TableSize = t
+			}
+		}
+	})
+	return present == nil || present["seed"]
+}
+
+// tableSize returns a Maglev table size: a prime between MinTableSize and
+// MaxTableSize.
+func (d *decoder) tableSize(path string, n *yaml.Node) (int, bool) {
+	t, ok := d.integer(path, n, math.MinInt64, math.MaxInt64, fmt.Sprintf("a prime between %d and %d", MinTableSize, MaxTableSize))
+	if !ok {
+		return 0, false
+	}
+	if t < MinTableSize || t > MaxTableSize || !isPrime(t) {
+		d.errorf(path, n, "%s is not a prime between %d and %d", n.Value, MinTableSize, MaxTableSize)
+		return 0, false
+	}
+	return int(t), true
+}
+
+// isPrime reports whether n is a prime, by trial division: table sizes are
+// small.
+func isPrime(n int64) bool {
+	if n < 2 {
+		return false
+	}
+	if n%2 == 0 {
+		return n == 2
+	}
+	for f := int64(3); f*f <= n; f += 2 {
+		if n%f == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var conntrackKeys = []string{"maxFlows", "idleTimeout"}
+
+func (d *decoder) conntrack(ct *Conntrack, path string, n *yaml.Node) {
+	d.fields(path, n, conntrackKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "maxFlows":
+			if m, ok := d.integer(path, v, 1, 1<<32-1, "1 to 4294967295"); ok {
+				ct.MaxFlows = uint32(m)
+			}
+		case "idleTimeout":
+			s, ok := d.str(path, v)
+			if !ok {
+				return
+			}
+			t, err := time.ParseDuration(s)
+			switch {
+			case err != nil:
+				d.errorf(path, v, `%s is not a duration (such as "15m" or "90s")`, value(v))
+			case t < time.Second:
+				d.errorf(path, v, "%s is shorter than 1s", value(v))
+			default:
+				ct.IdleTimeout = t
+			}
+		}
+	})
+}
+
+var encapKeys = []string{"sourceIPv4", "sourceIPv6"}
+
+func (d *decoder) encap(e *EncapSources, path string, n *yaml.Node) {
+	d.fields(path, n, encapKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "sourceIPv4":
+			e.SourceIPv4, _ = d.encapSource(path, v, false)
+		case "sourceIPv6":
+			e.SourceIPv6, _ = d.encapSource(path, v, true)
+		}
+	})
+}
+
+// encapSource returns an encap source: an address, as a single-address
+// prefix, or a prefix whose host bits vary by flow.
+func (d *decoder) encapSource(path string, n *yaml.Node, v6 bool) (netip.Prefix, bool) {
+	s, ok := d.str(path, n)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		if p, ok = d.prefix(path, n); !ok {
+			return netip.Prefix{}, false
+		}
+	} else {
+		a, ok := d.addr(path, n, true)
+		if !ok {
+			return netip.Prefix{}, false
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	family, maxHost := "IPv4", MaxEncapHostBitsIPv4
+	if v6 {
+		family, maxHost = "IPv6", MaxEncapHostBitsIPv6
+	}
+	switch host := p.Addr().BitLen() - p.Bits(); {
+	case p.Addr().Is6() != v6:
+		d.errorf(path, n, "%s is not an %s address or prefix", value(n), family)
+	case host > maxHost:
+		d.errorf(path, n, "%s has %d host bits; at most %d may vary", value(n), host, maxHost)
+	case !isUnicast(p.Addr()):
+		d.errorf(path, n, "%s is not a unicast address", value(n))
+	default:
+		return p, true
+	}
+	return netip.Prefix{}, false
+}
+
+var poolKeys = []string{"name", "blocks"}
+
+func (d *decoder) pool(path string, n *yaml.Node) Pool {
+	var p Pool
+	present := d.fields(path, n, poolKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "name":
+			if s, ok := d.str(path, v); ok {
+				if msg := badName(s); msg != "" {
+					d.errorf(path, v, "%s %s", value(v), msg)
+				} else {
+					p.Name = s
+				}
+			}
+		case "blocks":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				if b, ok := d.block(path, item); ok {
+					p.Blocks = append(p.Blocks, b)
+				}
+			})
+			if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
+				d.errorf(path, v, "a pool needs at least one block")
+			}
+		}
+	})
+	if present == nil {
+		return p
+	}
+	if !present["name"] {
+		d.missing(join(path, "name"), n, "missing")
+	}
+	if !present["blocks"] {
+		d.missing(join(path, "blocks"), n, "missing; a pool needs at least one block")
+	}
+	return p
+}
+
+var blockKeys = []string{"cidr", "start", "stop"}
+
+func (d *decoder) block(path string, n *yaml.Node) (Block, bool) {
+	var b Block
+	good := true
+	var startNode, stopNode *yaml.Node
+	present := d.fields(path, n, blockKeys, func(key, path string, v *yaml.Node) {
+		var ok bool
+		switch key {
+		case "cidr":
+			b.CIDR, ok = d.prefix(path, v)
+		case "start":
+			b.Start, ok = d.addr(path, v, false)
+			startNode = v
+		case "stop":
+			b.Stop, ok = d.addr(path, v, false)
+			stopNode = v
+		}
+		good = good && ok
+	})
+	if present == nil {
+		return b, false
+	}
+	switch {
+	case present["cidr"] && (present["start"] || present["stop"]):
+		d.errorf(path, n, "a block has either cidr or start and stop, not both")
+		return b, false
+	case !present["cidr"] && !present["start"] && !present["stop"]:
+		d.errorf(path, n, "a block needs cidr, or start and stop")
+		return b, false
+	case !present["cidr"] && !present["start"]:
+		d.missing(join(path, "start"), n, "missing")
+		return b, false
+	case !present["cidr"] && !present["stop"]:
+		d.missing(join(path, "stop"), n, "missing")
+		return b, false
+	case !good:
+		return b, false
+	}
+	if b.CIDR.IsValid() {
+		b.Start = b.CIDR.Addr()
+		b.Stop = lastAddr(b.CIDR)
+		return b, true
+	}
+	switch {
+	case b.Start.Is4() != b.Stop.Is4():
+		d.errorf(join(path, "stop"), stopNode, "%s is not of the same family as start %s", value(stopNode), value(startNode))
+		return b, false
+	case b.Stop.Less(b.Start):
+		d.errorf(join(path, "stop"), stopNode, "%s comes before start %s", value(stopNode), value(startNode))
+		return b, false
+	}
+	return b, true
+}
+
+// lastAddr returns the last address of the canonical prefix p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr().AsSlice()
+	for bit := p.Bits(); bit < len(a)*8; bit++ {
+		a[bit/8] |= 0x80 >> (bit % 8)
+	}
+	last, _ := netip.AddrFromSlice(a)
+	return last
+}
+
+// badName says why s cannot name a service or a pool, or returns "". Names
+// show up in metrics labels, CLI tables and the state file, so they are kept
+// to letters, digits and a little punctuation.
+func badName(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > MaxServiceName:
+		return fmt.Sprintf("is longer than %d bytes", MaxServiceName)
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("-_./", r)) {
+			return "may hold only letters, digits and - _ . /"
+		}
+	}
+	return ""
+}
+
+var serviceKeys = []string{"name", "address", "pool", "protocol", "ports", "mode", "encap", "tableSize", "backends", "minHealthyBackends", "announce"}
+
+func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
+	s := ServiceSpec{MinHealthyBackends: DefaultMinHealthyBackends, Announce: true}
+	var encapNode, addressNode, poolNode *yaml.Node
+	present := d.fields(path, n, serviceKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "name":
+			if name, ok := d.str(path, v); ok {
+				if msg := badName(name); msg != "" {
+					d.errorf(path, v, "%s %s", value(v), msg)
+				} else {
+					s.Name = name
+				}
+			}
+		case "address":
+			addressNode = v
+			s.Address, _ = d.addr(path, v, true)
+		case "pool":
+			poolNode = v
+			if pool, ok := d.str(path, v); ok {
+				s.Pool = pool
+			}
+		case "protocol":
+			switch p, _ := d.oneOf(path, v, "tcp", "udp"); p {
+			case "tcp":
+				s.Protocol = ProtocolTCP
+			case "udp":
+				s.Protocol = ProtocolUDP
+			}
+		case "ports":
+			s.Ports = d.ports(path, v)
+		case "mode":
+			if m, ok := d.oneOf(path, v, "dsr", "snat"); ok {
+				s.Mode = Mode(m)
+				if s.Mode == ModeSNAT {
+					d.errorf(path, v, "mode snat is not supported yet")
+				}
+			}
+		case "encap":
+			encapNode = v
+			if e, ok := d.oneOf(path, v, "none", "ipip"); ok {
+				s.Encap = Encap(e)
+			}
+		case "tableSize":
+			s.TableSize, _ = d.tableSize(path, v)
+		case "backends":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				s.Backends = append(s.Backends, d.backend(path, item))
+			})
+		case "minHealthyBackends":
+			if m, ok := d.integer(path, v, 0, MaxMinHealthyBackends, fmt.Sprintf("0 to %d", MaxMinHealthyBackends)); ok {
+				s.MinHealthyBackends = int(m)
+			}
+		case "announce":
+			s.Announce, _ = d.boolean(path, v)
+		}
+	})
+	if present == nil {
+		return s
+	}
+	switch {
+	case addressNode != nil && poolNode != nil:
+		// Report the one given second.
+		key, v := "pool", poolNode
+		if before(poolNode, addressNode) {
+			key, v = "address", addressNode
+		}
+		d.errorf(join(path, key), v, "a service has either an address or a pool, not both")
+	case addressNode == nil && poolNode == nil:
+		d.errorf(path, n, "a service needs an address or a pool")
+	}
+	for _, key := range []string{"name", "protocol", "ports", "mode"} {
+		if !present[key] {
+			d.missing(join(path, key), n, "missing")
+		}
+	}
+	if s.Mode == ModeSNAT && encapNode != nil {
+		d.errorf(join(path, "encap"), encapNode, "encap applies to mode dsr only")
+	}
+	if s.Encap == "" && s.Mode != ModeSNAT {
+		s.Encap = EncapNone
+	}
+	return s
+}
+
+// before reports whether a comes before b in the file.
+func before(a, b *yaml.Node) bool {
+	return posLess(posOf(a), posOf(b))
+}
+
+// ports decodes a service's port list: [0] alone, or distinct ports from 1
+// to 65535.
+func (d *decoder) ports(path string, n *yaml.Node) []uint16 {
+	var ports []uint16
+	seen := make(map[uint16]bool)
+	d.list(path, n, func(i int, path string, item *yaml.Node) {
+		p, ok := d.integer(path, item, 0, 65535, "1 to 65535, or 0 for every port")
+		switch {
+		case !ok:
+		case seen[uint16(p)]:
+			d.errorf(path, item, "%s is listed twice", item.Value)
+		case p == 0 && len(n.Content) > 1:
+			d.errorf(path, item, "0 (every port) cannot be combined with other ports")
+		default:
+			seen[uint16(p)] = true
+			ports = append(ports, uint16(p))
+		}
+	})
+	if n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
+		d.errorf(path, n, "at least one port is required; [0] means every port")
+	}
+	return ports
+}
+
+var backendKeys = []string{"address", "port", "weight"}
+
+func (d *decoder) backend(path string, n *yaml.Node) BackendSpec {
+	b := BackendSpec{Weight: DefaultWeight}
+	present := d.fields(path, n, backendKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "address":
+			b.Address, _ = d.addr(path, v, true)
+		case "port":
+			if p, ok := d.integer(path, v, 1, 65535, "1 to 65535"); ok {
+				b.Port = uint16(p)
+			}
+		case "weight":
+			if w, ok := d.integer(path, v, 0, MaxWeight, fmt.Sprintf("0 to %d", MaxWeight)); ok {
+				b.Weight = uint32(w)
+			}
+		}
+	})
+	if present != nil && !present["address"] {
+		d.missing(join(path, "address"), n, "missing")
+	}
+	return b
+}
+
+var announceKeys = []string{"l2"}
+var l2Keys = []string{"interfaces"}
+
+func (d *decoder) announce(a *Announce, path string, n *yaml.Node) {
+	d.fields(path, n, announceKeys, func(_, path string, v *yaml.Node) {
+		d.fields(path, v, l2Keys, func(_, path string, v *yaml.Node) {
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				if s, ok := d.str(path, item); ok {
+					a.L2.Interfaces = append(a.L2.Interfaces, s)
+				}
+			})
+		})
+	})
+}
+
+var metricsKeys = []string{"listen"}
+
+func (d *decoder) metrics(m *Metrics, path string, n *yaml.Node) {
+	d.fields(path, n, metricsKeys, func(_, path string, v *yaml.Node) {
+		s, ok := d.str(path, v)
+		if !ok {
+			return
+		}
+		_, port, err := net.SplitHostPort(s)
+		if err == nil {
+			_, err = strconv.ParseUint(port, 10, 16)
+		}
+		if err != nil {
+			d.errorf(path, v, `%s is not a host:port (such as "127.0.0.1:9650" or ":9650")`, value(v))
+			return
+		}
+		m.Listen = s
+	})
+}
+
+var pathsKeys = []string{"socket", "state", "bpf"}
+
+func (d *decoder) paths(p *Paths, path string, n *yaml.Node) {
+	d.fields(path, n, pathsKeys, func(key, path string, v *yaml.Node) {
+		s, ok := d.str(path, v)
+		if !ok {
+			return
+		}
+		if !filepath.IsAbs(s) {
+			d.errorf(path, v, "%s is not an absolute path", value(v))
+			return
+		}
+		switch key {
+		case "socket":
+			if len(s) > MaxSocketPath {
+				d.errorf(path, v, "%s is longer than %d bytes, the limit for a Unix socket", value(v), MaxSocketPath)
+				return
+			}
+			p.Socket = s
+		case "state":
+			p.State = s
+		case "bpf":
+			p.BPF = s
+		}
+	})
+}

@@ -1,0 +1,264 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Defaults for settings the file leaves out. docs/config.md lists them too.
+const (
+	DefaultPath               = "/etc/xdplb/xdplb.yaml"
+	DefaultTableSize          = 16381 // as lb.DefaultTableSize
+	DefaultMaxFlows           = 1 << 20
+	DefaultIdleTimeout        = 15 * time.Minute
+	DefaultMetricsListen      = "127.0.0.1:9650"
+	DefaultSocketPath         = "/run/xdplb/xdplb.sock"
+	DefaultStateDir           = "/var/lib/xdplb"
+	DefaultBPFDir             = "/sys/fs/bpf/xdplb"
+	DefaultWeight             = 1
+	DefaultMinHealthyBackends = 1
+)
+
+// Limits on values, checked when the file is read.
+const (
+	// MinTableSize and MaxTableSize bound a Maglev table size, which must
+	// also be a prime. They repeat package lb's, since lb consumes config and
+	// config may not import it; a test keeps them equal.
+	MinTableSize = 251
+	MaxTableSize = 131071
+	// MaxWeight is the largest backend weight, as in package lb.
+	MaxWeight = 10000
+	// MaxMinHealthyBackends is the largest minHealthyBackends.
+	MaxMinHealthyBackends = 10000
+	// MaxInterfaceName is the longest Linux interface name, IFNAMSIZ-1.
+	MaxInterfaceName = 15
+	// MaxSocketPath is the longest Unix socket path, sizeof(sun_path)-1.
+	MaxSocketPath = 107
+	// MaxServiceName is the longest service name.
+	MaxServiceName = 253
+	// MaxEncapHostBitsIPv4 and MaxEncapHostBitsIPv6 bound the host bits of
+	// an encap source prefix: the outer source varies by flow hash over at
+	// most this many.
+	MaxEncapHostBitsIPv4 = 16
+	MaxEncapHostBitsIPv6 = 32
+)
+
+// Config is a configuration file as written, with defaults filled in. A
+// Config returned by [Parse] or [Load] is valid; treat it as read-only.
+type Config struct {
+	// Interfaces are the NICs the XDP program is attached to.
+	Interfaces []Interface
+	Maglev     Maglev
+	Conntrack  Conntrack
+	Encap      EncapSources
+	// Pools are the VIP pools services may take an address from.
+	Pools []Pool
+	// ServiceSpecs are the services under the key "services", in file
+	// order. [Config.Services] resolves them into [Service] values.
+	ServiceSpecs []ServiceSpec
+	Announce     Announce
+	Metrics      Metrics
+	Paths        Paths
+
+	file string
+	sum  [sha256.Size]byte
+	// pos holds the position of every node read, by path, for errors found
+	// after decoding.
+	pos map[string]pos
+}
+
+// File returns the name the configuration was parsed under.
+func (c *Config) File() string { return c.file }
+
+// SHA256 returns the SHA-256 of the file's bytes, in hex. The daemon exports
+// it as the config info metric so that a fleet can tell which file runs where.
+func (c *Config) SHA256() string { return hex.EncodeToString(c.sum[:]) }
+
+// Interface is a NIC to attach the XDP program to.
+type Interface struct {
+	Name    string
+	XDPMode XDPMode
+}
+
+// XDPMode says how the XDP program is attached.
+type XDPMode string
+
+// The XDP attach modes.
+const (
+	// XDPModeAuto attaches in native (driver) mode and falls back to generic
+	// mode where the driver has no XDP support.
+	XDPModeAuto    XDPMode = "auto"
+	XDPModeNative  XDPMode = "native"
+	XDPModeGeneric XDPMode = "generic"
+)
+
+// Maglev holds the settings shared by every service's Maglev table.
+type Maglev struct {
+	// Seed keys the backend hashes. Every appliance of a fleet must use the
+	// same seed so that they build the same tables.
+	Seed [16]byte
+	// TableSize is the table size of services that do not set their own.
+	TableSize int
+}
+
+// Conntrack bounds the flow state.
+type Conntrack struct {
+	// MaxFlows is the number of flows the state holds per family.
+	MaxFlows uint32
+	// IdleTimeout is how long a pinned flow may stay idle before it expires.
+	IdleTimeout time.Duration
+}
+
+// EncapSources are the outer source addresses of IPIP encapsulation, one per
+// outer family. A prefix longer than a single address means the host bits
+// vary with the flow hash, so that backends spread flows over their receive
+// queues. An unset family is the zero [netip.Prefix].
+type EncapSources struct {
+	SourceIPv4 netip.Prefix
+	SourceIPv6 netip.Prefix
+}
+
+// Pool is a named set of addresses handed out to services that ask for one.
+type Pool struct {
+	Name   string
+	Blocks []Block
+}
+
+// Block is a range of a pool: either a CIDR or an inclusive start and stop.
+type Block struct {
+	// CIDR is the block's prefix, or the zero prefix for a start/stop block.
+	CIDR netip.Prefix
+	// Start and Stop are the first and last address of a start/stop block,
+	// or of the CIDR.
+	Start, Stop netip.Addr
+}
+
+// String returns the block as written: a CIDR or "start-stop".
+func (b Block) String() string {
+	if b.CIDR.IsValid() {
+		return b.CIDR.String()
+	}
+	return b.Start.String() + "-" + b.Stop.String()
+}
+
+// Allocatable returns the first and last address the block hands out. That
+// is the whole range of a start/stop block. A CIDR block, as in Cilium's
+// LB IPAM, keeps its first and last address back (the network and broadcast
+// addresses of an IPv4 subnet) unless it is a /31, /32, /127 or /128.
+func (b Block) Allocatable() (first, last netip.Addr) {
+	if !b.CIDR.IsValid() || b.CIDR.Addr().BitLen()-b.CIDR.Bits() <= 1 {
+		return b.Start, b.Stop
+	}
+	return b.Start.Next(), b.Stop.Prev()
+}
+
+// Protocol is a transport protocol, numbered as in the IP header.
+type Protocol uint8
+
+// The protocols a service can have.
+const (
+	ProtocolTCP Protocol = 6
+	ProtocolUDP Protocol = 17
+)
+
+// String returns "tcp" or "udp".
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolTCP:
+		return "tcp"
+	case ProtocolUDP:
+		return "udp"
+	}
+	return fmt.Sprintf("protocol(%d)", uint8(p))
+}
+
+// Mode is how a service forwards packets to its backends.
+type Mode string
+
+// The forwarding modes.
+const (
+	// ModeDSR forwards packets unchanged (or encapsulated) and lets the
+	// backends answer the clients directly.
+	ModeDSR Mode = "dsr"
+	// ModeSNAT translates both addresses and sees both directions. The
+	// schema has it; validation rejects it until the datapath supports it.
+	ModeSNAT Mode = "snat"
+)
+
+// Encap is how a DSR service reaches its backends.
+type Encap string
+
+// The DSR encapsulations.
+const (
+	// EncapNone (L2 DSR) rewrites the destination MAC only; backends are on
+	// the link or behind a next hop that routes by MAC.
+	EncapNone Encap = "none"
+	// EncapIPIP (L3 DSR) wraps packets in an outer IPv4 or IPv6 header.
+	EncapIPIP Encap = "ipip"
+)
+
+// ServiceSpec is a service as written under "services".
+type ServiceSpec struct {
+	Name string
+	// Address is the VIP, or the zero Addr when the service names a Pool.
+	Address netip.Addr
+	// Pool names the pool the service takes its VIP from, or is empty.
+	Pool     string
+	Protocol Protocol
+	// Ports are the VIP's ports in file order; [0] means every port.
+	Ports []uint16
+	Mode  Mode
+	Encap Encap
+	// TableSize is the service's Maglev table size.
+	TableSize int
+	Backends  []BackendSpec
+	// MinHealthyBackends is the number of healthy backends below which the
+	// service counts as down.
+	MinHealthyBackends int
+	// Announce says whether the VIP is announced on announce.l2.interfaces.
+	Announce bool
+}
+
+// BackendSpec is a backend as written.
+type BackendSpec struct {
+	Address netip.Addr
+	// Port is 0 when the file leaves it out: the port the client connected
+	// to.
+	Port   uint16
+	Weight uint32
+}
+
+// Announce holds how VIPs are made known to the network.
+type Announce struct {
+	L2 L2Announce
+}
+
+// L2Announce is ARP and NDP announcement of VIPs.
+type L2Announce struct {
+	// Interfaces answer ARP and NDP for the VIPs and send gratuitous
+	// announcements. Each is one of [Config.Interfaces].
+	Interfaces []string
+}
+
+// Metrics holds where Prometheus metrics are served.
+type Metrics struct {
+	// Listen is the host:port of the HTTP server for /metrics.
+	Listen string
+}
+
+// Paths are where an instance keeps things on the host. Two instances on one
+// host differ only here.
+type Paths struct {
+	// Socket is the control socket of the CLI.
+	Socket string
+	// State is the directory of pool allocations and other state.
+	State string
+	// BPF is the bpffs directory programs and maps are pinned under.
+	BPF string
+}
+
+// pos is a position in the file, counting from 1.
+type pos struct{ line, column int }

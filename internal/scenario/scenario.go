@@ -1,0 +1,319 @@
+// Package scenario runs the datapath as an appliance in a namespace topology
+// (internal/testnet): a client, the load balancer with xdplb's program on its
+// interface, and backends that hold the VIPs on lo and answer TCP connections
+// with their name. The end-to-end tests and `xdplb demo` share it.
+package scenario
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/xdplb/xdplb/internal/testnet"
+	"github.com/xdplb/xdplb/lb"
+	"github.com/xdplb/xdplb/xdp"
+)
+
+// The VIPs of a scenario, inside testnet's VIP prefixes.
+var (
+	VIP4 = netip.MustParseAddr("198.18.100.1")
+	VIP6 = netip.MustParseAddr("2001:db8:100::1")
+)
+
+// Port is the service port of both VIPs.
+const Port = 80
+
+// Options configure Start.
+type Options struct {
+	// Mode of both VIPs: xdp.ModeDSRL2 or xdp.ModeDSRIPIP (the backends then
+	// run xdplb's decap program).
+	Mode xdp.Mode
+	// TableSize of the Maglev tables (default lb.DefaultTableSize).
+	TableSize int
+	// PinPath for the datapath (default xdp.NoPin).
+	PinPath string
+}
+
+// Appliance is a running scenario.
+type Appliance struct {
+	Topo     *testnet.Topology
+	DP       *xdp.Datapath
+	Attached *xdp.Attachment
+	Rec      *lb.Reconciler
+	opts     Options
+
+	mu       sync.Mutex
+	backends []*testnet.Host // in the services, in order
+	decaps   []*xdp.Decap
+	servers  []net.Listener
+	accepted map[net.Conn]bool
+	wg       sync.WaitGroup
+}
+
+// nsNextHops resolves next hops inside the load balancer's namespace.
+type nsNextHops struct{ ns *testnet.NS }
+
+func (n nsNextHops) Resolve(ctx context.Context, addr netip.Addr) (nh xdp.NextHop, err error) {
+	err = n.ns.Do(func() error {
+		nh, err = xdp.ResolveNextHop(ctx, addr)
+		return err
+	})
+	return nh, err
+}
+
+// Keys are the services of a scenario: VIP4 and VIP6, TCP port 80.
+func Keys() []xdp.VIPKey {
+	return []xdp.VIPKey{{Addr: VIP4, Port: Port, Proto: xdp.TCP}, {Addr: VIP6, Port: Port, Proto: xdp.TCP}}
+}
+
+// Start attaches the datapath to the load balancer's interface and configures
+// both VIPs over every backend of topo, with servers on the backends.
+func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Appliance, err error) {
+	if opts.TableSize == 0 {
+		opts.TableSize = lb.DefaultTableSize
+	}
+	if opts.PinPath == "" {
+		opts.PinPath = xdp.NoPin
+	}
+	a := &Appliance{Topo: topo, opts: opts, accepted: map[net.Conn]bool{}}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	a.DP, err = xdp.Open(xdp.Options{PinPath: opts.PinPath, MaxVIPs: 64, MaxBackends: 1024, MaxFlows: 1 << 16, TransitionGrace: 30 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	a.Rec = lb.NewReconciler(a.DP, nsNextHops{topo.LB.NS}, lb.Options{MaxBackends: 1024})
+	if err := topo.LB.NS.Do(func() error {
+		a.Attached, err = a.DP.Attach(topo.LB.Link, xdp.AttachAuto)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	src4 := netip.PrefixFrom(topo.LB.IPv4, 32)
+	src6 := netip.PrefixFrom(topo.LB.IPv6, 128)
+	if err := a.DP.SetEncapSource(src4, src6); err != nil {
+		return nil, err
+	}
+	for _, vip := range []netip.Addr{VIP4, VIP6} {
+		if err := topo.AddVIPToBackends(vip); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range topo.Backends {
+		if err := a.startServer(h); err != nil {
+			return nil, err
+		}
+		if opts.Mode == xdp.ModeDSRIPIP {
+			if err := h.NS.Do(func() error {
+				d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin})
+				if err != nil {
+					return err
+				}
+				a.decaps = append(a.decaps, d)
+				return nil
+			}); err != nil {
+				return nil, fmt.Errorf("decap on %s: %w", h.Name, err)
+			}
+		}
+		a.backends = append(a.backends, h)
+	}
+	return a, a.Reconcile(ctx)
+}
+
+// startServer serves on [::]:Port in h's namespace: every connection is told
+// the backend's name, then whatever it sends is echoed back.
+func (a *Appliance) startServer(h *testnet.Host) error {
+	ln, err := h.Listen("tcp", fmt.Sprintf("[::]:%d", Port))
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", h.Name, err)
+	}
+	a.servers = append(a.servers, ln)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			a.mu.Lock()
+			a.accepted[c] = true
+			a.mu.Unlock()
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				defer func() {
+					c.Close()
+					a.mu.Lock()
+					delete(a.accepted, c)
+					a.mu.Unlock()
+				}()
+				if _, err := fmt.Fprintf(c, "%s\n", h.Name); err != nil {
+					return
+				}
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return nil
+}
+
+// Seed is the scenario's Maglev seed.
+var Seed = [16]byte{'x', 'd', 'p', 'l', 'b', '-', 's', 'c', 'e', 'n', 'a', 'r', 'i', 'o', '!', '!'}
+
+// State is the desired state of the scenario: both VIPs over the backends.
+func (a *Appliance) State() lb.State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var bs []lb.Backend
+	for _, h := range a.backends {
+		bs = append(bs, lb.Backend{Addr: h.IPv4, Weight: 1})
+	}
+	st := lb.State{Seed: Seed}
+	for i, k := range Keys() {
+		st.Services = append(st.Services, lb.Service{
+			Name: []string{"web4", "web6"}[i], Addr: k.Addr, Proto: k.Proto, Ports: []uint16{k.Port},
+			Mode: a.opts.Mode, TableSize: a.opts.TableSize, Backends: bs,
+		})
+	}
+	return st
+}
+
+// Reconcile applies State.
+func (a *Appliance) Reconcile(ctx context.Context) error {
+	st := a.Rec.Apply(ctx, a.State(), nil)
+	if len(st.Errors) > 0 {
+		e := st.Errors[0]
+		return fmt.Errorf("reconciling %s %s: %s", e.Service, e.VIP, e.Err)
+	}
+	return nil
+}
+
+// RemoveBackend takes the backend named name out of both services.
+func (a *Appliance) RemoveBackend(ctx context.Context, name string) error {
+	a.mu.Lock()
+	i := slices.IndexFunc(a.backends, func(h *testnet.Host) bool { return h.Name == name })
+	if i < 0 {
+		a.mu.Unlock()
+		return fmt.Errorf("no backend %q", name)
+	}
+	a.backends = slices.Delete(a.backends, i, i+1)
+	a.mu.Unlock()
+	return a.Reconcile(ctx)
+}
+
+// Conn is a connection from the client through a VIP.
+type Conn struct {
+	net.Conn
+	Backend string // the name the backend answered with
+	r       *bufio.Reader
+}
+
+// Dial connects from the client to vip:Port and reads the backend's name.
+func (a *Appliance) Dial(ctx context.Context, vip netip.Addr) (*Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := a.Topo.Client.Dial(dctx, "tcp", netip.AddrPortFrom(vip, Port).String())
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	r := bufio.NewReader(c)
+	name, err := r.ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("reading the backend's name: %w", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return &Conn{Conn: c, Backend: strings.TrimSpace(name), r: r}, nil
+}
+
+// Echo sends msg and reads it back, proving the connection still works.
+func (c *Conn) Echo(msg string) error {
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "%s\n", msg); err != nil {
+		return err
+	}
+	got, err := c.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(got) != msg {
+		return fmt.Errorf("echo: sent %q, got %q", msg, got)
+	}
+	return nil
+}
+
+// Connections makes n connections to vip (at most parallel at once) and
+// counts them by the backend that answered. Every failure is returned.
+func (a *Appliance) Connections(ctx context.Context, vip netip.Addr, n, parallel int) (map[string]int, error) {
+	counts := map[string]int{}
+	var mu sync.Mutex
+	var errs []error
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := a.Dial(ctx, vip)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			counts[c.Backend]++
+			c.Close()
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return counts, fmt.Errorf("%d of %d connections failed, the first: %w", len(errs), n, errs[0])
+	}
+	return counts, nil
+}
+
+// Close stops the servers and releases the datapath and decap programs.
+func (a *Appliance) Close() error {
+	var errs []error
+	for _, ln := range a.servers {
+		ln.Close()
+	}
+	a.mu.Lock()
+	for c := range a.accepted {
+		c.Close()
+	}
+	a.mu.Unlock()
+	for _, d := range a.decaps {
+		errs = append(errs, d.Close())
+	}
+	if a.DP != nil {
+		if a.Attached != nil && a.opts.PinPath != xdp.NoPin {
+			errs = append(errs, a.Topo.LB.NS.Do(func() error { return a.DP.Detach(a.Topo.LB.Link) }), a.DP.Unpin())
+		}
+		errs = append(errs, a.DP.Close())
+	}
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		errs = append(errs, errors.New("backend servers did not stop"))
+	}
+	return errors.Join(errs...)
+}

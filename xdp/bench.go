@@ -1,0 +1,1154 @@
+package xdp
+
+// Benchmark support. BPF_PROG_TEST_RUN with repeat runs a program again on
+// the frame its previous run rewrote, so the programs xdplb_bench and
+// xdplb_bench_floor of bpf/lb.bpf.c first restore the original frame from the
+// per-CPU map bench_frames (optionally adding seq % vary_count to one
+// big-endian 32-bit field, so that a run spreads over many flows). This file
+// drives them, and holds the datapath benchmark suite that `go run ./bench
+// datapath` and BenchmarkDatapath share, so that both measure the same thing.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+// XDP verdicts, as BenchRun returns them.
+const (
+	XDPAborted  uint32 = 0
+	XDPDrop     uint32 = 1
+	XDPPass     uint32 = 2
+	XDPTx       uint32 = 3
+	XDPRedirect uint32 = 4
+)
+
+// BenchMaxFrame is the longest frame the bench wrapper restores
+// (BENCH_MAX_FRAME in bpf/consts.h).
+const BenchMaxFrame = 256
+
+// BenchFrame is a frame run through the bench wrapper. Every run of the
+// program sees Data as it is here, except that when VaryCount is above 0 the
+// big-endian 32-bit field at VaryOffset has seq % VaryCount added to it, where
+// seq counts the runs of one BPF_PROG_TEST_RUN call from 0: a call with repeat
+// r processes the flows of values 0 .. r-1 (mod VaryCount) in that order.
+// Checksums are not updated (the program reads none).
+type BenchFrame struct {
+	Data       []byte
+	VaryOffset uint32
+	VaryCount  uint32
+}
+
+func (f BenchFrame) check() error {
+	if len(f.Data) < 14 || len(f.Data) > BenchMaxFrame {
+		return fmt.Errorf("bench frame of %d bytes: want 14 to %d", len(f.Data), BenchMaxFrame)
+	}
+	if f.VaryCount > 0 && int(f.VaryOffset)+4 > len(f.Data) {
+		return fmt.Errorf("bench frame of %d bytes: varied field at %d does not fit", len(f.Data), f.VaryOffset)
+	}
+	return nil
+}
+
+// Varied returns the frame as the run of sequence number seq sees it.
+func (f BenchFrame) Varied(seq uint32) []byte {
+	b := slices.Clone(f.Data)
+	if f.VaryCount > 0 {
+		v := binary.BigEndian.Uint32(b[f.VaryOffset:])
+		binary.BigEndian.PutUint32(b[f.VaryOffset:], v+seq%f.VaryCount)
+	}
+	return b
+}
+
+// BenchRun runs the load-balancer program on f, repeat times in one
+// BPF_PROG_TEST_RUN call, each run on the original frame (see BenchFrame).
+// It returns the kernel-reported duration per run, which includes the cost of
+// restoring the frame (BenchFloor measures that alone), the verdict and the
+// output of the last run. The calling thread is pinned to its CPU for the
+// call, so that every run uses the same per-CPU copy of the frame; when f
+// varies, BenchRun checks afterwards that the wrapper ran exactly repeat
+// times.
+func (d *Datapath) BenchRun(f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
+	return d.benchRun(d.objs.XdplbBench, f, repeat)
+}
+
+// BenchFloor runs only the frame restore of the bench wrapper, as BenchRun
+// runs the whole program: the difference between the two is the program's
+// own cost. Its verdict is XDP_PASS.
+func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
+	dur, verdict, _, err := d.benchRun(d.objs.XdplbBenchFloor, f, repeat)
+	if err != nil {
+		return 0, err
+	}
+	if verdict != XDPPass {
+		return 0, fmt.Errorf("bench floor: verdict %d, want XDP_PASS (%d): the frame was not restored", verdict, XDPPass)
+	}
+	return dur, nil
+}
+
+func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
+	if err := f.check(); err != nil {
+		return 0, 0, nil, err
+	}
+	if repeat < 1 || repeat > 1<<31 {
+		return 0, 0, nil, fmt.Errorf("repeat %d out of range", repeat)
+	}
+	cpu, unpin, err := pinToCurrentCPU()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	defer unpin()
+	var v lbBenchFrame
+	v.Len = uint32(len(f.Data))
+	v.VaryOffset, v.VaryCount = f.VaryOffset, f.VaryCount
+	copy(v.Data[:], f.Data)
+	all := make([]lbBenchFrame, ebpf.MustPossibleCPU())
+	for i := range all {
+		all[i] = v
+	}
+	var (
+		dur     time.Duration
+		verdict uint32
+		out     []byte
+	)
+	for attempt := 0; ; attempt++ {
+		// Every attempt starts from seq 0 on every CPU.
+		if err := d.objs.BenchFrames.Put(uint32(0), all); err != nil {
+			return 0, 0, nil, fmt.Errorf("writing the bench frame: %w", err)
+		}
+		dur, verdict, out, err = testRun(prog, f.Data, repeat)
+		if errors.Is(err, unix.EINTR) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		break
+	}
+	if f.VaryCount > 0 {
+		var got []lbBenchFrame
+		if err := d.objs.BenchFrames.Lookup(uint32(0), &got); err != nil {
+			return 0, 0, nil, fmt.Errorf("reading the bench frame: %w", err)
+		}
+		if cpu >= len(got) || got[cpu].Seq != uint32(repeat) {
+			return 0, 0, nil, fmt.Errorf("bench wrapper on CPU %d ran %d times, want %d", cpu, got[cpu].Seq, repeat)
+		}
+	}
+	return dur, verdict, out, nil
+}
+
+// NewEmptyXDP loads an XDP program that returns XDP_PASS and does nothing
+// else (mov r0, 2; exit): the reference for the cost of running any XDP
+// program through BPF_PROG_TEST_RUN.
+func NewEmptyXDP() (*ebpf.Program, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "xdplb_empty",
+		Type:         ebpf.XDP,
+		License:      "Dual BSD/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(XDPPass)), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loading the empty XDP program: %w", err)
+	}
+	return p, nil
+}
+
+// BenchProgram runs any XDP program on data repeat times in one
+// BPF_PROG_TEST_RUN call, with the thread pinned to its CPU, and returns the
+// kernel-reported duration per run, the verdict and the output of the last
+// run. Nothing restores the frame between runs.
+func BenchProgram(p *ebpf.Program, data []byte, repeat int) (time.Duration, uint32, []byte, error) {
+	if repeat < 1 || repeat > 1<<31 {
+		return 0, 0, nil, fmt.Errorf("repeat %d out of range", repeat)
+	}
+	_, unpin, err := pinToCurrentCPU()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	defer unpin()
+	for attempt := 0; ; attempt++ {
+		dur, verdict, out, err := testRun(p, data, repeat)
+		if errors.Is(err, unix.EINTR) && attempt < 5 {
+			continue
+		}
+		return dur, verdict, out, err
+	}
+}
+
+// progTestRunAttr is the BPF_PROG_TEST_RUN part of union bpf_attr
+// (include/uapi/linux/bpf.h). cilium/ebpf's Program.Run does not return the
+// duration and Program.Benchmark not the output; a benchmark needs both of
+// the same call.
+type progTestRunAttr struct {
+	progFD      uint32
+	retval      uint32
+	dataSizeIn  uint32
+	dataSizeOut uint32
+	dataIn      uint64
+	dataOut     uint64
+	repeat      uint32
+	duration    uint32
+	ctxSizeIn   uint32
+	ctxSizeOut  uint32
+	ctxIn       uint64
+	ctxOut      uint64
+	flags       uint32
+	cpu         uint32
+	batchSize   uint32
+	_           uint32
+}
+
+// testRun is one BPF_PROG_TEST_RUN call. The kernel reports the mean
+// duration of the runs, in whole nanoseconds.
+func testRun(p *ebpf.Program, data []byte, repeat int) (time.Duration, uint32, []byte, error) {
+	out := make([]byte, len(data)+512)
+	attr := progTestRunAttr{
+		progFD:      uint32(p.FD()),
+		dataSizeIn:  uint32(len(data)),
+		dataSizeOut: uint32(len(out)),
+		dataIn:      uint64(uintptr(unsafe.Pointer(&data[0]))),
+		dataOut:     uint64(uintptr(unsafe.Pointer(&out[0]))),
+		repeat:      uint32(repeat),
+	}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(data)
+	runtime.KeepAlive(out)
+	if errno != 0 {
+		return 0, 0, nil, fmt.Errorf("BPF_PROG_TEST_RUN: %w", errno)
+	}
+	if int(attr.dataSizeOut) > len(out) {
+		return 0, 0, nil, fmt.Errorf("BPF_PROG_TEST_RUN: output of %d bytes", attr.dataSizeOut)
+	}
+	return time.Duration(attr.duration), attr.retval, out[:attr.dataSizeOut], nil
+}
+
+// pinToCurrentCPU locks the goroutine to its thread and the thread to the
+// CPU it is on, until unpin is called. The kernel may reschedule a long
+// BPF_PROG_TEST_RUN call (it leaves and re-enters the run loop when asked
+// to), and a migration would switch to another CPU's copy of the frame.
+func pinToCurrentCPU() (cpu int, unpin func(), err error) {
+	runtime.LockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		return 0, nil, fmt.Errorf("reading CPU affinity: %w", err)
+	}
+	var c, node uint32
+	if _, _, errno := unix.Syscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&c)), uintptr(unsafe.Pointer(&node)), 0); errno != 0 {
+		runtime.UnlockOSThread()
+		return 0, nil, fmt.Errorf("getcpu: %w", errno)
+	}
+	var set unix.CPUSet
+	set.Set(int(c))
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
+		return 0, nil, fmt.Errorf("pinning to CPU %d: %w", c, err)
+	}
+	return int(c), func() {
+		_ = unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	}, nil
+}
+
+// The benchmark suite.
+
+// BenchBackend is a backend as BenchConfig.BuildTable sees it.
+type BenchBackend struct {
+	ID   uint32
+	Addr netip.Addr
+}
+
+// BenchConfig shapes the configuration the datapath benchmark runs against.
+// Zero values take the defaults.
+type BenchConfig struct {
+	// VIPs is the number of IPv4 services, each with its own table (default
+	// 100, at least 40: the cases use VIPs 0-15, 20, 30, 31, 35 and 39).
+	VIPs int
+	// TableSize is the Maglev table size M (default 16381).
+	TableSize int
+	// MinBackends and MaxBackends bound the backends of a VIP (default 10
+	// and 100); VIP i has MinBackends + (37*i) % (MaxBackends-MinBackends+1).
+	MinBackends, MaxBackends int
+	// BuildTable fills a table of size m for the backends (weight 1 each),
+	// e.g. with lb.BuildMaglev. Nil deals the slots out round robin and
+	// shuffles them, which costs the datapath the same.
+	BuildTable func(m int, backends []BenchBackend) ([]uint32, error)
+}
+
+func (c *BenchConfig) setDefaults() {
+	if c.VIPs == 0 {
+		c.VIPs = 100
+	}
+	if c.TableSize == 0 {
+		c.TableSize = 16381
+	}
+	if c.MinBackends == 0 {
+		c.MinBackends = 10
+	}
+	if c.MaxBackends == 0 {
+		c.MaxBackends = 100
+	}
+	if c.BuildTable == nil {
+		c.BuildTable = shuffledTable
+	}
+}
+
+func shuffledTable(m int, backends []BenchBackend) ([]uint32, error) {
+	if len(backends) == 0 {
+		return nil, errors.New("no backends")
+	}
+	t := make([]uint32, m)
+	for i := range t {
+		t[i] = backends[i%len(backends)].ID
+	}
+	r := rand.New(rand.NewPCG(uint64(m), uint64(backends[0].ID)))
+	r.Shuffle(len(t), func(i, j int) { t[i], t[j] = t[j], t[i] })
+	return t, nil
+}
+
+// Sizes of the benchmark's datapaths and flow sets.
+const (
+	benchMaxFlows    = 1 << 20 // Options.MaxFlows: the default
+	benchColdFlows   = 1 << 20 // established_cold_1m: fills the flow state exactly
+	benchColdVIPs    = 16      // ... spread over VIPs 0-15 (65536 source ports each)
+	benchRemapFlows  = 10000   // transition_remap, transition_mixed
+	benchFloodSrcs   = 1 << 17 // new_flow_flood: every source of 198.18.0.0/15
+	benchRedeployIDs = 2000    // ids of the backends that replace a VIP's in a redeploy
+)
+
+// Addresses of the benchmark (198.18.0.0/15 only). VIP i is 198.18.1.i:80;
+// backend id n is 198.18.128.0 + n.
+var (
+	benchVIPBase     = netip.MustParseAddr("198.18.1.0")
+	benchNonVIP      = netip.MustParseAddr("198.18.2.1")
+	benchBackendBase = netip.MustParseAddr("198.18.128.0")
+	benchClient      = netip.MustParseAddr("198.19.1.1")
+	benchColdClient  = netip.MustParseAddr("198.19.0.1")
+	benchRemapBase   = netip.MustParseAddr("198.19.64.0")
+	benchFloodBase   = netip.MustParseAddr("198.18.0.0")
+	benchEncapSrc    = netip.MustParsePrefix("198.18.255.0/24")
+	benchLBMAC       = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x01}
+	benchClientMAC   = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x02}
+)
+
+// The roles of the VIPs; all are TCP port 80 and DSR L2 unless said.
+const (
+	benchVIPEstablished = 20 // established_l2, new_flow_syn
+	benchVIPIPIP        = 39 // established_ipip: DSR IPIP
+	benchVIPRemap       = 30 // transition_remap: all its backends replaced
+	benchVIPMixed       = 31 // transition_mixed: one backend drained
+	benchVIPFlood       = 35 // new_flow_flood: all its backends replaced, flow state full
+	benchPort           = 80
+	benchSrcPort        = 40000
+	benchLBIfindex      = 1 // BPF_PROG_TEST_RUN's ingress interface (lo): XDP_TX
+)
+
+type benchVIP struct {
+	key      VIPKey
+	mode     Mode
+	seed     uint32
+	backends []BenchBackend
+	table    []uint32
+}
+
+// BenchSuite is the datapath benchmark: a realistic configuration (100 IPv4
+// VIPs with Maglev tables of 16381 slots over 10 to 100 backends) loaded into
+// datapaths in the states the cases need, and the cases themselves. Each
+// case checks the verdict, the output and the counters of every run it
+// measures. Datapaths are built when a case first needs them.
+type BenchSuite struct {
+	cfg      BenchConfig
+	vips     []benchVIP
+	backends map[uint32]Backend
+	steady   *Datapath // no pins; VIPs remap and mixed in transition
+	full     *Datapath // flow state full: 1M pinned cold flows, VIP flood in transition
+	empty    *ebpf.Program
+	cases    []*BenchCase
+}
+
+// NewBenchSuite computes the configuration (tables included) and the cases.
+// It loads nothing yet.
+func NewBenchSuite(cfg BenchConfig) (*BenchSuite, error) {
+	cfg.setDefaults()
+	if cfg.VIPs < 40 || cfg.VIPs > 250 {
+		return nil, fmt.Errorf("bench: %d VIPs, want 40 to 250", cfg.VIPs)
+	}
+	if cfg.MinBackends < 2 || cfg.MaxBackends < cfg.MinBackends || cfg.MaxBackends > 1000 {
+		return nil, fmt.Errorf("bench: %d to %d backends per VIP, want 2 to 1000", cfg.MinBackends, cfg.MaxBackends)
+	}
+	s := &BenchSuite{cfg: cfg, backends: map[uint32]Backend{}}
+	for i := range cfg.VIPs {
+		v := benchVIP{
+			key:  VIPKey{Addr: benchAddr(benchVIPBase, uint32(i)), Port: benchPort, Proto: TCP},
+			mode: ModeDSRL2,
+			seed: uint32(i+1) * 0x9E3779B1,
+		}
+		if i == benchVIPIPIP {
+			v.mode = ModeDSRIPIP
+		}
+		n := cfg.MinBackends + (37*i)%(cfg.MaxBackends-cfg.MinBackends+1)
+		for j := range n {
+			v.backends = append(v.backends, s.backend(uint32(1+(i*10+j)%1000)))
+		}
+		var err error
+		if v.table, err = s.buildTable(v.backends); err != nil {
+			return nil, err
+		}
+		s.vips = append(s.vips, v)
+	}
+	s.redeploy(benchVIPRemap) // defines their backends before any datapath is configured
+	s.redeploy(benchVIPFlood)
+	s.cases = s.newCases()
+	return s, nil
+}
+
+func benchAddr(base netip.Addr, off uint32) netip.Addr {
+	b := base.As4()
+	binary.BigEndian.PutUint32(b[:], binary.BigEndian.Uint32(b[:])+off)
+	return netip.AddrFrom4(b)
+}
+
+// backend defines backend id (once) and returns it for a table.
+func (s *BenchSuite) backend(id uint32) BenchBackend {
+	a := benchAddr(benchBackendBase, id)
+	if _, ok := s.backends[id]; !ok {
+		s.backends[id] = Backend{
+			Addr: a, IfIndex: benchLBIfindex, MTU: 1500, Up: true,
+			NextHopMAC: net.HardwareAddr{0x02, 0xbe, 0, 0, byte(id >> 8), byte(id)},
+			SrcMAC:     benchLBMAC,
+		}
+	}
+	return BenchBackend{ID: id, Addr: a}
+}
+
+func (s *BenchSuite) buildTable(bs []BenchBackend) ([]uint32, error) {
+	t, err := s.cfg.BuildTable(s.cfg.TableSize, bs)
+	if err != nil {
+		return nil, fmt.Errorf("bench: building a table: %w", err)
+	}
+	if len(t) != s.cfg.TableSize {
+		return nil, fmt.Errorf("bench: table builder returned %d slots, want %d", len(t), s.cfg.TableSize)
+	}
+	return t, nil
+}
+
+// redeploy returns VIP i's backends all replaced by new ones (a rolling
+// redeploy that gives every backend a new address): every slot moves.
+func (s *BenchSuite) redeploy(i int) []BenchBackend {
+	var bs []BenchBackend
+	for j := range s.vips[i].backends {
+		bs = append(bs, s.backend(uint32(benchRedeployIDs+i*100+j)))
+	}
+	return bs
+}
+
+// Cases lists the cases in the order they are best run (the budgeted ones
+// first, then the variants).
+func (s *BenchSuite) Cases() []*BenchCase { return s.cases }
+
+// Empty is the empty XDP program of NewEmptyXDP, loaded once.
+func (s *BenchSuite) Empty() (*ebpf.Program, error) {
+	if s.empty == nil {
+		p, err := NewEmptyXDP()
+		if err != nil {
+			return nil, err
+		}
+		s.empty = p
+	}
+	return s.empty, nil
+}
+
+// Close releases the datapaths and programs the suite loaded.
+func (s *BenchSuite) Close() error {
+	var errs []error
+	for _, d := range []*Datapath{s.steady, s.full} {
+		if d != nil {
+			errs = append(errs, d.Close())
+		}
+	}
+	if s.empty != nil {
+		errs = append(errs, s.empty.Close())
+	}
+	s.steady, s.full, s.empty = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// open loads a datapath with the whole configuration, every table set once.
+func (s *BenchSuite) open() (*Datapath, error) {
+	d, err := Open(Options{PinPath: NoPin, MaxVIPs: 256, MaxBackends: 1 << 14, MaxFlows: benchMaxFlows, TransitionGrace: 24 * time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.configure(d); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("bench: configuring the datapath: %w", err)
+	}
+	return d, nil
+}
+
+func (s *BenchSuite) configure(d *Datapath) error {
+	if err := d.SetEncapSource(benchEncapSrc, netip.Prefix{}); err != nil {
+		return err
+	}
+	for id, b := range s.backends {
+		if err := d.UpsertBackend(id, b); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.vips {
+		if err := d.UpsertVIP(v.key, VIP{Mode: v.mode, HashSeed: v.seed}); err != nil {
+			return err
+		}
+		if err := d.SetTable(v.key, v.table); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	shared := d.filter[FilterBit(benchNonVIP)] != 0
+	d.mu.Unlock()
+	if shared {
+		return fmt.Errorf("%s shares its VIP filter bit with a VIP: choose another", benchNonVIP)
+	}
+	return nil
+}
+
+// steadyDP is the datapath with no pins, where VIP remap had all its
+// backends replaced and VIP mixed one backend drained, moments ago.
+func (s *BenchSuite) steadyDP() (*Datapath, error) {
+	if s.steady != nil {
+		return s.steady, nil
+	}
+	d, err := s.open()
+	if err != nil {
+		return nil, err
+	}
+	mixed := s.vips[benchVIPMixed]
+	drained, err := s.buildTable(mixed.backends[1:])
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	redeployed, err := s.buildTable(s.redeploy(benchVIPRemap))
+	if err == nil {
+		err = d.SetTable(s.vips[benchVIPRemap].key, redeployed)
+	}
+	if err == nil {
+		err = d.SetTable(mixed.key, drained)
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	s.steady = d
+	return d, nil
+}
+
+// fullDP is the datapath whose IPv4 flow state is full: the 1M flows of
+// established_cold_1m are pinned (to another backend than their table
+// slot's, mostly), and VIP flood had all its backends replaced moments ago.
+func (s *BenchSuite) fullDP() (*Datapath, error) {
+	if s.full != nil {
+		return s.full, nil
+	}
+	d, err := s.open()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.fill(d); err != nil {
+		d.Close()
+		return nil, err
+	}
+	s.full = d
+	return d, nil
+}
+
+func (s *BenchSuite) fill(d *Datapath) error {
+	// PinFlow once per VIP (it marks the VIP as having pins), then the
+	// same keys in batches, which is quicker than a million calls.
+	for i := range benchColdVIPs {
+		f := s.coldFlow(uint32(i) << 16)
+		if err := d.PinFlow(f); err != nil {
+			return err
+		}
+	}
+	const batch = 1 << 14
+	keys := make([]lbFlow4, 0, batch)
+	vals := make([]lbCtValue, 0, batch)
+	now := uint64(d.nowMono())
+	for i := uint32(0); i < benchColdFlows; i++ {
+		f := s.coldFlow(i)
+		keys = append(keys, f.key4())
+		vals = append(vals, lbCtValue{BackendId: f.BackendID, LastSeen: now})
+		if len(keys) == batch || i == benchColdFlows-1 {
+			if _, err := d.objs.Ct4.BatchUpdate(keys, vals, nil); err != nil {
+				return fmt.Errorf("pinning the cold flows: %w", err)
+			}
+			keys, vals = keys[:0], vals[:0]
+		}
+	}
+	// The flow state is full: another pin fails.
+	extra := Flow{Src: netip.AddrPortFrom(benchClient, 1), Dst: netip.AddrPortFrom(s.vips[0].key.Addr, benchPort), Proto: TCP, BackendID: s.vips[0].backends[0].ID}
+	if err := d.PinFlow(extra); err == nil {
+		return errors.New("pinning the cold flows: the flow state has room left; want it full")
+	}
+	redeployed, err := s.buildTable(s.redeploy(benchVIPFlood))
+	if err != nil {
+		return err
+	}
+	return d.SetTable(s.vips[benchVIPFlood].key, redeployed)
+}
+
+// coldFlow is flow i of established_cold_1m: from benchColdClient, source
+// port i%65536, to VIP i/65536, pinned to the backend after its table
+// slot's.
+func (s *BenchSuite) coldFlow(i uint32) Flow {
+	v := &s.vips[i>>16]
+	src := netip.AddrPortFrom(benchColdClient, uint16(i))
+	dst := netip.AddrPortFrom(v.key.Addr, benchPort)
+	id := v.table[FlowHash(src, dst, TCP, v.seed)%uint32(len(v.table))]
+	k := slices.IndexFunc(v.backends, func(b BenchBackend) bool { return b.ID == id })
+	return Flow{Src: src, Dst: dst, Proto: TCP, BackendID: v.backends[(k+1)%len(v.backends)].ID}
+}
+
+// BenchCase is one case of the datapath benchmark.
+type BenchCase struct {
+	// Name is the case's name in reports and in BenchmarkDatapath/<Name>.
+	Name string
+	// About says what the case exercises, in a sentence.
+	About string
+	// Budget is the most a packet may cost (the median ns/packet of the
+	// bench wrapper, restore included); with OverFloor, the most it may
+	// cost above the floor. 0: none, the case is for information.
+	Budget    time.Duration
+	OverFloor bool
+
+	suite    *BenchSuite
+	dp       func() (*Datapath, error)
+	frame    BenchFrame
+	verdict  uint32
+	expect   func(pkt []byte) ([]byte, error) // the output for an input
+	counters map[string]uint64                // "action/reason" -> growth per packet
+	prepare  func(d *Datapath) error          // once, before the first run
+	prepared bool
+}
+
+// Frame is the frame the case runs.
+func (c *BenchCase) Frame() BenchFrame { return c.frame }
+
+// Within reports whether a result keeps the case's budget.
+func (c *BenchCase) Within(r BenchResult) bool {
+	switch {
+	case c.Budget == 0:
+		return true
+	case c.OverFloor:
+		return r.OverFloor <= c.Budget
+	}
+	return r.Median <= c.Budget
+}
+
+// BenchSample is one run of a case: the case, the floor and the empty
+// program, each over repeat packets, one right after the other.
+type BenchSample struct {
+	Case, Floor, Empty time.Duration
+}
+
+// BenchResult is the outcome of measuring a case.
+type BenchResult struct {
+	Case    string
+	Repeat  int
+	Samples []BenchSample
+	// Medians over the samples. OverFloor is the median of each sample's
+	// case minus its floor, which cancels noise that hit both.
+	Median, FloorMedian, EmptyMedian, OverFloor time.Duration
+}
+
+// Measure checks the case with a single packet, then takes runs samples of
+// repeat packets each, checking every one (verdict, output of the last
+// packet, counters), and returns their medians. The floor and the empty
+// program are measured in the same sample, alternately before and after the
+// case, so that noise hits all three.
+func (c *BenchCase) Measure(runs, repeat int) (BenchResult, error) {
+	r := BenchResult{Case: c.Name, Repeat: repeat}
+	if runs < 1 {
+		return r, fmt.Errorf("%s: %d runs", c.Name, runs)
+	}
+	for i := range runs {
+		smp, err := c.Sample(repeat, i%2 == 1)
+		if err != nil {
+			return r, err
+		}
+		r.Samples = append(r.Samples, smp)
+	}
+	pick := func(f func(BenchSample) time.Duration) time.Duration {
+		v := make([]time.Duration, len(r.Samples))
+		for i, s := range r.Samples {
+			v[i] = f(s)
+		}
+		return Median(v)
+	}
+	r.Median = pick(func(s BenchSample) time.Duration { return s.Case })
+	r.FloorMedian = pick(func(s BenchSample) time.Duration { return s.Floor })
+	r.EmptyMedian = pick(func(s BenchSample) time.Duration { return s.Empty })
+	r.OverFloor = pick(func(s BenchSample) time.Duration { return s.Case - s.Floor })
+	return r, nil
+}
+
+// Median is the median of v (the mean of the middle two for an even
+// count).
+func Median(v []time.Duration) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Prepare builds the case's datapath state and checks one packet through
+// it: verdict and exact output. Sample calls it first.
+func (c *BenchCase) Prepare() error {
+	if c.prepared {
+		return nil
+	}
+	d, err := c.dp()
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	if c.prepare != nil {
+		if err := c.prepare(d); err != nil {
+			return fmt.Errorf("%s: %w", c.Name, err)
+		}
+	}
+	if _, err := c.run(d, 1); err != nil {
+		return err
+	}
+	c.prepared = true
+	return nil
+}
+
+// Sample takes one sample: the case, its floor and the empty program (in
+// the reverse order when floorFirst), each over repeat packets.
+func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
+	var smp BenchSample
+	if err := c.Prepare(); err != nil {
+		return smp, err
+	}
+	d, err := c.dp()
+	if err != nil {
+		return smp, err
+	}
+	empty, err := c.suite.Empty()
+	if err != nil {
+		return smp, err
+	}
+	ref := func() error {
+		if smp.Floor, err = d.BenchFloor(c.frame, repeat); err != nil {
+			return fmt.Errorf("%s: %w", c.Name, err)
+		}
+		var v uint32
+		if smp.Empty, v, _, err = BenchProgram(empty, c.frame.Data, repeat); err != nil {
+			return fmt.Errorf("%s: empty program: %w", c.Name, err)
+		}
+		if v != XDPPass {
+			return fmt.Errorf("%s: empty program: verdict %d", c.Name, v)
+		}
+		return nil
+	}
+	if floorFirst {
+		if err := ref(); err != nil {
+			return smp, err
+		}
+	}
+	if smp.Case, err = c.run(d, repeat); err != nil {
+		return smp, err
+	}
+	if !floorFirst {
+		if err := ref(); err != nil {
+			return smp, err
+		}
+	}
+	return smp, nil
+}
+
+// run runs the case over repeat packets and checks the verdict, the output
+// of the last packet and the counters.
+func (c *BenchCase) run(d *Datapath, repeat int) (time.Duration, error) {
+	before, err := benchCounters(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, verdict, out, err := d.BenchRun(c.frame, repeat)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	if verdict != c.verdict {
+		return 0, fmt.Errorf("%s: verdict %d after %d packets, want %d", c.Name, verdict, repeat, c.verdict)
+	}
+	last := c.frame.Varied(uint32(repeat - 1))
+	want, err := c.expect(last)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	if !bytes.Equal(out, want) {
+		return 0, fmt.Errorf("%s: output of packet %d of %d:\n got %x\nwant %x", c.Name, repeat, repeat, out, want)
+	}
+	after, err := benchCounters(d)
+	if err != nil {
+		return 0, err
+	}
+	for name, per := range c.counters {
+		if got, want := after[name]-before[name], per*uint64(repeat); got != want {
+			return 0, fmt.Errorf("%s: counter %s grew by %d over %d packets, want %d", c.Name, name, got, repeat, want)
+		}
+	}
+	return dur, nil
+}
+
+func benchCounters(d *Datapath) (map[string]uint64, error) {
+	cs, err := d.Counters()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]uint64, len(cs))
+	for _, c := range cs {
+		m[c.Action+"/"+c.Reason] = c.Value
+	}
+	return m, nil
+}
+
+// Frames. The TCP segments carry the options Linux sends: a SYN has MSS,
+// SACK permitted, timestamps and window scale (74-byte frame), an ACK
+// timestamps (66 bytes).
+
+const (
+	benchOffSaddr = 14 + 12
+	benchOffDaddr = 14 + 16
+)
+
+var (
+	benchSynOptions = []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}
+	benchAckOptions = []byte{1, 1, 8, 10, 0, 0, 0, 2, 0, 0, 0, 1}
+)
+
+func benchTCPFrame(src, dst netip.AddrPort, syn bool) []byte {
+	opts, flags := benchAckOptions, byte(0x10)
+	if syn {
+		opts, flags = benchSynOptions, 0x02
+	}
+	tcpLen := 20 + len(opts)
+	b := make([]byte, 14+20+tcpLen)
+	copy(b[0:6], benchLBMAC)
+	copy(b[6:12], benchClientMAC)
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0], ip[1] = 0x45, 0
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+tcpLen))
+	binary.BigEndian.PutUint16(ip[4:], 0x1234)
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	ip[8], ip[9] = 64, byte(TCP)
+	s4, d4 := src.Addr().As4(), dst.Addr().As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], inetChecksum(0, ip))
+	tcp := b[34:]
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	binary.BigEndian.PutUint32(tcp[4:], 0x01020304)
+	if !syn {
+		binary.BigEndian.PutUint32(tcp[8:], 0x0a0b0c0d)
+	}
+	tcp[12], tcp[13] = byte(tcpLen/4)<<4, flags
+	binary.BigEndian.PutUint16(tcp[14:], 64240)
+	copy(tcp[20:], opts)
+	var pseudo [12]byte
+	copy(pseudo[0:], s4[:])
+	copy(pseudo[4:], d4[:])
+	pseudo[9] = byte(TCP)
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(tcpLen))
+	binary.BigEndian.PutUint16(tcp[16:], inetChecksum(onesSum(0, pseudo[:]), tcp))
+	return b
+}
+
+func onesSum(sum uint32, b []byte) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	return sum
+}
+
+func inetChecksum(sum uint32, b []byte) uint16 {
+	sum = onesSum(sum, b)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// benchTuple reads the addresses and ports of an IPv4 TCP frame.
+func benchTuple(pkt []byte) (src, dst netip.AddrPort) {
+	s := netip.AddrFrom4([4]byte(pkt[benchOffSaddr:]))
+	d := netip.AddrFrom4([4]byte(pkt[benchOffDaddr:]))
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(pkt[34:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(pkt[36:]))
+}
+
+// The model: what the program should make of a packet, computed apart from
+// it.
+
+func (s *BenchSuite) vipOf(dst netip.AddrPort) (*benchVIP, error) {
+	for i := range s.vips {
+		if s.vips[i].key.Addr == dst.Addr() && s.vips[i].key.Port == dst.Port() {
+			return &s.vips[i], nil
+		}
+	}
+	return nil, fmt.Errorf("no VIP %s", dst)
+}
+
+// forward is the frame pkt becomes when sent to backend id by v.
+func (s *BenchSuite) forward(v *benchVIP, pkt []byte, id uint32) ([]byte, error) {
+	b, ok := s.backends[id]
+	if !ok {
+		return nil, fmt.Errorf("no backend %d", id)
+	}
+	if v.mode == ModeDSRL2 {
+		out := slices.Clone(pkt)
+		copy(out[0:6], b.NextHopMAC)
+		copy(out[6:12], b.SrcMAC)
+		return out, nil
+	}
+	// IPIP: a new outer IPv4 header; the outer source's host bits carry
+	// the flow hash.
+	src, dst := benchTuple(pkt)
+	hash := FlowHash(src, dst, TCP, v.seed)
+	inner := pkt[14:]
+	out := make([]byte, 14+20+len(inner))
+	copy(out[0:6], b.NextHopMAC)
+	copy(out[6:12], b.SrcMAC)
+	binary.BigEndian.PutUint16(out[12:], 0x0800)
+	o := out[14:34]
+	o[0], o[1] = 0x45, inner[1]
+	binary.BigEndian.PutUint16(o[2:], uint16(20+len(inner)))
+	binary.BigEndian.PutUint16(o[6:], 0x4000)
+	o[8], o[9] = 64, 4
+	es := benchEncapSrc.Addr().As4()
+	bits := 32 - benchEncapSrc.Bits()
+	mask := uint32(1)<<bits - 1
+	binary.BigEndian.PutUint32(o[12:], binary.BigEndian.Uint32(es[:])&^mask|hash&mask)
+	ba := b.Addr.As4()
+	copy(o[16:], ba[:])
+	binary.BigEndian.PutUint16(o[10:], inetChecksum(0, o))
+	copy(out[34:], inner)
+	return out, nil
+}
+
+// byTable expects the backend of the packet's slot in the VIP's table.
+func (s *BenchSuite) byTable(pkt []byte) ([]byte, error) {
+	src, dst := benchTuple(pkt)
+	v, err := s.vipOf(dst)
+	if err != nil {
+		return nil, err
+	}
+	return s.forward(v, pkt, v.table[FlowHash(src, dst, TCP, v.seed)%uint32(len(v.table))])
+}
+
+func (s *BenchSuite) newCases() []*BenchCase {
+	est := s.vips[benchVIPEstablished].key
+	ipip := s.vips[benchVIPIPIP].key
+	client := netip.AddrPortFrom(benchClient, benchSrcPort)
+	vipPort := func(k VIPKey) netip.AddrPort { return netip.AddrPortFrom(k.Addr, k.Port) }
+	steady := func() (*Datapath, error) { return s.steadyDP() }
+	full := func() (*Datapath, error) { return s.fullDP() }
+	unchanged := func(pkt []byte) ([]byte, error) { return slices.Clone(pkt), nil }
+
+	// The flood frames: every source address of 198.18.0.0/15.
+	flood := func(syn bool) BenchFrame {
+		f := benchTCPFrame(netip.AddrPortFrom(benchFloodBase, benchSrcPort), vipPort(s.vips[benchVIPFlood].key), syn)
+		return BenchFrame{Data: f, VaryOffset: benchOffSaddr, VaryCount: benchFloodSrcs}
+	}
+	// The cold frames: the 32-bit field at offset 32 is the low half of
+	// the destination address and the source port: adding 0..2^20-1 walks
+	// source ports 0-65535 to VIPs 0, 1, ... 15.
+	cold := BenchFrame{
+		Data:       benchTCPFrame(netip.AddrPortFrom(benchColdClient, 0), vipPort(s.vips[0].key), false),
+		VaryOffset: benchOffDaddr + 2, VaryCount: benchColdFlows,
+	}
+	remap := func(vip int) BenchFrame {
+		f := benchTCPFrame(netip.AddrPortFrom(benchRemapBase, benchSrcPort), vipPort(s.vips[vip].key), false)
+		return BenchFrame{Data: f, VaryOffset: benchOffSaddr, VaryCount: benchRemapFlows}
+	}
+	// The flood VIP and the remap VIP moved every slot to new backends
+	// while the old ones stay up: a non-SYN goes to the old backend, the
+	// one of its slot in the VIP's first table.
+	byPrev := s.byTable
+	byRedeployed := func(vip int) func(pkt []byte) ([]byte, error) {
+		t, err := s.buildTable(s.redeploy(vip))
+		return func(pkt []byte) ([]byte, error) {
+			if err != nil {
+				return nil, err
+			}
+			src, dst := benchTuple(pkt)
+			v := &s.vips[vip]
+			return s.forward(v, pkt, t[FlowHash(src, dst, TCP, v.seed)%uint32(len(t))])
+		}
+	}
+	byPin := func(pkt []byte) ([]byte, error) {
+		src, dst := benchTuple(pkt)
+		v, err := s.vipOf(dst)
+		if err != nil {
+			return nil, err
+		}
+		i := (binary.BigEndian.Uint32(dst.Addr().AsSlice())-binary.BigEndian.Uint32(benchVIPBase.AsSlice()))<<16 | uint32(src.Port())
+		return s.forward(v, pkt, s.coldFlow(i).BackendID)
+	}
+	// pinAll runs every flow of a case once, so that those whose slot
+	// moved are pinned, and checks how many were.
+	pinAll := func(c *BenchCase, want func(d *Datapath) (int, error)) func(d *Datapath) error {
+		return func(d *Datapath) error {
+			before, err := benchCounters(d)
+			if err != nil {
+				return err
+			}
+			if _, verdict, _, err := d.BenchRun(c.frame, int(c.frame.VaryCount)); err != nil {
+				return err
+			} else if verdict != c.verdict {
+				return fmt.Errorf("pinning: verdict %d, want %d", verdict, c.verdict)
+			}
+			after, err := benchCounters(d)
+			if err != nil {
+				return err
+			}
+			n, err := want(d)
+			if err != nil {
+				return err
+			}
+			if got := after["event/pin_created"] - before["event/pin_created"]; got != uint64(n) {
+				return fmt.Errorf("pinning: %d flows pinned, want %d", got, n)
+			}
+			return nil
+		}
+	}
+
+	nonVIP := &BenchCase{
+		Name:   "non_vip",
+		About:  "TCP ACK to an address that is no VIP: parse, VIP prefilter, XDP_PASS",
+		Budget: 8 * time.Nanosecond, OverFloor: true,
+		dp: steady, frame: BenchFrame{Data: benchTCPFrame(client, netip.AddrPortFrom(benchNonVIP, benchPort), false)},
+		verdict: XDPPass, expect: unchanged,
+		counters: map[string]uint64{"pass/not_vip": 1},
+	}
+	l2 := &BenchCase{
+		Name:   "established_l2",
+		About:  "TCP ACK of one flow to a DSR L2 VIP without pins: service lookup, hash, Maglev slot, MAC rewrite, XDP_TX",
+		Budget: 50 * time.Nanosecond,
+		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(est), false)},
+		verdict: XDPTx, expect: s.byTable,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 0},
+	}
+	ipipCase := &BenchCase{
+		Name:   "established_ipip",
+		About:  "the same to a DSR IPIP VIP: IPv4 outer header (source spread by flow hash), XDP_TX",
+		Budget: 60 * time.Nanosecond,
+		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(ipip), false)},
+		verdict: XDPTx, expect: s.byTable,
+		counters: map[string]uint64{"tx/dsr_ipip": 1},
+	}
+	syn := &BenchCase{
+		Name:   "new_flow_syn",
+		About:  "TCP SYN to a DSR L2 VIP without pins (no transition): no state is created, the table decides",
+		Budget: 80 * time.Nanosecond,
+		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(est), true)},
+		verdict: XDPTx, expect: s.byTable,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/tcp_syn": 1, "event/pin_created": 0},
+	}
+	floodCase := &BenchCase{
+		Name: "new_flow_flood",
+		About: "TCP ACKs from 131072 sources (all of 198.18.0.0/15) to a VIP in transition whose every slot moved, flow state full (1M pins): " +
+			"flow lookup misses, both tables, pin attempt fails, sent to the old backend",
+		Budget: 150 * time.Nanosecond,
+		dp:     full, frame: flood(false),
+		verdict: XDPTx, expect: byPrev,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_table_full": 1, "event/pin_created": 0},
+	}
+	coldCase := &BenchCase{
+		Name:   "established_cold_1m",
+		About:  "TCP ACKs of 1M flows round robin (65536 source ports to each of 16 VIPs without pins): no flow lookup, 16 tables",
+		Budget: 150 * time.Nanosecond,
+		dp:     steady, frame: cold,
+		verdict: XDPTx, expect: s.byTable,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 0},
+	}
+	remapCase := &BenchCase{
+		Name: "transition_remap",
+		About: "TCP ACKs of 10k flows round robin to a VIP whose backends were all replaced moments ago (every slot moved, old backends up), " +
+			"each flow pinned by its first packet: flow lookup hits",
+		Budget: 200 * time.Nanosecond,
+		dp:     steady, frame: remap(benchVIPRemap),
+		verdict: XDPTx, expect: byPrev,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 1, "event/pin_created": 0},
+	}
+	remapCase.prepare = pinAll(remapCase, func(*Datapath) (int, error) { return benchRemapFlows, nil })
+	mixed := &BenchCase{
+		Name: "transition_mixed",
+		About: "TCP ACKs of 10k flows to a VIP that drained one backend moments ago: the few flows whose slot moved follow their pins, " +
+			"the others miss the flow lookup and read both tables",
+		dp: steady, frame: remap(benchVIPMixed),
+		verdict:  XDPTx,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_created": 0},
+	}
+	// The drained backend is still up, so every flow stays where it was:
+	// pinned there if its slot moved, by the old table's choice if not.
+	mixed.expect = byPrev
+	mixed.prepare = pinAll(mixed, func(*Datapath) (int, error) {
+		v := &s.vips[benchVIPMixed]
+		drained, err := s.buildTable(v.backends[1:])
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for i := range uint32(benchRemapFlows) {
+			src, dst := benchTuple(mixed.frame.Varied(i))
+			slot := FlowHash(src, dst, TCP, v.seed) % uint32(len(v.table))
+			if v.table[slot] != drained[slot] {
+				n++
+			}
+		}
+		return n, nil
+	})
+	floodSyn := &BenchCase{
+		Name:   "new_flow_flood_syn",
+		About:  "new_flow_flood with SYNs: they take the new table, and their pin attempts fail too",
+		Budget: 150 * time.Nanosecond,
+		dp:     full, frame: flood(true),
+		verdict: XDPTx, expect: byRedeployed(benchVIPFlood),
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/tcp_syn": 1, "event/pin_table_full": 1, "event/pin_created": 0},
+	}
+	coldPinned := &BenchCase{
+		Name:   "established_cold_1m_pinned",
+		About:  "established_cold_1m with every one of the 1M flows pinned (flow state full, VIPs have pins): flow lookup hits over 1M entries",
+		Budget: 150 * time.Nanosecond,
+		dp:     full, frame: cold,
+		verdict: XDPTx, expect: byPin,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 1},
+	}
+	cs := []*BenchCase{nonVIP, l2, ipipCase, syn, floodCase, remapCase, coldCase, floodSyn, coldPinned, mixed}
+	for _, c := range cs {
+		c.suite = s
+	}
+	return cs
+}

@@ -1,0 +1,423 @@
+package xdp
+
+// Flow state: pins made during table transitions keep established flows on
+// their backend; pins to removed backends are ignored and cleaned up; a flood
+// of new flows cannot push pinned flows off; Maintain expires idle pins only.
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/internal/packet"
+)
+
+// fsWorld is a datapath with backends A=1, B=2, C=3 (distinct MACs) and one
+// L2 DSR VIP per family.
+type fsWorld struct {
+	d    *Datapath
+	macs map[string]uint32
+	vip4 VIPKey
+	vip6 VIPKey
+}
+
+const (
+	fsA, fsB, fsC = uint32(1), uint32(2), uint32(3)
+	fsM           = 251 // table size
+	fsGrace       = 30 * time.Second
+)
+
+func fsBackend(id uint32, up bool) Backend {
+	return Backend{Addr: netip.AddrFrom4([4]byte{198, 18, 6, byte(id)}), IfIndex: 1,
+		NextHopMAC: net.HardwareAddr{0x02, 0, 0, 0, 0x06, byte(id)}, SrcMAC: fxEgressMAC, Up: up}
+}
+
+func newFSWorld(t *testing.T, o Options) *fsWorld {
+	t.Helper()
+	if o.TransitionGrace == 0 {
+		o.TransitionGrace = fsGrace
+	}
+	w := &fsWorld{
+		d:    fxOpen(t, o),
+		macs: map[string]uint32{},
+		vip4: VIPKey{Addr: netip.MustParseAddr("198.19.6.1"), Port: 80, Proto: TCP},
+		vip6: VIPKey{Addr: netip.MustParseAddr("2001:db8:106::1"), Port: 80, Proto: TCP},
+	}
+	for _, id := range []uint32{fsA, fsB, fsC} {
+		b := fsBackend(id, true)
+		w.macs[b.NextHopMAC.String()] = id
+		if err := w.d.UpsertBackend(id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []VIPKey{w.vip4, w.vip6} {
+		if err := w.d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: 0x600d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+func (w *fsWorld) setAll(t *testing.T, k VIPKey, id uint32) {
+	t.Helper()
+	if err := w.d.SetTable(k, fxFill(fsM, id)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fsFrame is a TCP packet of the flow client:port -> vip.
+func fsFrame(vip VIPKey, port uint16, flags packet.TCPFlags) []byte {
+	client := netip.AddrFrom4([4]byte{198, 18, 7, byte(port % 251)})
+	if vip.Addr.Is6() {
+		client = netip.MustParseAddr(fmt.Sprintf("2001:db8:7::%x", port))
+	}
+	return fxIn(fxIP(fxAP(client, port), fxAP(vip.Addr, vip.Port), flags, nil), nil)
+}
+
+func fsFlowName(vip VIPKey, port uint16) string {
+	in := fsFrame(vip, port, packet.TCPAck)
+	if vip.Addr.Is4() {
+		return fmt.Sprintf("%s:%d", netip.AddrFrom4([4]byte(in[26:30])), port)
+	}
+	return fmt.Sprintf("[%s]:%d", netip.AddrFrom16([16]byte(in[22:38])), port)
+}
+
+// send runs one packet of flow port and returns the backend it went to.
+func (w *fsWorld) send(t *testing.T, vip VIPKey, port uint16, flags packet.TCPFlags) uint32 {
+	t.Helper()
+	ret, out := fxRun(t, w.d.Program(), fsFrame(vip, port, flags))
+	if ret != fxTX {
+		t.Fatalf("flow %d: verdict %s, want XDP_TX", port, fxVerdict(ret))
+	}
+	id, ok := w.macs[net.HardwareAddr(out[:6]).String()]
+	if !ok {
+		t.Fatalf("flow %d: sent to unknown MAC %s", port, net.HardwareAddr(out[:6]))
+	}
+	return id
+}
+
+// expect sends a packet and checks its backend and the events it moved.
+func (w *fsWorld) expect(t *testing.T, vip VIPKey, port uint16, flags packet.TCPFlags, want uint32, events ...string) {
+	t.Helper()
+	before, _ := fxCounters(t, w.d)
+	got := w.send(t, vip, port, flags)
+	after, _ := fxCounters(t, w.d)
+	if got != want {
+		t.Errorf("flow %d (%v): went to backend %d, want %d", port, flags, got, want)
+	}
+	wantEv := map[string]uint64{}
+	for _, e := range events {
+		wantEv[e]++
+	}
+	for _, e := range []string{"event/pin_created", "event/pin_hit", "event/pin_stale", "event/pin_table_full"} {
+		if d := after[e] - before[e]; d != wantEv[e] {
+			t.Errorf("flow %d: %s moved by %d, want %d", port, e, d, wantEv[e])
+		}
+	}
+}
+
+// pins lists the pinned flows as "client:port" -> backend id.
+func (w *fsWorld) pins(t *testing.T) map[string]uint32 {
+	t.Helper()
+	out := map[string]uint32{}
+	if err := w.d.Flows(func(f Flow) bool {
+		out[f.Src.String()] = f.BackendID
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (w *fsWorld) checkPins(t *testing.T, vip VIPKey, want map[uint16]uint32) {
+	t.Helper()
+	got := w.pins(t)
+	wantNamed := map[string]uint32{}
+	for port, id := range want {
+		wantNamed[fsFlowName(vip, port)] = id
+	}
+	if fmt.Sprint(got) != fmt.Sprint(wantNamed) {
+		t.Errorf("pins %v, want %v", got, wantNamed)
+	}
+}
+
+// endTransitions runs Maintain as if the grace period (and Maintain's one
+// second margin) had passed: the loader's clock runs ahead for the call. Pins
+// look older by the same amount, so idle is large.
+func (w *fsWorld) endTransitions(t *testing.T) MaintainResult {
+	t.Helper()
+	saved := w.d.nowMono
+	w.d.nowMono = func() time.Duration { return saved() + w.d.opts.TransitionGrace + 2*time.Second }
+	defer func() { w.d.nowMono = saved }()
+	res, err := w.d.Maintain(24 * time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range w.d.VIPs() {
+		if v.Transition != 0 {
+			t.Errorf("VIP %s still in transition after Maintain", v.Key)
+		}
+	}
+	return res
+}
+
+func (w *fsWorld) inTransition(t *testing.T, k VIPKey) bool {
+	t.Helper()
+	for _, v := range w.d.VIPs() {
+		if v.Key == k {
+			return v.Transition > 0
+		}
+	}
+	t.Fatalf("no VIP %s", k)
+	return false
+}
+
+func TestEstablishedFlowKeepsBackendAcrossTableChanges(t *testing.T) {
+	for _, fam := range []string{"IPv4", "IPv6"} {
+		t.Run(fam, func(t *testing.T) {
+			w := newFSWorld(t, Options{})
+			vip := w.vip4
+			if fam == "IPv6" {
+				vip = w.vip6
+			}
+			const f, g, h, late = 40001, 40002, 40003, 40004
+
+			w.setAll(t, vip, fsA)
+			// Steady state: no transition, no state.
+			w.expect(t, vip, f, packet.TCPSyn, fsA)
+			w.expect(t, vip, f, packet.TCPAck, fsA)
+			w.checkPins(t, vip, nil)
+
+			// All slots move to B. The established flow f stays on A and is
+			// pinned on its first packet; later packets follow the pin.
+			w.setAll(t, vip, fsB)
+			if !w.inTransition(t, vip) {
+				t.Fatal("no transition after SetTable")
+			}
+			w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_created")
+			w.expect(t, vip, f, packet.TCPAck|packet.TCPPsh, fsA, "event/pin_hit")
+			// A new flow's SYN takes the new table and is pinned there.
+			w.expect(t, vip, g, packet.TCPSyn, fsB, "event/pin_created")
+			w.expect(t, vip, g, packet.TCPAck, fsB, "event/pin_hit")
+			w.checkPins(t, vip, map[uint16]uint32{f: fsA, g: fsB})
+
+			// A second change (all C): pinned flows stay where they are, a new
+			// SYN takes C.
+			w.setAll(t, vip, fsC)
+			w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_hit")
+			w.expect(t, vip, g, packet.TCPAck, fsB, "event/pin_hit")
+			w.expect(t, vip, h, packet.TCPSyn, fsC, "event/pin_created")
+			w.checkPins(t, vip, map[uint16]uint32{f: fsA, g: fsB, h: fsC})
+			if got, err := w.d.Table(vip); err != nil || len(got) != fsM || got[0] != fsC {
+				t.Errorf("Table: %d slots, %v", len(got), err)
+			}
+
+			// The transition ends: pins stay and are still followed; a flow
+			// never seen before follows the table and creates no pin.
+			res := w.endTransitions(t)
+			if res.Remaining != 3 || res.Expired != 0 || res.Stale != 0 {
+				t.Errorf("Maintain: %+v, want 3 remaining, none expired", res)
+			}
+			w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_hit")
+			w.expect(t, vip, g, packet.TCPAck, fsB, "event/pin_hit")
+			w.expect(t, vip, h, packet.TCPAck, fsC, "event/pin_hit")
+			w.expect(t, vip, late, packet.TCPAck, fsC)
+			w.checkPins(t, vip, map[uint16]uint32{f: fsA, g: fsB, h: fsC})
+		})
+	}
+}
+
+// TestTransitionEndsOnTime checks the program's side of the grace period
+// against the real clock: the loader's deadline and bpf_ktime_get_ns must be
+// the same clock.
+func TestTransitionEndsOnTime(t *testing.T) {
+	const grace = time.Second
+	w := newFSWorld(t, Options{TransitionGrace: grace})
+	vip := w.vip4
+	w.setAll(t, vip, fsA)
+	start := time.Now()
+	w.setAll(t, vip, fsB)
+	set := time.Now() // the deadline is SetTable's clock reading plus grace: before this
+	w.expect(t, vip, 40001, packet.TCPAck, fsA, "event/pin_created")
+	if elapsed := time.Since(start); elapsed > grace/2 {
+		t.Fatalf("SetTable and one packet took %v, too long to observe a %v grace period", elapsed, grace)
+	}
+	time.Sleep(time.Until(set.Add(grace + 50*time.Millisecond)))
+	// Past the deadline the previous table is no longer consulted, even before
+	// Maintain runs: an unpinned flow follows the current table.
+	w.expect(t, vip, 40002, packet.TCPAck, fsB)
+	w.expect(t, vip, 40001, packet.TCPAck, fsA, "event/pin_hit")
+}
+
+func TestRemovedBackendLosesItsFlows(t *testing.T) {
+	for _, how := range []string{"deleted", "down"} {
+		t.Run(how, func(t *testing.T) {
+			w := newFSWorld(t, Options{})
+			vip := w.vip4
+			const f = 40001
+			w.setAll(t, vip, fsA)
+			w.setAll(t, vip, fsB)
+			w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_created")
+			w.setAll(t, vip, fsC)
+			w.endTransitions(t)
+			w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_hit")
+
+			if how == "deleted" {
+				if err := w.d.DeleteBackend(fsA); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := w.d.UpsertBackend(fsA, fsBackend(fsA, false)); err != nil {
+				t.Fatal(err)
+			}
+			// The pin is ignored: the flow follows the table.
+			w.expect(t, vip, f, packet.TCPAck, fsC, "event/pin_stale")
+			res, err := w.d.Maintain(time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res != (MaintainResult{Stale: 1}) {
+				t.Errorf("Maintain: %+v, want one stale pin removed", res)
+			}
+			w.checkPins(t, vip, nil)
+			w.expect(t, vip, f, packet.TCPAck, fsC)
+		})
+	}
+
+	// During a transition too, a flow pinned to a removed backend never goes
+	// to it.
+	t.Run("deleted during a transition", func(t *testing.T) {
+		w := newFSWorld(t, Options{})
+		vip := w.vip6
+		const f = 40001
+		w.setAll(t, vip, fsA)
+		w.setAll(t, vip, fsB)
+		w.expect(t, vip, f, packet.TCPAck, fsA, "event/pin_created")
+		w.setAll(t, vip, fsC)
+		if err := w.d.DeleteBackend(fsA); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := fxCounters(t, w.d)
+		if got := w.send(t, vip, f, packet.TCPAck); got == fsA {
+			t.Errorf("flow pinned to a deleted backend still went to it")
+		}
+		after, _ := fxCounters(t, w.d)
+		if d := after["event/pin_stale"] - before["event/pin_stale"]; d != 1 {
+			t.Errorf("pin_stale moved by %d, want 1", d)
+		}
+	})
+}
+
+func TestFloodOfNewFlowsKeepsPinnedFlows(t *testing.T) {
+	const maxFlows = 64
+	w := newFSWorld(t, Options{MaxFlows: maxFlows})
+	vip := w.vip4
+	w.setAll(t, vip, fsA)
+	w.setAll(t, vip, fsB) // every slot moved
+
+	// Ten established flows are pinned to A.
+	pinned := map[uint16]uint32{}
+	for i := range uint16(10) {
+		w.expect(t, vip, 1000+i, packet.TCPAck, fsA, "event/pin_created")
+		pinned[1000+i] = fsA
+	}
+	// A flood of 1,000 new tuples (non-SYN, so each tries to pin) fills the
+	// table; the rest are counted, not pinned, and evict nothing.
+	before, _ := fxCounters(t, w.d)
+	for i := range uint16(1000) {
+		if got := w.send(t, vip, 20000+i, packet.TCPAck); got != fsA {
+			t.Fatalf("flood flow %d went to %d, want the previous table's %d", i, got, fsA)
+		}
+	}
+	after, _ := fxCounters(t, w.d)
+	created := after["event/pin_created"] - before["event/pin_created"]
+	full := after["event/pin_table_full"] - before["event/pin_table_full"]
+	if created != maxFlows-10 || full != 1000-(maxFlows-10) {
+		t.Errorf("flood: %d pins created, %d refused for a full table; want %d and %d", created, full, maxFlows-10, 1000-(maxFlows-10))
+	}
+	pins := w.pins(t)
+	if len(pins) != maxFlows {
+		t.Errorf("%d pins, want %d", len(pins), maxFlows)
+	}
+	for port, id := range pinned {
+		if got := pins[fsFlowName(vip, port)]; got != id {
+			t.Errorf("flow %d lost its pin to %d (now %d)", port, id, got)
+		}
+	}
+
+	// A SYN flood of new tuples during the transition evicts nothing either
+	// (SYNs whose slot moved try to pin to the current table).
+	before, _ = fxCounters(t, w.d)
+	for i := range uint16(500) {
+		if got := w.send(t, vip, 50000+i, packet.TCPSyn); got != fsB {
+			t.Fatalf("SYN %d went to %d, want the current table's %d", i, got, fsB)
+		}
+	}
+	after, _ = fxCounters(t, w.d)
+	if created, full := after["event/pin_created"]-before["event/pin_created"], after["event/pin_table_full"]-before["event/pin_table_full"]; created != 0 || full != 500 {
+		t.Errorf("SYN flood: %d pins created, %d refused, want 0 and 500", created, full)
+	}
+
+	// Another change and the end of the transition: the ten flows still go to
+	// A, flood flows that got no pin follow the table.
+	w.setAll(t, vip, fsC)
+	w.endTransitions(t)
+	for port, id := range pinned {
+		w.expect(t, vip, port, packet.TCPAck, id, "event/pin_hit")
+	}
+	if _, ok := pins[fsFlowName(vip, 20999)]; !ok {
+		w.expect(t, vip, 20999, packet.TCPAck, fsC)
+	}
+}
+
+func TestMaintainExpiresOnlyIdlePins(t *testing.T) {
+	w := newFSWorld(t, Options{})
+	vip := w.vip6
+	w.setAll(t, vip, fsA)
+	// Pins restored (PinFlow) on a VIP in steady state are honoured.
+	mk := func(port uint16, id uint32, idle time.Duration) Flow {
+		in := fsFrame(vip, port, packet.TCPAck)
+		return Flow{Src: fxAP(netip.AddrFrom16([16]byte(in[22:38])), port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: id, Idle: idle}
+	}
+	for _, f := range []Flow{mk(1, fsB, 0), mk(2, fsC, 30*time.Second), mk(3, fsB, 90*time.Second), mk(4, fsC, 10*time.Minute), mk(6, fsC, 40*time.Second)} {
+		if err := w.d.PinFlow(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.expect(t, vip, 1, packet.TCPAck, fsB, "event/pin_hit")
+	// A hit refreshes the pin's last-seen stamp (it was 30 s old).
+	w.expect(t, vip, 2, packet.TCPAck, fsC, "event/pin_hit")
+	w.expect(t, vip, 5, packet.TCPAck, fsA)
+
+	idle := map[string]time.Duration{}
+	if err := w.d.Flows(func(f Flow) bool { idle[f.Src.String()] = f.Idle; return true }); err != nil {
+		t.Fatal(err)
+	}
+	for port, want := range map[uint16]time.Duration{2: 0, 3: 90 * time.Second, 4: 10 * time.Minute, 6: 40 * time.Second} {
+		if got := idle[fsFlowName(vip, port)]; got < want || got > want+5*time.Second {
+			t.Errorf("flow %d idle %v, want about %v", port, got, want)
+		}
+	}
+
+	res, err := w.d.Maintain(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (MaintainResult{Expired: 2, Remaining: 3}) {
+		t.Errorf("Maintain(1m): %+v, want 2 expired and 3 remaining", res)
+	}
+	w.checkPins(t, vip, map[uint16]uint32{1: fsB, 2: fsC, 6: fsC})
+	res, err = w.d.Maintain(20 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (MaintainResult{Expired: 1, Remaining: 2}) {
+		t.Errorf("Maintain(20s): %+v, want 1 expired and 2 remaining", res)
+	}
+	w.checkPins(t, vip, map[uint16]uint32{1: fsB, 2: fsC})
+	w.expect(t, vip, 1, packet.TCPAck, fsB, "event/pin_hit")
+	w.expect(t, vip, 2, packet.TCPAck, fsC, "event/pin_hit")
+	w.expect(t, vip, 4, packet.TCPAck, fsA)
+	w.expect(t, vip, 6, packet.TCPAck, fsA)
+}
