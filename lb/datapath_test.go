@@ -18,7 +18,7 @@ import (
 // TestReconcileRealDatapath reconciles into the real program and checks, for
 // 1,000 5-tuples per family after each change, that every packet lands on the
 // backend a Maglev table built here independently predicts
-// (table[FlowHash % M]).
+// (table[Slot(FlowHash, M)]).
 func TestReconcileRealDatapath(t *testing.T) {
 	testnet.RequirePrivileged(t)
 	// No grace period: UDP packets (no SYN) of flows whose slot moved would
@@ -98,7 +98,7 @@ func TestReconcileRealDatapath(t *testing.T) {
 					t.Fatal(err)
 				}
 				h := xdp.FlowHash(netip.AddrPortFrom(client, sport), netip.AddrPortFrom(v.Key.Addr, dport), v.Key.Proto, HashSeed(seed))
-				want := macOf[table[h%uint32(len(table))]]
+				want := macOf[table[xdp.Slot(h, len(table))]]
 				if got := net.HardwareAddr(out[:6]).String(); verdict != 3 || got != want {
 					if misses++; misses <= 5 {
 						t.Errorf("%s: %s %s:%d -> %s:%d: verdict %d to %s, want XDP_TX to %s", s.name, v.Key, client, sport, v.Key.Addr, dport, verdict, got, want)

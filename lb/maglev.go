@@ -119,10 +119,11 @@ type MaglevBackend struct {
 //
 // With equal weights this is exactly the population algorithm of the Maglev
 // paper (Eisenbud et al., NSDI 2016, §3.4): one turn each per round until the
-// table is full, so every backend gets floor(M/N) or ceil(M/N) slots. Steps 4
-// and 5 extend it to weights in the way Katran's Maglev V2 does, with quotas
-// so that shares are exact to a slot. Permutation entries are computed as the
-// search goes; nothing of size N×M is ever built.
+// table is full, so every backend gets floor(M/N) or ceil(M/N) slots. Step 5
+// extends it to weights as Katran's MaglevHashV2 does (a backend takes a turn
+// whenever its accumulated weight reaches the largest weight), and step 4
+// adds quotas so that shares are exact to a slot. Permutation entries are
+// computed as the search goes; nothing of size N×M is ever built.
 type MaglevBuilder struct {
 	k0, k1 uint64 // SipHash key, from the seed
 

@@ -1,12 +1,12 @@
 package xdp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-
-	"github.com/cilium/ebpf"
+	"time"
 )
 
 // Backend is where the datapath sends a service's flows.
@@ -36,13 +36,14 @@ func (b Backend) bpf() (lbBackend, error) {
 	if len(b.NextHopMAC) != 6 || len(b.SrcMAC) != 6 {
 		return v, errors.New("next-hop and source MACs must be 6 bytes")
 	}
-	if b.MTU < 0 || b.MTU > 65535 {
-		return v, fmt.Errorf("MTU %d out of range", b.MTU)
+	if b.MTU != 0 && (b.MTU < 576 || b.MTU > 65535) {
+		return v, fmt.Errorf("MTU %d out of range 576-65535", b.MTU)
 	}
 	v.Addr = addr16(b.Addr.Unmap())
 	v.Family = family(b.Addr.Unmap())
+	v.Flags = uint8(lbXdplbBackendFlagsBACKEND_F_VALID)
 	if b.Up {
-		v.Flags = uint8(lbXdplbBackendFlagsBACKEND_F_UP)
+		v.Flags |= uint8(lbXdplbBackendFlagsBACKEND_F_UP)
 	}
 	v.Mtu = uint16(b.MTU)
 	v.Ifindex = uint32(b.IfIndex)
@@ -55,16 +56,25 @@ func backendFrom(v lbBackend) Backend {
 	return Backend{
 		Addr:       addrFrom16(v.Addr, v.Family),
 		IfIndex:    int(v.Ifindex),
-		NextHopMAC: net.HardwareAddr(v.Dmac[:]),
-		SrcMAC:     net.HardwareAddr(v.Smac[:]),
+		NextHopMAC: net.HardwareAddr(bytes.Clone(v.Dmac[:])),
+		SrcMAC:     net.HardwareAddr(bytes.Clone(v.Smac[:])),
 		MTU:        int(v.Mtu),
 		Up:         v.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) != 0,
 	}
 }
 
-// UpsertBackend writes backend id (1..MaxBackends-1). The value is replaced as
-// a whole: a packet sees the old entry or the new one. A new id's counters
-// start from zero (DeleteBackend zeroed them).
+// backendState is what the datapath holds for a backend id: the entry in
+// use, its half, and when that half last changed.
+type backendState struct {
+	entry   lbBackend
+	gen     uint32
+	flipped time.Time
+}
+
+// UpsertBackend writes backend id (1..MaxBackends-1). A packet sees the old
+// entry or the new one, never a mix: a changed backend is written into the
+// half of its slot not in use, which then becomes the one in use. A new id's
+// counters start from zero (DeleteBackend zeroed them).
 func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if id == 0 || int(id) >= d.opts.MaxBackends {
 		return fmt.Errorf("backend id %d out of range 1-%d", id, d.opts.MaxBackends-1)
@@ -73,21 +83,55 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if err != nil {
 		return fmt.Errorf("backend %d (%s): %w", id, b.Addr, err)
 	}
-	if err := d.objs.Backends.Put(id, &v); err != nil {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, live := d.backends[id]
+	if !live {
+		// Nothing references a new id: one write.
+		slot := lbBackendSlot{}
+		slot.B[0] = v
+		if err := d.objs.Backends.Put(id, &slot); err != nil {
+			return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+		}
+		d.backends[id] = &backendState{entry: v}
+		return nil
+	}
+	if st.entry == v {
+		return nil
+	}
+	// The half about to be written was in use until the last change: if
+	// that was moments ago, a packet may still be reading it.
+	if time.Since(st.flipped) < time.Second {
+		if err := d.sync(); err != nil {
+			return err
+		}
+	}
+	slot := lbBackendSlot{Gen: st.gen}
+	slot.B[st.gen&1] = st.entry
+	slot.B[(st.gen+1)&1] = v
+	if err := d.objs.Backends.Put(id, &slot); err != nil {
 		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
 	}
+	slot.Gen = st.gen + 1
+	if err := d.objs.Backends.Put(id, &slot); err != nil {
+		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+	}
+	st.entry, st.gen, st.flipped = v, slot.Gen, time.Now()
 	return nil
 }
 
 // DeleteBackend removes backend id (tables must no longer reference it) and
 // zeroes its counters, so that a backend given the id later starts from zero.
 func (d *Datapath) DeleteBackend(id uint32) error {
-	if err := d.objs.Backends.Delete(id); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("deleting backend %d: %w", id, ErrNotFound)
-		}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.backends[id]; !ok {
+		return fmt.Errorf("deleting backend %d: %w", id, ErrNotFound)
+	}
+	if err := d.objs.Backends.Put(id, &lbBackendSlot{}); err != nil {
 		return fmt.Errorf("deleting backend %d: %w", id, err)
 	}
+	delete(d.backends, id)
 	if err := d.objs.BackendStats.Put(id, d.zeroStats); err != nil {
 		return fmt.Errorf("deleting backend %d: resetting counters: %w", id, err)
 	}
@@ -96,17 +140,30 @@ func (d *Datapath) DeleteBackend(id uint32) error {
 
 // Backends lists the backend entries by id.
 func (d *Datapath) Backends() (map[uint32]Backend, error) {
-	out := map[uint32]Backend{}
-	var id uint32
-	var v lbBackend
-	it := d.objs.Backends.Iterate()
-	for it.Next(&id, &v) {
-		out[id] = backendFrom(v)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing backends: %w", err)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[uint32]Backend, len(d.backends))
+	for id, st := range d.backends {
+		out[id] = backendFrom(st.entry)
 	}
 	return out, nil
+}
+
+// recoverBackends reads the backend entries of an earlier instance.
+func (d *Datapath) recoverBackends() error {
+	var id uint32
+	var slot lbBackendSlot
+	it := d.objs.Backends.Iterate()
+	for it.Next(&id, &slot) {
+		e := slot.B[slot.Gen&1]
+		if e.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
+			d.backends[id] = &backendState{entry: e, gen: slot.Gen}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading pinned backends: %w", err)
+	}
+	return nil
 }
 
 // AddTxPort lets backends be reached through interface ifindex when packets

@@ -616,7 +616,7 @@ func (s *BenchSuite) coldFlow(i uint32) Flow {
 	v := &s.vips[i>>16]
 	src := netip.AddrPortFrom(benchColdClient, uint16(i))
 	dst := netip.AddrPortFrom(v.key.Addr, benchPort)
-	id := v.table[FlowHash(src, dst, TCP, v.seed)%uint32(len(v.table))]
+	id := v.table[Slot(FlowHash(src, dst, TCP, v.seed), len(v.table))]
 	k := slices.IndexFunc(v.backends, func(b BenchBackend) bool { return b.ID == id })
 	return Flow{Src: src, Dst: dst, Proto: TCP, BackendID: v.backends[(k+1)%len(v.backends)].ID}
 }
@@ -964,7 +964,7 @@ func (s *BenchSuite) byTable(pkt []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.forward(v, pkt, v.table[FlowHash(src, dst, TCP, v.seed)%uint32(len(v.table))])
+	return s.forward(v, pkt, v.table[Slot(FlowHash(src, dst, TCP, v.seed), len(v.table))])
 }
 
 func (s *BenchSuite) newCases() []*BenchCase {
@@ -1004,7 +1004,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 			}
 			src, dst := benchTuple(pkt)
 			v := &s.vips[vip]
-			return s.forward(v, pkt, t[FlowHash(src, dst, TCP, v.seed)%uint32(len(t))])
+			return s.forward(v, pkt, t[Slot(FlowHash(src, dst, TCP, v.seed), len(t))])
 		}
 	}
 	byPin := func(pkt []byte) ([]byte, error) {
@@ -1123,7 +1123,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		n := 0
 		for i := range uint32(benchRemapFlows) {
 			src, dst := benchTuple(mixed.frame.Varied(i))
-			slot := FlowHash(src, dst, TCP, v.seed) % uint32(len(v.table))
+			slot := Slot(FlowHash(src, dst, TCP, v.seed), len(v.table))
 			if v.table[slot] != drained[slot] {
 				n++
 			}

@@ -133,18 +133,14 @@ type MaintainResult struct {
 // flow lookup). Call it periodically, e.g. every 10 s.
 func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	var res MaintainResult
-	backends, err := d.Backends()
-	if err != nil {
-		return res, err
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	hasPins := map[VIPKey]bool{}
 	var del []Flow
-	err = d.Flows(func(f Flow) bool {
-		b, ok := backends[f.BackendID]
+	err := d.Flows(func(f Flow) bool {
+		b, ok := d.backends[f.BackendID]
 		switch {
-		case !ok || !b.Up:
+		case !ok || b.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) == 0:
 			res.Stale++
 			del = append(del, f)
 		case f.Idle > idle:

@@ -25,6 +25,7 @@ type Options struct {
 	// MaxVIPs bounds the number of services (default 4096).
 	MaxVIPs int
 	// MaxBackends bounds backend ids (default 65536); ids are 1..MaxBackends-1.
+	// Per-backend counters take 24 bytes per id and CPU.
 	MaxBackends int
 	// MaxFlows bounds the pins of each family (default 1,048,576).
 	MaxFlows int
@@ -69,6 +70,7 @@ type Datapath struct {
 
 	mu        sync.Mutex
 	vips      map[VIPKey]*vipState
+	backends  map[uint32]*backendState
 	vipIDs    idAllocator
 	tables    idAllocator
 	filter    map[uint32]int // filter bit -> number of VIP addresses on it
@@ -127,8 +129,8 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		for name, m := range spec.Maps {
 			// Sections of global variables belong to one load of the
-			// program; bench frames to one benchmark.
-			if strings.HasPrefix(name, ".") || name == lbMapBenchFrames {
+			// program; bench frames to one benchmark; the pin backoff is a moment's state.
+			if strings.HasPrefix(name, ".") || name == lbMapBenchFrames || name == lbMapPinBackoff {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
@@ -139,6 +141,7 @@ func Open(opts Options) (*Datapath, error) {
 		opts:      opts,
 		zeroStats: make([]lbLbStats, ebpf.MustPossibleCPU()),
 		vips:      map[VIPKey]*vipState{},
+		backends:  map[uint32]*backendState{},
 		filter:    map[uint32]int{},
 		addrs:     map[addrKey]int{},
 		links:     map[string]*Attachment{},
@@ -250,9 +253,10 @@ func ensureBPFFS(dir string) error {
 	return nil
 }
 
+// monotonicNow is the program's clock (bpf_ktime_get_coarse_ns).
 func monotonicNow() time.Duration {
 	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
 	return time.Duration(ts.Nano())
 }
 

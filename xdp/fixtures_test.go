@@ -314,10 +314,10 @@ func (w *fxWorld) vip(a netip.Addr, port uint16, proto Proto) fxVIPDef {
 }
 
 // pick predicts the backend of the flow src -> dst of service v, as the
-// program must choose it: table[FlowHash % M].
+// program must choose it: table[Slot(FlowHash, M)].
 func (w *fxWorld) pick(v fxVIPDef, src, dst netip.AddrPort) (uint32, Backend, uint32) {
 	h := FlowHash(src, dst, v.key.Proto, v.vip.HashSeed)
-	id := v.table[h%uint32(len(v.table))]
+	id := v.table[Slot(h, len(v.table))]
 	return id, w.backends[id], h
 }
 
@@ -1127,7 +1127,7 @@ func TestBackendChoice(t *testing.T) {
 						l = fxUDP(src, dst, []byte{1, 2, 3})
 					}
 					ret, out := fxRun(t, d.Program(), fxIn(l, nil))
-					want := table[FlowHash(src, dst, proto, fam.seed+uint32(proto))%251]
+					want := table[Slot(FlowHash(src, dst, proto, fam.seed+uint32(proto)), 251)]
 					if ret != fxTX {
 						t.Fatalf("%s -> %s/%s: verdict %s", src, dst, proto, fxVerdict(ret))
 					}

@@ -51,11 +51,18 @@ func foldAddr(a netip.Addr) uint32 {
 }
 
 // FlowHash is the hash the program computes for a packet from src to dst
-// (ports in host order): its Maglev slot is FlowHash(...) % M.
+// (ports in host order): its Maglev slot is Slot(FlowHash(...), M).
 func FlowHash(src, dst netip.AddrPort, proto Proto, seed uint32) uint32 {
 	sport := uint32(bits.ReverseBytes16(src.Port()))
 	dport := uint32(bits.ReverseBytes16(dst.Port()))
 	return jhash3(foldAddr(src.Addr()), foldAddr(dst.Addr())^uint32(proto), sport<<16|dport, seed)
+}
+
+// Slot is the table slot of a flow hash in a table of m slots: the hash
+// scaled to [0, m) by a multiplication (the program has no division on its
+// fast path). Like FlowHash, it is part of what a fleet must agree on.
+func Slot(hash uint32, m int) uint32 {
+	return uint32(uint64(hash) * uint64(m) >> 32)
 }
 
 // FilterBit is the bit of the VIP prefilter bitmap an address sets.

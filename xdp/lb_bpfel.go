@@ -26,6 +26,13 @@ type lbBackend struct {
 	Pad     uint16
 }
 
+type lbBackendSlot struct {
+	_   structs.HostLayout
+	Gen uint32
+	Pad uint32
+	B   [2]lbBackend
+}
+
 type lbBenchFrame struct {
 	_          structs.HostLayout
 	Len        uint32
@@ -124,7 +131,8 @@ const (
 type lbXdplbBackendFlags uint32
 
 const (
-	lbXdplbBackendFlagsBACKEND_F_UP lbXdplbBackendFlags = 1
+	lbXdplbBackendFlagsBACKEND_F_UP    lbXdplbBackendFlags = 1
+	lbXdplbBackendFlagsBACKEND_F_VALID lbXdplbBackendFlags = 2
 )
 
 type lbXdplbCounter uint32
@@ -193,6 +201,7 @@ const (
 	lbMapCt4              = "ct4"
 	lbMapCt6              = "ct6"
 	lbMapMaglevTables     = "maglev_tables"
+	lbMapPinBackoff       = "pin_backoff"
 	lbMapSettingsMap      = "settings_map"
 	lbMapStats            = "stats"
 	lbMapTxPorts          = "tx_ports"
@@ -268,6 +277,7 @@ type lbMapSpecs struct {
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
+	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	SettingsMap  *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -315,6 +325,7 @@ type lbMaps struct {
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
+	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	SettingsMap  *ebpf.Map `ebpf:"settings_map"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
@@ -332,6 +343,7 @@ func (m *lbMaps) Close() error {
 		m.Ct4,
 		m.Ct6,
 		m.MaglevTables,
+		m.PinBackoff,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,

@@ -184,6 +184,9 @@ func (d *Datapath) recover() error {
 	if err := d.flushFreed(); err != nil {
 		return err
 	}
+	if err := d.recoverBackends(); err != nil {
+		return err
+	}
 	var a lbVipAddr
 	var info lbVipAddrInfo
 	ait := d.objs.VipAddrs.Iterate()

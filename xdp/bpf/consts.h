@@ -70,6 +70,9 @@
  * a pinned flow writes its entry about once a second, not once a packet. */
 #define PIN_TOUCH_NS 1000000000ULL
 
+/* How long a CPU stops trying to pin after the flow table was full (ns). */
+#define PIN_BACKOFF_NS 100000000ULL
+
 /* The bench wrapper restores at most this many bytes of the original frame. */
 #define BENCH_MAX_FRAME 256
 
@@ -92,7 +95,8 @@ enum xdplb_addr_flags {
 
 /* backend.flags */
 enum xdplb_backend_flags {
-	BACKEND_F_UP = 1 << 0, /* usable: pins to it are honoured */
+	BACKEND_F_UP = 1 << 0,    /* usable: pins to it are honoured */
+	BACKEND_F_VALID = 1 << 1, /* the entry exists */
 };
 
 /* Index of every global counter in the stats map. Each packet is counted under

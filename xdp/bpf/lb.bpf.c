@@ -137,7 +137,7 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
 
 	if (!table || !size)
 		return 0;
-	slot = hash % size;
+	slot = ((__u64)hash * size) >> 32; /* hash % size, without a division */
 	s = bpf_map_lookup_elem(table, &slot);
 	return s ? s->id[half & 1] : 0;
 }
@@ -158,11 +158,28 @@ static __always_inline struct ct_value *ct_lookup(struct pkt *p)
 	return bpf_map_lookup_elem(&ct6, &k);
 }
 
+/* When the flow table is full, every insert walks a full bucket before it
+ * fails: after a failure this CPU stops trying for PIN_BACKOFF_NS (pins then
+ * fail at once, counted the same). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_backoff SEC(".maps");
+
 static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace)
 {
 	struct ct_value v = { .backend_id = backend_id, .last_seen = now };
 	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
+	__u32 zero = 0;
+	__u64 *until = bpf_map_lookup_elem(&pin_backoff, &zero);
 	long err;
+
+	if (until && now < *until) {
+		count(CNT_EV_PIN_FULL);
+		return;
+	}
 
 	if (p->family == 4) {
 		struct flow4 k = {
@@ -177,10 +194,25 @@ static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, i
 		__builtin_memcpy(k.daddr, p->daddr, 16);
 		err = bpf_map_update_elem(&ct6, &k, &v, flags);
 	}
-	if (!err)
+	if (!err) {
 		count(CNT_EV_PIN_CREATED);
-	else if (err != -EEXIST_) /* another CPU pinned it first: fine */
+	} else if (err != -EEXIST_) { /* EEXIST: another CPU pinned it first */
 		count(CNT_EV_PIN_FULL);
+		if (until)
+			*until = now + PIN_BACKOFF_NS;
+	}
+}
+
+/* backend_lookup returns the entry of backend id in use, or NULL. */
+static __always_inline struct backend *backend_lookup(__u32 id)
+{
+	struct backend_slot *s = bpf_map_lookup_elem(&backends, &id);
+	struct backend *b;
+
+	if (!s)
+		return NULL;
+	b = &s->b[s->gen & 1];
+	return (b->flags & BACKEND_F_VALID) ? b : NULL;
 }
 
 static __always_inline int backend_up(struct backend *b)
@@ -202,10 +234,10 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 		ct = ct_lookup(p);
 		if (ct) {
 			*id = ct->backend_id;
-			b = bpf_map_lookup_elem(&backends, id);
+			b = backend_lookup(*id);
 			if (backend_up(b)) {
 				count(CNT_EV_PIN_HIT);
-				if (ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_ns()))
+				if (ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_coarse_ns()))
 					ct->last_seen = now;
 				return b;
 			}
@@ -217,7 +249,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 
 	cur = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
 	*id = cur;
-	if (m->transition_end && (now = bpf_ktime_get_ns()) < m->transition_end) {
+	if (m->transition_end && (now = bpf_ktime_get_coarse_ns()) < m->transition_end) {
 		prev = table_lookup(m->prev_idx, m->prev_half, m->prev_size, hash);
 		if (prev && prev != cur) {
 			/* The slot moved moments ago. A SYN starts a flow on the current
@@ -225,7 +257,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 			 * the previous backend: keep it there while it is up. Either way
 			 * pin the flow so it stays put after the grace period. */
 			if (!p->syn) {
-				pb = bpf_map_lookup_elem(&backends, &prev);
+				pb = backend_lookup(prev);
 				if (backend_up(pb)) {
 					*id = prev;
 					if (!p->icmp_err)
@@ -237,7 +269,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 				ct_pin(p, cur, now, stale);
 		}
 	}
-	return bpf_map_lookup_elem(&backends, id);
+	return backend_lookup(*id);
 }
 
 static __always_inline __u32 xmit(struct xdp_md *ctx, struct backend *b, __u32 tx, __u32 redirect)

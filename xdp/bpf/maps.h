@@ -58,12 +58,13 @@ struct {
 	__array(values, struct maglev_inner);
 } maglev_tables SEC(".maps");
 
-/* Backends by id; a hash so that an update replaces the whole value at once. */
+/* Backends by id: an array (its lookups are inlined), each id with two
+ * halves so that an update never shows a half-written entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DEFAULT_MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, struct backend);
+	__type(value, struct backend_slot);
 } backends SEC(".maps");
 
 /* Pins of IPv4 and IPv6 flows made during table transitions. Plain hash maps:

@@ -41,13 +41,13 @@ struct vip_meta {
 	__u32 prev_half;
 	__u32 prev_size;
 	__u32 hash_seed;    /* flow hash seed, the same on every appliance */
-	__u64 transition_end; /* CLOCK_MONOTONIC ns; 0 or past: no transition */
+	__u64 transition_end; /* CLOCK_MONOTONIC_COARSE ns; 0 or past: no transition */
 	__u8 mode;          /* enum xdplb_mode */
 	__u8 flags;         /* enum xdplb_vip_flags */
 	__u8 pad[6];
 };
 
-/* Value of backends, keyed by the backend id (u32, never 0). */
+/* A backend, as the program uses it. */
 struct backend {
 	__u8 addr[16];      /* IPIP outer destination */
 	__u8 family;
@@ -58,6 +58,15 @@ struct backend {
 	__u8 smac[6];       /* egress interface's MAC */
 	__be16 port;        /* reserved for SNAT */
 	__u16 pad;
+};
+
+/* Value of backends, indexed by the backend id (never 0). The entry in use is
+ * b[gen & 1]: user space writes a changed backend into the other half, then
+ * flips gen, so a packet never reads a half-written entry. */
+struct backend_slot {
+	__u32 gen;
+	__u32 pad;
+	struct backend b[2];
 };
 
 /* Flow keys of ct4 and ct6: the client's side of a flow, as seen arriving. */
@@ -83,7 +92,7 @@ struct flow6 {
 struct ct_value {
 	__u32 backend_id;
 	__u32 flags;        /* reserved (NAT state later) */
-	__u64 last_seen;    /* CLOCK_MONOTONIC ns, refreshed at most every PIN_TOUCH_NS */
+	__u64 last_seen;    /* CLOCK_MONOTONIC_COARSE ns, refreshed at most every PIN_TOUCH_NS */
 };
 
 /* A slot of an inner Maglev map holds the backend ids of two tables: the
