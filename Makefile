@@ -8,11 +8,11 @@ GO         ?= go
 BIN        ?= bin/xdplb
 PREFIX     ?= /usr/local
 TEST_FLAGS ?= -count=1 -timeout 20m
-DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool
+DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool prometheus systemd
 
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: help deps generate build lint test bench demo clean
+.PHONY: help deps generate build lint test bench demo install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ bench: ## datapath and Maglev benchmarks (root)
 
 demo: build ## run the appliance in a namespace topology with traffic and counters (root)
 	$(BIN) demo
+
+install: build ## install the binary, the systemd unit and an example config (root)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/xdplb
+	install -D -m 0644 cmd/xdplb/systemd/xdplb.service $(DESTDIR)/etc/systemd/system/xdplb.service
+	install -D -m 0644 config/testdata/example.yaml $(DESTDIR)/etc/xdplb/xdplb.yaml.example
+	@test -e $(DESTDIR)/etc/xdplb/xdplb.yaml || echo "now write /etc/xdplb/xdplb.yaml (see /etc/xdplb/xdplb.yaml.example, docs/config.md), then: systemctl daemon-reload && systemctl enable --now xdplb"
 
 clean: ## remove build output
 	rm -rf bin

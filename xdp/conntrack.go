@@ -198,3 +198,22 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	}
 	return res, nil
 }
+
+// LookupFlow returns the backend a flow is pinned to, if it is.
+func (d *Datapath) LookupFlow(src, dst netip.AddrPort, proto Proto) (uint32, bool, error) {
+	f := Flow{Src: src, Dst: dst, Proto: proto}
+	var v lbCtValue
+	var err error
+	if src.Addr().Is4() {
+		err = d.objs.Ct4.Lookup(f.key4(), &v)
+	} else {
+		err = d.objs.Ct6.Lookup(f.key6(), &v)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("looking up flow %s -> %s: %w", src, dst, err)
+	}
+	return v.BackendId, true, nil
+}

@@ -44,8 +44,9 @@ type DecapOptions struct {
 	// PinPath as in Options; the link and maps are pinned under
 	// PinPath/decap/IFACE/.
 	PinPath string
-	// Addrs are the outer destinations to decapsulate; empty: every address
-	// of the interface.
+	// Addrs are the outer destinations to decapsulate; empty: those of an
+	// earlier attachment whose maps are pinned, else every address of the
+	// interface.
 	Addrs []netip.Addr
 	// Mode of attachment.
 	Mode AttachMode
@@ -77,17 +78,22 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		return nil, fmt.Errorf("loading the decap program: %w", err)
 	}
+	// Without addresses, keep those of an earlier attachment (its pinned
+	// map), else take the interface's.
 	addrs := opts.Addrs
-	if len(addrs) == 0 {
-		addrs, err = interfaceAddrs(iface)
-		if err != nil {
+	var k lbVipAddr
+	var v uint32
+	if len(addrs) == 0 && !d.objs.DecapAddrs.Iterate().Next(&k, &v) {
+		if addrs, err = interfaceAddrs(iface); err != nil {
 			d.objs.Close()
 			return nil, err
 		}
 	}
-	if err := d.SetAddrs(addrs); err != nil {
-		d.objs.Close()
-		return nil, err
+	if len(addrs) > 0 {
+		if err := d.SetAddrs(addrs); err != nil {
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	d.attach, err = attachXDP(d.objs.XdplbDecap, iface, opts.Mode, d.pin)
 	if err != nil {
@@ -178,7 +184,9 @@ func (d *Decap) Detach() error {
 		}
 	}
 	if d.pin != "" {
-		_ = os.Remove(filepath.Dir(d.pin))
+		dir := filepath.Dir(d.pin)
+		_ = os.Remove(dir)               // PinPath/decap/IFACE
+		_ = os.Remove(filepath.Dir(dir)) // PinPath/decap, if no other interface has one
 	}
 	return d.Close()
 }

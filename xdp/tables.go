@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -333,4 +334,41 @@ func (d *Datapath) Table(k VIPKey) ([]uint32, error) {
 		return nil, fmt.Errorf("reading the table of %s: %w", k, ErrNotFound)
 	}
 	return st.table.read(st.meta.TableHalf), nil
+}
+
+// Tables reads a service's current table and, while its grace period runs,
+// the previous one (nil otherwise) and the time left of the grace period.
+func (d *Datapath) Tables(k VIPKey) (cur, prev []uint32, left time.Duration, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.vips[k]
+	if !ok || st.table == nil {
+		return nil, nil, 0, fmt.Errorf("reading the tables of %s: %w", k, ErrNotFound)
+	}
+	m := st.meta
+	cur = st.table.read(m.TableHalf)
+	if end := time.Duration(m.TransitionEnd); end > d.nowMono() && m.PrevSize != 0 {
+		left = end - d.nowMono()
+		switch {
+		case m.PrevIdx == st.table.idx:
+			prev = st.table.read(m.PrevHalf)
+		case st.old != nil && m.PrevIdx == st.old.idx:
+			prev = st.old.read(m.PrevHalf)
+		}
+	}
+	return cur, prev, left, nil
+}
+
+// LookupVIP finds the service a packet to dst would match: the exact key, or
+// the port-0 entry of its address.
+func (d *Datapath) LookupVIP(dst netip.AddrPort, proto Proto) (VIPKey, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := VIPKey{Addr: dst.Addr().Unmap(), Port: dst.Port(), Proto: proto}
+	if _, ok := d.vips[k]; ok {
+		return k, true
+	}
+	k.Port = 0
+	_, ok := d.vips[k]
+	return k, ok
 }

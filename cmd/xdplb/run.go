@@ -21,9 +21,20 @@ type command struct {
 }
 
 var commands = map[string]command{
+	"run":     {"run the appliance (what systemd starts)", runDaemon},
+	"check":   {"validate a configuration file without touching the host", runCheck},
+	"detach":  {"remove everything xdplb put on the host (programs, pinned maps)", runDetach},
 	"decap":   {"attach, detach or read the backend-side IPIP decapsulation program", runDecap},
 	"demo":    {"run the appliance in a namespace topology with traffic and counters (root)", runDemo},
 	"version": {"print the version", runVersion},
+
+	"status":    {"show the running daemon: config, last reload, interfaces, counts", runStatus},
+	"vips":      {"list the VIPs with their backends, health and table shares", runVIPs},
+	"backends":  {"list the backends with state, slots, next hop and counters", runBackends},
+	"conntrack": {"list the pinned flows (--vip VIP to filter)", runConntrack},
+	"maglev":    {"show a VIP's Maglev table: slots per backend", runMaglev},
+	"explain":   {"say which backend a client's packet goes to, and why", runExplain},
+	"reload":    {"make the daemon reload its configuration file", runReload},
 }
 
 func run(ctx context.Context, args []string) error {
@@ -47,7 +58,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\n'xdplb COMMAND -h' describes a command's flags.")
 }

@@ -44,6 +44,7 @@ type Options struct {
 
 // Appliance is a running scenario.
 type Appliance struct {
+	*Servers
 	Topo     *testnet.Topology
 	DP       *xdp.Datapath
 	Attached *xdp.Attachment
@@ -52,10 +53,53 @@ type Appliance struct {
 
 	mu       sync.Mutex
 	backends []*testnet.Host // in the services, in order
+}
+
+// Servers are the backends' side of a scenario: the VIPs on lo, a server on
+// port 80 of each backend that tells each connection its name and echoes
+// what it sends, and (for IPIP) xdplb's decap program.
+type Servers struct {
+	Topo     *testnet.Topology
+	mu       sync.Mutex
 	decaps   []*xdp.Decap
 	servers  []net.Listener
 	accepted map[net.Conn]bool
 	wg       sync.WaitGroup
+}
+
+// StartServers puts VIP4 and VIP6 on every backend's lo and starts the
+// servers; with decap, xdplb's decap program runs on each backend's
+// interface.
+func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
+	s := &Servers{Topo: topo, accepted: map[net.Conn]bool{}}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	for _, vip := range []netip.Addr{VIP4, VIP6} {
+		if err := topo.AddVIPToBackends(vip); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range topo.Backends {
+		if err := s.startServer(h); err != nil {
+			return nil, err
+		}
+		if decap {
+			if err := h.NS.Do(func() error {
+				d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin})
+				if err != nil {
+					return err
+				}
+				s.decaps = append(s.decaps, d)
+				return nil
+			}); err != nil {
+				return nil, fmt.Errorf("decap on %s: %w", h.Name, err)
+			}
+		}
+	}
+	return s, nil
 }
 
 // nsNextHops resolves next hops inside the load balancer's namespace.
@@ -83,7 +127,7 @@ func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Applia
 	if opts.PinPath == "" {
 		opts.PinPath = xdp.NoPin
 	}
-	a := &Appliance{Topo: topo, opts: opts, accepted: map[net.Conn]bool{}}
+	a := &Appliance{Topo: topo, opts: opts}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -105,59 +149,40 @@ func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Applia
 	if err := a.DP.SetEncapSource(src4, src6); err != nil {
 		return nil, err
 	}
-	for _, vip := range []netip.Addr{VIP4, VIP6} {
-		if err := topo.AddVIPToBackends(vip); err != nil {
-			return nil, err
-		}
+	if a.Servers, err = StartServers(topo, opts.Mode == xdp.ModeDSRIPIP); err != nil {
+		return nil, err
 	}
-	for _, h := range topo.Backends {
-		if err := a.startServer(h); err != nil {
-			return nil, err
-		}
-		if opts.Mode == xdp.ModeDSRIPIP {
-			if err := h.NS.Do(func() error {
-				d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin})
-				if err != nil {
-					return err
-				}
-				a.decaps = append(a.decaps, d)
-				return nil
-			}); err != nil {
-				return nil, fmt.Errorf("decap on %s: %w", h.Name, err)
-			}
-		}
-		a.backends = append(a.backends, h)
-	}
+	a.backends = append(a.backends, topo.Backends...)
 	return a, a.Reconcile(ctx)
 }
 
 // startServer serves on [::]:Port in h's namespace: every connection is told
 // the backend's name, then whatever it sends is echoed back.
-func (a *Appliance) startServer(h *testnet.Host) error {
+func (s *Servers) startServer(h *testnet.Host) error {
 	ln, err := h.Listen("tcp", fmt.Sprintf("[::]:%d", Port))
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", h.Name, err)
 	}
-	a.servers = append(a.servers, ln)
-	a.wg.Add(1)
+	s.servers = append(s.servers, ln)
+	s.wg.Add(1)
 	go func() {
-		defer a.wg.Done()
+		defer s.wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			a.mu.Lock()
-			a.accepted[c] = true
-			a.mu.Unlock()
-			a.wg.Add(1)
+			s.mu.Lock()
+			s.accepted[c] = true
+			s.mu.Unlock()
+			s.wg.Add(1)
 			go func() {
-				defer a.wg.Done()
+				defer s.wg.Done()
 				defer func() {
 					c.Close()
-					a.mu.Lock()
-					delete(a.accepted, c)
-					a.mu.Unlock()
+					s.mu.Lock()
+					delete(s.accepted, c)
+					s.mu.Unlock()
 				}()
 				if _, err := fmt.Fprintf(c, "%s\n", h.Name); err != nil {
 					return
@@ -221,10 +246,10 @@ type Conn struct {
 }
 
 // Dial connects from the client to vip:Port and reads the backend's name.
-func (a *Appliance) Dial(ctx context.Context, vip netip.Addr) (*Conn, error) {
+func (s *Servers) Dial(ctx context.Context, vip netip.Addr) (*Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	c, err := a.Topo.Client.Dial(dctx, "tcp", netip.AddrPortFrom(vip, Port).String())
+	c, err := s.Topo.Client.Dial(dctx, "tcp", netip.AddrPortFrom(vip, Port).String())
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +283,7 @@ func (c *Conn) Echo(msg string) error {
 
 // Connections makes n connections to vip (at most parallel at once) and
 // counts them by the backend that answered. Every failure is returned.
-func (a *Appliance) Connections(ctx context.Context, vip netip.Addr, n, parallel int) (map[string]int, error) {
+func (s *Servers) Connections(ctx context.Context, vip netip.Addr, n, parallel int) (map[string]int, error) {
 	counts := map[string]int{}
 	var mu sync.Mutex
 	var errs []error
@@ -270,7 +295,7 @@ func (a *Appliance) Connections(ctx context.Context, vip netip.Addr, n, parallel
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := a.Dial(ctx, vip)
+			c, err := s.Dial(ctx, vip)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -288,32 +313,41 @@ func (a *Appliance) Connections(ctx context.Context, vip netip.Addr, n, parallel
 	return counts, nil
 }
 
-// Close stops the servers and releases the datapath and decap programs.
-func (a *Appliance) Close() error {
+// Close stops the servers and the decap programs.
+func (s *Servers) Close() error {
 	var errs []error
-	for _, ln := range a.servers {
+	for _, ln := range s.servers {
 		ln.Close()
 	}
-	a.mu.Lock()
-	for c := range a.accepted {
+	s.mu.Lock()
+	for c := range s.accepted {
 		c.Close()
 	}
-	a.mu.Unlock()
-	for _, d := range a.decaps {
+	s.mu.Unlock()
+	for _, d := range s.decaps {
 		errs = append(errs, d.Close())
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		errs = append(errs, errors.New("backend servers did not stop"))
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the servers and releases the datapath.
+func (a *Appliance) Close() error {
+	var errs []error
+	if a.Servers != nil {
+		errs = append(errs, a.Servers.Close())
 	}
 	if a.DP != nil {
 		if a.Attached != nil && a.opts.PinPath != xdp.NoPin {
 			errs = append(errs, a.Topo.LB.NS.Do(func() error { return a.DP.Detach(a.Topo.LB.Link) }), a.DP.Unpin())
 		}
 		errs = append(errs, a.DP.Close())
-	}
-	done := make(chan struct{})
-	go func() { a.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		errs = append(errs, errors.New("backend servers did not stop"))
 	}
 	return errors.Join(errs...)
 }

@@ -4,7 +4,7 @@
  * Per packet: parse Ethernet (+ one VLAN tag) and IPv4/IPv6; a bitmap says
  * whether the destination may be a VIP (if not: XDP_PASS, untouched); parse
  * TCP/UDP and find the service; pick the backend (a pin from a table
- * transition, else the VIP's Maglev table at hash(5-tuple) mod M); forward by
+ * transition, else the VIP's Maglev table at slot (hash(5-tuple) * M) >> 32); forward by
  * MAC rewrite (L2 DSR) or IPIP/IP6IP6 encapsulation; count. Every packet is
  * counted under exactly one reason (consts.h), and its verdict follows from
  * that reason.

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The control socket: one JSON Request per connection, one JSON Response
+// back, then the server closes the connection. The types are in api.go.
+
+// defaultSocket is where the daemon listens unless paths.socket says
+// otherwise, and where the CLI looks unless --socket says otherwise.
+const defaultSocket = "/run/xdplb/xdplb.sock"
+
+// controlTimeout bounds one exchange on the control socket, on both sides.
+const controlTimeout = 10 * time.Second
+
+// maxRequestSize bounds a request; real ones are under a hundred bytes.
+const maxRequestSize = 64 << 10
+
+var (
+	// errAnotherRunning is returned by serveControl when a live daemon
+	// already answers on the socket.
+	errAnotherRunning = errors.New("another xdplb is running")
+	// errNotRunning is returned by callControl when nothing listens on the
+	// socket.
+	errNotRunning = errors.New("xdplb is not running")
+	// errControlPermission is returned by callControl when the caller may
+	// not connect to the socket.
+	errControlPermission = errors.New("permission denied")
+)
+
+// serveControl answers requests for api on a unix socket at path until ctx
+// is done, then closes the socket and removes its file. The parent
+// directory is created (0755) if missing; a stale socket file left by a
+// daemon that died is replaced, but a live one is an error
+// (errAnotherRunning). The socket gets mode (0600, root only, when zero)
+// before it appears at path.
+func serveControl(ctx context.Context, path string, mode os.FileMode, api controlAPI, log *slog.Logger) error {
+	if mode == 0 {
+		mode = 0o600
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("creating the control socket directory: %w", err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return err
+	}
+	ln, err := listenUnixMode(path, mode)
+	if err != nil {
+		return err
+	}
+	self, err := os.Stat(path)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	defer func() {
+		// Remove the file only if it is still ours: a daemon started after
+		// us may have replaced it.
+		if fi, err := os.Stat(path); err == nil && os.SameFile(fi, self) {
+			os.Remove(path)
+		}
+	}()
+	log.Info("control socket listening", "path", path, "mode", fmt.Sprintf("%#o", mode))
+
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("control socket %s: %w", path, err)
+			}
+			// Out of file descriptors or similar: the condition may pass.
+			log.Warn("control socket: accepting a connection", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			serveControlConn(ctx, c, api, log)
+		}()
+	}
+}
+
+// listenUnixMode listens on a socket that appears at path with mode: it is
+// bound under a temporary name, chmod'ed, then renamed into place, so that it
+// is never reachable with the permissions of the umask.
+func listenUnixMode(path string, mode os.FileMode) (*net.UnixListener, error) {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+strconv.Itoa(os.Getpid()))
+	os.Remove(tmp) // left by a previous process with our pid
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listening on the control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // serveControl removes path itself
+	fail := func(err error) (*net.UnixListener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(fmt.Errorf("control socket: %w", err))
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("control socket: %w", err))
+	}
+	return ln, nil
+}
+
+// removeStaleSocket removes the socket file at path if nothing answers on
+// it. It refuses to remove anything that is not a socket.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("control socket %s: the file exists and is not a socket", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%w on %s", errAnotherRunning, path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("control socket %s: probing for a running xdplb: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("removing the stale control socket: %w", err)
+	}
+	return nil
+}
+
+// serveControlConn answers the one request on c and closes it. It returns
+// within controlTimeout of its start, or when ctx is done, or when the api
+// call it makes returns, whichever is last.
+func serveControlConn(ctx context.Context, c *net.UnixConn, api controlAPI, log *slog.Logger) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	c.SetDeadline(time.Now().Add(controlTimeout))
+
+	var req Request
+	dec := json.NewDecoder(io.LimitReader(c, maxRequestSize))
+	dec.DisallowUnknownFields()
+	var resp Response
+	if err := dec.Decode(&req); err != nil {
+		resp.Error = fmt.Sprintf("decoding the request: %v", err)
+	} else if data, err := dispatchControl(api, req); err != nil {
+		resp.Error = err.Error()
+	} else if resp.Data, err = json.Marshal(data); err != nil {
+		resp.Error = fmt.Sprintf("encoding the answer: %v", err)
+	} else {
+		resp.OK = true
+	}
+	if !resp.OK {
+		log.Debug("control request failed", "command", req.Command, "err", resp.Error)
+	}
+	if err := json.NewEncoder(c).Encode(resp); err != nil && ctx.Err() == nil {
+		log.Warn("control socket: writing an answer", "command", req.Command, "err", err)
+	}
+}
+
+// dispatchControl calls the api method that answers req.
+func dispatchControl(api controlAPI, req Request) (any, error) {
+	switch req.Command {
+	case "status":
+		return api.Status(), nil
+	case "vips":
+		return api.VIPs(), nil
+	case "backends":
+		return api.Backends(), nil
+	case "conntrack":
+		return api.Flows(req.VIP)
+	case "maglev":
+		return api.Maglev(req.VIP)
+	case "explain":
+		return api.Explain(req.From, req.VIP)
+	case "reload":
+		return api.Reload(), nil
+	}
+	return nil, fmt.Errorf("unknown command %q", req.Command)
+}
+
+// callControl sends req to the daemon listening at path and decodes the
+// answer's data into out (unless out is nil). A daemon error is returned
+// with the daemon's text; connection errors say what to do: errNotRunning,
+// errControlPermission.
+func callControl(ctx context.Context, path string, req Request, out any) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
+		case errors.Is(err, fs.ErrPermission):
+			return fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
+		}
+		return fmt.Errorf("connecting to the control socket %s: %w", path, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	c.SetDeadline(time.Now().Add(controlTimeout))
+
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return controlIOError(ctx, path, "sending the request", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return controlIOError(ctx, path, "reading the answer", err)
+	}
+	if !resp.OK {
+		if resp.Error == "" {
+			return fmt.Errorf("xdplb on %s answered with an error and no text", path)
+		}
+		return errors.New(resp.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(resp.Data, out); err != nil {
+		return fmt.Errorf("decoding the answer of xdplb on %s: %w", path, err)
+	}
+	return nil
+}
+
+func controlIOError(ctx context.Context, path, doing string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("xdplb on %s did not answer within %v", path, controlTimeout)
+	}
+	return fmt.Errorf("control socket %s: %s: %w", path, doing, err)
+}
