@@ -5,6 +5,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,7 +23,17 @@ const (
 	DefaultBPFDir             = "/sys/fs/bpf/xdplb"
 	DefaultWeight             = 1
 	DefaultMinHealthyBackends = 1
+
+	DefaultHealthInterval = 2 * time.Second
+	DefaultHealthTimeout  = time.Second
+	DefaultHealthRise     = 2
+	DefaultHealthFall     = 3
+	DefaultHealthPath     = "/"
 )
+
+// DefaultExpectStatus is the status codes an HTTP or HTTPS check accepts
+// when the file does not say: 200 to 399.
+var DefaultExpectStatus = StatusRanges{{200, 399}}
 
 // Limits on values, checked when the file is read.
 const (
@@ -44,6 +57,16 @@ const (
 	// most this many.
 	MaxEncapHostBitsIPv4 = 16
 	MaxEncapHostBitsIPv6 = 32
+	// MinHealthInterval and MinHealthTimeout bound a health check's interval
+	// and timeout from below; the timeout must also be shorter than the
+	// interval.
+	MinHealthInterval = 100 * time.Millisecond
+	MinHealthTimeout  = 10 * time.Millisecond
+	// MaxHealthRiseFall is the largest rise and fall of a health check.
+	MaxHealthRiseFall = 100
+	// MaxHealthPayload is the longest send and expect of a UDP health check,
+	// in bytes.
+	MaxHealthPayload = 1024
 )
 
 // Config is a configuration file as written, with defaults filled in. A
@@ -220,6 +243,8 @@ type ServiceSpec struct {
 	MinHealthyBackends int
 	// Announce says whether the VIP is announced on announce.l2.interfaces.
 	Announce bool
+	// HealthCheck is how the service's backends are checked.
+	HealthCheck HealthCheck
 }
 
 // BackendSpec is a backend as written.
@@ -229,6 +254,86 @@ type BackendSpec struct {
 	// to.
 	Port   uint16
 	Weight uint32
+}
+
+// HealthCheckType is the kind of a health check.
+type HealthCheckType string
+
+// The health check types.
+const (
+	// HealthCheckNone checks nothing: every backend counts as healthy.
+	HealthCheckNone HealthCheckType = "none"
+	// HealthCheckTCP opens a TCP connection and closes it.
+	HealthCheckTCP HealthCheckType = "tcp"
+	// HealthCheckHTTP sends a GET request and checks the response status.
+	HealthCheckHTTP HealthCheckType = "http"
+	// HealthCheckHTTPS is HealthCheckHTTP over TLS. The backend's
+	// certificate is not verified.
+	HealthCheckHTTPS HealthCheckType = "https"
+	// HealthCheckUDP sends a datagram and waits for a reply that holds the
+	// expected bytes.
+	HealthCheckUDP HealthCheckType = "udp"
+)
+
+// HealthCheck is how a service's backends are checked. Fields that do not
+// apply to its Type are zero.
+type HealthCheck struct {
+	Type HealthCheckType
+	// Port is the port checked, or 0 for the default: the backend's port,
+	// else the service's lowest port.
+	Port uint16
+	// Path is the request path of an HTTP or HTTPS check.
+	Path string
+	// Host is the Host header (and TLS server name) of an HTTP or HTTPS
+	// check; empty for the backend's address.
+	Host string
+	// ExpectStatus are the response statuses an HTTP or HTTPS check accepts.
+	ExpectStatus StatusRanges
+	// Send is the payload of a UDP check; Expect, the bytes its reply must
+	// hold (empty: any reply).
+	Send, Expect string
+	// Interval is the time between the starts of two checks of a backend;
+	// Timeout bounds one check and is shorter than Interval.
+	Interval, Timeout time.Duration
+	// Rise is the number of consecutive successes that bring a backend up,
+	// Fall the number of consecutive failures that take it down.
+	Rise, Fall int
+}
+
+// Equal reports whether h and o check the same way.
+func (h HealthCheck) Equal(o HealthCheck) bool {
+	return h.Type == o.Type && h.Port == o.Port && h.Path == o.Path && h.Host == o.Host &&
+		slices.Equal(h.ExpectStatus, o.ExpectStatus) && h.Send == o.Send && h.Expect == o.Expect &&
+		h.Interval == o.Interval && h.Timeout == o.Timeout && h.Rise == o.Rise && h.Fall == o.Fall
+}
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct{ Lo, Hi int }
+
+// StatusRanges is a set of HTTP status codes, as written in expectStatus.
+type StatusRanges []StatusRange
+
+// Contains reports whether code is in one of the ranges.
+func (r StatusRanges) Contains(code int) bool {
+	for _, s := range r {
+		if s.Lo <= code && code <= s.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// String returns the ranges as expectStatus takes them: "200-399",
+// "200,204".
+func (r StatusRanges) String() string {
+	parts := make([]string, len(r))
+	for i, s := range r {
+		parts[i] = strconv.Itoa(s.Lo)
+		if s.Hi != s.Lo {
+			parts[i] += "-" + strconv.Itoa(s.Hi)
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // Announce holds how VIPs are made known to the network.

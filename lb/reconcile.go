@@ -222,7 +222,7 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 	for k := range desired {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	slices.SortFunc(keys, compareVIPKeys)
 
 	// Phase 1, per VIP: plan, then write backend entries and the VIP.
 	plans := make([]*vipPlan, 0, len(keys))
@@ -289,6 +289,17 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 	r.status.Duration = r.now().Sub(start)
 	r.status.Errors = errs
 	return r.status
+}
+
+// compareVIPKeys orders VIPs by address, port and protocol.
+func compareVIPKeys(a, b xdp.VIPKey) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if a.Port != b.Port {
+		return int(a.Port) - int(b.Port)
+	}
+	return int(a.Proto) - int(b.Proto)
 }
 
 // goneBackend is a backend entry to delete.

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -115,7 +114,7 @@ func dns() Service {
 
 func bk(i int, w uint32) Backend { return Backend{Addr: be(i), Weight: w} }
 
-var addrCmp = []cmp.Option{cmpopts.IgnoreUnexported(VIPStatus{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })}
+var addrCmp = []cmp.Option{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })}
 
 type clock struct{ t time.Time }
 

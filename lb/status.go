@@ -2,6 +2,7 @@ package lb
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -35,8 +36,6 @@ type VIPStatus struct {
 	Mode      xdp.Mode
 	TableSize int
 	Backends  []BackendStatus
-
-	keyString string
 }
 
 // BackendStatus is one backend of a VIP as applied.
@@ -67,12 +66,12 @@ func (r *Reconciler) snapshot() Status {
 	for _, a := range r.applied {
 		st.VIPs = append(st.VIPs, a.status)
 	}
-	sort.Slice(st.VIPs, func(i, j int) bool { return st.VIPs[i].keyString < st.VIPs[j].keyString })
+	slices.SortFunc(st.VIPs, func(a, b VIPStatus) int { return compareVIPKeys(a.Key, b.Key) })
 	return st
 }
 
 func (a *vipApplied) statusOf(k xdp.VIPKey) VIPStatus {
-	vs := VIPStatus{Key: k, keyString: k.String(), Service: a.service, Mode: a.vip.Mode, TableSize: len(a.table)}
+	vs := VIPStatus{Key: k, Service: a.service, Mode: a.vip.Mode, TableSize: len(a.table)}
 	for ap, b := range a.backends {
 		vs.Backends = append(vs.Backends, BackendStatus{Addr: ap, ID: b.id, Weight: b.weight, Healthy: b.healthy, Slots: b.slots, Error: b.err})
 	}

@@ -157,6 +157,16 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("loading the xdplb program: %w", err)
 	}
+	if opts.PinPath != NoPin {
+		// The program too, for bpftool and friends; the links keep it
+		// running, and the next instance pins its own in its place.
+		pin := filepath.Join(opts.PinPath, "prog_xdplb")
+		_ = os.Remove(pin)
+		if err := d.objs.Xdplb.Pin(pin); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("pinning the program: %w", err)
+		}
+	}
 	d.vipIDs = newIDAllocator(1, opts.MaxVIPs-1, 0)
 	d.tables = newIDAllocator(1, 3*opts.MaxVIPs+63, time.Second)
 	if err := d.newEmptyTable(); err != nil {
@@ -209,6 +219,9 @@ func (d *Datapath) Unpin() error {
 		if err := a.link.Unpin(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.objs.Xdplb.Unpin(); err != nil {
+		errs = append(errs, err)
 	}
 	for _, m := range []*ebpf.Map{
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,

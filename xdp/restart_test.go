@@ -70,6 +70,9 @@ func TestRestartKeepsState(t *testing.T) {
 		if a.Reused {
 			t.Errorf("first attach: Reused = true")
 		}
+		if _, err := os.Stat(filepath.Join(pin, "prog_xdplb")); err != nil {
+			t.Errorf("program not pinned: %v", err)
+		}
 		k := VIPKey{Addr: netip.MustParseAddr("198.18.100.1"), Port: 80, Proto: TCP}
 		if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: 7}); err != nil {
 			return err
