@@ -469,6 +469,127 @@ var errorCases = []struct {
 		want: []string{`announce.l2.interfaces[1]: "eth1" is not listed in interfaces (line 7, column 24)`},
 	},
 
+	// Health checks.
+	{
+		name: "health check of a bad type",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: icmp\n",
+		want: []string{`services[0].healthCheck.type: "icmp" is not one of none, tcp, http, https, udp (line 12, column 13)`},
+	},
+	{
+		name: "health check not a map",
+		file: head + "services:\n" + svc + "    healthCheck: tcp\n",
+		want: []string{`services[0].healthCheck: want a map, got "tcp" (line 11, column 18)`},
+	},
+	{
+		name: "health check unknown key",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: tcp\n      intervall: 5s\n",
+		want: []string{`services[0].healthCheck.intervall: unknown key; did you mean interval? (line 13, column 7)`},
+	},
+	{
+		name: "health check timeout not shorter than interval",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: tcp\n      interval: 2s\n      timeout: 2s\n",
+		want: []string{`services[0].healthCheck.timeout: "2s" must be shorter than interval (2s) (line 14, column 16)`},
+	},
+	{
+		name: "health check interval not longer than the default timeout",
+		file: head + "services:\n" + svc + "    healthCheck: {type: tcp, interval: 500ms}\n",
+		want: []string{`services[0].healthCheck.interval: "500ms" must be longer than timeout (1s) (line 11, column 40)`},
+	},
+	{
+		name: "health check timeout above a bad interval is not compared",
+		file: head + "services:\n" + svc + "    healthCheck: {type: tcp, interval: 2, timeout: 3s}\n",
+		want: []string{`services[0].healthCheck.interval: 2 is not a duration (such as "15m" or "90s") (line 11, column 40)`},
+	},
+	{
+		name: "health check durations too short",
+		file: head + "services:\n" + svc + "    healthCheck: {type: tcp, interval: 10ms, timeout: 1ms}\n",
+		want: []string{
+			`services[0].healthCheck.interval: "10ms" is shorter than 100ms (line 11, column 40)`,
+			`services[0].healthCheck.timeout: "1ms" is shorter than 10ms (line 11, column 55)`,
+		},
+	},
+	{
+		name: "health check rise 0 and fall 101",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: tcp\n      rise: 0\n      fall: 101\n",
+		want: []string{
+			`services[0].healthCheck.rise: 0 is out of range (1 to 100) (line 13, column 13)`,
+			`services[0].healthCheck.fall: 101 is out of range (1 to 100) (line 14, column 13)`,
+		},
+	},
+	{
+		name: "health check port 0",
+		file: head + "services:\n" + svc + "    healthCheck: {type: tcp, port: 0}\n",
+		want: []string{`services[0].healthCheck.port: 0 is out of range (1 to 65535) (line 11, column 36)`},
+	},
+	{
+		name: "health check bad expectStatus",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: http\n      expectStatus: 200-99\n",
+		want: []string{`services[0].healthCheck.expectStatus: "200-99" is not a list of HTTP status codes from 100 to 599 and ranges of them (such as "200-399" or "200,204") (line 13, column 21)`},
+	},
+	{
+		name: "health check expectStatus out of range",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: http\n      expectStatus: 600\n",
+		want: []string{`services[0].healthCheck.expectStatus: 600 is not a list of HTTP status codes from 100 to 599 and ranges of them (such as "200-399" or "200,204") (line 13, column 21)`},
+	},
+	{
+		name: "health check path without an http type",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: tcp\n      path: /healthz\n      host: www.example.com\n",
+		want: []string{
+			`services[0].healthCheck.path: path applies to types http and https only (line 13, column 13)`,
+			`services[0].healthCheck.host: host applies to types http and https only (line 14, column 13)`,
+		},
+	},
+	{
+		name: "health check path without a type",
+		file: head + "services:\n" + svc + "    healthCheck: {path: /healthz}\n",
+		want: []string{`services[0].healthCheck.path: path applies to types http and https only (line 11, column 25)`},
+	},
+	{
+		name: "health check path not a path",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: https\n      path: healthz\n      host: \"a b\"\n",
+		want: []string{
+			`services[0].healthCheck.path: "healthz" is not an HTTP path (such as "/healthz") (line 13, column 13)`,
+			`services[0].healthCheck.host: "a b" is not a host name (such as "www.example.com") (line 14, column 13)`,
+		},
+	},
+	{
+		name: "health check send with http, expectStatus with udp",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: http\n      send: ping\n" +
+			"  - name: dns\n    address: 198.18.10.10\n    protocol: udp\n    ports: [53]\n    mode: dsr\n" +
+			"    healthCheck:\n      type: udp\n      send: ping\n      expectStatus: \"200\"\n",
+		want: []string{
+			`services[0].healthCheck.send: send applies to type udp only (line 13, column 13)`,
+			`services[1].healthCheck.expectStatus: expectStatus applies to types http and https only (line 22, column 21)`,
+		},
+	},
+	{
+		name: "udp health check without send",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: udp\n      expect: pong\n",
+		want: []string{`services[0].healthCheck.send: missing; a udp check sends it and waits for a reply (line 12, column 7)`},
+	},
+	{
+		name: "udp health check payload too long",
+		file: head + "services:\n" + svc + "    healthCheck:\n      type: udp\n      send: " + strings.Repeat("x", 1025) + "\n",
+		want: []string{`services[0].healthCheck.send: "` + strings.Repeat("x", 1025) + `" is longer than 1024 bytes (line 13, column 13)`},
+	},
+	{
+		name: "health check of every port without a port",
+		file: head + "services:\n" + strings.Replace(svc, "[80]", "[0]", 1) +
+			"    backends:\n      - {address: 198.18.1.1, port: 8080}\n      - {address: 198.18.1.2}\n" +
+			"    healthCheck:\n      type: tcp\n",
+		want: []string{`services[0].healthCheck.port: missing; backends[1] has no port and the service has every port (ports: [0]) (line 15, column 7)`},
+	},
+	{
+		name: "health check of every port with ports is fine",
+		file: head + "services:\n" + strings.Replace(svc, "[80]", "[0]", 1) +
+			"    backends:\n      - {address: 198.18.1.1}\n    healthCheck: {type: tcp, port: 22}\n" +
+			strings.NewReplacer("web", "web2", "[80]", "[0]", "10.10", "10.11").Replace(svc) +
+			"    backends:\n      - {address: 198.18.1.1, port: 22}\n    healthCheck: {type: tcp}\n" +
+			strings.NewReplacer("web", "web3", "[80]", "[0]", "10.10", "10.12").Replace(svc) +
+			"    backends:\n      - {address: 198.18.1.1}\n    healthCheck: {type: none}\n",
+		want: nil,
+	},
+
 	// The file as a whole.
 	{
 		name: "empty file",

@@ -49,6 +49,7 @@ func TestDefaults(t *testing.T) {
 			Backends:           []BackendSpec{{Address: netip.MustParseAddr("198.18.1.1"), Port: 0, Weight: 1}},
 			MinHealthyBackends: 1,
 			Announce:           true,
+			HealthCheck:        HealthCheck{Type: HealthCheckNone, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 		}},
 		{
 			"service tableSize from maglev.tableSize",
@@ -144,6 +145,11 @@ func TestExample(t *testing.T) {
 			},
 			MinHealthyBackends: 1,
 			Announce:           true,
+			HealthCheck: HealthCheck{
+				Type: HealthCheckHTTP, Port: 80, Path: "/healthz", Host: "www.example.com",
+				ExpectStatus: StatusRanges{{200, 399}},
+				Interval:     2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+			},
 		},
 		{
 			Name:      "dns",
@@ -160,6 +166,10 @@ func TestExample(t *testing.T) {
 			},
 			MinHealthyBackends: 2,
 			Announce:           true,
+			HealthCheck: HealthCheck{
+				Type: HealthCheckUDP, Port: 5353, Send: "ping", Expect: "pong",
+				Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+			},
 		},
 		{
 			Name:               "catch-all",
@@ -172,6 +182,7 @@ func TestExample(t *testing.T) {
 			Backends:           []Backend{{Addr: netip.MustParseAddr("2001:db8:1::31"), Weight: 1}},
 			MinHealthyBackends: 1,
 			Announce:           false,
+			HealthCheck:        HealthCheck{Type: HealthCheckTCP, Port: 443, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 		},
 	}
 	alloc, errs := allocate(c, nil)
@@ -188,7 +199,8 @@ func TestExample(t *testing.T) {
 
 func TestServices(t *testing.T) {
 	c := mustParse(t, head+"pools:\n  - {name: p, blocks: [{cidr: 198.18.10.0/30}]}\nservices:\n"+
-		"  - {name: a, pool: p, protocol: tcp, ports: [443, 80], mode: dsr, backends: [{address: 198.18.1.1, port: 8080, weight: 7}]}\n"+
+		"  - {name: a, pool: p, protocol: tcp, ports: [443, 80], mode: dsr, backends: [{address: 198.18.1.1, port: 8080, weight: 7}],\n"+
+		"     healthCheck: {type: https, expectStatus: \"200,204\"}}\n"+
 		"  - {name: b, pool: p, protocol: udp, ports: [53], mode: dsr}\n")
 
 	// A pool service without an address is left out.
@@ -204,6 +216,10 @@ func TestServices(t *testing.T) {
 		Backends:           []Backend{{Addr: netip.MustParseAddr("198.18.1.1"), Port: 8080, Weight: 7}},
 		MinHealthyBackends: 1,
 		Announce:           true,
+		HealthCheck: HealthCheck{
+			Type: HealthCheckHTTPS, Path: "/", ExpectStatus: StatusRanges{{200, 200}, {204, 204}},
+			Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+		},
 	}}
 	if diff := cmp.Diff(want, got, cmpAddrs); diff != "" {
 		t.Errorf("Services (-want +got):\n%s", diff)
@@ -212,7 +228,8 @@ func TestServices(t *testing.T) {
 	// The view shares nothing with the Config.
 	got[0].Ports[0] = 1
 	got[0].Backends[0].Weight = 1
-	if s := c.ServiceSpecs[0]; s.Ports[0] != 443 || s.Backends[0].Weight != 7 {
+	got[0].HealthCheck.ExpectStatus[0].Lo = 100
+	if s := c.ServiceSpecs[0]; s.Ports[0] != 443 || s.Backends[0].Weight != 7 || s.HealthCheck.ExpectStatus[0].Lo != 200 {
 		t.Errorf("changing the view changed the Config: %+v", s)
 	}
 }

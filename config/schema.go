@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -194,21 +195,41 @@ func (d *decoder) conntrack(ct *Conntrack, path string, n *yaml.Node) {
 				ct.MaxFlows = uint32(m)
 			}
 		case "idleTimeout":
-			s, ok := d.str(path, v)
-			if !ok {
-				return
-			}
-			t, err := time.ParseDuration(s)
-			switch {
-			case err != nil:
-				d.errorf(path, v, `%s is not a duration (such as "15m" or "90s")`, value(v))
-			case t < time.Second:
-				d.errorf(path, v, "%s is shorter than 1s", value(v))
-			default:
+			if t, ok := d.duration(path, v, time.Second); ok {
 				ct.IdleTimeout = t
 			}
 		}
 	})
+}
+
+// duration returns a duration of at least lo.
+func (d *decoder) duration(path string, n *yaml.Node, lo time.Duration) (time.Duration, bool) {
+	s, ok := d.str(path, n)
+	if !ok {
+		return 0, false
+	}
+	t, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		d.errorf(path, n, `%s is not a duration (such as "15m" or "90s")`, value(n))
+	case t < lo:
+		d.errorf(path, n, "%s is shorter than %s", value(n), fmtDuration(lo))
+	default:
+		return t, true
+	}
+	return 0, false
+}
+
+// fmtDuration formats t as a duration is written in the file: 1m, not 1m0s.
+func fmtDuration(t time.Duration) string {
+	s := t.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 var encapKeys = []string{"sourceIPv4", "sourceIPv6"}
@@ -380,11 +401,12 @@ func badName(s string) string {
 	return ""
 }
 
-var serviceKeys = []string{"name", "address", "pool", "protocol", "ports", "mode", "encap", "tableSize", "backends", "minHealthyBackends", "announce"}
+var serviceKeys = []string{"name", "address", "pool", "protocol", "ports", "mode", "encap", "tableSize", "backends", "minHealthyBackends", "announce", "healthCheck"}
 
 func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
-	s := ServiceSpec{MinHealthyBackends: DefaultMinHealthyBackends, Announce: true}
-	var encapNode, addressNode, poolNode *yaml.Node
+	s := ServiceSpec{MinHealthyBackends: DefaultMinHealthyBackends, Announce: true, HealthCheck: defaultHealthCheck()}
+	var encapNode, addressNode, poolNode, checkNode *yaml.Node
+	checkGood := true
 	present := d.fields(path, n, serviceKeys, func(key, path string, v *yaml.Node) {
 		switch key {
 		case "name":
@@ -436,6 +458,9 @@ func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
 			}
 		case "announce":
 			s.Announce, _ = d.boolean(path, v)
+		case "healthCheck":
+			checkNode = v
+			s.HealthCheck, checkGood = d.healthCheck(path, v)
 		}
 	})
 	if present == nil {
@@ -463,7 +488,201 @@ func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
 	if s.Encap == "" && s.Mode != ModeSNAT {
 		s.Encap = EncapNone
 	}
+	// A check needs a port: its own, the backend's, or the service's. A
+	// service with every port has none to lend.
+	if checkGood && s.HealthCheck.Type != HealthCheckNone && s.HealthCheck.Port == 0 && slices.Equal(s.Ports, []uint16{0}) {
+		for k, b := range s.Backends {
+			if b.Port == 0 {
+				d.missing(join(path, "healthCheck.port"), checkNode, fmt.Sprintf("missing; backends[%d] has no port and the service has every port (ports: [0])", k))
+				break
+			}
+		}
+	}
 	return s
+}
+
+func defaultHealthCheck() HealthCheck {
+	return HealthCheck{
+		Type:     HealthCheckNone,
+		Interval: DefaultHealthInterval,
+		Timeout:  DefaultHealthTimeout,
+		Rise:     DefaultHealthRise,
+		Fall:     DefaultHealthFall,
+	}
+}
+
+var healthCheckKeys = []string{"type", "port", "path", "host", "expectStatus", "send", "expect", "interval", "timeout", "rise", "fall"}
+
+// healthCheck decodes a service's healthCheck. It reports whether the check
+// is good enough to be checked against the rest of the service.
+func (d *decoder) healthCheck(path string, n *yaml.Node) (HealthCheck, bool) {
+	h := defaultHealthCheck()
+	nodes := make(map[string]*yaml.Node)
+	good := make(map[string]bool)
+	present := d.fields(path, n, healthCheckKeys, func(key, path string, v *yaml.Node) {
+		nodes[key] = v
+		ok := false
+		switch key {
+		case "type":
+			var t string
+			if t, ok = d.oneOf(path, v, "none", "tcp", "http", "https", "udp"); ok {
+				h.Type = HealthCheckType(t)
+			}
+		case "port":
+			var p int64
+			if p, ok = d.integer(path, v, 1, 65535, "1 to 65535"); ok {
+				h.Port = uint16(p)
+			}
+		case "path":
+			if h.Path, ok = d.str(path, v); ok && !isHTTPPath(h.Path) {
+				d.errorf(path, v, `%s is not an HTTP path (such as "/healthz")`, value(v))
+				h.Path, ok = "", false
+			}
+		case "host":
+			if h.Host, ok = d.str(path, v); ok && !isHost(h.Host) {
+				d.errorf(path, v, `%s is not a host name (such as "www.example.com")`, value(v))
+				h.Host, ok = "", false
+			}
+		case "expectStatus":
+			var s string
+			if s, ok = d.str(path, v); ok {
+				if h.ExpectStatus, ok = parseStatusRanges(s); !ok {
+					d.errorf(path, v, `%s is not a list of HTTP status codes from 100 to 599 and ranges of them (such as "200-399" or "200,204")`, value(v))
+				}
+			}
+		case "send", "expect":
+			var s string
+			if s, ok = d.str(path, v); ok && len(s) > MaxHealthPayload {
+				d.errorf(path, v, "%s is longer than %d bytes", value(v), MaxHealthPayload)
+				s, ok = "", false
+			}
+			if key == "send" {
+				h.Send = s
+			} else {
+				h.Expect = s
+			}
+		case "interval":
+			var t time.Duration
+			if t, ok = d.duration(path, v, MinHealthInterval); ok {
+				h.Interval = t
+			}
+		case "timeout":
+			var t time.Duration
+			if t, ok = d.duration(path, v, MinHealthTimeout); ok {
+				h.Timeout = t
+			}
+		case "rise", "fall":
+			var c int64
+			if c, ok = d.integer(path, v, 1, MaxHealthRiseFall, fmt.Sprintf("1 to %d", MaxHealthRiseFall)); ok {
+				if key == "rise" {
+					h.Rise = int(c)
+				} else {
+					h.Fall = int(c)
+				}
+			}
+		}
+		good[key] = ok
+	})
+	if present == nil {
+		return h, false
+	}
+	allGood := true
+	for _, ok := range good {
+		allGood = allGood && ok
+	}
+
+	// The timeout must end before the next check starts.
+	if good["interval"] == present["interval"] && good["timeout"] == present["timeout"] && h.Timeout >= h.Interval {
+		if present["timeout"] {
+			d.errorf(join(path, "timeout"), nodes["timeout"], "%s must be shorter than interval (%s)", value(nodes["timeout"]), fmtDuration(h.Interval))
+		} else {
+			d.errorf(join(path, "interval"), nodes["interval"], "%s must be longer than timeout (%s)", value(nodes["interval"]), fmtDuration(h.Timeout))
+		}
+		allGood = false
+	}
+
+	// Keys of other types. A bad type was reported already.
+	if present["type"] && !good["type"] {
+		return h, false
+	}
+	httpKeys, udpKeys := "types http and https", "type udp"
+	var wrong []string
+	switch h.Type {
+	case HealthCheckHTTP, HealthCheckHTTPS:
+		wrong = []string{"send", "expect"}
+		if !present["path"] {
+			h.Path = DefaultHealthPath
+		}
+		if !present["expectStatus"] {
+			h.ExpectStatus = slices.Clone(DefaultExpectStatus)
+		}
+	case HealthCheckUDP:
+		wrong = []string{"path", "host", "expectStatus"}
+		if !present["send"] {
+			d.missing(join(path, "send"), n, "missing; a udp check sends it and waits for a reply")
+			allGood = false
+		}
+	default:
+		wrong = []string{"path", "host", "expectStatus", "send", "expect"}
+	}
+	for _, key := range healthCheckKeys {
+		if !present[key] || !slices.Contains(wrong, key) {
+			continue
+		}
+		applies := httpKeys
+		if key == "send" || key == "expect" {
+			applies = udpKeys
+		}
+		d.errorf(join(path, key), nodes[key], "%s applies to %s only", key, applies)
+		allGood = false
+	}
+	return h, allGood
+}
+
+// isHTTPPath reports whether s can be the path (and query) of a request.
+func isHTTPPath(s string) bool {
+	if !strings.HasPrefix(s, "/") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] == 0x7f || s[i] == '#' {
+			return false
+		}
+	}
+	return true
+}
+
+// isHost reports whether s can be a Host header: a name or an address, with
+// an optional port.
+func isHost(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] == 0x7f || strings.IndexByte(`/?#@\"`, s[i]) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// parseStatusRanges parses expectStatus: codes and ranges of codes
+// separated by commas, such as "200-299,302".
+func parseStatusRanges(s string) (StatusRanges, bool) {
+	var out StatusRanges
+	for part := range strings.SplitSeq(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		if !isRange {
+			hi = lo
+		}
+		l, err1 := strconv.Atoi(strings.TrimSpace(lo))
+		h, err2 := strconv.Atoi(strings.TrimSpace(hi))
+		if err1 != nil || err2 != nil || l < 100 || h > 599 || l > h {
+			return nil, false
+		}
+		out = append(out, StatusRange{l, h})
+	}
+	return out, true
 }
 
 // before reports whether a comes before b in the file.

@@ -25,6 +25,10 @@ type Service struct {
 	MinHealthyBackends int
 	// Announce says whether the VIP is announced on the L2 interfaces.
 	Announce bool
+	// HealthCheck is how the backends are checked. Its Port is 0 when the
+	// file does not set it: each backend is then checked on its own port,
+	// or on the service's lowest port when it has none.
+	HealthCheck HealthCheck
 }
 
 // Backend is a backend of a [Service].
@@ -69,6 +73,7 @@ func (c *Config) Services(alloc map[string]netip.Addr) []Service {
 			Backends:           backends,
 			MinHealthyBackends: s.MinHealthyBackends,
 			Announce:           s.Announce,
+			HealthCheck:        s.HealthCheck.clone(),
 		})
 	}
 	return out

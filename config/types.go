@@ -307,6 +307,12 @@ func (h HealthCheck) Equal(o HealthCheck) bool {
 		h.Interval == o.Interval && h.Timeout == o.Timeout && h.Rise == o.Rise && h.Fall == o.Fall
 }
 
+// clone returns a copy of h that shares nothing with it.
+func (h HealthCheck) clone() HealthCheck {
+	h.ExpectStatus = slices.Clone(h.ExpectStatus)
+	return h
+}
+
 // StatusRange is an inclusive range of HTTP status codes.
 type StatusRange struct{ Lo, Hi int }
 
