@@ -33,7 +33,7 @@ var (
 // (ff02::1:ffXX:XXXX with the low 24 bits of a).
 func solicitedNode(a netip.Addr) netip.Addr {
 	b := a.As16()
-	return netip.AddrFrom16([16]byte{0xff, 0x02, 10: 0, 11: 0x01, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]})
+	return netip.AddrFrom16([16]byte{0xff, 0x02, 11: 0x01, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]})
 }
 
 // multicastMAC returns the Ethernet address an IPv6 multicast address maps

@@ -62,6 +62,14 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("service %s has backend %+v", s.Name, b)
 				}
 			}
+			h := s.HealthCheck
+			switch {
+			case h.Type != HealthCheckNone && h.Type != HealthCheckTCP && h.Type != HealthCheckHTTP && h.Type != HealthCheckHTTPS && h.Type != HealthCheckUDP,
+				h.Timeout < MinHealthTimeout || h.Interval < MinHealthInterval || h.Timeout >= h.Interval,
+				h.Rise < 1 || h.Rise > MaxHealthRiseFall || h.Fall < 1 || h.Fall > MaxHealthRiseFall,
+				(h.Type == HealthCheckHTTP || h.Type == HealthCheckHTTPS) != (h.Path != "" && len(h.ExpectStatus) > 0):
+				t.Fatalf("service %s has health check %+v", s.Name, h)
+			}
 		}
 	})
 }

@@ -72,6 +72,41 @@ func TestDefaults(t *testing.T) {
 			[]any{uint32(1048576), "127.0.0.1:9650", []BackendSpec(nil), EncapNone},
 		},
 		{
+			"health check: http fills in path and expectStatus",
+			head + "services:\n" + svc + "    healthCheck: {type: http}\n",
+			func(c *Config) any { return c.ServiceSpecs[0].HealthCheck },
+			HealthCheck{Type: HealthCheckHTTP, Path: "/", ExpectStatus: StatusRanges{{200, 399}}, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+		},
+		{
+			"health check: every key",
+			head + "services:\n" + svc + "    healthCheck:\n      type: https\n      port: 8443\n      path: /ready?full=1\n" +
+				"      host: \"www.example.com:8443\"\n      expectStatus: 200, 204-206,302\n      interval: 1m\n      timeout: 1500ms\n      rise: 1\n      fall: 100\n",
+			func(c *Config) any { return c.ServiceSpecs[0].HealthCheck },
+			HealthCheck{
+				Type: HealthCheckHTTPS, Port: 8443, Path: "/ready?full=1", Host: "www.example.com:8443",
+				ExpectStatus: StatusRanges{{200, 200}, {204, 206}, {302, 302}},
+				Interval:     time.Minute, Timeout: 1500 * time.Millisecond, Rise: 1, Fall: 100,
+			},
+		},
+		{
+			"health check: udp",
+			head + "services:\n" + svc + "    healthCheck: {type: udp, send: \"ping\\n\", expect: \"\"}\n",
+			func(c *Config) any { return c.ServiceSpecs[0].HealthCheck },
+			HealthCheck{Type: HealthCheckUDP, Send: "ping\n", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+		},
+		{
+			"health check: type none keeps the timing",
+			head + "services:\n" + svc + "    healthCheck: {type: none, interval: 5s, rise: 4}\n",
+			func(c *Config) any { return c.ServiceSpecs[0].HealthCheck },
+			HealthCheck{Type: HealthCheckNone, Interval: 5 * time.Second, Timeout: time.Second, Rise: 4, Fall: 3},
+		},
+		{
+			"health check: null counts as left out",
+			head + "services:\n" + svc + "    healthCheck:\n",
+			func(c *Config) any { return c.ServiceSpecs[0].HealthCheck },
+			HealthCheck{Type: HealthCheckNone, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+		},
+		{
 			"encap source address is a one-address prefix",
 			head + "encap: {sourceIPv4: 198.18.0.1, sourceIPv6: \"2001:db8::/112\"}\n",
 			func(c *Config) any { return c.Encap },
@@ -250,5 +285,29 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("testdata/no-such-file.yaml")
 	if got, want := err.Error(), "reading config: open testdata/no-such-file.yaml: no such file or directory"; got != want {
 		t.Errorf("Load error = %q, want %q", got, want)
+	}
+}
+
+func TestStatusRanges(t *testing.T) {
+	r := StatusRanges{{200, 204}, {302, 302}}
+	if got, want := r.String(), "200-204,302"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	for code, want := range map[int]bool{199: false, 200: true, 204: true, 205: false, 301: false, 302: true, 303: false} {
+		if got := r.Contains(code); got != want {
+			t.Errorf("Contains(%d) = %v, want %v", code, got, want)
+		}
+	}
+}
+
+func TestHealthCheckEqual(t *testing.T) {
+	a := mustParse(t, head+"services:\n"+svc+"    healthCheck: {type: http, expectStatus: \"200,204\"}\n").ServiceSpecs[0].HealthCheck
+	b := a.clone()
+	if !a.Equal(b) {
+		t.Errorf("%+v is not Equal to its clone", a)
+	}
+	b.ExpectStatus[1].Hi = 205
+	if a.Equal(b) {
+		t.Errorf("%+v is Equal to %+v", a, b)
 	}
 }

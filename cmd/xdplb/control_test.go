@@ -346,21 +346,24 @@ func makeStaleSocket(t *testing.T, path string) {
 	}
 }
 
-// envControlClient makes the test binary a control client (see
-// TestControlClientProcess).
+// envControlClient makes the test binary a control client instead (see
+// TestMain).
 const envControlClient = "XDPLB_TEST_CONTROL_CLIENT"
 
-// TestControlClientProcess is not a test: run as another user by
-// TestControlPermissionDenied, it calls the socket named by
-// XDPLB_TEST_CONTROL_CLIENT and prints the error.
-func TestControlClientProcess(t *testing.T) {
-	path := os.Getenv(envControlClient)
-	if path == "" {
-		t.Skip("a helper process for TestControlPermissionDenied")
+// TestMain runs the tests, or, run as another user by
+// TestControlPermissionDenied with XDPLB_TEST_CONTROL_CLIENT set, calls the
+// socket it names and prints the error.
+func TestMain(m *testing.M) {
+	if path := os.Getenv(envControlClient); path != "" {
+		err := callControl(context.Background(), path, Request{Command: "status"}, nil)
+		fmt.Printf("uid %d: errControlPermission %v: %v\n", os.Getuid(), errors.Is(err, errControlPermission), err)
+		os.Exit(0)
 	}
-	err := callControl(context.Background(), path, Request{Command: "status"}, nil)
-	fmt.Printf("uid %d: errControlPermission %v: %v\n", os.Getuid(), errors.Is(err, errControlPermission), err)
-	os.Exit(0)
+	code := m.Run()
+	if builtBinaryDir != "" {
+		os.RemoveAll(builtBinaryDir)
+	}
+	os.Exit(code)
 }
 
 func TestControlPermissionDenied(t *testing.T) {
@@ -399,7 +402,7 @@ func TestControlPermissionDenied(t *testing.T) {
 	}()
 	waitForSocket(t, path, done)
 
-	cmd := exec.Command(bin, "-test.run=^TestControlClientProcess$")
+	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), envControlClient+"="+path)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

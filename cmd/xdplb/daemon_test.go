@@ -24,12 +24,16 @@ import (
 	"github.com/xdplb/xdplb/internal/testnet"
 )
 
+// builtBinaryDir holds the binary buildBinary built; TestMain removes it.
+var builtBinaryDir string
+
 // buildBinary builds xdplb once per test binary.
 var buildBinary = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "xdplb-bin")
 	if err != nil {
 		return "", err
 	}
+	builtBinaryDir = dir
 	bin := filepath.Join(dir, "xdplb")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	if err != nil {
