@@ -468,6 +468,15 @@ var errorCases = []struct {
 		file: head + "announce:\n  l2:\n    interfaces: [eth0, eth1]\n",
 		want: []string{`announce.l2.interfaces[1]: "eth1" is not listed in interfaces (line 7, column 24)`},
 	},
+	{
+		name: "announce gratuitous count and intervals out of range",
+		file: head + "announce:\n  l2:\n    gratuitousCount: 0\n    gratuitousInterval: 1ms\n    refreshInterval: 100ms\n",
+		want: []string{
+			`announce.l2.gratuitousCount: 0 is out of range (1 to 100) (line 7, column 22)`,
+			`announce.l2.gratuitousInterval: "1ms" is shorter than 10ms (line 8, column 25)`,
+			`announce.l2.refreshInterval: "100ms" is shorter than 1s (line 9, column 22)`,
+		},
+	},
 
 	// Health checks.
 	{

@@ -35,7 +35,7 @@ func TestDefaults(t *testing.T) {
 		{"conntrack", minimal, func(c *Config) any { return c.Conntrack }, Conntrack{MaxFlows: 1048576, IdleTimeout: 15 * time.Minute}},
 		{"encap", minimal, func(c *Config) any { return c.Encap }, EncapSources{}},
 		{"pools", minimal, func(c *Config) any { return c.Pools }, []Pool(nil)},
-		{"announce", minimal, func(c *Config) any { return c.Announce }, Announce{}},
+		{"announce", minimal, func(c *Config) any { return c.Announce }, Announce{L2: L2Announce{GratuitousCount: 3, GratuitousInterval: time.Second}}},
 		{"metrics.listen", minimal, func(c *Config) any { return c.Metrics.Listen }, "127.0.0.1:9650"},
 		{"paths", minimal, func(c *Config) any { return c.Paths }, Paths{Socket: "/run/xdplb/xdplb.sock", State: "/var/lib/xdplb", BPF: "/sys/fs/bpf/xdplb"}},
 		{"service", minimal, func(c *Config) any { return c.ServiceSpecs[0] }, ServiceSpec{

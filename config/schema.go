@@ -23,6 +23,7 @@ var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "
 func (d *decoder) config(c *Config, n *yaml.Node) {
 	c.Maglev.TableSize = DefaultTableSize
 	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout}
+	c.Announce.L2 = L2Announce{GratuitousCount: DefaultGratuitousCount, GratuitousInterval: DefaultGratuitousInterval}
 	c.Metrics.Listen = DefaultMetricsListen
 	c.Paths = Paths{Socket: DefaultSocketPath, State: DefaultStateDir, BPF: DefaultBPFDir}
 
@@ -739,16 +740,31 @@ func (d *decoder) backend(path string, n *yaml.Node) BackendSpec {
 }
 
 var announceKeys = []string{"l2"}
-var l2Keys = []string{"interfaces"}
+var l2Keys = []string{"interfaces", "gratuitousCount", "gratuitousInterval", "refreshInterval"}
 
 func (d *decoder) announce(a *Announce, path string, n *yaml.Node) {
 	d.fields(path, n, announceKeys, func(_, path string, v *yaml.Node) {
-		d.fields(path, v, l2Keys, func(_, path string, v *yaml.Node) {
-			d.list(path, v, func(_ int, path string, item *yaml.Node) {
-				if s, ok := d.str(path, item); ok {
-					a.L2.Interfaces = append(a.L2.Interfaces, s)
+		d.fields(path, v, l2Keys, func(key, path string, v *yaml.Node) {
+			switch key {
+			case "interfaces":
+				d.list(path, v, func(_ int, path string, item *yaml.Node) {
+					if s, ok := d.str(path, item); ok {
+						a.L2.Interfaces = append(a.L2.Interfaces, s)
+					}
+				})
+			case "gratuitousCount":
+				if c, ok := d.integer(path, v, 1, 100, "1 to 100"); ok {
+					a.L2.GratuitousCount = int(c)
 				}
-			})
+			case "gratuitousInterval":
+				if t, ok := d.duration(path, v, 10*time.Millisecond); ok {
+					a.L2.GratuitousInterval = t
+				}
+			case "refreshInterval":
+				if t, ok := d.duration(path, v, time.Second); ok {
+					a.L2.RefreshInterval = t
+				}
+			}
 		})
 	})
 }

@@ -17,6 +17,8 @@ const (
 	DefaultTableSize          = 16381 // as lb.DefaultTableSize
 	DefaultMaxFlows           = 1 << 20
 	DefaultIdleTimeout        = 15 * time.Minute
+	DefaultGratuitousCount    = 3
+	DefaultGratuitousInterval = time.Second
 	DefaultMetricsListen      = "127.0.0.1:9650"
 	DefaultSocketPath         = "/run/xdplb/xdplb.sock"
 	DefaultStateDir           = "/var/lib/xdplb"
@@ -352,6 +354,14 @@ type L2Announce struct {
 	// Interfaces answer ARP and NDP for the VIPs and send gratuitous
 	// announcements. Each is one of [Config.Interfaces].
 	Interfaces []string
+	// GratuitousCount is how many gratuitous announcements follow a VIP
+	// becoming active (default 3), GratuitousInterval the time between them
+	// (default 1s).
+	GratuitousCount    int
+	GratuitousInterval time.Duration
+	// RefreshInterval repeats an announcement that often while a VIP is
+	// active; 0 (the default) turns refreshes off.
+	RefreshInterval time.Duration
 }
 
 // Metrics holds where Prometheus metrics are served.

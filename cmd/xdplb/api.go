@@ -49,6 +49,13 @@ type StatusInfo struct {
 	LastReload ReloadInfo      `json:"lastReload"`
 	Apply      ApplyInfo       `json:"apply"`
 	Counts     Counts          `json:"counts"`
+	Announced  []AnnounceInfo  `json:"announced,omitempty"`
+}
+
+// AnnounceInfo is what one interface answers ARP/NDP for.
+type AnnounceInfo struct {
+	Interface string   `json:"interface"`
+	VIPs      []string `json:"vips"`
 }
 
 // InterfaceInfo is one interface the datapath runs on.
@@ -124,6 +131,17 @@ type BackendInfo struct {
 	Interface  string    `json:"interface,omitempty"`
 	Stats      xdp.Stats `json:"stats"`
 	Error      string    `json:"error,omitempty"`
+	// Health is the backend's health check, when its service has one.
+	Health *HealthInfo `json:"health,omitempty"`
+}
+
+// HealthInfo is the state of a backend's health check.
+type HealthInfo struct {
+	State      string    `json:"state"` // up, down or pending (not checked yet)
+	Since      time.Time `json:"since"` // when the state last changed
+	LastCheck  time.Time `json:"lastCheck,omitempty"`
+	LastResult string    `json:"lastResult,omitempty"` // ok, failed, timeout
+	LastError  string    `json:"lastError,omitempty"`
 }
 
 // FlowInfo is a pinned flow.

@@ -443,6 +443,17 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 	t.row("VIPs:", fmt.Sprint(c.VIPs))
 	t.row("Backends:", fmt.Sprint(c.Backends))
 	t.row("Pinned flows:", fmt.Sprintf("%d IPv4, %d IPv6", c.Flows4, c.Flows6))
+	for i, a := range s.Announced {
+		key := ""
+		if i == 0 {
+			key = "Announced:"
+		}
+		vips := "nothing"
+		if len(a.VIPs) > 0 {
+			vips = strings.Join(a.VIPs, ", ")
+		}
+		t.row(key, a.Interface, vips)
+	}
 	return t.writeTo(w)
 }
 
@@ -472,12 +483,32 @@ func vipBackend(b VIPBackendInfo) string {
 
 func writeBackends(w io.Writer, bs []BackendInfo) error {
 	t := newTable()
-	t.row("ID", "SERVICE", "VIP", "ADDRESS", "WEIGHT", "STATE", "SLOTS", "NEXT HOP", "PACKETS", "BYTES", "ERROR")
+	t.row("ID", "SERVICE", "VIP", "ADDRESS", "WEIGHT", "STATE", "SLOTS", "NEXT HOP", "PACKETS", "BYTES", "HEALTH CHECK", "ERROR")
 	for _, b := range bs {
 		t.row(fmt.Sprint(b.ID), b.Service, b.VIP, b.Address, fmt.Sprint(b.Weight), backendState(b),
-			fmt.Sprint(b.Slots), nextHop(b), fmt.Sprint(b.Stats.Packets), fmt.Sprint(b.Stats.Bytes), dash(b.Error))
+			fmt.Sprint(b.Slots), nextHop(b), fmt.Sprint(b.Stats.Packets), fmt.Sprint(b.Stats.Bytes), healthCheck(b.Health), dash(b.Error))
 	}
 	return t.writeTo(w)
+}
+
+// healthCheck says a backend's check state, since when, and the last result
+// ("-" without a check).
+func healthCheck(h *HealthInfo) string {
+	if h == nil {
+		return "-"
+	}
+	out := h.State
+	if !h.Since.IsZero() {
+		out += " since " + h.Since.UTC().Format(time.RFC3339)
+	}
+	switch {
+	case h.LastResult == "":
+	case h.LastError != "":
+		out += ", last " + h.LastResult + ": " + h.LastError
+	default:
+		out += ", last " + h.LastResult
+	}
+	return out
 }
 
 // backendState is drain for a backend of weight 0 (it gets no new flows

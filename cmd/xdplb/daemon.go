@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -21,8 +22,10 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/xdplb/xdplb/announce"
 	"github.com/xdplb/xdplb/config"
 	"github.com/xdplb/xdplb/lb"
+	"github.com/xdplb/xdplb/lb/health"
 	"github.com/xdplb/xdplb/xdp"
 )
 
@@ -40,9 +43,13 @@ type daemon struct {
 	cfgPath string
 	started time.Time
 
-	dp    *xdp.Datapath
-	rec   *lb.Reconciler
-	alloc *config.Allocator
+	dp         *xdp.Datapath
+	rec        *lb.Reconciler
+	alloc      *config.Allocator
+	checker    *health.Checker
+	announcers []*announce.Announcer
+	// healthChanged wakes the daemon when a backend went up or down.
+	healthChanged chan struct{}
 
 	reloadsOK, reloadsFailed atomic.Uint64
 
@@ -53,6 +60,7 @@ type daemon struct {
 	vips       map[xdp.VIPKey]vipLabel // services' VIPs
 	attached   map[string]*xdp.Attachment
 	lastReload ReloadInfo
+	announced  []netip.Addr // VIPs answered for on the announce interfaces
 	flows4     int
 	flows6     int
 }
@@ -106,19 +114,51 @@ func startDaemon(ctx context.Context, path string, log *slog.Logger) (*daemon, e
 	}
 	d := &daemon{
 		log: log, cfgPath: path, started: time.Now(),
-		alloc:    config.NewAllocator(cfg.Paths.State),
-		attached: map[string]*xdp.Attachment{},
+		alloc:         config.NewAllocator(cfg.Paths.State),
+		attached:      map[string]*xdp.Attachment{},
+		healthChanged: make(chan struct{}, 1),
+	}
+	d.checker = health.New(health.Options{Logger: log, OnChange: func(lb.BackendKey, bool) {
+		select {
+		case d.healthChanged <- struct{}{}:
+		default:
+		}
+	}})
+	// The health of the last run: a restart does not flap backends.
+	if err := d.checker.Load(d.healthFile(cfg)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("health state not restored", "err", err)
+	}
+	l2 := cfg.Announce.L2
+	for _, name := range l2.Interfaces {
+		a, err := announce.New(name, announce.Options{GratuitousCount: l2.GratuitousCount, GratuitousInterval: l2.GratuitousInterval, RefreshInterval: l2.RefreshInterval}, log)
+		if err != nil {
+			d.closeAnnouncers()
+			return nil, fmt.Errorf("announcing on %q: %w", name, err)
+		}
+		d.announcers = append(d.announcers, a)
 	}
 	d.dp, err = xdp.Open(xdp.Options{PinPath: cfg.Paths.BPF, MaxFlows: int(cfg.Conntrack.MaxFlows)})
 	if err != nil {
+		d.closeAnnouncers()
 		return nil, err
 	}
 	d.rec = lb.NewReconciler(d.dp, lb.KernelNextHops{}, lb.Options{MaxBackends: 65536})
 	if err := d.apply(ctx, cfg, "start"); err != nil {
+		d.closeAnnouncers()
 		d.dp.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+func (d *daemon) healthFile(cfg *config.Config) string {
+	return filepath.Join(cfg.Paths.State, health.StateFile)
+}
+
+func (d *daemon) closeAnnouncers() {
+	for _, a := range d.announcers {
+		a.Close()
+	}
 }
 
 // apply makes cfg the running configuration: interfaces, encapsulation
@@ -167,7 +207,9 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config, trigger string) 
 			vips[xdp.VIPKey{Addr: ls.Addr, Port: p, Proto: ls.Proto}] = vipLabel{service: s.Name}
 		}
 	}
-	st := d.rec.Apply(ctx, state, nil)
+	d.checker.SetTargets(health.Targets(services))
+	st := d.rec.Apply(ctx, state, d.checker.Healthy)
+	d.announce(services, st)
 	for _, e := range st.Errors {
 		d.log.Error("service not applied", "service", e.Service, "vip", e.VIP, "err", e.Err)
 	}
@@ -177,6 +219,41 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config, trigger string) 
 	d.cfg, d.services, d.vips, d.loadedAt = cfg, services, vips, time.Now()
 	d.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration)
 	return nil
+}
+
+// announce answers ARP/NDP for the VIPs of services that want it and have
+// at least minHealthyBackends healthy backends with a weight; the others are
+// withdrawn at once, so a dead service attracts no traffic.
+func (d *daemon) announce(services []config.Service, st lb.Status) {
+	healthy := map[string]int{}
+	for _, v := range st.VIPs {
+		n := 0
+		for _, b := range v.Backends {
+			if b.Healthy && b.Weight > 0 && b.Error == "" {
+				n++
+			}
+		}
+		if n > healthy[v.Service] {
+			healthy[v.Service] = n
+		}
+	}
+	var active []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, s := range services {
+		if !s.Announce || seen[s.Addr] {
+			continue
+		}
+		if healthy[s.Name] < s.MinHealthyBackends {
+			d.log.Debug("not announced: too few healthy backends", "service", s.Name, "vip", s.Addr, "healthy", healthy[s.Name], "min", s.MinHealthyBackends)
+			continue
+		}
+		seen[s.Addr] = true
+		active = append(active, s.Addr)
+	}
+	for _, a := range d.announcers {
+		a.SetVIPs(active)
+	}
+	d.announced = active
 }
 
 func hasInterface(cfg *config.Config, name string) bool {
@@ -267,6 +344,10 @@ func (d *daemon) serve(ctx context.Context) error {
 		return serveMetrics(ctx, cfg.Metrics.Listen, newMetricsHandler(d, d.ready), d.log)
 	})
 	goRun("maintenance", d.maintainLoop)
+	goRun("health checks", d.checker.Run)
+	for _, a := range d.announcers {
+		goRun("announcing on "+a.Interface(), a.Run)
+	}
 	goRun("neighbours", d.watchNeighbors)
 	goRun("config watch", d.watchConfig)
 
@@ -289,6 +370,18 @@ loop:
 			notify("RELOADING=1", monotonicUsec())
 			d.reload(ctx, "sighup")
 			notify("READY=1")
+		case <-d.healthChanged:
+			// A backend went up or down: the same configuration, applied
+			// with the new health (only what changed is written).
+			d.mu.Lock()
+			cfg := d.cfg
+			d.mu.Unlock()
+			if err := d.apply(ctx, cfg, "health"); err != nil {
+				d.log.Error("applying a health change", "err", err)
+			}
+			if err := d.checker.Save(d.healthFile(cfg)); err != nil {
+				d.log.Warn("saving health state", "err", err)
+			}
 		case err = <-errc:
 			break loop
 		}
@@ -296,6 +389,10 @@ loop:
 	notify("STOPPING=1")
 	cancel()
 	wg.Wait()
+	d.closeAnnouncers()
+	if serr := d.checker.Save(d.healthFile(cfg)); serr != nil {
+		d.log.Warn("saving health state", "err", serr)
+	}
 	// The datapath stays attached with its state: a restarted daemon takes
 	// it over without dropping a flow.
 	if cerr := d.dp.Close(); cerr != nil && err == nil {
@@ -444,6 +541,13 @@ func (d *daemon) Status() StatusInfo {
 	for _, v := range st.VIPs {
 		s.Counts.Backends += len(v.Backends)
 	}
+	for _, a := range d.announcers {
+		ai := AnnounceInfo{Interface: a.Interface(), VIPs: []string{}}
+		for _, v := range d.announced {
+			ai.VIPs = append(ai.VIPs, v.String())
+		}
+		s.Announced = append(s.Announced, ai)
+	}
 	for _, a := range d.attached {
 		pid, _ := a.ProgramID()
 		s.Interfaces = append(s.Interfaces, InterfaceInfo{Name: a.Interface, IfIndex: a.IfIndex, Mode: string(a.Mode), ProgramID: uint32(pid)})
@@ -484,6 +588,10 @@ func share(slots, size int) float64 {
 
 func (d *daemon) Backends() []BackendInfo {
 	entries, _ := d.dp.Backends()
+	checks := map[lb.BackendKey]health.State{}
+	for _, h := range d.checker.Snapshot() {
+		checks[h.Key] = h
+	}
 	var out []BackendInfo
 	for _, v := range d.rec.Status().VIPs {
 		for _, b := range v.Backends {
@@ -492,6 +600,15 @@ func (d *daemon) Backends() []BackendInfo {
 				bi.NextHopMAC = e.NextHopMAC.String()
 				if ifi, err := netInterfaceName(e.IfIndex); err == nil {
 					bi.Interface = ifi
+				}
+			}
+			if h, ok := checks[lb.BackendKey{Service: v.Service, Backend: b.Addr}]; ok {
+				bi.Health = &HealthInfo{State: "down", Since: h.Since, LastCheck: h.LastCheck, LastResult: string(h.LastResult), LastError: h.LastError}
+				switch {
+				case h.Pending:
+					bi.Health.State = "pending"
+				case h.Up:
+					bi.Health.State = "up"
 				}
 			}
 			bi.Stats, _ = d.dp.BackendStats(b.ID)
@@ -667,6 +784,19 @@ func (d *daemon) ConfigSHA256() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg.SHA256()
+}
+
+func (d *daemon) AnnounceStats() []announce.Stats {
+	var out []announce.Stats
+	for _, a := range d.announcers {
+		out = append(out, a.Stats())
+	}
+	return out
+}
+
+func (d *daemon) HealthTransitions() (toUp, toDown uint64) {
+	t := d.checker.Transitions()
+	return t.ToUp, t.ToDown
 }
 
 func (d *daemon) ReloadCounts() (success, failure uint64) {

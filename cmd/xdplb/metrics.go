@@ -258,8 +258,8 @@ func newMetricsHandler(src metricsSource, ready func() error) http.Handler {
 	return mux
 }
 
-// newMetricsRegistry returns a registry of xdplb's collector and the Go
-// runtime and process collectors.
+// newMetricsRegistry returns a registry of xdplb's collector, the
+// announcers' (when src announces) and the Go runtime and process collectors.
 func newMetricsRegistry(src metricsSource) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -267,6 +267,12 @@ func newMetricsRegistry(src metricsSource) *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if as, ok := src.(announceSource); ok {
+		reg.MustRegister(announceCollector{as})
+	}
+	if hs, ok := src.(healthSource); ok {
+		reg.MustRegister(healthCollector{hs})
+	}
 	return reg
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/xdplb/xdplb/announce"
 	"github.com/xdplb/xdplb/internal/promtest"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -95,6 +97,25 @@ const testConfigSHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b
 
 // newFakeMetrics is a small state: a TCP VIP with two backends, a UDP IPv6
 // VIP with one down backend, and a few global counters.
+func (f *fakeMetrics) AnnounceStats() []announce.Stats {
+	drops := map[announce.Reason]uint64{}
+	for _, r := range announce.DropReasons {
+		drops[r] = 0
+	}
+	drops[announce.ReasonNotOurs] = 4
+	return []announce.Stats{{
+		Interface: "eth0",
+		ARP:       announce.ProtocolStats{Received: 10, Replies: 6, Gratuitous: 6, Drops: drops},
+		NDP:       announce.ProtocolStats{Received: 3, Replies: 2, Gratuitous: 3, Drops: drops},
+		VIPs: []announce.VIPStats{
+			{VIP: netip.MustParseAddr("198.18.100.1"), Requests: 6, Replies: 6, Gratuitous: 6},
+			{VIP: netip.MustParseAddr("2001:db8::100"), Requests: 2, Replies: 2, Gratuitous: 3},
+		},
+	}}
+}
+
+func (f *fakeMetrics) HealthTransitions() (toUp, toDown uint64) { return 3, 2 }
+
 func newFakeMetrics() *fakeMetrics {
 	return &fakeMetrics{
 		counters: []xdp.Counter{
@@ -254,6 +275,15 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"xdplb_config_reloads_total":    {"result"},
 		"xdplb_config_info":             {"sha256"},
 		"xdplb_build_info":              {"goversion", "revision", "version"},
+
+		"xdplb_backend_health_transitions_total": {"to"},
+		"xdplb_announce_active":                  {"interface", "vip"},
+		"xdplb_announce_requests_total":          {"interface", "vip"},
+		"xdplb_announce_replies_total":           {"interface", "vip"},
+		"xdplb_announce_gratuitous_total":        {"interface", "vip"},
+		"xdplb_announce_received_total":          {"interface", "protocol"},
+		"xdplb_announce_drops_total":             {"interface", "protocol", "reason"},
+		"xdplb_announce_send_errors_total":       {"interface", "protocol"},
 	}
 	// The only values some labels may take, whatever the state.
 	closed := map[string][]string{
@@ -261,7 +291,10 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"family":   {"ipv4", "ipv6"},
 		"protocol": {"tcp", "udp"},
 		"result":   {"failure", "success"},
+		"to":       {"down", "up"},
 	}
+	// The announcers' protocol label names the packets they answer.
+	announceProtocols := []string{"arp", "ndp"}
 	f := newFakeMetrics()
 	configured := map[string][]string{"vip": {}, "backend": {}}
 	for _, b := range f.backends {
@@ -284,7 +317,11 @@ func TestMetricsLabelsBounded(t *testing.T) {
 			for _, lp := range m.GetLabel() {
 				names = append(names, lp.GetName())
 				v := lp.GetValue()
-				if allowed, ok := closed[lp.GetName()]; ok && !slices.Contains(allowed, v) {
+				allowed, ok := closed[lp.GetName()]
+				if strings.HasPrefix(name, "xdplb_announce_") && lp.GetName() == "protocol" {
+					allowed = announceProtocols
+				}
+				if ok && !slices.Contains(allowed, v) {
 					t.Errorf("%s: label %s=%q, want one of %q", name, lp.GetName(), v, allowed)
 				}
 				if allowed, ok := configured[lp.GetName()]; ok && !slices.Contains(allowed, v) {
@@ -538,4 +575,50 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	return rec.Code, rec.Body.String()
+}
+
+// TestAnnounceAndHealthMetrics checks the exposition of the announcers' and
+// the health checks' counters.
+func TestAnnounceAndHealthMetrics(t *testing.T) {
+	src := newFakeMetrics()
+	want := `# HELP xdplb_announce_active 1 for each VIP the appliance answers ARP or NDP for on an interface.
+# TYPE xdplb_announce_active gauge
+xdplb_announce_active{interface="eth0",vip="198.18.100.1"} 1
+xdplb_announce_active{interface="eth0",vip="2001:db8::100"} 1
+# HELP xdplb_announce_drops_total ARP or NDP frames received and not answered, by reason.
+# TYPE xdplb_announce_drops_total counter
+xdplb_announce_drops_total{interface="eth0",protocol="arp",reason="malformed"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="arp",reason="not_a_request"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="arp",reason="not_ours"} 4
+xdplb_announce_drops_total{interface="eth0",protocol="arp",reason="rate_limited"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="arp",reason="reply_ignored"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="ndp",reason="malformed"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="ndp",reason="not_a_request"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="ndp",reason="not_ours"} 4
+xdplb_announce_drops_total{interface="eth0",protocol="ndp",reason="rate_limited"} 0
+xdplb_announce_drops_total{interface="eth0",protocol="ndp",reason="reply_ignored"} 0
+# HELP xdplb_announce_gratuitous_total Gratuitous ARP packets and unsolicited neighbour advertisements sent for a VIP since it became active.
+# TYPE xdplb_announce_gratuitous_total counter
+xdplb_announce_gratuitous_total{interface="eth0",vip="198.18.100.1"} 6
+xdplb_announce_gratuitous_total{interface="eth0",vip="2001:db8::100"} 3
+# HELP xdplb_announce_replies_total ARP replies and neighbour advertisements sent for a VIP since it became active.
+# TYPE xdplb_announce_replies_total counter
+xdplb_announce_replies_total{interface="eth0",vip="198.18.100.1"} 6
+xdplb_announce_replies_total{interface="eth0",vip="2001:db8::100"} 2
+# HELP xdplb_announce_requests_total ARP requests and neighbour solicitations received for a VIP since it became active.
+# TYPE xdplb_announce_requests_total counter
+xdplb_announce_requests_total{interface="eth0",vip="198.18.100.1"} 6
+xdplb_announce_requests_total{interface="eth0",vip="2001:db8::100"} 2
+# HELP xdplb_backend_health_transitions_total Backends that went up or down by their health checks since the daemon started.
+# TYPE xdplb_backend_health_transitions_total counter
+xdplb_backend_health_transitions_total{to="down"} 2
+xdplb_backend_health_transitions_total{to="up"} 3
+`
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(announceCollector{src}, healthCollector{src})
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"xdplb_announce_active", "xdplb_announce_drops_total", "xdplb_announce_gratuitous_total",
+		"xdplb_announce_replies_total", "xdplb_announce_requests_total", "xdplb_backend_health_transitions_total"); err != nil {
+		t.Error(err)
+	}
 }
