@@ -89,10 +89,9 @@ func (d *Datapath) PinFlow(f Flow) error {
 	if flag := uint8(lbXdplbVipFlagsVIP_F_HAS_PINS); st.meta.Flags&flag == 0 {
 		m := st.meta
 		m.Flags |= flag
-		if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
+		if err := d.writeMeta(k, st, m); err != nil {
 			return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
-		st.meta = m
 	}
 	v := lbCtValue{BackendId: f.BackendID, LastSeen: uint64(d.nowMono() - f.Idle)}
 	var err error
@@ -182,10 +181,9 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 			changed = true
 		}
 		if changed {
-			if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
+			if err := d.writeMeta(k, st, m); err != nil {
 				return res, fmt.Errorf("updating VIP %s: %w", k, err)
 			}
-			st.meta = m
 		}
 		if st.old != nil {
 			d.releaseTable(st.old)

@@ -68,27 +68,36 @@ type Datapath struct {
 	opts Options
 	objs lbObjects
 
-	mu        sync.Mutex
-	vips      map[VIPKey]*vipState
-	backends  map[uint32]*backendState
-	vipIDs    idAllocator
-	tables    idAllocator
-	filter    map[uint32]int // filter bit -> number of VIP addresses on it
-	addrs     map[addrKey]int
-	links     map[string]*Attachment
-	empty     *ebpf.Map // placeholder put into released maglev_tables slots
-	emptyID   ebpf.MapID
-	syncMap   *ebpf.Map // updated to wait for an RCU grace period (Sync)
-	freed     []uint32  // maglev_tables slots to release at the next flush
-	zeroStats []lbLbStats
-	closed    bool
-	nowMono   func() time.Duration
+	mu         sync.Mutex
+	vips       map[VIPKey]*vipState
+	backends   map[uint32]*backendState
+	vipIDs     idAllocator
+	tables     idAllocator
+	filter     map[uint32]int // filter bit -> number of VIP addresses on it
+	addrs      map[addrKey]int
+	links      map[string]*Attachment
+	empty      *ebpf.Map // placeholder put into released maglev_tables slots
+	emptyID    ebpf.MapID
+	syncMap    *ebpf.Map // updated to wait for an RCU grace period (Sync)
+	syncGen    uint64    // Syncs so far
+	vipIndex   []byte    // vip_index, mapped
+	indexOwner map[uint32]VIPKey
+	slotsUsed  map[uint32]use // vip id -> when its slots were last in use by a VIP gone
+	freed      []uint32       // maglev_tables slots to release at the next flush
+	zeroStats  []lbLbStats
+	closed     bool
+	nowMono    func() time.Duration
 }
 
 type vipState struct {
-	meta  lbVipMeta
-	table *innerTable // the inner map of the current table
-	old   *innerTable // a previous inner map (the table size changed), while it may be the prev table
+	meta lbVipMeta
+	// The VIP's slot in use in vip_slots, if the index serves it, and when
+	// its other slot was last in use.
+	slot    uint32
+	indexed bool
+	flipped use
+	table   *innerTable // the inner map of the current table
+	old     *innerTable // a previous inner map (the table size changed), while it may be the prev table
 }
 
 // Open loads the program, or reuses the maps pinned under opts.PinPath by an
@@ -111,6 +120,7 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	sizes := map[string]int{
 		lbMapVips:         opts.MaxVIPs,
+		lbMapVipSlots:     2 * opts.MaxVIPs,
 		lbMapVipAddrs:     opts.MaxVIPs,
 		lbMapVipStats:     opts.MaxVIPs,
 		lbMapMaglevTables: 3*opts.MaxVIPs + 64,
@@ -138,14 +148,16 @@ func Open(opts Options) (*Datapath, error) {
 		copts.Maps.PinPath = opts.PinPath
 	}
 	d := &Datapath{
-		opts:      opts,
-		zeroStats: make([]lbLbStats, ebpf.MustPossibleCPU()),
-		vips:      map[VIPKey]*vipState{},
-		backends:  map[uint32]*backendState{},
-		filter:    map[uint32]int{},
-		addrs:     map[addrKey]int{},
-		links:     map[string]*Attachment{},
-		nowMono:   monotonicNow,
+		opts:       opts,
+		zeroStats:  make([]lbLbStats, ebpf.MustPossibleCPU()),
+		vips:       map[VIPKey]*vipState{},
+		backends:   map[uint32]*backendState{},
+		indexOwner: map[uint32]VIPKey{},
+		slotsUsed:  map[uint32]use{},
+		filter:     map[uint32]int{},
+		addrs:      map[addrKey]int{},
+		links:      map[string]*Attachment{},
+		nowMono:    monotonicNow,
 	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		var ve *ebpf.VerifierError
@@ -173,7 +185,13 @@ func Open(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.mapIndex(); err != nil {
+		d.closeTables()
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.recover(); err != nil {
+		d.unmapIndex()
 		d.closeTables()
 		d.objs.Close()
 		return nil, err
@@ -196,6 +214,7 @@ func (d *Datapath) Close() error {
 		errs = append(errs, a.link.Close())
 	}
 	d.closeTables()
+	d.unmapIndex()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -226,7 +245,7 @@ func (d *Datapath) Unpin() error {
 	for _, m := range []*ebpf.Map{
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
 		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
-		d.objs.TxPorts, d.objs.SettingsMap,
+		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

@@ -122,6 +122,13 @@ type lbVipMeta struct {
 	Pad           [6]uint8
 }
 
+type lbVipSlot struct {
+	_    structs.HostLayout
+	Key  lbVipKey
+	Pad  uint32
+	Meta lbVipMeta
+}
+
 type lbXdplbAddrFlags uint32
 
 const (
@@ -207,6 +214,8 @@ const (
 	lbMapTxPorts          = "tx_ports"
 	lbMapVipAddrs         = "vip_addrs"
 	lbMapVipFilter        = "vip_filter"
+	lbMapVipIndex         = "vip_index"
+	lbMapVipSlots         = "vip_slots"
 	lbMapVipStats         = "vip_stats"
 	lbMapVips             = "vips"
 	lbProgXdplb           = "xdplb"
@@ -283,6 +292,8 @@ type lbMapSpecs struct {
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex     *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots     *ebpf.MapSpec `ebpf:"vip_slots"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
@@ -331,6 +342,8 @@ type lbMaps struct {
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex     *ebpf.Map `ebpf:"vip_index"`
+	VipSlots     *ebpf.Map `ebpf:"vip_slots"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 	Vips         *ebpf.Map `ebpf:"vips"`
 }
@@ -349,6 +362,8 @@ func (m *lbMaps) Close() error {
 		m.TxPorts,
 		m.VipAddrs,
 		m.VipFilter,
+		m.VipIndex,
+		m.VipSlots,
 		m.VipStats,
 		m.Vips,
 	)

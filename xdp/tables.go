@@ -138,6 +138,7 @@ func (d *Datapath) sync() error {
 	if err := d.syncMap.Put(uint32(0), d.empty); err != nil {
 		return fmt.Errorf("waiting for running programs: %w", err)
 	}
+	d.syncGen++
 	return nil
 }
 
@@ -287,10 +288,10 @@ func (d *Datapath) swapTable(st *vipState, k VIPKey, table []uint32, fresh *inne
 		if m.PrevIdx == t.idx && m.PrevHalf == half && time.Duration(m.TransitionEnd)+time.Second > now {
 			cut := m
 			cut.PrevIdx, cut.PrevHalf, cut.PrevSize, cut.TransitionEnd = 0, 0, 0, 0
-			if err := d.objs.Vips.Update(k.bpf(), &cut, ebpf.UpdateExist); err != nil {
+			if err := d.writeMeta(k, st, cut); err != nil {
 				return err
 			}
-			st.meta, m = cut, cut
+			m = cut
 			if err := d.sync(); err != nil {
 				return err
 			}
@@ -305,10 +306,9 @@ func (d *Datapath) swapTable(st *vipState, k VIPKey, table []uint32, fresh *inne
 		next.Flags |= uint8(lbXdplbVipFlagsVIP_F_HAS_PINS)
 	}
 	next.TableIdx, next.TableHalf, next.TableSize = t.idx, half, uint32(len(table))
-	if err := d.objs.Vips.Update(k.bpf(), &next, ebpf.UpdateExist); err != nil {
+	if err := d.writeMeta(k, st, next); err != nil {
 		return err
 	}
-	st.meta = next
 	if fresh != nil {
 		// The old inner map holds the previous table until the grace period
 		// ends; an even older one is no longer referenced.

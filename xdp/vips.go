@@ -187,6 +187,7 @@ func (d *Datapath) recover() error {
 	if err := d.recoverBackends(); err != nil {
 		return err
 	}
+	d.recoverIndex()
 	var a lbVipAddr
 	var info lbVipAddrInfo
 	ait := d.objs.VipAddrs.Iterate()
@@ -255,10 +256,12 @@ func (d *Datapath) UpsertVIP(k VIPKey, v VIP) error {
 		m := st.meta
 		m.Mode = uint8(v.Mode)
 		m.HashSeed = v.HashSeed
-		if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
+		if m == st.meta {
+			return nil
+		}
+		if err := d.writeMeta(k, st, m); err != nil {
 			return fmt.Errorf("updating VIP %s: %w", k, err)
 		}
-		st.meta = m
 		return nil
 	}
 	id, err := d.vipIDs.get()
@@ -309,6 +312,7 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	if !ok {
 		return fmt.Errorf("deleting VIP %s: %w", k, ErrNotFound)
 	}
+	d.unindex(k, st)
 	if err := d.objs.Vips.Delete(k.bpf()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("deleting VIP %s: %w", k, err)
 	}

@@ -59,6 +59,10 @@
 #define VIP_FILTER_BITS (1 << VIP_FILTER_SHIFT)
 #define VIP_FILTER_WORDS (VIP_FILTER_BITS / 64)
 
+/* The vip_index array: VIP_INDEX_SIZE entries. */
+#define VIP_INDEX_SHIFT 16
+#define VIP_INDEX_SIZE (1 << VIP_INDEX_SHIFT)
+
 /* Default map sizes; the loader overrides max_entries from its options. */
 #define DEFAULT_MAX_VIPS 4096
 #define DEFAULT_MAX_BACKENDS 65536

@@ -51,6 +51,13 @@ static __always_inline __u32 vip_filter_bit(__u32 folded)
 	return (folded * 0x9E3779B1u) >> (32 - VIP_FILTER_SHIFT);
 }
 
+/* Entry of a service in vip_index: the folded address, the port (as loaded
+ * from the packet) and the protocol, Fibonacci-hashed. */
+static __always_inline __u32 vip_index_of(__u32 folded, __u16 port, __u8 proto)
+{
+	return ((folded ^ ((__u32)port << 16) ^ proto) * 0x9E3779B1u) >> (32 - VIP_INDEX_SHIFT);
+}
+
 static __always_inline __u16 csum_fold(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);

@@ -115,8 +115,23 @@ static __always_inline __u32 addr_verdict(struct pkt *p, __u32 drop, __u32 pass)
 
 static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 {
+	__u32 folded = p->family == 4 ? p->daddr[0] : fold_addr6(p->daddr);
+	__u32 idx = vip_index_of(folded, p->dport, p->proto);
 	struct vip_key k = {};
+	struct vip_slot *s;
 	struct vip_meta *m;
+	__u32 *slot;
+
+	slot = bpf_map_lookup_elem(&vip_index, &idx);
+	if (slot && *slot) {
+		s = bpf_map_lookup_elem(&vip_slots, slot);
+		if (s && s->key.port == p->dport && s->key.proto == p->proto && s->key.family == p->family) {
+			__u32 *a = (__u32 *)s->key.addr;
+
+			if (a[0] == p->daddr[0] && a[1] == p->daddr[1] && a[2] == p->daddr[2] && a[3] == p->daddr[3])
+				return &s->meta;
+		}
+	}
 
 	__builtin_memcpy(k.addr, p->daddr, 16);
 	k.port = p->dport;

@@ -36,6 +36,26 @@ struct {
 	__type(value, struct vip_meta);
 } vips SEC(".maps");
 
+/* A direct-mapped cache of vips: entry vip_index_of(address, port, protocol)
+ * holds the vip_slots slot of the service with that key (0: none, or the
+ * entry is another key's), so most packets find their service with two
+ * inlined array reads instead of a hash lookup. User space writes it through
+ * mmap, one 4-byte store per change; vips stays the reference. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, VIP_INDEX_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} vip_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_slot);
+} vip_slots SEC(".maps");
+
 /* Maglev tables: one inner array of M slots per VIP, each slot holding the
  * backend ids of two tables, so the next table is written into the half the
  * current one does not use and swapped in by updating the VIP's vip_meta.

@@ -47,6 +47,15 @@ struct vip_meta {
 	__u8 pad[6];
 };
 
+/* A service as found through vip_index: its key (to check the index hit)
+ * and its vip_meta. Each VIP has two slots; user space writes the one not in
+ * use, then points vip_index at it. */
+struct vip_slot {
+	struct vip_key key;
+	__u32 pad;
+	struct vip_meta meta;
+};
+
 /* A backend, as the program uses it. */
 struct backend {
 	__u8 addr[16];      /* IPIP outer destination */
