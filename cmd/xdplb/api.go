@@ -139,7 +139,7 @@ type BackendInfo struct {
 type HealthInfo struct {
 	State      string    `json:"state"` // up, down or pending (not checked yet)
 	Since      time.Time `json:"since"` // when the state last changed
-	LastCheck  time.Time `json:"lastCheck,omitempty"`
+	LastCheck  time.Time `json:"lastCheck,omitzero"`
 	LastResult string    `json:"lastResult,omitempty"` // ok, failed, timeout
 	LastError  string    `json:"lastError,omitempty"`
 }

@@ -390,7 +390,10 @@ loop:
 	cancel()
 	wg.Wait()
 	d.closeAnnouncers()
-	if serr := d.checker.Save(d.healthFile(cfg)); serr != nil {
+	d.mu.Lock()
+	last := d.cfg
+	d.mu.Unlock()
+	if serr := d.checker.Save(d.healthFile(last)); serr != nil {
 		d.log.Warn("saving health state", "err", serr)
 	}
 	// The datapath stays attached with its state: a restarted daemon takes
