@@ -61,6 +61,7 @@ type daemon struct {
 	attached   map[string]*xdp.Attachment
 	lastReload ReloadInfo
 	announced  []netip.Addr // VIPs answered for on the announce interfaces
+	allocErrs  []string     // services a pool could not give an address
 	flows4     int
 	flows6     int
 }
@@ -213,9 +214,12 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config, trigger string) 
 	for _, e := range st.Errors {
 		d.log.Error("service not applied", "service", e.Service, "vip", e.VIP, "err", e.Err)
 	}
+	d.allocErrs = d.allocErrs[:0]
 	for name, err := range svcErrs {
 		d.log.Error("service has no address", "service", name, "err", err)
+		d.allocErrs = append(d.allocErrs, fmt.Sprintf("%s: no address: %v", name, err))
 	}
+	sort.Strings(d.allocErrs)
 	d.cfg, d.services, d.vips, d.loadedAt = cfg, services, vips, time.Now()
 	d.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration)
 	return nil
@@ -538,6 +542,7 @@ func (d *daemon) Status() StatusInfo {
 		Apply:      ApplyInfo{At: st.LastApply, Duration: st.Duration},
 		Counts:     Counts{Services: len(d.services), VIPs: len(st.VIPs), Flows4: d.flows4, Flows6: d.flows6},
 	}
+	s.Apply.Errors = append(s.Apply.Errors, d.allocErrs...)
 	for _, e := range st.Errors {
 		s.Apply.Errors = append(s.Apply.Errors, fmt.Sprintf("%s %s: %s", e.Service, e.VIP, e.Err))
 	}
