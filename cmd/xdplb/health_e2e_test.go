@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -79,93 +78,6 @@ paths:
   state: %s/state
   bpf: %s
 `, bs.String(), hcInterval, hcTimeout, hcRise, hcFall, extra, metricsAddr, dir, dir, bpf)
-}
-
-// backendServer is one backend's server on [::]:80, as scenario's: it tells
-// each connection the backend's name, then echoes. Unlike scenario.Servers,
-// its listener can be closed and opened again while the connections it
-// accepted stay up.
-type backendServer struct {
-	h     *testnet.Host
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
-
-func newBackendServer(h *testnet.Host) *backendServer {
-	return &backendServer{h: h, conns: map[net.Conn]bool{}}
-}
-
-// start listens again; established connections are not touched.
-func (s *backendServer) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln != nil {
-		return fmt.Errorf("%s: already listening", s.h.Name)
-	}
-	ln, err := s.h.Listen("tcp", fmt.Sprintf("[::]:%d", scenario.Port))
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", s.h.Name, err)
-	}
-	s.ln = ln
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns[c] = true
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer func() {
-					c.Close()
-					s.mu.Lock()
-					delete(s.conns, c)
-					s.mu.Unlock()
-				}()
-				if _, err := fmt.Fprintf(c, "%s\n", s.h.Name); err != nil {
-					return
-				}
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return nil
-}
-
-// stop closes the listener only: new connections are refused, established
-// ones keep working.
-func (s *backendServer) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
-	}
-}
-
-// close stops the listener and every connection and waits for them.
-func (s *backendServer) close() error {
-	s.stop()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("the server of %s did not stop", s.h.Name)
-	}
 }
 
 // healthStates returns web4's backends of `xdplb backends -o json` by
@@ -355,24 +267,17 @@ func TestDaemonHealthChecks(t *testing.T) {
 	}
 	ctx := context.Background()
 	topo := testnet.NewTestTopology(t, testnet.TopologyConfig{Backends: 3})
-	if err := topo.AddVIPToBackends(scenario.VIP4); err != nil {
+	// The backends' servers, whose listeners the test closes and opens
+	// again while the connections they accepted stay up.
+	cl, err := scenario.StartServers(topo, false)
+	if err != nil {
 		t.Fatal(err)
 	}
-	servers := map[string]*backendServer{}
-	for _, h := range topo.Backends {
-		s := newBackendServer(h)
-		if err := s.start(); err != nil {
-			t.Fatal(err)
+	t.Cleanup(func() {
+		if err := cl.Close(); err != nil {
+			t.Error(err)
 		}
-		servers[h.Name] = s
-		t.Cleanup(func() {
-			if err := s.close(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	// The client side: scenario's Dial and Echo need only the topology.
-	cl := &scenario.Servers{Topo: topo}
+	})
 
 	dir := t.TempDir()
 	bpf := filepath.Join(testnet.MountBPFFS(t), "xdplb")
@@ -474,7 +379,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	// connection may reach it after fall×interval + timeout (+ slack).
 	detectBudget := hcFall*hcInterval + hcTimeout + hcSlack
 	stopped := time.Now()
-	servers[b3.Name].stop()
+	cl.StopListening(b3.Name)
 	var downSeen, lastBad time.Duration
 	var b3Down BackendInfo
 	var downTrace observed
@@ -574,7 +479,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	// 4. b3's server listens again: b3 gets new flows after rise×interval.
 	recoverBudget := hcRise*hcInterval + hcTimeout + hcSlack
 	restarted := time.Now()
-	if err := servers[b3.Name].start(); err != nil {
+	if err := cl.Listen(b3.Name); err != nil {
 		t.Fatal(err)
 	}
 	upSeen, b3Up, upTrace := waitState(b3Addr, "up", restarted, recoverBudget+2*time.Second)
@@ -629,7 +534,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 
 	// 5. Restart while b3 is down: the saved state is restored, no flap.
 	stopped = time.Now()
-	servers[b3.Name].stop()
+	cl.StopListening(b3.Name)
 	again, _, _ := waitState(b3Addr, "down", stopped, detectBudget+2*time.Second)
 	t.Logf("second detection: %s seen down %v after its server stopped", b3.Name, again.Round(time.Millisecond))
 	// A reload keeps the state of backends whose check did not change:
@@ -747,7 +652,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	}
 	stopped = time.Now()
 	for _, h := range topo.Backends {
-		servers[h.Name].stop()
+		cl.StopListening(h.Name)
 	}
 	for _, a := range addrs {
 		waitState(a, "down", stopped, detectBudget+2*time.Second)

@@ -59,19 +59,19 @@ type Appliance struct {
 // port 80 of each backend that tells each connection its name and echoes
 // what it sends, and (for IPIP) xdplb's decap program.
 type Servers struct {
-	Topo     *testnet.Topology
-	mu       sync.Mutex
-	decaps   []*xdp.Decap
-	servers  []net.Listener
-	accepted map[net.Conn]bool
-	wg       sync.WaitGroup
+	Topo      *testnet.Topology
+	mu        sync.Mutex
+	decaps    []*xdp.Decap
+	listeners map[string]net.Listener // by backend name
+	accepted  map[net.Conn]bool
+	wg        sync.WaitGroup
 }
 
 // StartServers puts VIP4 and VIP6 on every backend's lo and starts the
 // servers; with decap, xdplb's decap program runs on each backend's
 // interface.
 func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
-	s := &Servers{Topo: topo, accepted: map[net.Conn]bool{}}
+	s := &Servers{Topo: topo, listeners: map[string]net.Listener{}, accepted: map[net.Conn]bool{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -83,7 +83,7 @@ func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
 		}
 	}
 	for _, h := range topo.Backends {
-		if err := s.startServer(h); err != nil {
+		if err := s.Listen(h.Name); err != nil {
 			return nil, err
 		}
 		if decap {
@@ -156,14 +156,25 @@ func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Applia
 	return a, a.Reconcile(ctx)
 }
 
-// startServer serves on [::]:Port in h's namespace: every connection is told
-// the backend's name, then whatever it sends is echoed back.
-func (s *Servers) startServer(h *testnet.Host) error {
+// Listen starts (again) the server of the backend named name on [::]:80 in
+// its namespace: every connection is told the backend's name, then whatever
+// it sends is echoed back.
+func (s *Servers) Listen(name string) error {
+	i := slices.IndexFunc(s.Topo.Backends, func(h *testnet.Host) bool { return h.Name == name })
+	if i < 0 {
+		return fmt.Errorf("no backend %q", name)
+	}
+	h := s.Topo.Backends[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listeners[name] != nil {
+		return fmt.Errorf("%s: already listening", name)
+	}
 	ln, err := h.Listen("tcp", fmt.Sprintf("[::]:%d", Port))
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", h.Name, err)
 	}
-	s.servers = append(s.servers, ln)
+	s.listeners[name] = ln
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -192,6 +203,17 @@ func (s *Servers) startServer(h *testnet.Host) error {
 		}
 	}()
 	return nil
+}
+
+// StopListening closes the listener of the backend named name: new
+// connections are refused, established ones keep working.
+func (s *Servers) StopListening(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ln := s.listeners[name]; ln != nil {
+		ln.Close()
+		delete(s.listeners, name)
+	}
 }
 
 // Seed is the scenario's Maglev seed.
@@ -316,10 +338,11 @@ func (s *Servers) Connections(ctx context.Context, vip netip.Addr, n, parallel i
 // Close stops the servers and the decap programs.
 func (s *Servers) Close() error {
 	var errs []error
-	for _, ln := range s.servers {
-		ln.Close()
-	}
 	s.mu.Lock()
+	for name, ln := range s.listeners {
+		ln.Close()
+		delete(s.listeners, name)
+	}
 	for c := range s.accepted {
 		c.Close()
 	}
