@@ -58,34 +58,6 @@ func startAnnouncer(t *testing.T, h *testnet.Host, opts announce.Options) *annou
 	return a
 }
 
-// neighbour returns the client's neighbour entry for addr, if it has one.
-func neighbour(t *testing.T, client *testnet.Host, addr netip.Addr) (netlink.Neigh, bool) {
-	t.Helper()
-	fam := netlink.FAMILY_V4
-	if addr.Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	list, err := client.NS.Netlink().NeighList(client.IfIndex, fam)
-	if err != nil {
-		t.Fatalf("listing the client's neighbours: %v", err)
-	}
-	for _, n := range list {
-		if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == addr {
-			return n, true
-		}
-	}
-	return netlink.Neigh{}, false
-}
-
-// resolvedMAC is the MAC of a usable neighbour entry, or "" for none
-// (missing, incomplete or failed).
-func resolvedMAC(n netlink.Neigh, ok bool) string {
-	if !ok || n.HardwareAddr == nil || n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED|netlink.NUD_NONE) != 0 {
-		return ""
-	}
-	return n.HardwareAddr.String()
-}
-
 func stateName(s int) string {
 	for _, st := range []struct {
 		bit  int
@@ -128,11 +100,11 @@ func resolve(t *testing.T, client *testnet.Host, addr netip.Addr) string {
 			sendUDP(t, client, addr)
 			next = time.Now().Add(time.Second)
 		}
-		if mac := resolvedMAC(neighbour(t, client, addr)); mac != "" {
+		if mac := testnet.UsableMAC(testnet.NeighborOf(t, client, addr)); mac != "" {
 			return mac
 		}
 	}
-	n, ok := neighbour(t, client, addr)
+	n, ok := testnet.NeighborOf(t, client, addr)
 	t.Fatalf("the client did not resolve %v within 5 s (entry %v: %v %s)", addr, ok, n.HardwareAddr, stateName(n.State))
 	return ""
 }
@@ -205,7 +177,7 @@ func TestResolveVIPs(t *testing.T) {
 			// entries below come from the client's own resolution.
 			time.Sleep(100 * time.Millisecond)
 			for _, vip := range vips {
-				if n, ok := neighbour(t, client, vip); ok {
+				if n, ok := testnet.NeighborOf(t, client, vip); ok {
 					t.Fatalf("the client has an entry for %v before resolving it: %v %s", vip, n.HardwareAddr, stateName(n.State))
 				}
 			}
@@ -217,7 +189,7 @@ func TestResolveVIPs(t *testing.T) {
 					t.Errorf("the client resolved %v to %s, want the lb's %s", vip, got, lb.MAC)
 				}
 			}
-			if mac := resolvedMAC(neighbour(t, client, notVIP)); mac != "" {
+			if mac := testnet.UsableMAC(testnet.NeighborOf(t, client, notVIP)); mac != "" {
 				t.Errorf("the client resolved %v, which is no VIP, to %s", notVIP, mac)
 			}
 
@@ -269,8 +241,8 @@ func TestFailover(t *testing.T) {
 			if _, done := took[vip]; done {
 				continue
 			}
-			n, ok := neighbour(t, client, vip)
-			if resolvedMAC(n, ok) == second.MAC.String() {
+			n, ok := testnet.NeighborOf(t, client, vip)
+			if testnet.UsableMAC(n, ok) == second.MAC.String() {
 				took[vip] = time.Since(start)
 				t.Logf("%v: the client's entry points to the second appliance %s after %v (state %s)", vip, second.MAC, took[vip], stateName(n.State))
 			}
@@ -279,7 +251,7 @@ func TestFailover(t *testing.T) {
 	}
 	for _, vip := range vips {
 		d, ok := took[vip]
-		n, _ := neighbour(t, client, vip)
+		n, _ := testnet.NeighborOf(t, client, vip)
 		switch {
 		case !ok:
 			t.Errorf("%v: after %v the client's entry is %v %s, want the second appliance's %s", vip, 3*failoverBudget, n.HardwareAddr, stateName(n.State), second.MAC)
@@ -358,7 +330,7 @@ func waitState(t *testing.T, client *testnet.Host, addr netip.Addr, state int, t
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		n, ok := neighbour(t, client, addr)
+		n, ok := testnet.NeighborOf(t, client, addr)
 		switch {
 		case !ok || n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED) != 0:
 			t.Fatalf("%v: the client's entry is %v %s, want it kept and %s", addr, n.HardwareAddr, stateName(n.State), stateName(state))

@@ -113,40 +113,24 @@ func startAppliance(t *testing.T, bin string, host *testnet.Host, bpfRoot, metri
 
 // config is the appliance's configuration file with services.
 func (a *annAppliance) config(services ...annService) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `interfaces:
-  - name: eth0
-maglev:
-  seed: "eGRwbGItdGVzdC1zZWVkIQ=="
-conntrack:
-  maxFlows: 65536
-encap:
-  sourceIPv4: %s
-  sourceIPv6: %s
-announce:
-  l2:
-    interfaces: [eth0]
-metrics:
-  listen: "%s"
-paths:
-  socket: %s
-  state: %s/state
-  bpf: %s
-`, a.host.IPv4, a.host.IPv6, a.metrics, a.socket, a.dir, a.bpf)
+	var body strings.Builder
+	body.WriteString("announce:\n  l2:\n    interfaces: [eth0]\n")
 	if len(services) > 0 {
-		b.WriteString("services:\n")
+		body.WriteString("services:\n")
 	}
 	for _, s := range services {
-		fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    protocol: tcp\n    ports: [%d]\n    mode: dsr\n", s.name, s.vip, scenario.Port)
-		if s.healthCheck != "" {
-			fmt.Fprintf(&b, "    healthCheck: %s\n", s.healthCheck)
-		}
-		b.WriteString("    backends:\n")
+		var backends []string
 		for _, h := range s.backends {
-			fmt.Fprintf(&b, "      - {address: %s}\n", h.IPv4)
+			backends = append(backends, h.IPv4.String())
 		}
+		extra := ""
+		if s.healthCheck != "" {
+			extra = "    healthCheck: " + s.healthCheck + "\n"
+		}
+		body.WriteString(serviceYAML(s.name, s.vip.String(), backends, extra))
 	}
-	return b.String()
+	f := testFiles{Socket: a.socket, State: a.dir + "/state", BPF: a.bpf, Metrics: a.metrics}
+	return applianceYAML(f, a.host.IPv4.String(), a.host.IPv6.String(), body.String())
 }
 
 // reconfigure replaces the configuration file, as an editor does; the daemon
@@ -433,34 +417,6 @@ func (s *nameServers) close() {
 	s.wg.Wait()
 }
 
-// clientNeigh returns the client's neighbour entry for addr on its eth0.
-func clientNeigh(t *testing.T, client *testnet.Host, addr netip.Addr) (netlink.Neigh, bool) {
-	t.Helper()
-	fam := netlink.FAMILY_V4
-	if addr.Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	list, err := client.NS.Netlink().NeighList(client.IfIndex, fam)
-	if err != nil {
-		t.Fatalf("listing the client's neighbours: %v", err)
-	}
-	for _, n := range list {
-		if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == addr {
-			return n, true
-		}
-	}
-	return netlink.Neigh{}, false
-}
-
-// neighMAC is the MAC of a usable entry, "" for none (missing, incomplete,
-// failed).
-func neighMAC(n netlink.Neigh, ok bool) string {
-	if !ok || len(n.HardwareAddr) == 0 || n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED|netlink.NUD_NONE) != 0 || n.State == 0 {
-		return ""
-	}
-	return n.HardwareAddr.String()
-}
-
 func neighState(s int) string {
 	var names []string
 	for _, st := range []struct {
@@ -492,14 +448,14 @@ func describeNeigh(n netlink.Neigh, ok bool) string {
 // gone.
 func forgetNeigh(t *testing.T, client *testnet.Host, addr netip.Addr) {
 	t.Helper()
-	if _, ok := clientNeigh(t, client, addr); !ok {
+	if _, ok := testnet.NeighborOf(t, client, addr); !ok {
 		return
 	}
 	err := client.NS.Netlink().NeighDel(&netlink.Neigh{LinkIndex: client.IfIndex, IP: net.IP(addr.AsSlice())})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("deleting the client's entry for %v: %v", addr, err)
 	}
-	if n, ok := clientNeigh(t, client, addr); ok {
+	if n, ok := testnet.NeighborOf(t, client, addr); ok {
 		t.Fatalf("the client's entry for %v is still there after deleting it: %s", addr, describeNeigh(n, ok))
 	}
 }
@@ -532,14 +488,14 @@ func checkUnanswered(t *testing.T, client *testnet.Host, wait time.Duration, why
 	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		for _, a := range addrs {
-			if n, ok := clientNeigh(t, client, a); neighMAC(n, ok) != "" {
+			if n, ok := testnet.NeighborOf(t, client, a); testnet.UsableMAC(n, ok) != "" {
 				t.Fatalf("%s: the client resolved %v to %v (%s), want no answer", why, a, n.HardwareAddr, neighState(n.State))
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, a := range addrs {
-		n, ok := clientNeigh(t, client, a)
+		n, ok := testnet.NeighborOf(t, client, a)
 		if !ok || n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED) == 0 {
 			t.Errorf("%s: the client's entry for %v is %s, want INCOMPLETE or FAILED", why, a, describeNeigh(n, ok))
 		} else {
@@ -553,8 +509,8 @@ func checkUnanswered(t *testing.T, client *testnet.Host, wait time.Duration, why
 func checkNeighMAC(t *testing.T, client *testnet.Host, mac net.HardwareAddr, who string, addrs ...netip.Addr) {
 	t.Helper()
 	for _, a := range addrs {
-		n, ok := clientNeigh(t, client, a)
-		if got := neighMAC(n, ok); got != mac.String() {
+		n, ok := testnet.NeighborOf(t, client, a)
+		if got := testnet.UsableMAC(n, ok); got != mac.String() {
 			t.Errorf("the client's entry for %v is %s, want %s's MAC %v", a, describeNeigh(n, ok), who, mac)
 		} else {
 			t.Logf("the client's entry for %v: %s (%s)", a, describeNeigh(n, ok), who)
@@ -665,7 +621,7 @@ func TestDaemonAnnounces(t *testing.T) {
 	// from its own resolution.
 	time.Sleep(100 * time.Millisecond)
 	for _, v := range annVIPs {
-		if n, ok := clientNeigh(t, client, v); ok {
+		if n, ok := testnet.NeighborOf(t, client, v); ok {
 			t.Fatalf("the client has an entry for %v before resolving it: %s", v, describeNeigh(n, ok))
 		}
 	}
@@ -753,7 +709,7 @@ func TestDaemonAnnounceFailover(t *testing.T) {
 			if _, done := took[v]; done {
 				continue
 			}
-			if n, ok := clientNeigh(t, client, v); neighMAC(n, ok) == second.MAC.String() {
+			if n, ok := testnet.NeighborOf(t, client, v); testnet.UsableMAC(n, ok) == second.MAC.String() {
 				took[v] = time.Since(start)
 				t.Logf("failover: the client's existing entry for %v points to the second appliance (%v, %s) %v after the configuration change", v, second.MAC, neighState(n.State), took[v].Round(time.Millisecond))
 			}
@@ -764,7 +720,7 @@ func TestDaemonAnnounceFailover(t *testing.T) {
 		d, ok := took[v]
 		switch {
 		case !ok:
-			n, ok := clientNeigh(t, client, v)
+			n, ok := testnet.NeighborOf(t, client, v)
 			t.Errorf("failover: %v after the configuration change the client's entry for %v is %s, want the second appliance's %v", 3*annFailoverBudget, v, describeNeigh(n, ok), second.MAC)
 		case d > annFailoverBudget:
 			t.Errorf("failover: the client's entry for %v took %v to follow the VIP, want at most %v", v, d, annFailoverBudget)

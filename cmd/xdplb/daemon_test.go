@@ -42,12 +42,16 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// testBackends are the backends' addresses in the testnet topology.
-func testConfig(dir, bpf string, backends []string, metricsAddr string) string {
-	var bs strings.Builder
-	for _, b := range backends {
-		fmt.Fprintf(&bs, "      - {address: %s}\n", b)
-	}
+// testFiles are where a test appliance keeps things.
+type testFiles struct {
+	Socket, State, BPF string
+	Metrics            string // host:port of /metrics
+}
+
+// applianceYAML is a configuration file for tests: eth0, the test seed,
+// encapsulation sources src4 and src6, then body (services, pools,
+// announce, …, as YAML at the top level), then metrics and paths.
+func applianceYAML(f testFiles, src4, src6, body string) string {
 	return fmt.Sprintf(`interfaces:
   - name: eth0
 maglev:
@@ -55,28 +59,35 @@ maglev:
 conntrack:
   maxFlows: 65536
 encap:
-  sourceIPv4: 198.18.0.2
-  sourceIPv6: 2001:db8::2
-services:
-  - name: web4
-    address: 198.18.100.1
-    protocol: tcp
-    ports: [80]
-    mode: dsr
-    backends:
-%s  - name: web6
-    address: 2001:db8:100::1
-    protocol: tcp
-    ports: [80]
-    mode: dsr
-    backends:
+  sourceIPv4: %s
+  sourceIPv6: %s
 %smetrics:
   listen: "%s"
 paths:
-  socket: %s/xdplb.sock
-  state: %s/state
+  socket: %s
+  state: %s
   bpf: %s
-`, bs.String(), bs.String(), metricsAddr, dir, dir, bpf)
+`, src4, src6, body, f.Metrics, f.Socket, f.State, f.BPF)
+}
+
+// serviceYAML is a DSR TCP service on port 80 over backends; extra lines
+// (already indented) follow its backends.
+func serviceYAML(name, vip string, backends []string, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    protocol: tcp\n    ports: [80]\n    mode: dsr\n    backends:\n", name, vip)
+	for _, a := range backends {
+		fmt.Fprintf(&b, "      - {address: %s}\n", a)
+	}
+	b.WriteString(extra)
+	return b.String()
+}
+
+// testConfig is the configuration of TestDaemonEndToEnd: web4 and web6 (the
+// scenario's VIPs) over backends.
+func testConfig(dir, bpf string, backends []string, metricsAddr string) string {
+	f := testFiles{Socket: dir + "/xdplb.sock", State: dir + "/state", BPF: bpf, Metrics: metricsAddr}
+	return applianceYAML(f, "198.18.0.2", "2001:db8::2", "services:\n"+
+		serviceYAML("web4", "198.18.100.1", backends, "")+serviceYAML("web6", "2001:db8:100::1", backends, ""))
 }
 
 // writeAtomically replaces path as editors do: a new file renamed over it.

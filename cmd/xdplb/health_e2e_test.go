@@ -47,37 +47,10 @@ const (
 // VIP announced on eth0 (withdrawn when every backend is down); extra is
 // appended to the services.
 func healthConfig(dir, bpf string, backends []string, metricsAddr, extra string) string {
-	var bs strings.Builder
-	for _, b := range backends {
-		fmt.Fprintf(&bs, "      - {address: %s}\n", b)
-	}
-	return fmt.Sprintf(`interfaces:
-  - name: eth0
-maglev:
-  seed: "eGRwbGItdGVzdC1zZWVkIQ=="
-conntrack:
-  maxFlows: 65536
-encap:
-  sourceIPv4: 198.18.0.2
-  sourceIPv6: 2001:db8::2
-services:
-  - name: web4
-    address: 198.18.100.1
-    protocol: tcp
-    ports: [80]
-    mode: dsr
-    backends:
-%s    healthCheck: {type: tcp, interval: %s, timeout: %s, rise: %d, fall: %d}
-%sannounce:
-  l2:
-    interfaces: [eth0]
-metrics:
-  listen: "%s"
-paths:
-  socket: %s/xdplb.sock
-  state: %s/state
-  bpf: %s
-`, bs.String(), hcInterval, hcTimeout, hcRise, hcFall, extra, metricsAddr, dir, dir, bpf)
+	f := testFiles{Socket: dir + "/xdplb.sock", State: dir + "/state", BPF: bpf, Metrics: metricsAddr}
+	check := fmt.Sprintf("    healthCheck: {type: tcp, interval: %s, timeout: %s, rise: %d, fall: %d}\n", hcInterval, hcTimeout, hcRise, hcFall)
+	return applianceYAML(f, "198.18.0.2", "2001:db8::2", "services:\n"+serviceYAML("web4", "198.18.100.1", backends, check)+extra+
+		"announce:\n  l2:\n    interfaces: [eth0]\n")
 }
 
 // healthStates returns web4's backends of `xdplb backends -o json` by
@@ -540,14 +513,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	// A reload keeps the state of backends whose check did not change:
 	// another service added, then removed again.
 	m0 := healthStates(t, bin, socket)
-	web6 := `  - name: web6
-    address: 2001:db8:100::1
-    protocol: tcp
-    ports: [80]
-    mode: dsr
-    backends:
-      - {address: 198.18.0.11}
-`
+	web6 := serviceYAML("web6", "2001:db8:100::1", []string{"198.18.0.11"}, "")
 	for _, extra := range []string{web6, ""} {
 		writeAtomically(t, cfgPath, healthConfig(dir, bpf, addrs, metricsAddr, extra))
 		if out, err := cli(t, bin, "reload", "--socket", socket); err != nil || !strings.HasPrefix(out, "reloaded: success") {

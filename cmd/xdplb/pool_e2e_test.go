@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -29,24 +28,11 @@ func TestDaemonPools(t *testing.T) {
 	cfgPath := filepath.Join(dir, "xdplb.yaml")
 	socket := filepath.Join(dir, "xdplb.sock")
 	config := func(services ...string) string {
-		var b strings.Builder
-		fmt.Fprintf(&b, `interfaces:
-  - name: eth0
-maglev:
-  seed: "eGRwbGItdGVzdC1zZWVkIQ=="
-conntrack:
-  maxFlows: 4096
-pools:
-  - name: two
-    blocks:
-      - {start: 198.18.100.10, stop: 198.18.100.11}
-services:
-`)
+		body := "pools:\n  - name: two\n    blocks:\n      - {start: 198.18.100.10, stop: 198.18.100.11}\nservices:\n"
 		for _, s := range services {
-			fmt.Fprintf(&b, "  - {name: %s, pool: two, protocol: tcp, ports: [80], mode: dsr, backends: [{address: %s}]}\n", s, topo.Backends[0].IPv4)
+			body += fmt.Sprintf("  - {name: %s, pool: two, protocol: tcp, ports: [80], mode: dsr, backends: [{address: %s}]}\n", s, topo.Backends[0].IPv4)
 		}
-		fmt.Fprintf(&b, "metrics:\n  listen: \"127.0.0.1:9651\"\npaths:\n  socket: %s\n  state: %s/state\n  bpf: %s\n", socket, dir, bpf)
-		return b.String()
+		return applianceYAML(testFiles{Socket: socket, State: dir + "/state", BPF: bpf, Metrics: "127.0.0.1:9651"}, "198.18.0.2", "2001:db8::2", body)
 	}
 	writeAtomically(t, cfgPath, config("a", "b", "c"))
 	d := startTestDaemon(t, bin, topo.LB.NS, cfgPath, socket)
