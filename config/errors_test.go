@@ -474,7 +474,7 @@ var errorCases = []struct {
 		want: []string{
 			`announce.l2.gratuitousCount: 0 is out of range (1 to 100) (line 7, column 22)`,
 			`announce.l2.gratuitousInterval: "1ms" is shorter than 10ms (line 8, column 25)`,
-			`announce.l2.refreshInterval: "100ms" is shorter than 1s (line 9, column 22)`,
+			`announce.l2.refreshInterval: "100ms" is shorter than 1s (0s turns refreshes off) (line 9, column 22)`,
 		},
 	},
 

@@ -761,8 +761,13 @@ func (d *decoder) announce(a *Announce, path string, n *yaml.Node) {
 					a.L2.GratuitousInterval = t
 				}
 			case "refreshInterval":
-				if t, ok := d.duration(path, v, time.Second); ok {
-					a.L2.RefreshInterval = t
+				// 0s turns refreshes off; otherwise at least a second.
+				if t, ok := d.duration(path, v, 0); ok {
+					if t != 0 && t < time.Second {
+						d.errorf(path, v, "%s is shorter than 1s (0s turns refreshes off)", value(v))
+					} else {
+						a.L2.RefreshInterval = t
+					}
 				}
 			}
 		})
