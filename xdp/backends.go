@@ -180,7 +180,10 @@ func (d *Datapath) AddTxPort(ifindex int) error {
 // prefix shorter than the address length varies the host bits by flow hash
 // (up to 16 bits for IPv4, 32 for IPv6) so a backend's RSS spreads flows.
 func (d *Datapath) SetEncapSource(v4, v6 netip.Prefix) error {
-	var s lbSettings
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.settings
+	s.EncapSrc4, s.EncapSrc4Spread, s.EncapSrc6, s.EncapSrc6Spread = 0, 0, [16]byte{}, 0
 	if v4.IsValid() {
 		if !v4.Addr().Is4() {
 			return fmt.Errorf("encap source %s is not IPv4", v4)
@@ -207,6 +210,7 @@ func (d *Datapath) SetEncapSource(v4, v6 netip.Prefix) error {
 	if err := d.objs.SettingsMap.Put(uint32(0), &s); err != nil {
 		return fmt.Errorf("writing settings: %w", err)
 	}
+	d.settings = s
 	return nil
 }
 

@@ -588,6 +588,7 @@ func (s *BenchSuite) fill(d *Datapath) error {
 	now := uint64(d.nowMono())
 	for i := uint32(0); i < benchColdFlows; i++ {
 		f := s.coldFlow(i)
+		d.markPinFlow(f)
 		keys = append(keys, f.key4())
 		vals = append(vals, lbCtValue{BackendId: f.BackendID, LastSeen: now})
 		if len(keys) == batch || i == benchColdFlows-1 {

@@ -103,6 +103,7 @@ func (d *Datapath) PinFlow(f Flow) error {
 	if err != nil {
 		return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
 	}
+	d.markPin(FlowHash(f.Src, f.Dst, f.Proto, st.meta.HashSeed))
 	return nil
 }
 
@@ -136,6 +137,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	defer d.mu.Unlock()
 	hasPins := map[VIPKey]bool{}
 	var del []Flow
+	var hashes []uint32 // of the pins that stay
 	err := d.Flows(func(f Flow) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
@@ -152,6 +154,9 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 				k.Port = 0
 			}
 			hasPins[k] = true
+			if st, ok := d.vips[k]; ok {
+				hashes = append(hashes, FlowHash(f.Src, f.Dst, f.Proto, st.meta.HashSeed))
+			}
 		}
 		return true
 	})
@@ -162,6 +167,9 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 		if err := d.deleteFlow(f); err != nil {
 			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
+	}
+	if err := d.rebuildPinFilter(hashes); err != nil {
+		return res, err
 	}
 	// A packet may still pin a flow in the last moments of a grace period:
 	// leave a second's margin before calling a transition over.

@@ -81,6 +81,8 @@ type Datapath struct {
 	syncMap    *ebpf.Map // updated to wait for an RCU grace period (Sync)
 	syncGen    uint64    // Syncs so far
 	vipIndex   []byte    // vip_index, mapped
+	pinFilter  []byte    // pin_filter, mapped
+	settings   lbSettings
 	indexOwner map[uint32]VIPKey
 	slotsUsed  map[uint32]use // vip id -> when its slots were last in use by a VIP gone
 	freed      []uint32       // maglev_tables slots to release at the next flush
@@ -190,7 +192,21 @@ func Open(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.mapPinFilter(); err != nil {
+		d.unmapIndex()
+		d.closeTables()
+		d.objs.Close()
+		return nil, err
+	}
+	if err := d.objs.SettingsMap.Lookup(uint32(0), &d.settings); err != nil {
+		d.unmapPinFilter()
+		d.unmapIndex()
+		d.closeTables()
+		d.objs.Close()
+		return nil, fmt.Errorf("reading settings: %w", err)
+	}
 	if err := d.recover(); err != nil {
+		d.unmapPinFilter()
 		d.unmapIndex()
 		d.closeTables()
 		d.objs.Close()
@@ -215,6 +231,7 @@ func (d *Datapath) Close() error {
 	}
 	d.closeTables()
 	d.unmapIndex()
+	d.unmapPinFilter()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -245,7 +262,7 @@ func (d *Datapath) Unpin() error {
 	for _, m := range []*ebpf.Map{
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
 		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
-		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots,
+		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

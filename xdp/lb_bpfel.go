@@ -82,7 +82,7 @@ type lbSettings struct {
 	EncapSrc4Spread uint32
 	EncapSrc6       [16]uint8
 	EncapSrc6Spread uint32
-	Pad             uint32
+	PinFilter       uint32
 }
 
 type lbVipAddr struct {
@@ -209,6 +209,7 @@ const (
 	lbMapCt6              = "ct6"
 	lbMapMaglevTables     = "maglev_tables"
 	lbMapPinBackoff       = "pin_backoff"
+	lbMapPinFilter        = "pin_filter"
 	lbMapSettingsMap      = "settings_map"
 	lbMapStats            = "stats"
 	lbMapTxPorts          = "tx_ports"
@@ -287,6 +288,7 @@ type lbMapSpecs struct {
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
 	SettingsMap  *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -337,6 +339,7 @@ type lbMaps struct {
 	Ct6          *ebpf.Map `ebpf:"ct6"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
 	SettingsMap  *ebpf.Map `ebpf:"settings_map"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
@@ -357,6 +360,7 @@ func (m *lbMaps) Close() error {
 		m.Ct6,
 		m.MaglevTables,
 		m.PinBackoff,
+		m.PinFilter,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,

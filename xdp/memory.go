@@ -20,6 +20,7 @@ func (d *Datapath) Memory() (map[string]uint64, error) {
 		"maglev_tables": d.objs.MaglevTables, "backends": d.objs.Backends, "ct4": d.objs.Ct4, "ct6": d.objs.Ct6,
 		"stats": d.objs.Stats, "vip_stats": d.objs.VipStats, "backend_stats": d.objs.BackendStats,
 		"tx_ports": d.objs.TxPorts, "settings_map": d.objs.SettingsMap,
+		"vip_index": d.objs.VipIndex, "vip_slots": d.objs.VipSlots, "pin_filter": d.objs.PinFilter,
 	}
 	for name, m := range maps {
 		n, err := memlock(m)

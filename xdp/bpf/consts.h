@@ -59,6 +59,11 @@
 #define VIP_FILTER_BITS (1 << VIP_FILTER_SHIFT)
 #define VIP_FILTER_WORDS (VIP_FILTER_BITS / 64)
 
+/* The pin filter: two halves of PIN_FILTER_BITS bits (2 MiB each), a bit per
+ * flow hash >> (32 - PIN_FILTER_SHIFT). */
+#define PIN_FILTER_SHIFT 24
+#define PIN_FILTER_WORDS ((1 << PIN_FILTER_SHIFT) / 64)
+
 /* The vip_index array: VIP_INDEX_SIZE entries. */
 #define VIP_INDEX_SHIFT 16
 #define VIP_INDEX_SIZE (1 << VIP_INDEX_SHIFT)

@@ -157,6 +157,36 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
 	return s ? s->id[half & 1] : 0;
 }
 
+/* pin_maybe says whether a flow of this hash may have a pin. */
+static __always_inline int pin_maybe(__u32 hash)
+{
+	__u32 zero = 0, bit = hash >> (32 - PIN_FILTER_SHIFT), word;
+	struct settings *s = bpf_map_lookup_elem(&settings_map, &zero);
+	__u64 *w;
+
+	if (!s)
+		return 1;
+	word = (s->pin_filter & 1) * PIN_FILTER_WORDS + (bit >> 6);
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	return !w || (*w & (1ULL << (bit & 63)));
+}
+
+/* pin_mark sets a new pin's bit in both halves of the filter. */
+static __always_inline void pin_mark(__u32 hash)
+{
+	__u32 bit = hash >> (32 - PIN_FILTER_SHIFT);
+	__u32 word = bit >> 6;
+	__u64 mask = 1ULL << (bit & 63), *w;
+
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+	word += PIN_FILTER_WORDS;
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+}
+
 static __always_inline struct ct_value *ct_lookup(struct pkt *p)
 {
 	if (p->family == 4) {
@@ -183,7 +213,7 @@ struct {
 	__type(value, __u64);
 } pin_backoff SEC(".maps");
 
-static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace)
+static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace, __u32 hash)
 {
 	struct ct_value v = { .backend_id = backend_id, .last_seen = now };
 	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
@@ -210,6 +240,7 @@ static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, i
 		err = bpf_map_update_elem(&ct6, &k, &v, flags);
 	}
 	if (!err) {
+		pin_mark(hash);
 		count(CNT_EV_PIN_CREATED);
 	} else if (err != -EEXIST_) { /* EEXIST: another CPU pinned it first */
 		count(CNT_EV_PIN_FULL);
@@ -245,7 +276,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 	int stale = 0;
 	__u64 now;
 
-	if (m->flags & VIP_F_HAS_PINS) {
+	if ((m->flags & VIP_F_HAS_PINS) && pin_maybe(hash)) {
 		ct = ct_lookup(p);
 		if (ct) {
 			*id = ct->backend_id;
@@ -276,12 +307,12 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 				if (backend_up(pb)) {
 					*id = prev;
 					if (!p->icmp_err)
-						ct_pin(p, prev, now, stale);
+						ct_pin(p, prev, now, stale, hash);
 					return pb;
 				}
 			}
 			if (!p->icmp_err)
-				ct_pin(p, cur, now, stale);
+				ct_pin(p, cur, now, stale, hash);
 		}
 	}
 	return backend_lookup(*id);

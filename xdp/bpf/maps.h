@@ -104,6 +104,20 @@ struct {
 	__type(value, struct ct_value);
 } ct6 SEC(".maps");
 
+/* A filter in front of ct4/ct6: the bit of a pinned flow's hash is set, so a
+ * clear bit means "no pin" without a lookup in a table of a million entries
+ * (a cache miss or two each). Two halves: the program sets a new pin's bit
+ * in both and reads the one settings_map names; user space rebuilds the
+ * other from the pins that remain and switches (Maintain), so bits of
+ * expired pins do not pile up. User space writes it through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 2 * PIN_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_filter SEC(".maps");
+
 /* Global verdict and event counters, indexed by enum xdplb_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

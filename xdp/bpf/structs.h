@@ -123,7 +123,7 @@ struct settings {
 	__u32 encap_src4_spread; /* host bits of encap_src4 varied by flow hash (0-16) */
 	__u8 encap_src6[16];
 	__u32 encap_src6_spread; /* low bits of encap_src6 varied by flow hash (0-32) */
-	__u32 pad;
+	__u32 pin_filter;        /* which half of pin_filter packets read (0 or 1) */
 };
 
 /* Original frame restored before every run of the bench wrapper. */
