@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"sort"
@@ -108,6 +109,11 @@ type Reconciler struct {
 	nhGen    uint64 // bumped when cached next hops are forgotten
 	status   Status
 	counts   []int // scratch of countSlots, by backend id
+
+	// What an earlier instance left in the datapath (Recover), until an
+	// Apply without errors has claimed or removed it.
+	leftVIPs     map[xdp.VIPKey]bool
+	leftBackends map[uint64]uint32 // owner -> id
 }
 
 // vipApplied is what the datapath holds for one VIP.
@@ -127,6 +133,7 @@ type vipApplied struct {
 
 type backendApplied struct {
 	id      uint32
+	claimed uint64 // owner of the earlier instance's entry it took over, until applied
 	slots   int
 	entry   xdp.Backend
 	weight  uint32
@@ -152,6 +159,36 @@ func NewReconciler(dp Datapath, nh NextHops, opts Options) *Reconciler {
 	}
 	r.ids = backendIDs{max: uint32(opts.MaxBackends - 1), next: 1, used: map[uint32]bool{}, byKey: map[idKey]uint32{}}
 	return r
+}
+
+// Recover takes over what an earlier instance left in the datapath: its
+// VIPs, and its backend entries, found by their Owner. Call it before the
+// first Apply. Apply then gives a backend it still wants its old entry (the
+// same id, so its pinned flows and counters carry on), and removes the VIPs
+// and entries nothing wants any more once an Apply has no errors.
+func (r *Reconciler) Recover(vips []xdp.VIPKey, backends map[uint32]xdp.Backend) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.leftVIPs = map[xdp.VIPKey]bool{}
+	for _, k := range vips {
+		r.leftVIPs[k] = true
+	}
+	r.leftBackends = map[uint64]uint32{}
+	for id, b := range backends {
+		r.ids.used[id] = true
+		if b.Owner != 0 {
+			r.leftBackends[b.Owner] = id
+		} else {
+			r.leftBackends[uint64(id)<<32|0xffffffff] = id // nobody's: removed
+		}
+	}
+}
+
+// backendOwner names a backend entry: its VIP and the backend's address.
+func backendOwner(k xdp.VIPKey, ap netip.AddrPort) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(k.String() + "|" + ap.String()))
+	return h.Sum64() | 1 // never 0
 }
 
 // HashSeed is the flow-hash seed the datapath gets for a Maglev seed: its
@@ -224,6 +261,18 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 	}
 	slices.SortFunc(keys, compareVIPKeys)
 
+	for k := range r.leftVIPs {
+		if _, ok := desired[k]; ok {
+			delete(r.leftVIPs, k) // applied below as a new VIP
+			continue
+		}
+		if err := r.dp.DeleteVIP(k); err != nil && !errors.Is(err, xdp.ErrNotFound) {
+			errs = append(errs, ServiceError{VIP: k.String(), Err: fmt.Sprintf("deleting VIP left by an earlier instance: %v", err)})
+			continue
+		}
+		delete(r.leftVIPs, k)
+	}
+
 	// Phase 1, per VIP: plan, then write backend entries and the VIP.
 	plans := make([]*vipPlan, 0, len(keys))
 	tables := map[xdp.VIPKey][]uint32{}
@@ -270,6 +319,19 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 			}
 		}
 	}
+	// Entries an earlier instance left that nothing claimed, once every VIP
+	// is as desired (a VIP that failed may still use them).
+	if len(errs) == 0 && len(r.leftBackends) > 0 {
+		ids := make([]uint32, 0, len(r.leftBackends))
+		for _, id := range r.leftBackends {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			gone = append(gone, goneBackend{id: id})
+		}
+		r.leftBackends = nil
+	}
 	// Phase 4: entries no table or VIP references any more, once no packet
 	// that saw the old tables is still running.
 	if len(gone) > 0 {
@@ -279,6 +341,10 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 			for _, g := range gone {
 				if err := r.dp.DeleteBackend(g.id); err != nil && !errors.Is(err, xdp.ErrNotFound) {
 					errs = append(errs, ServiceError{Service: g.service, VIP: g.vip.String(), Err: fmt.Sprintf("deleting backend %s (id %d): %v", g.addr, g.id, err)})
+				}
+				if g.service == "" { // left by an earlier instance
+					r.ids.released = append(r.ids.released, releasedID{g.id, r.now()})
+					continue
 				}
 				r.ids.release(idKey{g.vip, g.addr}, r.now())
 			}
@@ -347,8 +413,14 @@ func (r *Reconciler) plan(ctx context.Context, d *desiredVIP, health Health) (*v
 		}
 		healthy := health == nil || health(BackendKey{Service: d.service, Backend: ap})
 		ba := &backendApplied{weight: b.Weight, healthy: healthy}
+		owner := backendOwner(d.key, ap)
 		if old != nil && old.backends[ap] != nil {
 			ba.id = old.backends[ap].id
+		} else if id, ok := r.leftBackends[owner]; ok {
+			// The entry an earlier instance made for it: same id.
+			delete(r.leftBackends, owner)
+			r.ids.byKey[idKey{d.key, ap}] = id
+			ba.id, ba.claimed = id, owner
 		} else {
 			id, err := r.ids.get(idKey{d.key, ap}, r.now())
 			if err != nil {
@@ -368,7 +440,7 @@ func (r *Reconciler) plan(ctx context.Context, d *desiredVIP, health Health) (*v
 			}
 			continue
 		}
-		ba.entry = xdp.Backend{Addr: b.Addr, IfIndex: nh.IfIndex, NextHopMAC: nh.MAC, SrcMAC: nh.SrcMAC, MTU: nh.MTU, Up: healthy}
+		ba.entry = xdp.Backend{Addr: b.Addr, IfIndex: nh.IfIndex, NextHopMAC: nh.MAC, SrcMAC: nh.SrcMAC, MTU: nh.MTU, Up: healthy, Owner: owner}
 		if healthy && b.Weight > 0 {
 			p.inputs = append(p.inputs, MaglevBackend{ID: ba.id, Addr: ap, Weight: b.Weight})
 		}
@@ -436,7 +508,7 @@ func (r *Reconciler) undo(p *vipPlan) {
 	for _, b := range p.written {
 		if ob := p.old.byID(b.id); ob != nil && ob.entry.Addr.IsValid() {
 			_ = r.dp.UpsertBackend(ob.id, ob.entry)
-		} else {
+		} else if b.claimed == 0 {
 			_ = r.dp.DeleteBackend(b.id)
 		}
 	}
@@ -484,17 +556,24 @@ func (a *vipApplied) byID(id uint32) *backendApplied {
 	return nil
 }
 
-// releaseNew gives back the ids allocated for next that old did not have.
+// releaseNew gives back the ids allocated for next that old did not have;
+// entries of an earlier instance it took over are left to it again.
 func (r *Reconciler) releaseNew(k xdp.VIPKey, old, next *vipApplied) {
-	for ap := range next.backends {
-		if old == nil || old.backends[ap] == nil {
-			r.ids.unget(idKey{k, ap})
+	for ap, b := range next.backends {
+		if old != nil && old.backends[ap] != nil {
+			continue
 		}
+		if b.claimed != 0 {
+			delete(r.ids.byKey, idKey{k, ap})
+			r.leftBackends[b.claimed] = b.id
+			continue
+		}
+		r.ids.unget(idKey{k, ap})
 	}
 }
 
 func sameBackend(a, b xdp.Backend) bool {
-	return a.Addr == b.Addr && a.IfIndex == b.IfIndex && a.MTU == b.MTU && a.Up == b.Up &&
+	return a.Addr == b.Addr && a.IfIndex == b.IfIndex && a.MTU == b.MTU && a.Up == b.Up && a.Owner == b.Owner &&
 		a.NextHopMAC.String() == b.NextHopMAC.String() && a.SrcMAC.String() == b.SrcMAC.String()
 }
 

@@ -327,3 +327,39 @@ func TestReconcileStatus(t *testing.T) {
 		t.Errorf("status (-want +got):\n%s", diff)
 	}
 }
+
+// TestReconcileRecover gives a new reconciler what an earlier instance left in
+// the datapath: the backends it still wants keep their entries (same id), a
+// new one gets a fresh id, and the VIP and entries nothing wants are removed.
+func TestReconcileRecover(t *testing.T) {
+	dp := &fakeDP{}
+	r, _ := newTestReconciler(dp, fakeNextHops{})
+	keep := xdp.VIPKey{Addr: vip1, Port: 80, Proto: xdp.TCP}
+	stale := xdp.VIPKey{Addr: vip2, Port: 53, Proto: xdp.UDP}
+	ap := func(i int) netip.AddrPort { return netip.AddrPortFrom(be(i), 0) }
+	r.Recover([]xdp.VIPKey{keep, stale}, map[uint32]xdp.Backend{
+		5: {Addr: be(1), Owner: backendOwner(keep, ap(1))},
+		6: {Addr: be(2), Owner: backendOwner(keep, ap(2))},
+		9: {Addr: be(7), Owner: backendOwner(stale, ap(7))},
+	})
+	st := r.Apply(context.Background(), State{Services: []Service{web(bk(1, 1), bk(3, 1))}}, nil)
+	if len(st.Errors) != 0 {
+		t.Fatal(st.Errors)
+	}
+	want := []string{
+		"DeleteVIP 198.18.100.2:53/udp",
+		"UpsertBackend 5 198.18.0.11 up", // taken over: same id
+		"UpsertBackend 1 198.18.0.13 up", // new: an id not in use
+		"UpsertVIP 198.18.100.1:80/tcp dsr-l2",
+		"SetTable 198.18.100.1:80/tcp [1:125 5:126]",
+		"Sync", "DeleteBackend 6", "DeleteBackend 9",
+	}
+	if diff := cmp.Diff(want, dp.take()); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
+	}
+	// Nothing is left to take over: the same state writes nothing.
+	r.Apply(context.Background(), State{Services: []Service{web(bk(1, 1), bk(3, 1))}}, nil)
+	if ops := dp.take(); len(ops) != 0 {
+		t.Errorf("second apply wrote %q", ops)
+	}
+}

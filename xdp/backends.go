@@ -26,6 +26,10 @@ type Backend struct {
 	// Up: pins to this backend are honoured. A backend that is down keeps no
 	// flows (they re-balance to the table's choice).
 	Up bool
+	// Owner is the control plane's name for the entry, kept with it (and
+	// across restarts) but not used by the program: it lets a restarted
+	// reconciler find its entries again.
+	Owner uint64
 }
 
 func (b Backend) bpf() (lbBackend, error) {
@@ -47,6 +51,7 @@ func (b Backend) bpf() (lbBackend, error) {
 	}
 	v.Mtu = uint16(b.MTU)
 	v.Ifindex = uint32(b.IfIndex)
+	v.Owner = b.Owner
 	copy(v.Dmac[:], b.NextHopMAC)
 	copy(v.Smac[:], b.SrcMAC)
 	return v, nil
@@ -60,6 +65,7 @@ func backendFrom(v lbBackend) Backend {
 		SrcMAC:     net.HardwareAddr(bytes.Clone(v.Smac[:])),
 		MTU:        int(v.Mtu),
 		Up:         v.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) != 0,
+		Owner:      v.Owner,
 	}
 }
 

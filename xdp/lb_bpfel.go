@@ -24,6 +24,7 @@ type lbBackend struct {
 	Smac    [6]uint8
 	Port    uint16
 	Pad     uint16
+	Owner   uint64
 }
 
 type lbBackendSlot struct {

@@ -144,6 +144,20 @@ func startDaemon(ctx context.Context, path string, log *slog.Logger) (*daemon, e
 		return nil, err
 	}
 	d.rec = lb.NewReconciler(d.dp, lb.KernelNextHops{}, lb.Options{MaxBackends: 65536})
+	// Take over what an earlier instance left: its backends keep their ids
+	// (and so their pinned flows and counters); what the configuration no
+	// longer has is removed by the first apply.
+	left, err := d.dp.Backends()
+	if err != nil {
+		d.closeAnnouncers()
+		d.dp.Close()
+		return nil, err
+	}
+	var leftVIPs []xdp.VIPKey
+	for _, v := range d.dp.VIPs() {
+		leftVIPs = append(leftVIPs, v.Key)
+	}
+	d.rec.Recover(leftVIPs, left)
 	if err := d.apply(ctx, cfg, "start"); err != nil {
 		d.closeAnnouncers()
 		d.dp.Close()

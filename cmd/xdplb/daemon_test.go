@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
 	"github.com/xdplb/xdplb/internal/promtest"
@@ -216,14 +217,14 @@ func TestDaemonEndToEnd(t *testing.T) {
 
 	// Traffic through both VIPs.
 	for _, vip := range []netip.Addr{scenario.VIP4, scenario.VIP6} {
-		counts, err := srv.Connections(ctx, vip, 300, 8)
+		counts, err := srv.Connections(ctx, vip, 600, 8)
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", vip, err, d.log)
 		}
 		t.Logf("%s: %v", vip, counts)
 		for _, b := range topo.Backends {
-			if n := counts[b.Name]; n < 75 || n > 125 {
-				t.Errorf("%s: backend %s answered %d of 300 connections, want 100 ±25%%", vip, b.Name, n)
+			if n := counts[b.Name]; n < 150 || n > 250 {
+				t.Errorf("%s: backend %s answered %d of 600 connections, want 200 ±25%%", vip, b.Name, n)
 			}
 		}
 	}
@@ -358,6 +359,10 @@ func TestDaemonEndToEnd(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
+	var before []BackendInfo
+	if err := callControl(ctx, socket, Request{Command: "backends"}, &before); err != nil {
+		t.Fatal(err)
+	}
 	d.stop(t)
 	time.Sleep(300 * time.Millisecond) // no daemon: the datapath keeps forwarding
 	d = startTestDaemon(t, bin, topo.LB.NS, cfgPath, socket)
@@ -368,6 +373,21 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(d.log.String(), "reused=true") {
 		t.Errorf("the restarted daemon did not take over the attachment:\n%s", d.log)
+	}
+	// The backends kept their ids (so their pinned flows and counters).
+	var after []BackendInfo
+	if err := callControl(ctx, socket, Request{Command: "backends"}, &after); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(bs []BackendInfo) map[string]uint32 {
+		m := map[string]uint32{}
+		for _, b := range bs {
+			m[b.VIP+" "+b.Address] = b.ID
+		}
+		return m
+	}
+	if diff := cmp.Diff(ids(before), ids(after)); diff != "" {
+		t.Errorf("backend ids across the restart (-before +after):\n%s", diff)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -85,5 +86,25 @@ func TestDaemonPools(t *testing.T) {
 	after := addrs()
 	if after["b"] != first["b"] || after["c"] != first["a"] || after["a"] != "" {
 		t.Errorf("after removing a: %v; want b on %s and c on a's %s", after, first["b"], first["a"])
+	}
+
+	// b removed while the daemon is down: the restarted daemon takes over
+	// c's entries and removes b's VIP and entries from the datapath.
+	d.stop(t)
+	writeAtomically(t, cfgPath, config("c"))
+	d = startTestDaemon(t, bin, topo.LB.NS, cfgPath, socket)
+	if got := addrs(); len(got) != 1 || got["c"] != first["a"] {
+		t.Errorf("after a restart without b: %v", got)
+	}
+	out, err := cli(t, bin, "explain", "--socket", socket, "--from", "198.18.0.10:40000", "--to", first["b"])
+	if err == nil || !strings.Contains(out, "is no VIP") {
+		t.Errorf("b's VIP %s is still in the datapath after the restart: %v\n%s", first["b"], err, out)
+	}
+	var bs []BackendInfo
+	if err := callControl(context.Background(), socket, Request{Command: "backends"}, &bs); err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 1 {
+		t.Errorf("backends after the restart: %+v, want c's one", bs)
 	}
 }

@@ -125,16 +125,24 @@ func (h *harness) sleeps() uint64 {
 }
 
 // settle waits until the Checker has gone to sleep more than after times,
-// sleeps, and has no check running.
+// sleeps, and has no check running. The state must hold still for a few
+// milliseconds: the loop takes a wake-up from its channel a moment before it
+// marks itself awake, and in that moment it looks asleep.
 func (h *harness) settle(after uint64) {
 	h.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
+	idle := func() (bool, uint64) {
 		h.c.mu.Lock()
-		idle := h.c.sleeps > after && h.c.sleeping && h.c.inflight == 0 && len(h.c.wake) == 0
-		h.c.mu.Unlock()
-		if idle {
-			return
+		defer h.c.mu.Unlock()
+		return h.c.sleeps > after && h.c.sleeping && h.c.inflight == 0 && len(h.c.wake) == 0, h.c.sleeps
+	}
+	for {
+		if ok, n := idle(); ok {
+			time.Sleep(5 * time.Millisecond)
+			if ok2, n2 := idle(); ok2 && n2 == n {
+				return
+			}
+			continue
 		}
 		if time.Now().After(deadline) {
 			h.t.Fatal("the checker did not settle")

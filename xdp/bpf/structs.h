@@ -67,6 +67,7 @@ struct backend {
 	__u8 smac[6];       /* egress interface's MAC */
 	__be16 port;        /* reserved for SNAT */
 	__u16 pad;
+	__u64 owner;        /* the control plane's name for the entry; unused here */
 };
 
 /* Value of backends, indexed by the backend id (never 0). The entry in use is
