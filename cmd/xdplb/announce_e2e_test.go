@@ -812,6 +812,9 @@ func TestDaemonWithdrawsDeadService(t *testing.T) {
 	all := annVIPStrings(annVIPs...)
 	took := app.waitAnnounced(all, 5*time.Second)
 	t.Logf("announced %v after the checks passed (%v after the daemon was ready)", all, took.Round(time.Millisecond))
+	// Announced as soon as one backend is up (minHealthyBackends 1); the
+	// others' first checks may still be pending.
+	app.waitHealthy(len(topo.Backends), 5*time.Second)
 	for _, v := range annVIPs {
 		checkConnections(t, client, v, 30, topo.Backends)
 	}
