@@ -126,8 +126,8 @@ func ccRun(t *testing.T, d *Datapath, dur time.Duration, allowedIDs []uint32, up
 	if n := after["drop/no_backend"] - before["drop/no_backend"]; n != 0 {
 		t.Errorf("drop/no_backend moved by %d", n)
 	}
-	// SetTable waits for an RCU grace period twice (map-in-map update and
-	// delete), tens of milliseconds under this load: a round is slow.
+	// A round waits for RCU grace periods (Sync, and SetTable during a
+	// transition), tens of milliseconds under this load: a round is slow.
 	if updates < 10 || tr.runs.Load() < 1000 {
 		t.Errorf("only %d update rounds and %d packets: the test proves little", updates, tr.runs.Load())
 	}
@@ -195,7 +195,9 @@ func TestUpdatesUnderTraffic(t *testing.T) {
 
 	t.Run("backends added and removed in order", func(t *testing.T) {
 		// 1 and 5 take turns: the entry is written before a table names it,
-		// and deleted only after the table stops naming it.
+		// and deleted only after the table stops naming it and no packet
+		// that saw the old table is still running (Sync), as the
+		// reconciler does.
 		if err := d.DeleteBackend(5); err != nil {
 			t.Fatal(err)
 		}
@@ -208,6 +210,9 @@ func TestUpdatesUnderTraffic(t *testing.T) {
 				return err
 			}
 			if err := setAll([]uint32{in, 2, 3, 4}, uint64(i)); err != nil {
+				return err
+			}
+			if err := d.Sync(); err != nil {
 				return err
 			}
 			if err := d.DeleteBackend(out); err != nil {
