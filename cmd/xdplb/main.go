@@ -15,12 +15,11 @@ func main() {
 	err := run(ctx, os.Args[1:])
 	stop()
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdplb:", err)
 		var u usageError
 		if errors.As(err, &u) {
-			fmt.Fprintln(os.Stderr, "xdplb:", err)
 			os.Exit(2)
 		}
-		fmt.Fprintln(os.Stderr, "xdplb:", err)
 		os.Exit(1)
 	}
 }
