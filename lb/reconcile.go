@@ -422,7 +422,7 @@ func (r *Reconciler) plan(ctx context.Context, d *desiredVIP, health Health) (*v
 			r.ids.byKey[idKey{d.key, ap}] = id
 			ba.id, ba.claimed = id, owner
 		} else {
-			id, err := r.ids.get(idKey{d.key, ap}, r.now())
+			id, err := r.ids.get(idKey{d.key, ap})
 			if err != nil {
 				r.releaseNew(d.key, old, next)
 				return nil, err
@@ -641,7 +641,7 @@ type releasedID struct {
 // ErrNoBackendIDs is returned when every backend id is in use or quarantined.
 var ErrNoBackendIDs = errors.New("no free backend id")
 
-func (a *backendIDs) get(k idKey, now time.Time) (uint32, error) {
+func (a *backendIDs) get(k idKey) (uint32, error) {
 	if id, ok := a.byKey[k]; ok {
 		return id, nil
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"time"
 )
 
 // Backend is where the datapath sends a service's flows.
@@ -70,11 +69,11 @@ func backendFrom(v lbBackend) Backend {
 }
 
 // backendState is what the datapath holds for a backend id: the entry in
-// use, its half, and when that half last changed.
+// use, its half, and when the other half stopped being in use.
 type backendState struct {
 	entry   lbBackend
 	gen     uint32
-	flipped time.Time
+	flipped use
 }
 
 // UpsertBackend writes backend id (1..MaxBackends-1). A packet sees the old
@@ -107,7 +106,7 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	}
 	// The half about to be written was in use until the last change: if
 	// that was moments ago, a packet may still be reading it.
-	if time.Since(st.flipped) < time.Second {
+	if d.recent(st.flipped) {
 		if err := d.sync(); err != nil {
 			return err
 		}
@@ -122,7 +121,7 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if err := d.objs.Backends.Put(id, &slot); err != nil {
 		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
 	}
-	st.entry, st.gen, st.flipped = v, slot.Gen, time.Now()
+	st.entry, st.gen, st.flipped = v, slot.Gen, d.now()
 	return nil
 }
 

@@ -154,11 +154,3 @@ func (d *Datapath) unindex(k VIPKey, st *vipState) {
 	st.indexed = false
 	d.slotsUsed[st.meta.VipId] = d.now()
 }
-
-// Indexed reports whether a VIP is served by the index (for tests).
-func (d *Datapath) indexed(k VIPKey) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st, ok := d.vips[k]
-	return ok && st.indexed
-}

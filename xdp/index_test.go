@@ -121,3 +121,11 @@ func TestVIPIndex(t *testing.T) {
 		t.Errorf("deleted %s: verdict %d, want XDP_PASS", owner, ret)
 	}
 }
+
+// Indexed reports whether a VIP is served by the index .
+func (d *Datapath) indexed(k VIPKey) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.vips[k]
+	return ok && st.indexed
+}
