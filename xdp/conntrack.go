@@ -120,6 +120,14 @@ func (d *Datapath) deleteFlow(f Flow) error {
 	return err
 }
 
+// FlowCounts returns the pinned flows of each family as the last Maintain
+// left them.
+func (d *Datapath) FlowCounts() (v4, v6 int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.flows4, d.flows6
+}
+
 // MaintainResult says what Maintain did.
 type MaintainResult struct {
 	Expired, Stale int // pins removed for idleness, for a gone or down backend
@@ -138,6 +146,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	hasPins := map[VIPKey]bool{}
 	var del []Flow
 	var hashes []uint32 // of the pins that stay
+	remaining4 := 0
 	err := d.Flows(func(f Flow) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
@@ -149,6 +158,9 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 			del = append(del, f)
 		default:
 			res.Remaining++
+			if f.Src.Addr().Is4() {
+				remaining4++
+			}
 			k := VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}
 			if _, ok := d.vips[k]; !ok {
 				k.Port = 0
@@ -171,6 +183,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	if err := d.rebuildPinFilter(hashes); err != nil {
 		return res, err
 	}
+	d.flows4, d.flows6 = remaining4, res.Remaining-remaining4
 	// A packet may still pin a flow in the last moments of a grace period:
 	// leave a second's margin before calling a transition over.
 	now := d.nowMono() - time.Second

@@ -83,6 +83,8 @@ type Datapath struct {
 	vipIndex   []byte    // vip_index, mapped
 	pinFilter  []byte    // pin_filter, mapped
 	settings   lbSettings
+	flows4     int // pinned flows after the last Maintain
+	flows6     int
 	indexOwner map[uint32]VIPKey
 	slotsUsed  map[uint32]use // vip id -> when its slots were last in use by a VIP gone
 	freed      []uint32       // maglev_tables slots to release at the next flush

@@ -75,6 +75,9 @@ func TestPinFilter(t *testing.T) {
 	if got := send(); got != 1 {
 		t.Errorf("after Maintain the pinned flow went to backend %d, want 1", got)
 	}
+	if v4, v6 := d.FlowCounts(); v4 != 1 || v6 != 0 {
+		t.Errorf("FlowCounts after Maintain = %d, %d; want 1 IPv4 pin", v4, v6)
+	}
 
 	// The pin expires: the rebuilt half has no bit for it.
 	d.nowMono = func() time.Duration { return monotonicNow() + 2*time.Hour }
@@ -84,6 +87,9 @@ func TestPinFilter(t *testing.T) {
 	}
 	if res.Expired != 1 {
 		t.Fatalf("Maintain expired %d pins, want 1", res.Expired)
+	}
+	if v4, v6 := d.FlowCounts(); v4 != 0 || v6 != 0 {
+		t.Errorf("FlowCounts after the expiry = %d, %d; want none", v4, v6)
 	}
 	if active := d.settings.PinFilter; isSet(active) {
 		t.Errorf("after the pin expired, the half packets read (%d) still has its bit", active)

@@ -446,15 +446,7 @@ func (d *daemon) maintainLoop(ctx context.Context) error {
 			if res.Expired+res.Stale > 0 || res.TablesFreed > 0 {
 				d.log.Debug("maintenance", "expired", res.Expired, "stale", res.Stale, "remaining", res.Remaining, "tables_freed", res.TablesFreed)
 			}
-			n4, n6 := 0, 0
-			_ = d.dp.Flows(func(f xdp.Flow) bool {
-				if f.Src.Addr().Is4() {
-					n4++
-				} else {
-					n6++
-				}
-				return true
-			})
+			n4, n6 := d.dp.FlowCounts()
 			d.mu.Lock()
 			d.flows4, d.flows6 = n4, n6
 			d.mu.Unlock()
