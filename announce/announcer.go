@@ -186,6 +186,10 @@ func newAnnouncer(iface string, mac net.HardwareAddr, arpConn, ndpConn packetCon
 // Interface returns the name of the interface the announcer serves.
 func (a *Announcer) Interface() string { return a.iface }
 
+// Name is the interface's name: what the control plane's status shows for
+// this announcer.
+func (a *Announcer) Name() string { return a.iface }
+
 // MAC returns the interface's MAC address, the one the announcer gives out.
 func (a *Announcer) MAC() net.HardwareAddr { return slices.Clone(a.r.mac) }
 

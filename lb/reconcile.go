@@ -1,11 +1,13 @@
 package lb
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -616,6 +618,23 @@ func (r *Reconciler) ForgetNextHops(addrs ...netip.Addr) {
 	for _, a := range addrs {
 		delete(r.nextHops, a)
 	}
+}
+
+// NextHopsVia returns the backend addresses whose cached next hop is the
+// neighbour ip (the backend itself, or the gateway its route goes through)
+// with a MAC other than mac: those to forget when the kernel learns a new
+// MAC for ip.
+func (r *Reconciler) NextHopsVia(ip netip.Addr, mac net.HardwareAddr) []netip.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []netip.Addr
+	for addr, nh := range r.nextHops {
+		if nh.Via == ip && !bytes.Equal(nh.MAC, mac) {
+			out = append(out, addr)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }
 
 // backendIDs allocates backend ids per (VIP, backend). A released id is

@@ -165,3 +165,37 @@ func WatchNeighbors(ctx context.Context, fn func(NeighborUpdate)) error {
 		}
 	}
 }
+
+// WatchRoutes calls fn when the kernel adds, changes or removes a route,
+// until ctx ends: a backend's next hop (interface, gateway, MTU) may then be
+// another. fn runs on the watching goroutine; it should only take note.
+func WatchRoutes(ctx context.Context, fn func()) error {
+	ch := make(chan netlink.RouteUpdate, 256)
+	done := make(chan struct{})
+	defer close(done)
+	errs := make(chan error, 1)
+	err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
+		ErrorCallback: func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("subscribing to route updates: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return fmt.Errorf("route updates: %w", err)
+		case _, ok := <-ch:
+			if !ok {
+				return errors.New("route updates: subscription closed")
+			}
+			fn()
+		}
+	}
+}

@@ -80,3 +80,25 @@ func (c announceCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+// sourceConflicts is implemented by a metrics source that merges several
+// sources of services.
+type sourceConflicts interface {
+	// Conflicts returns, for each source, how many of its claims another
+	// source holds.
+	Conflicts() map[string]int
+}
+
+var sourceConflictsDesc = prometheus.NewDesc("xdplb_source_conflicts",
+	"VIPs (address, port and protocol) and service names a source offers that another source already holds; they are left out until the holder lets them go.", []string{"source"}, nil)
+
+// conflictCollector exports the sources' conflicts.
+type conflictCollector struct{ src sourceConflicts }
+
+func (c conflictCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sourceConflictsDesc }
+
+func (c conflictCollector) Collect(ch chan<- prometheus.Metric) {
+	for source, n := range c.src.Conflicts() {
+		ch <- prometheus.MustNewConstMetric(sourceConflictsDesc, prometheus.GaugeValue, float64(n), source)
+	}
+}

@@ -2,9 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"time"
 
-	"github.com/xdplb/xdplb/xdp"
+	"github.com/xdplb/xdplb/internal/controlplane"
 )
 
 // The control socket speaks one JSON request per connection, one JSON
@@ -40,153 +39,25 @@ type controlAPI interface {
 	Reload() ReloadInfo
 }
 
-// StatusInfo answers `xdplb status`.
-type StatusInfo struct {
-	Version    string          `json:"version"`
-	Started    time.Time       `json:"started"`
-	Interfaces []InterfaceInfo `json:"interfaces"`
-	Config     ConfigInfo      `json:"config"`
-	LastReload ReloadInfo      `json:"lastReload"`
-	Apply      ApplyInfo       `json:"apply"`
-	Counts     Counts          `json:"counts"`
-	Announced  []AnnounceInfo  `json:"announced,omitempty"`
-}
-
-// AnnounceInfo is what one interface answers ARP/NDP for.
-type AnnounceInfo struct {
-	Interface string   `json:"interface"`
-	VIPs      []string `json:"vips"`
-}
-
-// InterfaceInfo is one interface the datapath runs on.
-type InterfaceInfo struct {
-	Name      string `json:"name"`
-	IfIndex   int    `json:"ifindex"`
-	Mode      string `json:"mode"` // native or generic
-	ProgramID uint32 `json:"programId"`
-}
-
-// ConfigInfo is the running configuration.
-type ConfigInfo struct {
-	File     string    `json:"file"`
-	SHA256   string    `json:"sha256"`
-	LoadedAt time.Time `json:"loadedAt"`
-}
-
-// ReloadInfo is the result of the last reload attempt.
-type ReloadInfo struct {
-	At      time.Time `json:"at"`
-	Trigger string    `json:"trigger"` // start, sighup, socket, file
-	Result  string    `json:"result"`  // success or failure
-	Errors  []string  `json:"errors,omitempty"`
-}
-
-// ApplyInfo is the last reconciliation of the datapath.
-type ApplyInfo struct {
-	At       time.Time     `json:"at"`
-	Duration time.Duration `json:"duration"`
-	Errors   []string      `json:"errors,omitempty"`
-}
-
-// Counts summarise what the datapath holds.
-type Counts struct {
-	Services int `json:"services"`
-	VIPs     int `json:"vips"`
-	Backends int `json:"backends"`
-	Flows4   int `json:"flows4"` // pinned IPv4 flows (as of the last maintenance)
-	Flows6   int `json:"flows6"`
-}
-
-// VIPInfo is one VIP (address, port, protocol) of a service.
-type VIPInfo struct {
-	Service   string           `json:"service"`
-	VIP       string           `json:"vip"` // ADDR:PORT/PROTO
-	Mode      string           `json:"mode"`
-	TableSize int              `json:"tableSize"`
-	Backends  []VIPBackendInfo `json:"backends"`
-	Stats     xdp.Stats        `json:"stats"`
-}
-
-// VIPBackendInfo is a backend as one VIP uses it.
-type VIPBackendInfo struct {
-	ID      uint32  `json:"id"`
-	Address string  `json:"address"` // ADDR or ADDR:PORT
-	Weight  uint32  `json:"weight"`
-	Healthy bool    `json:"healthy"`
-	Slots   int     `json:"slots"`
-	Share   float64 `json:"share"` // Slots / TableSize
-	Error   string  `json:"error,omitempty"`
-}
-
-// BackendInfo is one backend entry of the datapath.
-type BackendInfo struct {
-	ID         uint32    `json:"id"`
-	Service    string    `json:"service"`
-	VIP        string    `json:"vip"`
-	Address    string    `json:"address"`
-	Weight     uint32    `json:"weight"`
-	Healthy    bool      `json:"healthy"`
-	Slots      int       `json:"slots"`
-	NextHopMAC string    `json:"nextHopMac,omitempty"`
-	Interface  string    `json:"interface,omitempty"`
-	Stats      xdp.Stats `json:"stats"`
-	Error      string    `json:"error,omitempty"`
-	// Health is the backend's health check, when its service has one.
-	Health *HealthInfo `json:"health,omitempty"`
-}
-
-// HealthInfo is the state of a backend's health check.
-type HealthInfo struct {
-	State      string    `json:"state"` // up, down or pending (not checked yet)
-	Since      time.Time `json:"since"` // when the state last changed
-	LastCheck  time.Time `json:"lastCheck,omitzero"`
-	LastResult string    `json:"lastResult,omitempty"` // ok, failed, timeout
-	LastError  string    `json:"lastError,omitempty"`
-}
-
-// FlowInfo is a pinned flow.
-type FlowInfo struct {
-	Client    string  `json:"client"` // ADDR:PORT
-	VIP       string  `json:"vip"`    // ADDR:PORT/PROTO
-	BackendID uint32  `json:"backendId"`
-	Backend   string  `json:"backend"`
-	IdleSec   float64 `json:"idleSeconds"`
-}
-
-// MaglevInfo is the slot share of each backend in a VIP's table.
-type MaglevInfo struct {
-	VIP       string       `json:"vip"`
-	TableSize int          `json:"tableSize"`
-	Backends  []SlotsShare `json:"backends"`
-}
-
-// SlotsShare is one backend's part of a Maglev table.
-type SlotsShare struct {
-	ID      uint32  `json:"id"`
-	Address string  `json:"address"`
-	Weight  uint32  `json:"weight"`
-	Slots   int     `json:"slots"`
-	Share   float64 `json:"share"`
-}
-
-// ExplainInfo says where a flow goes and why.
-type ExplainInfo struct {
-	From      string `json:"from"`
-	VIP       string `json:"vip"` // the VIP that matched (may be a port-0 wildcard)
-	Service   string `json:"service"`
-	Backend   string `json:"backend"` // address of the chosen backend, empty if none
-	BackendID uint32 `json:"backendId"`
-	// Reason is "pinned" (a conntrack entry keeps the flow on its backend),
-	// "table" (the Maglev table slot decides) or "no-backend".
-	Reason    string `json:"reason"`
-	Hash      uint32 `json:"hash"`
-	Slot      int    `json:"slot"`
-	TableSize int    `json:"tableSize"`
-	// Transition is set while the VIP's previous table is still consulted:
-	// PrevBackend is where a non-SYN packet of a flow that began before the
-	// change would stay (and be pinned), when it differs.
-	Transition  bool   `json:"transition"`
-	PrevBackend string `json:"prevBackend,omitempty"`
-	// Text is the explanation in one sentence.
-	Text string `json:"text"`
-}
+// The answers are the control plane's types.
+type (
+	StatusInfo     = controlplane.StatusInfo
+	AnnounceInfo   = controlplane.AnnounceInfo
+	SourceInfo     = controlplane.SourceInfo
+	ConflictInfo   = controlplane.ConflictInfo
+	InterfaceInfo  = controlplane.InterfaceInfo
+	ConfigInfo     = controlplane.ConfigInfo
+	ReloadInfo     = controlplane.ReloadInfo
+	ApplyInfo      = controlplane.ApplyInfo
+	Counts         = controlplane.Counts
+	VIPInfo        = controlplane.VIPInfo
+	VIPBackendInfo = controlplane.VIPBackendInfo
+	BackendInfo    = controlplane.BackendInfo
+	HealthInfo     = controlplane.HealthInfo
+	FlowInfo       = controlplane.FlowInfo
+	MaglevInfo     = controlplane.MaglevInfo
+	SlotsShare     = controlplane.SlotsShare
+	ExplainInfo    = controlplane.ExplainInfo
+	VIPMetric      = controlplane.VIPMetric
+	BackendMetric  = controlplane.BackendMetric
+)

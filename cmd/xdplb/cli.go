@@ -454,6 +454,31 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 		}
 		t.row(key, a.Interface, vips)
 	}
+	// The sources of services, when there are others than the file.
+	if len(s.Sources) > 1 {
+		for i, src := range s.Sources {
+			key := ""
+			if i == 0 {
+				key = "Sources:"
+			}
+			updated := "nothing yet"
+			if !src.Updated.IsZero() {
+				updated = "updated " + when(now, src.Updated)
+			}
+			t.row(key, src.Name, fmt.Sprintf("%d %s", src.Services, plural(src.Services, "service", "services")), updated)
+		}
+	}
+	for i, c := range s.Conflicts {
+		key := ""
+		if i == 0 {
+			key = "Conflicts:"
+		}
+		what := c.VIP
+		if what == "" {
+			what = "service name"
+		}
+		t.row(key, fmt.Sprintf("%s %s: %s held by %s (%s) since %s, left out", c.Source, c.Service, what, c.HeldBy, c.Owner, clock(now, c.Since)))
+	}
 	return t.writeTo(w)
 }
 

@@ -44,26 +44,6 @@ type metricsSource interface {
 	ReloadCounts() (success, failure uint64)
 }
 
-// VIPMetric is one VIP of a service and its counters.
-type VIPMetric struct {
-	Service  string // service name from the configuration
-	VIP      string // address, e.g. "198.18.10.10" or "2001:db8::10"
-	Port     string // destination port, "0" for every port
-	Protocol string // "tcp" or "udp"
-	Stats    xdp.Stats
-}
-
-// BackendMetric is one backend as one VIP uses it, and its counters.
-type BackendMetric struct {
-	Service  string
-	VIP      string
-	Port     string
-	Protocol string
-	Backend  string // the backend's configured address (ADDR or ADDR:PORT)
-	Up       bool   // healthy: new flows may be sent to it
-	Stats    xdp.Stats
-}
-
 var (
 	vipLabels     = []string{"service", "vip", "port", "protocol"}
 	backendLabels = []string{"service", "vip", "port", "protocol", "backend"}
@@ -272,6 +252,9 @@ func newMetricsRegistry(src metricsSource) *prometheus.Registry {
 	}
 	if hs, ok := src.(healthSource); ok {
 		reg.MustRegister(healthCollector{hs})
+	}
+	if cs, ok := src.(sourceConflicts); ok {
+		reg.MustRegister(conflictCollector{cs})
 	}
 	return reg
 }

@@ -116,6 +116,8 @@ func (f *fakeMetrics) AnnounceStats() []announce.Stats {
 
 func (f *fakeMetrics) HealthTransitions() (toUp, toDown uint64) { return 3, 2 }
 
+func (f *fakeMetrics) Conflicts() map[string]int { return map[string]int{"file": 0, "kubernetes": 1} }
+
 func newFakeMetrics() *fakeMetrics {
 	return &fakeMetrics{
 		counters: []xdp.Counter{
@@ -277,6 +279,7 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"xdplb_build_info":              {"goversion", "revision", "version"},
 
 		"xdplb_backend_health_transitions_total": {"to"},
+		"xdplb_source_conflicts":                 {"source"},
 		"xdplb_announce_active":                  {"interface", "vip"},
 		"xdplb_announce_requests_total":          {"interface", "vip"},
 		"xdplb_announce_replies_total":           {"interface", "vip"},
@@ -613,12 +616,17 @@ xdplb_announce_requests_total{interface="eth0",vip="2001:db8::100"} 2
 # TYPE xdplb_backend_health_transitions_total counter
 xdplb_backend_health_transitions_total{to="down"} 2
 xdplb_backend_health_transitions_total{to="up"} 3
+# HELP xdplb_source_conflicts VIPs (address, port and protocol) and service names a source offers that another source already holds; they are left out until the holder lets them go.
+# TYPE xdplb_source_conflicts gauge
+xdplb_source_conflicts{source="file"} 0
+xdplb_source_conflicts{source="kubernetes"} 1
 `
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(announceCollector{src}, healthCollector{src})
+	reg.MustRegister(announceCollector{src}, healthCollector{src}, conflictCollector{src})
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
 		"xdplb_announce_active", "xdplb_announce_drops_total", "xdplb_announce_gratuitous_total",
-		"xdplb_announce_replies_total", "xdplb_announce_requests_total", "xdplb_backend_health_transitions_total"); err != nil {
+		"xdplb_announce_replies_total", "xdplb_announce_requests_total", "xdplb_backend_health_transitions_total",
+		"xdplb_source_conflicts"); err != nil {
 		t.Error(err)
 	}
 }

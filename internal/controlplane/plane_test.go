@@ -1,0 +1,330 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdplb/xdplb/config"
+	"github.com/xdplb/xdplb/internal/testnet"
+)
+
+// envInNetns is set in the copy of the test binary that TestMain runs
+// inside a network namespace of its own.
+const envInNetns = "XDPLB_CONTROLPLANE_TEST_NETNS"
+
+// TestMain runs the package's tests, as root inside a fresh network
+// namespace: the control plane's goroutines (neighbour and route watchers,
+// next-hop resolution) work on whatever namespace their thread is in, so the
+// whole process moves there rather than one locked thread.
+func TestMain(m *testing.M) {
+	if os.Getenv(envInNetns) != "" || os.Geteuid() != 0 {
+		os.Exit(m.Run())
+	}
+	ns, err := testnet.NewNS("cp")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane tests: making a network namespace:", err)
+		os.Exit(m.Run()) // the privileged tests say why they cannot run
+	}
+	cmd := ns.Command(context.Background(), os.Args[0], os.Args[1:]...)
+	cmd.Env = append(os.Environ(), envInNetns+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err = cmd.Run()
+	ns.Close()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		os.Exit(exit.ExitCode())
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "controlplane tests:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// requireNetns fails or skips a test that needs root, and fails one that is
+// not inside the test namespace.
+func requireNetns(t *testing.T) {
+	t.Helper()
+	testnet.RequirePrivileged(t)
+	if os.Getenv(envInNetns) == "" {
+		t.Fatal("not inside the test's network namespace (see TestMain)")
+	}
+}
+
+// syncBuffer is a log sink for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// fakeSource offers what the test sends it.
+type fakeSource struct {
+	name   string
+	offers chan []config.Service
+}
+
+func (f *fakeSource) Name() string { return f.name }
+
+func (f *fakeSource) Run(ctx context.Context, update func([]config.Service)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case s := <-f.offers:
+			update(s)
+		}
+	}
+}
+
+// Backends of the test plane, on eth0 (a veth pair's end) with permanent
+// neighbour entries.
+var testBackends = map[string]net.HardwareAddr{
+	"198.18.0.21": {0x02, 0, 0, 0, 0, 0x21},
+	"198.18.0.22": {0x02, 0, 0, 0, 0, 0x22},
+}
+
+// testPlane starts a control plane on eth0 with the file's services
+// (YAML under services:) and the given sources; it stops and removes
+// everything when the test ends. The returned buffer has the log.
+func testPlane(t *testing.T, services string, sources ...Source) (p *Plane, logs *syncBuffer, start func()) {
+	t.Helper()
+	requireNetns(t)
+	eth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
+	if err := netlink.LinkAdd(eth); err != nil {
+		t.Fatalf("adding eth0: %v", err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(eth) })
+	for _, name := range []string{"eth0", "eth0-peer"} {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr, _ := netlink.ParseAddr("198.18.0.1/24")
+	if err := netlink.AddrAdd(eth, addr); err != nil {
+		t.Fatal(err)
+	}
+	for ip, mac := range testBackends {
+		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: eth.Attrs().Index, Family: netlink.FAMILY_V4,
+			IP: net.ParseIP(ip), HardwareAddr: mac, State: netlink.NUD_PERMANENT}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	bpf := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	cfg := fmt.Sprintf(`interfaces:
+  - {name: eth0, xdpMode: generic}
+maglev:
+  seed: "eGRwbGItdGVzdC1zZWVkIQ=="
+conntrack:
+  maxFlows: 65536
+services:
+%smetrics:
+  listen: "127.0.0.1:9660"
+paths:
+  socket: %s/xdplb.sock
+  state: %s/state
+  bpf: %s
+`, services, dir, dir, bpf)
+	path := filepath.Join(dir, "xdplb.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs = &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := New(context.Background(), Options{ConfigPath: path, Logger: log, Sources: sources, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	started := false
+	start = func() {
+		started = true
+		go func() { done <- p.Run(ctx) }()
+	}
+	t.Cleanup(func() {
+		cancel()
+		if !started {
+			p.dp.Close()
+			return
+		}
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("log:\n%s", logs)
+		}
+	})
+	return p, logs, start
+}
+
+const webService = `  - name: web
+    address: 198.18.10.10
+    protocol: tcp
+    ports: [80]
+    mode: dsr
+    backends:
+      - {address: 198.18.0.21}
+`
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("5 s without %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTwoSourcesClaimOneVIP feeds the file and a second source that both
+// claim 198.18.10.10:80/tcp: the file, first, keeps it; the other source's
+// claim shows in the status and the conflict count and is logged once; its
+// other services run; offering the same again changes nothing.
+func TestTwoSourcesClaimOneVIP(t *testing.T) {
+	k8s := &fakeSource{name: "kubernetes", offers: make(chan []config.Service)}
+	p, logs, start := testPlane(t, webService, k8s)
+	start()
+	backend := func(a string) []config.Backend {
+		return []config.Backend{{Addr: netip.MustParseAddr(a), Weight: 1}}
+	}
+	offer := []config.Service{
+		{Name: "default/web", Addr: netip.MustParseAddr("198.18.10.10"), Protocol: config.ProtocolTCP, Ports: []uint16{80}, Backends: backend("198.18.0.22"), MinHealthyBackends: 1},
+		{Name: "default/api", Addr: netip.MustParseAddr("198.18.10.12"), Protocol: config.ProtocolTCP, Ports: []uint16{8080}, Backends: backend("198.18.0.22"), MinHealthyBackends: 1},
+	}
+	for range 3 {
+		k8s.offers <- offer
+	}
+	waitFor(t, "the second source's services applied", func() bool {
+		s := p.Status()
+		return len(s.Sources) == 2 && s.Sources[1].Services == 2 && s.Counts.VIPs == 2
+	})
+
+	s := p.Status()
+	if len(s.Conflicts) != 1 {
+		t.Fatalf("conflicts: %+v, want one", s.Conflicts)
+	}
+	c := s.Conflicts[0]
+	c.Since = time.Time{}
+	if want := (ConflictInfo{VIP: "198.18.10.10:80/tcp", Service: "default/web", Source: "kubernetes", HeldBy: "file", Owner: "web"}); c != want {
+		t.Errorf("conflict: %+v, want %+v", c, want)
+	}
+	if got := p.Conflicts(); got["kubernetes"] != 1 || got["file"] != 0 {
+		t.Errorf("Conflicts() = %v, want kubernetes 1, file 0", got)
+	}
+	// The VIP still goes to the file's backend; the other source's other
+	// service runs.
+	got := map[string]string{}
+	for _, v := range p.VIPs() {
+		got[v.VIP] = v.Service
+		if v.VIP == "198.18.10.10:80/tcp" && (len(v.Backends) != 1 || v.Backends[0].Address != "198.18.0.21") {
+			t.Errorf("198.18.10.10:80/tcp has backends %+v, want the file's 198.18.0.21", v.Backends)
+		}
+	}
+	if want := map[string]string{"198.18.10.10:80/tcp": "web", "198.18.10.12:8080/tcp": "default/api"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("VIPs: %v, want %v", got, want)
+	}
+	// A reload of the file keeps it so: nothing flaps.
+	if r := p.Reload(context.Background(), "socket"); r.Result != "success" {
+		t.Fatalf("reload: %+v", r)
+	}
+	if s := p.Status(); len(s.Conflicts) != 1 || s.Conflicts[0].Source != "kubernetes" {
+		t.Errorf("after a reload, conflicts %+v", s.Conflicts)
+	}
+	if n := strings.Count(logs.String(), `msg="conflict: a VIP or service name offered by two sources; the first keeps it" vip=198.18.10.10:80/tcp service=default/web source=kubernetes held_by=file owner=web`); n != 1 {
+		t.Errorf("the conflict was logged %d times, want once", n)
+	}
+}
+
+// TestWatchdogKickedByLoop runs the plane under a systemd watchdog: the
+// loop kicks it while it runs, and a loop stuck in an apply stops the kicks
+// (so systemd restarts the daemon) until it moves again.
+func TestWatchdogKickedByLoop(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "100000") // 100 ms: kicks every 50 ms
+	t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
+
+	p, _, start := testPlane(t, webService)
+	var block atomic.Bool
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	p.beforeApply = func() {
+		if block.Load() {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	start()
+	kicks := func(window time.Duration) int {
+		n := 0
+		buf := make([]byte, 64)
+		end := time.Now().Add(window)
+		for {
+			_ = conn.SetReadDeadline(end)
+			m, err := conn.Read(buf)
+			if err != nil {
+				return n
+			}
+			if string(buf[:m]) == "WATCHDOG=1" {
+				n++
+			}
+		}
+	}
+	if n := kicks(time.Second); n < 2 {
+		t.Fatalf("%d watchdog kicks in a second of a running loop, want at least 2", n)
+	}
+
+	block.Store(true)
+	reloaded := make(chan ReloadInfo, 1)
+	go func() { reloaded <- p.Reload(context.Background(), "socket") }()
+	<-entered
+	kicks(20 * time.Millisecond) // what was sent before the loop stopped
+	if n := kicks(500 * time.Millisecond); n != 0 {
+		t.Errorf("%d watchdog kicks while the loop was stuck for 500 ms (5 timeouts), want 0", n)
+	}
+	close(release)
+	if r := <-reloaded; r.Result != "success" {
+		t.Errorf("reload after the stall: %+v", r)
+	}
+	if n := kicks(time.Second); n < 2 {
+		t.Errorf("%d watchdog kicks in the second after the loop moved again, want at least 2", n)
+	}
+}
