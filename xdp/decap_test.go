@@ -1,13 +1,18 @@
 package xdp
 
 // The backend-side decap program through BPF_PROG_TEST_RUN: exact inner
-// frames for the four encapsulations, everything else untouched and counted,
-// and the round trip from the load balancer's encapsulation back to the
-// original frame.
+// frames for the four encapsulations from allowed outer sources, drops from
+// every other source, everything else untouched and counted, and the round
+// trip from the load balancer's encapsulation back to the original frame.
+// Output frames are also decoded by gopacket, which checks their checksums.
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -19,6 +24,8 @@ type decapFixture struct {
 	in   []byte
 	// wantOut is the exact output; nil means "the input, unchanged".
 	wantOut []byte
+	// drop: the verdict must be XDP_DROP (else XDP_PASS).
+	drop bool
 	// wantCounter is the one decap counter that must move, by one.
 	wantCounter string
 }
@@ -29,10 +36,22 @@ var (
 	dcOther4 = netip.MustParseAddr("198.18.2.200")
 	dcOther6 = netip.MustParseAddr("2001:db8:2::200")
 	dcMAC    = fxMAC("02:00:00:00:01:03") // the backend's
+
+	// Outer sources allowed beside the world's encap sources (fxEncap4,
+	// fxEncap6), and some that are not.
+	dcAllow4    = netip.MustParsePrefix("198.18.6.0/24")
+	dcAllow6    = netip.MustParsePrefix("2001:db8:6::/64")
+	dcInAllow4  = netip.MustParseAddr("198.18.6.77")
+	dcInAllow6  = netip.MustParseAddr("2001:db8:6::abcd")
+	dcStranger4 = netip.MustParseAddr("198.18.3.2")    // next to fxEncap4
+	dcStranger6 = netip.MustParseAddr("2001:db8:3::2") // next to fxEncap6
+	dcLookalike = netip.MustParseAddr("c612:64d::1")   // begins with the bytes of 198.18.6.77
+	dcAllowSet  = []netip.Prefix{fxEncap4, fxEncap6, dcAllow4, dcAllow6}
 )
 
-// dcOpen loads the decap program (without attaching it) listing addrs.
-func dcOpen(t *testing.T, addrs ...netip.Addr) *Decap {
+// dcOpen loads the decap program (without attaching it) listing addrs and
+// allowing the outer sources of allow.
+func dcOpen(t *testing.T, allow []netip.Prefix, addrs ...netip.Addr) *Decap {
 	t.Helper()
 	testnet.RequirePrivileged(t)
 	dc := &Decap{}
@@ -41,6 +60,9 @@ func dcOpen(t *testing.T, addrs ...netip.Addr) *Decap {
 	}
 	t.Cleanup(func() { dc.objs.Close() })
 	if err := dc.SetAddrs(addrs); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.SetAllow(allow); err != nil {
 		t.Fatal(err)
 	}
 	return dc
@@ -66,9 +88,66 @@ func dcFrame(l packet.Layer, vlan *packet.VLAN) []byte {
 
 func dcOuter(dst netip.Addr, inner []byte) packet.Layer {
 	if dst.Is4() {
-		return packet.IPv4{Src: fxEncap4.Addr(), Dst: dst, TTL: 64, Flags: packet.IPv4DontFragment, Payload: packet.RawIP(inner)}
+		return dcOuterFrom(fxEncap4.Addr(), dst, inner)
 	}
-	return packet.IPv6{Src: fxEncap6.Addr(), Dst: dst, HopLimit: 64, FlowLabel: 0x54321, Payload: packet.RawIP(inner)}
+	return dcOuterFrom(fxEncap6.Addr(), dst, inner)
+}
+
+// dcOuterFrom is inner encapsulated from src to dst.
+func dcOuterFrom(src, dst netip.Addr, inner []byte) packet.Layer {
+	if dst.Is4() {
+		return packet.IPv4{Src: src, Dst: dst, TTL: 64, Flags: packet.IPv4DontFragment, Payload: packet.RawIP(inner)}
+	}
+	return packet.IPv6{Src: src, Dst: dst, HopLimit: 64, FlowLabel: 0x54321, Payload: packet.RawIP(inner)}
+}
+
+// dcDecoded is what gopacket reads in a frame the decap program passed on.
+type dcDecoded struct {
+	ip4 *layers.IPv4
+	ip6 *layers.IPv6
+}
+
+// dcDecode decodes frame with gopacket, an implementation independent of
+// the one that builds the expected frames, and fails the test if it cannot
+// decode the Ethernet, IP and TCP/UDP layers or if any checksum it can check
+// (IPv4 header, TCP, UDP) is wrong.
+func dcDecode(t *testing.T, frame []byte) dcDecoded {
+	t.Helper()
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if el := p.ErrorLayer(); el != nil {
+		t.Fatalf("gopacket cannot decode the output: %v", el.Error())
+	}
+	var d dcDecoded
+	var netl gopacket.NetworkLayer
+	if l, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		d.ip4, netl = l, l
+	}
+	if l, ok := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ok {
+		d.ip6, netl = l, l
+	}
+	if netl == nil {
+		t.Fatalf("gopacket finds no IP layer in the output")
+	}
+	switch l := p.TransportLayer().(type) {
+	case *layers.TCP:
+		if err := l.SetNetworkLayerForChecksum(netl); err != nil {
+			t.Fatal(err)
+		}
+	case *layers.UDP:
+		if err := l.SetNetworkLayerForChecksum(netl); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("gopacket finds no TCP or UDP layer in the output")
+	}
+	err, bad := p.VerifyChecksums()
+	if err != nil {
+		t.Fatalf("gopacket cannot verify the checksums: %v", err)
+	}
+	for _, m := range bad {
+		t.Errorf("gopacket: %s checksum is %#04x, want %#04x", m.Layer.LayerType(), m.Actual, m.Correct)
+	}
+	return d
 }
 
 func decapFixtures() []decapFixture {
@@ -98,6 +177,38 @@ func decapFixtures() []decapFixture {
 				wantOut: dcFrame(packet.RawIP(c.inner), v), wantCounter: c.counter})
 		}
 	}
+	// Outer sources: inside an allowed prefix, decapsulated; outside every
+	// one, dropped whatever the packet's shape.
+	add(decapFixture{name: "4in4 from inside an allowed /24", in: dcFrame(dcOuterFrom(dcInAllow4, dcLocal4, in4), nil),
+		wantOut: dcFrame(packet.RawIP(in4), nil), wantCounter: "decap_ipv4_in_ipv4"})
+	add(decapFixture{name: "6in6 from inside an allowed /64", in: dcFrame(dcOuterFrom(dcInAllow6, dcLocal6, in6), vlan),
+		wantOut: dcFrame(packet.RawIP(in6), vlan), wantCounter: "decap_ipv6_in_ipv6"})
+	add(decapFixture{name: "4in6 from inside an allowed /64", in: dcFrame(dcOuterFrom(dcInAllow6, dcLocal6, in4), nil),
+		wantOut: dcFrame(packet.RawIP(in4), nil), wantCounter: "decap_ipv4_in_ipv6"})
+	add(decapFixture{name: "6in4 from inside an allowed /24", in: dcFrame(dcOuterFrom(dcInAllow4, dcLocal4, in6), nil),
+		wantOut: dcFrame(packet.RawIP(in6), nil), wantCounter: "decap_ipv6_in_ipv4"})
+	for _, c := range []struct {
+		name     string
+		src, dst netip.Addr
+		inner    []byte
+		vlan     *packet.VLAN
+	}{
+		{"4in4 from a source not allowed", dcStranger4, dcLocal4, in4, nil},
+		{"4in4 from a source not allowed, with VLAN", dcStranger4, dcLocal4, in4, vlan},
+		{"6in6 from a source not allowed", dcStranger6, dcLocal6, in6, nil},
+		{"4in6 from a source not allowed", dcStranger6, dcLocal6, in4, nil},
+		{"6in4 from a source not allowed", dcStranger4, dcLocal4, in6, nil},
+		{"6in6 from an IPv6 source whose first bytes are an allowed IPv4 prefix", dcLookalike, dcLocal6, in6, nil},
+		{"4in4 from a spoofed client address", fxClient4, dcLocal4, in4, nil},
+	} {
+		add(decapFixture{name: c.name, in: dcFrame(dcOuterFrom(c.src, c.dst, c.inner), c.vlan), drop: true, wantCounter: "drop_source_not_allowed"})
+	}
+	add(decapFixture{name: "outer IPv4 fragment from a source not allowed", in: dcFrame(packet.IPv4{Src: dcStranger4, Dst: dcLocal4, TTL: 64, Flags: packet.IPv4MoreFragments,
+		Payload: packet.RawIP(in4)}, nil), drop: true, wantCounter: "drop_source_not_allowed"})
+	add(decapFixture{name: "outer IPv4 with options from a source not allowed", in: dcFrame(packet.IPv4{Src: dcStranger4, Dst: dcLocal4, TTL: 64, Options: []byte{1, 1, 1, 1},
+		Payload: packet.RawIP(in4)}, nil), drop: true, wantCounter: "drop_source_not_allowed"})
+	add(decapFixture{name: "4in4 from a source not allowed to an address not listed", in: dcFrame(dcOuterFrom(dcStranger4, dcOther4, in4), nil), wantCounter: "pass_not_local"})
+	add(decapFixture{name: "plain IPv4 from a source not allowed", in: dcFrame(fxIP(fxAP(dcStranger4, 1), fxAP(dcLocal4, 22), packet.TCPSyn, nil), nil), wantCounter: "pass_not_encapsulated"})
 	add(decapFixture{name: "4in4 to an address not listed", in: dcFrame(dcOuter(dcOther4, in4), nil), wantCounter: "pass_not_local"})
 	add(decapFixture{name: "6in6 to an address not listed", in: dcFrame(dcOuter(dcOther6, in6), nil), wantCounter: "pass_not_local"})
 	add(decapFixture{name: "plain IPv4 TCP to a listed address", in: dcFrame(fxIP(fxAP(fxClient4, 1), fxAP(dcLocal4, 22), packet.TCPSyn, nil), nil), wantCounter: "pass_not_encapsulated"})
@@ -125,26 +236,33 @@ func decapFixtures() []decapFixture {
 }
 
 func TestDecapFixtures(t *testing.T) {
-	dc := dcOpen(t, dcLocal4, dcLocal6)
+	dc := dcOpen(t, dcAllowSet, dcLocal4, dcLocal6)
 	for _, f := range decapFixtures() {
 		t.Run(f.name, func(t *testing.T) {
 			before := dcCounters(t, dc)
 			ret, out := fxRun(t, dc.objs.XdplbDecap, f.in)
 			after := dcCounters(t, dc)
-			if ret != fxPass {
-				t.Errorf("verdict %s, want XDP_PASS", fxVerdict(ret))
+			wantRet := fxPass
+			if f.drop {
+				wantRet = fxDrop
 			}
-			want := f.wantOut
-			if want == nil {
-				want = f.in
+			if ret != wantRet {
+				t.Errorf("verdict %s, want %s", fxVerdict(ret), fxVerdict(wantRet))
 			}
-			if d := packet.Diff(want, out); d != "" {
-				t.Errorf("output differs (-want +got):\n%s", d)
+			if !f.drop {
+				want := f.wantOut
+				if want == nil {
+					want = f.in
+				}
+				if d := packet.Diff(want, out); d != "" {
+					t.Errorf("output differs (-want +got):\n%s", d)
+				}
 			}
 			if f.wantOut != nil {
 				if err := packet.VerifyFrame(out); err != nil {
 					t.Errorf("output frame: %v", err)
 				}
+				dcDecode(t, out)
 			}
 			if _, ok := after[f.wantCounter]; !ok {
 				t.Fatalf("no decap counter %q", f.wantCounter)
@@ -164,7 +282,7 @@ func TestDecapFixtures(t *testing.T) {
 
 // TestDecapSetAddrs checks that SetAddrs replaces the list.
 func TestDecapSetAddrs(t *testing.T) {
-	dc := dcOpen(t, dcLocal4)
+	dc := dcOpen(t, dcAllowSet, dcLocal4)
 	in4 := packet.MustBuild(fxIP(fxAP(fxClient4, 40001), fxAP(fxVIP4in4, 80), packet.TCPAck, nil))
 	frame := dcFrame(dcOuter(dcLocal4, in4), nil)
 	if _, out := fxRun(t, dc.objs.XdplbDecap, frame); len(out) != len(frame)-20 {
@@ -190,7 +308,7 @@ func TestEncapDecapRoundTrip(t *testing.T) {
 	for _, b := range w.backends {
 		locals = append(locals, b.Addr)
 	}
-	dc := dcOpen(t, locals...)
+	dc := dcOpen(t, []netip.Prefix{fxEncap4Spread, fxEncap6Spread}, locals...)
 	if err := d.SetEncapSource(fxEncap4Spread, fxEncap6Spread); err != nil {
 		t.Fatal(err)
 	}
@@ -226,5 +344,50 @@ func TestEncapDecapRoundTrip(t *testing.T) {
 	cs := dcCounters(t, dc)
 	if got := cs["decap_ipv4_in_ipv4"] + cs["decap_ipv6_in_ipv6"] + cs["decap_ipv4_in_ipv6"] + cs["decap_ipv6_in_ipv4"]; got != uint64(n) {
 		t.Errorf("%d frames decapsulated, want %d", got, n)
+	}
+}
+
+// TestDecapSetAllow checks that SetAllow replaces the allowed set, families
+// apart, that Allowed reads it back, and that an empty set drops every
+// encapsulated packet to a listed address.
+func TestDecapSetAllow(t *testing.T) {
+	dc := dcOpen(t, []netip.Prefix{fxEncap4, fxEncap6}, dcLocal4, dcLocal6)
+	in4 := packet.MustBuild(fxIP(fxAP(fxClient4, 40001), fxAP(fxVIP4in4, 80), packet.TCPAck, nil))
+	in6 := packet.MustBuild(fxIP(fxAP(fxClient6, 40001), fxAP(fxVIP6in6, 80), packet.TCPAck, nil))
+	frames := map[string][]byte{
+		"from fxEncap4":   dcFrame(dcOuterFrom(fxEncap4.Addr(), dcLocal4, in4), nil),
+		"from fxEncap6":   dcFrame(dcOuterFrom(fxEncap6.Addr(), dcLocal6, in6), nil),
+		"from dcInAllow4": dcFrame(dcOuterFrom(dcInAllow4, dcLocal4, in4), nil),
+		"from dcInAllow6": dcFrame(dcOuterFrom(dcInAllow6, dcLocal6, in6), nil),
+	}
+	for _, step := range []struct {
+		allow []netip.Prefix
+		// want are the frames decapsulated; the others are dropped.
+		want []string
+	}{
+		{[]netip.Prefix{fxEncap4, fxEncap6}, []string{"from fxEncap4", "from fxEncap6"}},
+		{[]netip.Prefix{dcAllow4, dcAllow6}, []string{"from dcInAllow4", "from dcInAllow6"}},
+		{[]netip.Prefix{dcAllow4, fxEncap6}, []string{"from dcInAllow4", "from fxEncap6"}},
+		{[]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, []string{"from fxEncap4", "from dcInAllow4"}},
+		{AnySource, []string{"from fxEncap4", "from fxEncap6", "from dcInAllow4", "from dcInAllow6"}},
+		{[]netip.Prefix{}, nil},
+	} {
+		if err := dc.SetAllow(step.allow); err != nil {
+			t.Fatal(err)
+		}
+		got, err := dc.Allowed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, step.allow) {
+			t.Errorf("after SetAllow(%v): Allowed() = %v", step.allow, got)
+		}
+		for name, frame := range frames {
+			ret, out := fxRun(t, dc.objs.XdplbDecap, frame)
+			decapsulated := ret == fxPass && len(out) < len(frame)
+			if want := slices.Contains(step.want, name); decapsulated != want || (!want && ret != fxDrop) {
+				t.Errorf("allowing %v: frame %s: verdict %s, %d of %d bytes left; want decapsulated: %v", step.allow, name, fxVerdict(ret), len(out), len(frame), want)
+			}
+		}
 	}
 }

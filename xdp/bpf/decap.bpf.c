@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* xdplb_decap: the backend side of IPIP DSR. Strips an outer IPv4 or IPv6
  * header (IPIP, IP6IP6, 4-in-6, 6-in-4) addressed to one of this host's
- * addresses listed in decap_addrs and passes the inner packet to the stack,
- * which then answers the client directly. Everything else passes untouched. */
+ * addresses listed in decap_addrs and sent from a source inside a prefix of
+ * decap_allow and passes the inner packet to the stack, which then answers
+ * the client directly. Encapsulated packets to a listed address from any other
+ * source are dropped; everything else passes untouched. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -13,6 +15,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Each packet is counted under exactly one of these. The Go side names them
+ * (xdp/decap.go); the order is part of the pinned map's layout: append only. */
 enum xdplb_decap_counter {
 	DECAP_PASS_NOT_IP = 0,   /* not IPv4/IPv6 */
 	DECAP_PASS_NOT_ENCAP,    /* IP, but not IPIP/IPv6-in-IP */
@@ -24,7 +28,19 @@ enum xdplb_decap_counter {
 	DECAP_DONE_4IN6,
 	DECAP_DONE_6IN6,
 	DECAP_FAILED,            /* shrinking the frame failed: dropped */
+	DECAP_DROP_SOURCE_NOT_ALLOWED, /* encapsulated to a listed address from a
+					* source in no decap_allow prefix: dropped */
 	DECAP_COUNTER_MAX,
+};
+
+/* Key of decap_allow: a prefix of outer sources, tagged with its family so
+ * that one trie holds both. prefixlen counts the family byte: 8 + the length
+ * of the address prefix. An IPv4 address takes the first 4 bytes of addr. */
+struct decap_allow_key {
+	__u32 prefixlen;
+	__u8 family; /* 4 or 6 */
+	__u8 addr[16];
+	__u8 pad[3];
 };
 
 /* Outer destinations decapsulated here (this host's addresses). */
@@ -34,6 +50,16 @@ struct {
 	__type(key, struct vip_addr);
 	__type(value, __u32);
 } decap_addrs SEC(".maps");
+
+/* Outer sources trusted to encapsulate to this host (the load balancers'
+ * encap source prefixes); filled from Go, never written here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct decap_allow_key);
+	__type(value, __u32);
+} decap_allow SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -77,11 +103,12 @@ static __always_inline __u32 decap(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
+	struct decap_allow_key src = {};
 	struct vip_addr dst = {};
 	struct ethhdr *eth;
 	struct iphdr *iph;
 	struct ipv6hdr *ip6h;
-	int proto, vlan, outer, inner_v4, r;
+	int proto, vlan, outer, inner_v4, malformed, r;
 	__u32 done;
 
 	proto = parse_eth(&c, &eth, &vlan);
@@ -95,10 +122,15 @@ static __always_inline __u32 decap(struct xdp_md *ctx)
 			return DECAP_PASS_MALFORMED;
 		if (r != IPPROTO_IPIP_ && r != IPPROTO_IPV6_)
 			return DECAP_PASS_NOT_ENCAP;
-		if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK)))
-			return DECAP_PASS_MALFORMED;
+		/* Options and fragments are not handled: such packets go to the
+		 * stack as they are (counted as malformed), but only from an
+		 * allowed source, checked first. */
+		malformed = iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK));
 		__builtin_memcpy(dst.addr, &iph->daddr, 4);
 		dst.family = 4;
+		__builtin_memcpy(src.addr, &iph->saddr, 4);
+		src.family = 4;
+		src.prefixlen = 8 + 32;
 		outer = IPV4_HLEN;
 		inner_v4 = r == IPPROTO_IPIP_;
 		done = inner_v4 ? DECAP_DONE_4IN4 : DECAP_DONE_6IN4;
@@ -106,10 +138,16 @@ static __always_inline __u32 decap(struct xdp_md *ctx)
 		r = parse_ipv6(&c, &ip6h);
 		if (r < 0)
 			return DECAP_PASS_MALFORMED;
+		/* Extension headers before the inner packet are not handled:
+		 * such packets pass as not encapsulated. */
 		if (r != IPPROTO_IPIP_ && r != IPPROTO_IPV6_)
 			return DECAP_PASS_NOT_ENCAP;
+		malformed = 0;
 		__builtin_memcpy(dst.addr, &ip6h->daddr, 16);
 		dst.family = 6;
+		__builtin_memcpy(src.addr, &ip6h->saddr, 16);
+		src.family = 6;
+		src.prefixlen = 8 + 128;
 		outer = IPV6_HLEN;
 		inner_v4 = r == IPPROTO_IPIP_;
 		done = inner_v4 ? DECAP_DONE_4IN6 : DECAP_DONE_6IN6;
@@ -118,6 +156,12 @@ static __always_inline __u32 decap(struct xdp_md *ctx)
 	}
 	if (!bpf_map_lookup_elem(&decap_addrs, &dst))
 		return DECAP_PASS_NOT_LOCAL;
+	/* Only trusted encapsulators: anyone else could inject packets with
+	 * any inner source. */
+	if (!bpf_map_lookup_elem(&decap_allow, &src))
+		return DECAP_DROP_SOURCE_NOT_ALLOWED;
+	if (malformed)
+		return DECAP_PASS_MALFORMED;
 
 	/* The inner header must be there and of the family the outer names. */
 	if (inner_v4) {
@@ -142,7 +186,10 @@ SEC("xdp")
 int xdplb_decap(struct xdp_md *ctx)
 {
 	__u32 reason = decap(ctx);
+	int verdict = XDP_PASS;
 
+	if (reason == DECAP_FAILED || reason == DECAP_DROP_SOURCE_NOT_ALLOWED)
+		verdict = XDP_DROP;
 	count(reason);
-	return reason == DECAP_FAILED ? XDP_DROP : XDP_PASS;
+	return verdict;
 }
