@@ -43,6 +43,7 @@ var decapCounterNames = map[decapXdplbDecapCounter]string{
 	decapXdplbDecapCounterDECAP_DONE_6IN6:               "decap_ipv6_in_ipv6",
 	decapXdplbDecapCounterDECAP_FAILED:                  "drop_failed",
 	decapXdplbDecapCounterDECAP_DROP_SOURCE_NOT_ALLOWED: "drop_source_not_allowed",
+	decapXdplbDecapCounterDECAP_DROP_ECN_CE_NOT_ECT:     "drop_ecn_ce_not_ect",
 }
 
 // AnySource is the allowed set that trusts every outer source: what

@@ -42,7 +42,8 @@ const (
 	decapXdplbDecapCounterDECAP_DONE_6IN6               decapXdplbDecapCounter = 8
 	decapXdplbDecapCounterDECAP_FAILED                  decapXdplbDecapCounter = 9
 	decapXdplbDecapCounterDECAP_DROP_SOURCE_NOT_ALLOWED decapXdplbDecapCounter = 10
-	decapXdplbDecapCounterDECAP_COUNTER_MAX             decapXdplbDecapCounter = 11
+	decapXdplbDecapCounterDECAP_DROP_ECN_CE_NOT_ECT     decapXdplbDecapCounter = 11
+	decapXdplbDecapCounterDECAP_COUNTER_MAX             decapXdplbDecapCounter = 12
 )
 
 // Names of all BPF objects in the ELF.

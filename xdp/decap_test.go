@@ -7,6 +7,7 @@ package xdp
 // Output frames are also decoded by gopacket, which checks their checksums.
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -390,4 +391,136 @@ func TestDecapSetAllow(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ECN codepoints (RFC 3168), the low two bits of the TOS / traffic class.
+const (
+	dcNotECT uint8 = 0
+	dcECT1   uint8 = 1
+	dcECT0   uint8 = 2
+	dcCE     uint8 = 3
+)
+
+var dcECNNames = map[uint8]string{dcNotECT: "Not-ECT", dcECT1: "ECT(1)", dcECT0: "ECT(0)", dcCE: "CE"}
+
+// dcRFC6040 is the table of RFC 6040 section 4.2 (normal mode), written out:
+// the inner ECN field forwarded after decapsulation, by arriving inner field
+// (first index) and arriving outer field (second index); dcDropECN: the
+// packet is dropped.
+const dcDropECN = 0xff
+
+var dcRFC6040 = map[uint8]map[uint8]uint8{
+	//        outer: Not-ECT            ECT(0)             ECT(1)             CE
+	dcNotECT: {dcNotECT: dcNotECT, dcECT0: dcNotECT, dcECT1: dcNotECT, dcCE: dcDropECN},
+	dcECT0:   {dcNotECT: dcECT0, dcECT0: dcECT0, dcECT1: dcECT1, dcCE: dcCE},
+	dcECT1:   {dcNotECT: dcECT1, dcECT0: dcECT1, dcECT1: dcECT1, dcCE: dcCE},
+	dcCE:     {dcNotECT: dcCE, dcECT0: dcCE, dcECT1: dcCE, dcCE: dcCE},
+}
+
+// TestDecapECN runs every pair of outer and inner ECN field through the four
+// encapsulations: the inner packet leaves with the field RFC 6040's table
+// gives, its DSCP and (IPv6) flow label untouched and (IPv4) a header
+// checksum that gopacket verifies; outer CE over a Not-ECT inner packet is
+// dropped and counted. The inner IPv4 packets come with several IDs, one of
+// which gives a header checksum of 0x0000 before the change.
+func TestDecapECN(t *testing.T) {
+	dc := dcOpen(t, dcAllowSet, dcLocal4, dcLocal6)
+	const innerDSCP, outerDSCP = 46 << 2, 34 << 2 // EF inside, AF41 outside: the inner's stays
+	ids := []uint16{0x04d2, 0x0000, 0xffff, dcZeroChecksumID(t, innerDSCP|dcECT0)}
+	inner := func(v6 bool, tos uint8, id uint16) []byte {
+		if v6 {
+			l := fxIP(fxAP(fxClient6, 40001), fxAP(fxVIP6in6, 80), packet.TCPAck, []byte("ecn")).(packet.IPv6)
+			l.TrafficClass, l.FlowLabel = tos, 0xfedcb
+			return packet.MustBuild(l)
+		}
+		l := fxIP(fxAP(fxClient4, 40001), fxAP(fxVIP4in4, 80), packet.TCPAck, []byte("ecn")).(packet.IPv4)
+		l.TOS, l.ID = tos, id
+		return packet.MustBuild(l)
+	}
+	for _, enc := range []struct {
+		name     string
+		outer    netip.Addr
+		innerV6  bool
+		counter  string
+		innerIDs []uint16
+	}{
+		{"4in4", dcLocal4, false, "decap_ipv4_in_ipv4", ids},
+		{"6in6", dcLocal6, true, "decap_ipv6_in_ipv6", ids[:1]},
+		{"4in6", dcLocal6, false, "decap_ipv4_in_ipv6", ids},
+		{"6in4", dcLocal4, true, "decap_ipv6_in_ipv4", ids[:1]},
+	} {
+		for _, in := range []uint8{dcNotECT, dcECT1, dcECT0, dcCE} {
+			for _, out := range []uint8{dcNotECT, dcECT1, dcECT0, dcCE} {
+				for _, id := range enc.innerIDs {
+					name := fmt.Sprintf("%s outer %s inner %s", enc.name, dcECNNames[out], dcECNNames[in])
+					if len(enc.innerIDs) > 1 {
+						name += fmt.Sprintf(" ID %#04x", id)
+					}
+					t.Run(name, func(t *testing.T) {
+						ip := inner(enc.innerV6, innerDSCP|in, id)
+						var o packet.Layer
+						if enc.outer.Is4() {
+							o = packet.IPv4{Src: fxEncap4.Addr(), Dst: enc.outer, TOS: outerDSCP | out, TTL: 64, Flags: packet.IPv4DontFragment, Payload: packet.RawIP(ip)}
+						} else {
+							o = packet.IPv6{Src: fxEncap6.Addr(), Dst: enc.outer, TrafficClass: outerDSCP | out, HopLimit: 64, FlowLabel: 0x54321, Payload: packet.RawIP(ip)}
+						}
+						frame := dcFrame(o, nil)
+						want := dcRFC6040[in][out]
+						wantCounter := enc.counter
+						if want == dcDropECN {
+							wantCounter = "drop_ecn_ce_not_ect"
+						}
+						before := dcCounters(t, dc)
+						ret, got := fxRun(t, dc.objs.XdplbDecap, frame)
+						after := dcCounters(t, dc)
+						for name := range after {
+							n := uint64(0)
+							if name == wantCounter {
+								n = 1
+							}
+							if d := after[name] - before[name]; d != n {
+								t.Errorf("counter %s moved by %d, want %d", name, d, n)
+							}
+						}
+						if want == dcDropECN {
+							if ret != fxDrop {
+								t.Errorf("verdict %s, want XDP_DROP", fxVerdict(ret))
+							}
+							return
+						}
+						if ret != fxPass {
+							t.Fatalf("verdict %s, want XDP_PASS", fxVerdict(ret))
+						}
+						if d := packet.Diff(dcFrame(packet.RawIP(inner(enc.innerV6, innerDSCP|want, id)), nil), got); d != "" {
+							t.Errorf("output differs (-want +got):\n%s", d)
+						}
+						g := dcDecode(t, got)
+						switch {
+						case g.ip4 != nil && g.ip4.TOS != innerDSCP|want:
+							t.Errorf("inner TOS %#02x, want %#02x", g.ip4.TOS, innerDSCP|want)
+						case g.ip6 != nil && g.ip6.TrafficClass != innerDSCP|want:
+							t.Errorf("inner traffic class %#02x, want %#02x", g.ip6.TrafficClass, innerDSCP|want)
+						case g.ip6 != nil && g.ip6.FlowLabel != 0xfedcb:
+							t.Errorf("inner flow label %#05x, want 0xfedcb", g.ip6.FlowLabel)
+						}
+					})
+				}
+			}
+		}
+	}
+}
+
+// dcZeroChecksumID finds an IP ID for which the inner IPv4 packet of
+// TestDecapECN, with TOS tos, has a header checksum of 0x0000.
+func dcZeroChecksumID(t *testing.T, tos uint8) uint16 {
+	t.Helper()
+	for id := 0; id <= 0xffff; id++ {
+		l := fxIP(fxAP(fxClient4, 40001), fxAP(fxVIP4in4, 80), packet.TCPAck, []byte("ecn")).(packet.IPv4)
+		l.TOS, l.ID = tos, uint16(id)
+		if b := packet.MustBuild(l); b[10] == 0 && b[11] == 0 {
+			return uint16(id)
+		}
+	}
+	t.Fatal("no IP ID gives a header checksum of 0x0000")
+	return 0
 }
