@@ -91,6 +91,9 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 		}
 		copts.Maps.PinPath = dir
 		d.pin = filepath.Join(dir, "link")
+		if err := dropShorterStats(dir, spec.Maps["decap_stats"]); err != nil {
+			return nil, err
+		}
 	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -127,6 +130,29 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// dropShorterStats unpins a decap_stats map pinned in dir by a version with
+// fewer counters, so that this one can pin its own: the counters restart at
+// zero, and the program is replaced without a gap, its allowed sources and
+// addresses kept. Any other difference is left for the loader to refuse.
+func dropShorterStats(dir string, spec *ebpf.MapSpec) error {
+	path := filepath.Join(dir, spec.Name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading pinned map %s: %w", path, err)
+	}
+	defer m.Close()
+	if m.Type() != spec.Type || m.KeySize() != spec.KeySize || m.ValueSize() != spec.ValueSize || m.MaxEntries() >= spec.MaxEntries {
+		return nil
+	}
+	if err := m.Unpin(); err != nil {
+		return fmt.Errorf("replacing the decap counters of an earlier version: %w", err)
+	}
+	return nil
 }
 
 func interfaceAddrs(iface string) ([]netip.Addr, error) {

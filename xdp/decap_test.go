@@ -9,11 +9,15 @@ package xdp
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
 
 	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -523,4 +527,77 @@ func dcZeroChecksumID(t *testing.T, tos uint8) uint16 {
 	}
 	t.Fatal("no IP ID gives a header checksum of 0x0000")
 	return 0
+}
+
+// TestDecapUpgradeCounters attaches over the maps a version with fewer
+// counters pinned: the counters map is replaced, the pinned addresses are
+// kept, and the program decapsulates at once.
+func TestDecapUpgradeCounters(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	ns, err := testnet.NewNS("xdcup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	err = ns.Do(func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "dcup0"}, PeerName: "dcup1"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("dcup0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+		// What the version before the allowed sources left: its address
+		// map and a counters map of 10 entries.
+		dir := filepath.Join(pin, "decap", "dcup0")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		spec, err := loadDecap()
+		if err != nil {
+			return err
+		}
+		addrs, err := ebpf.NewMap(spec.Maps["decap_addrs"])
+		if err != nil {
+			return err
+		}
+		defer addrs.Close()
+		if err := addrs.Put(vipAddrKey(dcLocal4), uint32(1)); err != nil {
+			return err
+		}
+		old := spec.Maps["decap_stats"].Copy()
+		old.MaxEntries = 10
+		stats, err := ebpf.NewMap(old)
+		if err != nil {
+			return err
+		}
+		defer stats.Close()
+		for name, m := range map[string]*ebpf.Map{"decap_addrs": addrs, "decap_stats": stats} {
+			if err := m.Pin(filepath.Join(dir, name)); err != nil {
+				return err
+			}
+		}
+
+		d, err := OpenDecap("dcup0", DecapOptions{PinPath: pin, Allow: []netip.Prefix{fxEncap4}})
+		if err != nil {
+			return err
+		}
+		defer d.Detach()
+		if cs, err := d.Counters(); err != nil || len(cs) != len(decapCounterNames) {
+			t.Errorf("counters after the upgrade: %d, %v; want %d", len(cs), err, len(decapCounterNames))
+		}
+		in4 := packet.MustBuild(fxIP(fxAP(fxClient4, 40001), fxAP(fxVIP4in4, 80), packet.TCPAck, nil))
+		frame := dcFrame(dcOuter(dcLocal4, in4), nil)
+		if ret, out := fxRun(t, d.objs.XdplbDecap, frame); ret != fxPass || packet.Diff(dcFrame(packet.RawIP(in4), nil), out) != "" {
+			t.Errorf("not decapsulated to the pinned address after the upgrade: %s, %d bytes", fxVerdict(ret), len(out))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
