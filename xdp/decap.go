@@ -7,13 +7,18 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
 
 // Decap is the backend-side program that strips IPIP/IP6IP6 (and the mixed
 // 4-in-6, 6-in-4) encapsulation addressed to this host and passes the inner
-// packet to the stack: the backend of an IPIP VIP needs no tunnel device.
+// packet to the stack: the backend of an IPIP VIP needs no tunnel device. It
+// trusts only the outer sources of its allowed prefixes (SetAllow): an
+// encapsulated packet to this host from any other source is dropped, since
+// its inner source could be anything. The outer ECN field is combined into
+// the inner header as RFC 6040 asks (normal mode).
 type Decap struct {
 	objs   decapObjects
 	attach *Attachment
@@ -27,17 +32,23 @@ type DecapCounter struct {
 }
 
 var decapCounterNames = map[decapXdplbDecapCounter]string{
-	decapXdplbDecapCounterDECAP_PASS_NOT_IP:       "pass_not_ip",
-	decapXdplbDecapCounterDECAP_PASS_NOT_ENCAP:    "pass_not_encapsulated",
-	decapXdplbDecapCounterDECAP_PASS_NOT_LOCAL:    "pass_not_local",
-	decapXdplbDecapCounterDECAP_PASS_MALFORMED:    "pass_malformed",
-	decapXdplbDecapCounterDECAP_PASS_VLAN_STACKED: "pass_vlan_stacked",
-	decapXdplbDecapCounterDECAP_DONE_4IN4:         "decap_ipv4_in_ipv4",
-	decapXdplbDecapCounterDECAP_DONE_6IN4:         "decap_ipv6_in_ipv4",
-	decapXdplbDecapCounterDECAP_DONE_4IN6:         "decap_ipv4_in_ipv6",
-	decapXdplbDecapCounterDECAP_DONE_6IN6:         "decap_ipv6_in_ipv6",
-	decapXdplbDecapCounterDECAP_FAILED:            "drop_failed",
+	decapXdplbDecapCounterDECAP_PASS_NOT_IP:             "pass_not_ip",
+	decapXdplbDecapCounterDECAP_PASS_NOT_ENCAP:          "pass_not_encapsulated",
+	decapXdplbDecapCounterDECAP_PASS_NOT_LOCAL:          "pass_not_local",
+	decapXdplbDecapCounterDECAP_PASS_MALFORMED:          "pass_malformed",
+	decapXdplbDecapCounterDECAP_PASS_VLAN_STACKED:       "pass_vlan_stacked",
+	decapXdplbDecapCounterDECAP_DONE_4IN4:               "decap_ipv4_in_ipv4",
+	decapXdplbDecapCounterDECAP_DONE_6IN4:               "decap_ipv6_in_ipv4",
+	decapXdplbDecapCounterDECAP_DONE_4IN6:               "decap_ipv4_in_ipv6",
+	decapXdplbDecapCounterDECAP_DONE_6IN6:               "decap_ipv6_in_ipv6",
+	decapXdplbDecapCounterDECAP_FAILED:                  "drop_failed",
+	decapXdplbDecapCounterDECAP_DROP_SOURCE_NOT_ALLOWED: "drop_source_not_allowed",
+	decapXdplbDecapCounterDECAP_DROP_ECN_CE_NOT_ECT:     "drop_ecn_ce_not_ect",
 }
+
+// AnySource is the allowed set that trusts every outer source: what
+// `xdplb decap --allow-any` asks for.
+var AnySource = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 
 // DecapOptions configure OpenDecap.
 type DecapOptions struct {
@@ -48,6 +59,12 @@ type DecapOptions struct {
 	// earlier attachment whose maps are pinned, else every address of the
 	// interface.
 	Addrs []netip.Addr
+	// Allow are the prefixes of the outer sources whose packets are
+	// decapsulated (the load balancers' encap sources), replacing those of an
+	// earlier attachment; nil keeps those of an earlier attachment whose maps
+	// are pinned. With none at all, every encapsulated packet to this host is
+	// dropped: the program never trusts a source it was not told about.
+	Allow []netip.Prefix
 	// Mode of attachment.
 	Mode AttachMode
 }
@@ -74,9 +91,21 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 		}
 		copts.Maps.PinPath = dir
 		d.pin = filepath.Join(dir, "link")
+		if err := dropShorterStats(dir, spec.Maps["decap_stats"]); err != nil {
+			return nil, err
+		}
 	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("loading the decap program: maps pinned under %s were made by an incompatible version (remove that directory, then attach again): %w", copts.Maps.PinPath, err)
+		}
 		return nil, fmt.Errorf("loading the decap program: %w", err)
+	}
+	if opts.Allow != nil {
+		if err := d.SetAllow(opts.Allow); err != nil {
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	// Without addresses, keep those of an earlier attachment (its pinned
 	// map), else take the interface's.
@@ -101,6 +130,29 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// dropShorterStats unpins a decap_stats map pinned in dir by a version with
+// fewer counters, so that this one can pin its own: the counters restart at
+// zero, and the program is replaced without a gap, its allowed sources and
+// addresses kept. Any other difference is left for the loader to refuse.
+func dropShorterStats(dir string, spec *ebpf.MapSpec) error {
+	path := filepath.Join(dir, spec.Name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading pinned map %s: %w", path, err)
+	}
+	defer m.Close()
+	if m.Type() != spec.Type || m.KeySize() != spec.KeySize || m.ValueSize() != spec.ValueSize || m.MaxEntries() >= spec.MaxEntries {
+		return nil
+	}
+	if err := m.Unpin(); err != nil {
+		return fmt.Errorf("replacing the decap counters of an earlier version: %w", err)
+	}
+	return nil
 }
 
 func interfaceAddrs(iface string) ([]netip.Addr, error) {
@@ -150,6 +202,91 @@ func (d *Decap) SetAddrs(addrs []netip.Addr) error {
 	return nil
 }
 
+// allowKey is the decap_allow key of p, or an error if p is no valid prefix.
+func allowKey(p netip.Prefix) (decapDecapAllowKey, error) {
+	if !p.IsValid() {
+		return decapDecapAllowKey{}, fmt.Errorf("%q is not a prefix", p)
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	p = p.Masked()
+	k := decapDecapAllowKey{Prefixlen: 8 + uint32(p.Bits()), Family: 6}
+	if p.Addr().Is4() {
+		k.Family = 4
+	}
+	copy(k.Addr[:], p.Addr().AsSlice())
+	return k, nil
+}
+
+// SetAllow replaces the prefixes of outer sources whose packets are
+// decapsulated (IPv4 and IPv6 alike; AnySource trusts everyone). Prefixes in
+// both the old and the new set stay trusted throughout; those only in the
+// old one are removed after the new ones are added.
+func (d *Decap) SetAllow(prefixes []netip.Prefix) error {
+	want := map[decapDecapAllowKey]bool{}
+	for _, p := range prefixes {
+		k, err := allowKey(p)
+		if err != nil {
+			return fmt.Errorf("allowing decap source: %w", err)
+		}
+		want[k] = true
+	}
+	for k := range want {
+		if err := d.objs.DecapAllow.Put(k, uint32(1)); err != nil {
+			return fmt.Errorf("allowing decap source %s: %w", allowPrefix(k), err)
+		}
+	}
+	var k decapDecapAllowKey
+	var v uint32
+	var stale []decapDecapAllowKey
+	it := d.objs.DecapAllow.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading allowed decap sources: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.objs.DecapAllow.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing decap source %s: %w", allowPrefix(k), err)
+		}
+	}
+	return nil
+}
+
+func allowPrefix(k decapDecapAllowKey) netip.Prefix {
+	bits := int(k.Prefixlen) - 8
+	if k.Family == 4 {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k.Addr[:4])), bits)
+	}
+	return netip.PrefixFrom(netip.AddrFrom16(k.Addr), bits)
+}
+
+// Allowed lists the prefixes of outer sources decapsulated, IPv4 first,
+// each family in address order.
+func (d *Decap) Allowed() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var k decapDecapAllowKey
+	var v uint32
+	it := d.objs.DecapAllow.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, allowPrefix(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading allowed decap sources: %w", err)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out, nil
+}
+
 // Attachment describes where the program runs.
 func (d *Decap) Attachment() Attachment { return *d.attach }
 
@@ -178,7 +315,7 @@ func (d *Decap) Close() error {
 // Detach removes the program from the interface and its pins.
 func (d *Decap) Detach() error {
 	_ = d.attach.link.Unpin()
-	for _, m := range []*ebpf.Map{d.objs.DecapAddrs, d.objs.DecapStats} {
+	for _, m := range []*ebpf.Map{d.objs.DecapAddrs, d.objs.DecapAllow, d.objs.DecapStats} {
 		if m.IsPinned() {
 			_ = m.Unpin()
 		}

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type decapDecapAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint8
+	Addr      [16]uint8
+	Pad       [3]uint8
+}
+
 type decapVipAddr struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
@@ -23,17 +31,19 @@ type decapVipAddr struct {
 type decapXdplbDecapCounter uint32
 
 const (
-	decapXdplbDecapCounterDECAP_PASS_NOT_IP       decapXdplbDecapCounter = 0
-	decapXdplbDecapCounterDECAP_PASS_NOT_ENCAP    decapXdplbDecapCounter = 1
-	decapXdplbDecapCounterDECAP_PASS_NOT_LOCAL    decapXdplbDecapCounter = 2
-	decapXdplbDecapCounterDECAP_PASS_MALFORMED    decapXdplbDecapCounter = 3
-	decapXdplbDecapCounterDECAP_PASS_VLAN_STACKED decapXdplbDecapCounter = 4
-	decapXdplbDecapCounterDECAP_DONE_4IN4         decapXdplbDecapCounter = 5
-	decapXdplbDecapCounterDECAP_DONE_6IN4         decapXdplbDecapCounter = 6
-	decapXdplbDecapCounterDECAP_DONE_4IN6         decapXdplbDecapCounter = 7
-	decapXdplbDecapCounterDECAP_DONE_6IN6         decapXdplbDecapCounter = 8
-	decapXdplbDecapCounterDECAP_FAILED            decapXdplbDecapCounter = 9
-	decapXdplbDecapCounterDECAP_COUNTER_MAX       decapXdplbDecapCounter = 10
+	decapXdplbDecapCounterDECAP_PASS_NOT_IP             decapXdplbDecapCounter = 0
+	decapXdplbDecapCounterDECAP_PASS_NOT_ENCAP          decapXdplbDecapCounter = 1
+	decapXdplbDecapCounterDECAP_PASS_NOT_LOCAL          decapXdplbDecapCounter = 2
+	decapXdplbDecapCounterDECAP_PASS_MALFORMED          decapXdplbDecapCounter = 3
+	decapXdplbDecapCounterDECAP_PASS_VLAN_STACKED       decapXdplbDecapCounter = 4
+	decapXdplbDecapCounterDECAP_DONE_4IN4               decapXdplbDecapCounter = 5
+	decapXdplbDecapCounterDECAP_DONE_6IN4               decapXdplbDecapCounter = 6
+	decapXdplbDecapCounterDECAP_DONE_4IN6               decapXdplbDecapCounter = 7
+	decapXdplbDecapCounterDECAP_DONE_6IN6               decapXdplbDecapCounter = 8
+	decapXdplbDecapCounterDECAP_FAILED                  decapXdplbDecapCounter = 9
+	decapXdplbDecapCounterDECAP_DROP_SOURCE_NOT_ALLOWED decapXdplbDecapCounter = 10
+	decapXdplbDecapCounterDECAP_DROP_ECN_CE_NOT_ECT     decapXdplbDecapCounter = 11
+	decapXdplbDecapCounterDECAP_COUNTER_MAX             decapXdplbDecapCounter = 12
 )
 
 // Names of all BPF objects in the ELF.
@@ -41,6 +51,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	decapMapDecapAddrs  = "decap_addrs"
+	decapMapDecapAllow  = "decap_allow"
 	decapMapDecapStats  = "decap_stats"
 	decapProgXdplbDecap = "xdplb_decap"
 )
@@ -95,6 +106,7 @@ type decapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type decapMapSpecs struct {
 	DecapAddrs *ebpf.MapSpec `ebpf:"decap_addrs"`
+	DecapAllow *ebpf.MapSpec `ebpf:"decap_allow"`
 	DecapStats *ebpf.MapSpec `ebpf:"decap_stats"`
 }
 
@@ -125,12 +137,14 @@ func (o *decapObjects) Close() error {
 // It can be passed to loadDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type decapMaps struct {
 	DecapAddrs *ebpf.Map `ebpf:"decap_addrs"`
+	DecapAllow *ebpf.Map `ebpf:"decap_allow"`
 	DecapStats *ebpf.Map `ebpf:"decap_stats"`
 }
 
 func (m *decapMaps) Close() error {
 	return _DecapClose(
 		m.DecapAddrs,
+		m.DecapAllow,
 		m.DecapStats,
 	)
 }

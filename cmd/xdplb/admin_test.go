@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,11 +57,43 @@ func TestDecapCommand(t *testing.T) {
 		}
 		ctx := context.Background()
 		var out bytes.Buffer
-		if err := runDecap(ctx, []string{"--interface", "veth0", "--pin-path", pin, "--addresses", "198.18.0.11,2001:db8::11"}, &out); err != nil {
+		// Attaching without saying whom to trust is refused, and attaches
+		// nothing.
+		err = runDecap(ctx, []string{"--interface", "veth0", "--pin-path", pin, "--addresses", "198.18.0.11,2001:db8::11"}, &out)
+		if err == nil || err.Error() != errDecapNoAllow {
+			t.Errorf("decap without --allow: %v, want %q", err, errDecapNoAllow)
+		}
+		l, _ = netlink.LinkByName("veth0")
+		if l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+			t.Errorf("XDP program on veth0 after a refused `xdplb decap`")
+		}
+		out.Reset()
+		if err := runDecap(ctx, []string{"--interface", "veth0", "--pin-path", pin, "--addresses", "198.18.0.11,2001:db8::11",
+			"--allow", "198.18.0.2", "--allow", "2001:db8::/120"}, &out); err != nil {
 			return err
 		}
-		if !strings.HasPrefix(out.String(), "decap attached to veth0 (ifindex ") {
+		lines := strings.Split(out.String(), "\n")
+		if !strings.HasPrefix(lines[0], "decap attached to veth0 (ifindex ") || len(lines) != 3 ||
+			lines[1] != "allowed outer sources: 198.18.0.2/32 2001:db8::/120" {
 			t.Errorf("attach output = %q", out.String())
+		}
+		// Running it again replaces the allowed set.
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--allow", "198.18.7.0/24"}, "allowed outer sources: 198.18.7.0/24"},
+			{[]string{"--allow-any"}, "allowed outer sources: any"},
+			{[]string{"--allow", "2001:db8:7::/48", "--allow", "198.18.0.2/32"}, "allowed outer sources: 198.18.0.2/32 2001:db8:7::/48"},
+		} {
+			out.Reset()
+			if err := runDecap(ctx, append([]string{"--interface", "veth0", "--pin-path", pin}, c.args...), &out); err != nil {
+				return err
+			}
+			lines := strings.Split(out.String(), "\n")
+			if !strings.HasPrefix(lines[0], "decap updated on veth0 (ifindex ") || len(lines) != 3 || lines[1] != c.want {
+				t.Errorf("decap %v: output %q, want a second line %q", c.args, out.String(), c.want)
+			}
 		}
 		// The attachment outlives the command.
 		l, _ = netlink.LinkByName("veth0")
@@ -71,7 +104,8 @@ func TestDecapCommand(t *testing.T) {
 		if err := runDecap(ctx, []string{"--interface", "veth0", "--pin-path", pin, "--counters"}, &out); err != nil {
 			return err
 		}
-		if !strings.Contains(out.String(), "decap_ipv4_in_ipv4") || !strings.Contains(out.String(), "pass_not_local") {
+		if !strings.Contains(out.String(), "decap_ipv4_in_ipv4") || !strings.Contains(out.String(), "pass_not_local") ||
+			!strings.Contains(out.String(), "drop_source_not_allowed") {
 			t.Errorf("counters output:\n%s", out.String())
 		}
 		out.Reset()
@@ -92,5 +126,39 @@ func TestDecapCommand(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(pin); len(entries) != 0 {
 		t.Errorf("pins left: %v", entries)
+	}
+}
+
+// TestDecapFlags checks the usage errors of `xdplb decap`, word for word.
+func TestDecapFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--allow", "198.18.0.2"}, "decap: --interface is required"},
+		{[]string{"--interface", "eth0"}, errDecapNoAllow},
+		{[]string{"--interface", "eth0", "--addresses", "198.18.0.11"}, errDecapNoAllow},
+		{[]string{"--interface", "eth0", "--allow", "198.18.0.300"}, `decap: --allow "198.18.0.300": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", "198.18.0.0/33"}, `decap: --allow "198.18.0.0/33": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", "2001:db8::/24x"}, `decap: --allow "2001:db8::/24x": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", "lb1.example"}, `decap: --allow "lb1.example": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", "fe80::1%eth0"}, `decap: --allow "fe80::1%eth0": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", ""}, `decap: --allow "": want an IPv4 or IPv6 prefix or address`},
+		{[]string{"--interface", "eth0", "--allow", "198.18.0.0/24", "--allow", "198.18.0.1/24"}, `decap: --allow "198.18.0.1/24": host bits are set (the prefix is 198.18.0.0/24)`},
+		{[]string{"--interface", "eth0", "--allow", "2001:db8::1/64"}, `decap: --allow "2001:db8::1/64": host bits are set (the prefix is 2001:db8::/64)`},
+		{[]string{"--interface", "eth0", "--allow", "198.18.0.2", "--allow-any"}, "decap: --allow and --allow-any exclude each other"},
+		{[]string{"--interface", "eth0", "--counters", "--allow", "198.18.0.2"}, "decap: --allow and --allow-any are for attaching, not with --detach or --counters"},
+		{[]string{"--interface", "eth0", "--detach", "--allow-any"}, "decap: --allow and --allow-any are for attaching, not with --detach or --counters"},
+	} {
+		var out bytes.Buffer
+		err := runDecap(context.Background(), c.args, &out)
+		var u usageError
+		if err == nil || err.Error() != c.want || !errors.As(err, &u) {
+			t.Errorf("xdplb decap %s: %v, want the usage error %q", strings.Join(c.args, " "), err, c.want)
+		}
+	}
+	want := "decap: --allow is required: give the prefixes of the load balancers' encap sources (encap.sourceIPv4, encap.sourceIPv6; repeat --allow for each), or --allow-any to decapsulate from every source"
+	if errDecapNoAllow != want {
+		t.Errorf("errDecapNoAllow = %q, want %q", errDecapNoAllow, want)
 	}
 }

@@ -7,10 +7,67 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/xdplb/xdplb/xdp"
 )
+
+// errDecapNoAllow is the answer to attaching the decap program without
+// saying whom to trust: an open decapsulator lets anyone who reaches the
+// backend inject packets with any inner source.
+const errDecapNoAllow = "decap: --allow is required: give the prefixes of the load balancers' encap sources (encap.sourceIPv4, encap.sourceIPv6; repeat --allow for each), or --allow-any to decapsulate from every source"
+
+// stringList is a flag that may be repeated.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+// parseAllow reads the values of --allow: prefixes without host bits, or
+// single addresses.
+func parseAllow(values []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range values {
+		var p netip.Prefix
+		if strings.Contains(s, "/") {
+			var err error
+			if p, err = netip.ParsePrefix(s); err != nil {
+				return nil, usageError{fmt.Sprintf("decap: --allow %q: want an IPv4 or IPv6 prefix or address", s)}
+			}
+			if m := p.Masked(); m != p {
+				return nil, usageError{fmt.Sprintf("decap: --allow %q: host bits are set (the prefix is %s)", s, m)}
+			}
+		} else {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" {
+				return nil, usageError{fmt.Sprintf("decap: --allow %q: want an IPv4 or IPv6 prefix or address", s)}
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// formatAllowed words the allowed set for a person.
+func formatAllowed(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "none (every encapsulated packet is dropped)"
+	}
+	if slices.Equal(ps, xdp.AnySource) {
+		return "any"
+	}
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " ")
+}
 
 func runDecap(_ context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("decap", flag.ContinueOnError)
@@ -20,12 +77,17 @@ func runDecap(_ context.Context, args []string, out io.Writer) error {
 	mode := fs.String("mode", "auto", "attach mode: auto (native, else generic), native or generic")
 	pin := fs.String("pin-path", xdp.DefaultPinPath, "bpffs directory for pinned objects")
 	addrs := fs.String("addresses", "", "comma-separated outer destinations to decapsulate (default: the interface's addresses)")
+	var allowFlag stringList
+	fs.Var(&allowFlag, "allow", "outer source `PREFIX` (or address) trusted to encapsulate to this host, such as the load balancers' encap source (repeat for each; replaces the set of an earlier attachment)")
+	allowAny := fs.Bool("allow-any", false, "decapsulate from every outer source (anyone who reaches this host can then inject packets with any inner source)")
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: xdplb decap --interface IFACE [--detach | --counters] [flags]\n\n"+
-			"Attaches the program that strips IPIP/IP6IP6 addressed to this host and passes the\n"+
-			"inner packet to the stack: the backend side of an IPIP VIP. The attachment is\n"+
-			"pinned and stays after the command exits.\n\nflags:")
+		fmt.Fprintln(out, "usage: xdplb decap --interface IFACE (--allow PREFIX... | --allow-any) [flags]\n"+
+			"       xdplb decap --interface IFACE (--detach | --counters) [flags]\n\n"+
+			"Attaches the program that strips IPIP/IP6IP6 addressed to this host from the\n"+
+			"allowed outer sources and passes the inner packet to the stack: the backend side\n"+
+			"of an IPIP VIP. Encapsulated packets from other sources are dropped and counted.\n"+
+			"The attachment is pinned and stays after the command exits.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -37,7 +99,23 @@ func runDecap(_ context.Context, args []string, out io.Writer) error {
 	if *iface == "" {
 		return usageError{"decap: --interface is required"}
 	}
-	opts := xdp.DecapOptions{PinPath: *pin, Mode: xdp.AttachMode(*mode)}
+	allow, err := parseAllow(allowFlag)
+	if err != nil {
+		return err
+	}
+	attach := !*detach && !*counters
+	switch {
+	case len(allow) > 0 && *allowAny:
+		return usageError{"decap: --allow and --allow-any exclude each other"}
+	case !attach && (len(allow) > 0 || *allowAny):
+		return usageError{"decap: --allow and --allow-any are for attaching, not with --detach or --counters"}
+	case attach && len(allow) == 0 && !*allowAny:
+		return usageError{errDecapNoAllow}
+	}
+	if *allowAny {
+		allow = xdp.AnySource
+	}
+	opts := xdp.DecapOptions{PinPath: *pin, Mode: xdp.AttachMode(*mode), Allow: allow}
 	if *addrs != "" {
 		for _, s := range strings.Split(*addrs, ",") {
 			a, err := netip.ParseAddr(strings.TrimSpace(s))
@@ -69,11 +147,17 @@ func runDecap(_ context.Context, args []string, out io.Writer) error {
 		}
 		return d.Close()
 	}
+	allowed, err := d.Allowed()
+	if err != nil {
+		d.Close()
+		return err
+	}
 	a := d.Attachment()
 	verb := "attached to"
 	if a.Reused {
 		verb = "updated on"
 	}
 	fmt.Fprintf(out, "decap %s %s (ifindex %d, %s mode)\n", verb, a.Interface, a.IfIndex, a.Mode)
+	fmt.Fprintf(out, "allowed outer sources: %s\n", formatAllowed(allowed))
 	return d.Close()
 }

@@ -67,9 +67,15 @@ type Servers struct {
 	wg        sync.WaitGroup
 }
 
+// EncapSources are the outer sources of the appliance's IPIP packets: its
+// own addresses.
+func EncapSources(topo *testnet.Topology) (v4, v6 netip.Prefix) {
+	return netip.PrefixFrom(topo.LB.IPv4, 32), netip.PrefixFrom(topo.LB.IPv6, 128)
+}
+
 // StartServers puts VIP4 and VIP6 on every backend's lo and starts the
 // servers; with decap, xdplb's decap program runs on each backend's
-// interface.
+// interface, trusting the appliance's encap sources only.
 func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
 	s := &Servers{Topo: topo, listeners: map[string]net.Listener{}, accepted: map[net.Conn]bool{}}
 	defer func() {
@@ -88,7 +94,8 @@ func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
 		}
 		if decap {
 			if err := h.NS.Do(func() error {
-				d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin})
+				src4, src6 := EncapSources(topo)
+				d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin, Allow: []netip.Prefix{src4, src6}})
 				if err != nil {
 					return err
 				}
@@ -144,8 +151,7 @@ func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Applia
 	}); err != nil {
 		return nil, err
 	}
-	src4 := netip.PrefixFrom(topo.LB.IPv4, 32)
-	src6 := netip.PrefixFrom(topo.LB.IPv6, 128)
+	src4, src6 := EncapSources(topo)
 	if err := a.DP.SetEncapSource(src4, src6); err != nil {
 		return nil, err
 	}
