@@ -2,9 +2,12 @@ package xdp
 
 // Benchmark support. BPF_PROG_TEST_RUN with repeat runs a program again on
 // the frame its previous run rewrote, so the programs xdplb_bench and
-// xdplb_bench_floor of bpf/lb.bpf.c first restore the original frame from the
-// per-CPU map bench_frames (optionally adding seq % vary_count to one
-// big-endian 32-bit field, so that a run spreads over many flows). This file
+// xdplb_bench_floor first restore the original frame from the per-CPU map
+// bench_frames (optionally adding seq % vary_count to one big-endian 32-bit
+// field, so that a run spreads over many flows). They live in an object of
+// their own (bpf/bench.bpf.c), which the daemon never loads: a benchmark
+// loads it with the maps of its Datapath, so the wrapper runs the
+// program's code (lb_main of bpf/lb.h) on the datapath's state. This file
 // drives them, and holds the datapath benchmark suite that `go run ./bench
 // datapath` and BenchmarkDatapath share, so that both measure the same thing.
 
@@ -80,14 +83,22 @@ func (f BenchFrame) Varied(seq uint32) []byte {
 // varies, BenchRun checks afterwards that the wrapper ran exactly repeat
 // times.
 func (d *Datapath) BenchRun(f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
-	return d.benchRun(d.objs.XdplbBench, f, repeat)
+	b, err := d.benchObjects()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	return d.benchRun(b, b.XdplbBench, f, repeat)
 }
 
 // BenchFloor runs only the frame restore of the bench wrapper, as BenchRun
 // runs the whole program: the difference between the two is the program's
 // own cost. Its verdict is XDP_PASS.
 func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
-	dur, verdict, _, err := d.benchRun(d.objs.XdplbBenchFloor, f, repeat)
+	b, err := d.benchObjects()
+	if err != nil {
+		return 0, err
+	}
+	dur, verdict, _, err := d.benchRun(b, b.XdplbBenchFloor, f, repeat)
 	if err != nil {
 		return 0, err
 	}
@@ -97,7 +108,37 @@ func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
 	return dur, nil
 }
 
-func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
+// benchObjects loads the bench wrappers on the datapath's maps, once; Close
+// releases them.
+func (d *Datapath) benchObjects() (*benchObjects, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("loading the bench wrappers: datapath closed")
+	}
+	if d.bench != nil {
+		return d.bench, nil
+	}
+	spec, err := loadBench()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.opts.configure(spec); err != nil {
+		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
+	}
+	var b benchObjects
+	if err := spec.LoadAndAssign(&b, &ebpf.CollectionOptions{MapReplacements: d.maps()}); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading the bench wrappers: %+v", ve)
+		}
+		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
+	}
+	d.bench = &b
+	return d.bench, nil
+}
+
+func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
 	if err := f.check(); err != nil {
 		return 0, 0, nil, err
 	}
@@ -109,11 +150,11 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 		return 0, 0, nil, err
 	}
 	defer unpin()
-	var v lbBenchFrame
+	var v benchBenchFrame
 	v.Len = uint32(len(f.Data))
 	v.VaryOffset, v.VaryCount = f.VaryOffset, f.VaryCount
 	copy(v.Data[:], f.Data)
-	all := make([]lbBenchFrame, ebpf.MustPossibleCPU())
+	all := make([]benchBenchFrame, ebpf.MustPossibleCPU())
 	for i := range all {
 		all[i] = v
 	}
@@ -124,7 +165,7 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 	)
 	for attempt := 0; ; attempt++ {
 		// Every attempt starts from seq 0 on every CPU.
-		if err := d.objs.BenchFrames.Put(uint32(0), all); err != nil {
+		if err := b.BenchFrames.Put(uint32(0), all); err != nil {
 			return 0, 0, nil, fmt.Errorf("writing the bench frame: %w", err)
 		}
 		dur, verdict, out, err = testRun(prog, f.Data, repeat)
@@ -137,8 +178,8 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 		break
 	}
 	if f.VaryCount > 0 {
-		var got []lbBenchFrame
-		if err := d.objs.BenchFrames.Lookup(uint32(0), &got); err != nil {
+		var got []benchBenchFrame
+		if err := b.BenchFrames.Lookup(uint32(0), &got); err != nil {
 			return 0, 0, nil, fmt.Errorf("reading the bench frame: %w", err)
 		}
 		if cpu >= len(got) || got[cpu].Seq != uint32(repeat) {

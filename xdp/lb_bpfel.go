@@ -34,15 +34,6 @@ type lbBackendSlot struct {
 	B   [2]lbBackend
 }
 
-type lbBenchFrame struct {
-	_          structs.HostLayout
-	Len        uint32
-	VaryOffset uint32
-	VaryCount  uint32
-	Seq        uint32
-	Data       [256]uint8
-}
-
 type lbCtValue struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -203,32 +194,29 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapBackendStats     = "backend_stats"
-	lbMapBackends         = "backends"
-	lbMapBenchFrames      = "bench_frames"
-	lbMapCt4              = "ct4"
-	lbMapCt6              = "ct6"
-	lbMapMaglevTables     = "maglev_tables"
-	lbMapPinBackoff       = "pin_backoff"
-	lbMapPinFilter        = "pin_filter"
-	lbMapSettingsMap      = "settings_map"
-	lbMapStats            = "stats"
-	lbMapTxPorts          = "tx_ports"
-	lbMapVipAddrs         = "vip_addrs"
-	lbMapVipFilter        = "vip_filter"
-	lbMapVipIndex         = "vip_index"
-	lbMapVipSlots         = "vip_slots"
-	lbMapVipStats         = "vip_stats"
-	lbMapVips             = "vips"
-	lbProgXdplb           = "xdplb"
-	lbProgXdplbBench      = "xdplb_bench"
-	lbProgXdplbBenchFloor = "xdplb_bench_floor"
-	lbVarBtfAddrFlags     = "btf_addr_flags"
-	lbVarBtfBackendFlags  = "btf_backend_flags"
-	lbVarBtfMode          = "btf_mode"
-	lbVarBtfVipFlags      = "btf_vip_flags"
-	lbVarCfgIcmpEcho      = "cfg_icmp_echo"
-	lbVarCfgTtl           = "cfg_ttl"
+	lbMapBackendStats    = "backend_stats"
+	lbMapBackends        = "backends"
+	lbMapCt4             = "ct4"
+	lbMapCt6             = "ct6"
+	lbMapMaglevTables    = "maglev_tables"
+	lbMapPinBackoff      = "pin_backoff"
+	lbMapPinFilter       = "pin_filter"
+	lbMapSettingsMap     = "settings_map"
+	lbMapStats           = "stats"
+	lbMapTxPorts         = "tx_ports"
+	lbMapVipAddrs        = "vip_addrs"
+	lbMapVipFilter       = "vip_filter"
+	lbMapVipIndex        = "vip_index"
+	lbMapVipSlots        = "vip_slots"
+	lbMapVipStats        = "vip_stats"
+	lbMapVips            = "vips"
+	lbProgXdplb          = "xdplb"
+	lbVarBtfAddrFlags    = "btf_addr_flags"
+	lbVarBtfBackendFlags = "btf_backend_flags"
+	lbVarBtfMode         = "btf_mode"
+	lbVarBtfVipFlags     = "btf_vip_flags"
+	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
+	lbVarCfgTtl          = "cfg_ttl"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -273,9 +261,7 @@ type lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbProgramSpecs struct {
-	Xdplb           *ebpf.ProgramSpec `ebpf:"xdplb"`
-	XdplbBench      *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	Xdplb *ebpf.ProgramSpec `ebpf:"xdplb"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -284,7 +270,6 @@ type lbProgramSpecs struct {
 type lbMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	BenchFrames  *ebpf.MapSpec `ebpf:"bench_frames"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
@@ -335,7 +320,6 @@ func (o *lbObjects) Close() error {
 type lbMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
-	BenchFrames  *ebpf.Map `ebpf:"bench_frames"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
@@ -356,7 +340,6 @@ func (m *lbMaps) Close() error {
 	return _LbClose(
 		m.BackendStats,
 		m.Backends,
-		m.BenchFrames,
 		m.Ct4,
 		m.Ct6,
 		m.MaglevTables,
@@ -390,16 +373,12 @@ type lbVariables struct {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbPrograms struct {
-	Xdplb           *ebpf.Program `ebpf:"xdplb"`
-	XdplbBench      *ebpf.Program `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	Xdplb *ebpf.Program `ebpf:"xdplb"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.Xdplb,
-		p.XdplbBench,
-		p.XdplbBenchFloor,
 	)
 }
 
