@@ -123,7 +123,7 @@ func (d *Datapath) benchObjects() (*benchObjects, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.opts.configure(spec); err != nil {
+	if err := d.opts.configure(spec, false); err != nil {
 		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
 	}
 	var b benchObjects

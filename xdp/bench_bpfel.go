@@ -48,6 +48,14 @@ type benchCtValue struct {
 	LastSeen  uint64
 }
 
+type benchDryOutcome struct {
+	_         structs.HostLayout
+	Reason    uint32
+	BackendId uint32
+	Pin       uint32
+	Done      uint32
+}
+
 type benchFlow4 struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -179,6 +187,7 @@ const (
 	benchMapBenchFrames      = "bench_frames"
 	benchMapCt4              = "ct4"
 	benchMapCt6              = "ct6"
+	benchMapDryResult        = "dry_result"
 	benchMapMaglevTables     = "maglev_tables"
 	benchMapPinBackoff       = "pin_backoff"
 	benchMapPinFilter        = "pin_filter"
@@ -193,6 +202,7 @@ const (
 	benchMapVips             = "vips"
 	benchProgXdplbBench      = "xdplb_bench"
 	benchProgXdplbBenchFloor = "xdplb_bench_floor"
+	benchVarCfgDryRun        = "cfg_dry_run"
 	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
 	benchVarCfgTtl           = "cfg_ttl"
 )
@@ -252,6 +262,7 @@ type benchMapSpecs struct {
 	BenchFrames  *ebpf.MapSpec `ebpf:"bench_frames"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
+	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
@@ -270,6 +281,7 @@ type benchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
+	CfgDryRun   *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgTtl      *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
@@ -299,6 +311,7 @@ type benchMaps struct {
 	BenchFrames  *ebpf.Map `ebpf:"bench_frames"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
+	DryResult    *ebpf.Map `ebpf:"dry_result"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
@@ -320,6 +333,7 @@ func (m *benchMaps) Close() error {
 		m.BenchFrames,
 		m.Ct4,
 		m.Ct6,
+		m.DryResult,
 		m.MaglevTables,
 		m.PinBackoff,
 		m.PinFilter,
@@ -339,6 +353,7 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
+	CfgDryRun   *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgTtl      *ebpf.Variable `ebpf:"cfg_ttl"`
 }

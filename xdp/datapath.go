@@ -93,6 +93,10 @@ type Datapath struct {
 	closed     bool
 	nowMono    func() time.Duration
 	bench      *benchObjects // the bench wrappers, loaded by the first benchmark run
+
+	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
+	dry       *dryObjects
+	dryClosed bool
 }
 
 type vipState struct {
@@ -114,7 +118,7 @@ func Open(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := opts.configure(spec); err != nil {
+	if err := opts.configure(spec, false); err != nil {
 		return nil, err
 	}
 	var copts ebpf.CollectionOptions
@@ -124,8 +128,9 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		for name, m := range spec.Maps {
 			// Sections of global variables belong to one load of the
-			// program; the pin backoff is a moment's state.
-			if strings.HasPrefix(name, ".") || name == lbMapPinBackoff {
+			// program; the pin backoff is a moment's state; the dry
+			// run's result is private to each dry-run build.
+			if strings.HasPrefix(name, ".") || name == lbMapPinBackoff || name == lbMapDryResult {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
@@ -199,13 +204,16 @@ func Open(opts Options) (*Datapath, error) {
 }
 
 // configure sets the knobs of a collection that runs lb_main (the program,
-// the bench wrappers) and the sizes of its maps from o.
-func (o *Options) configure(spec *ebpf.CollectionSpec) error {
-	echo := uint8(1)
+// its dry-run build, the bench wrappers) and the sizes of its maps from o.
+func (o *Options) configure(spec *ebpf.CollectionSpec, dryRun bool) error {
+	echo, dry := uint8(1), uint8(0)
 	if o.DisableEcho {
 		echo = 0
 	}
-	for name, v := range map[string]uint8{lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo} {
+	if dryRun {
+		dry = 1
+	}
+	for name, v := range map[string]uint8{lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo, lbVarCfgDryRun: dry} {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return fmt.Errorf("setting %s: no such variable", name)
@@ -236,13 +244,15 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 }
 
 // maps are the datapath's maps by name, for loading other objects that run
-// lb_main on them (ebpf.CollectionOptions.MapReplacements).
+// lb_main on them (ebpf.CollectionOptions.MapReplacements). The dry run's
+// result map is left out: each load has its own.
 func (d *Datapath) maps() map[string]*ebpf.Map {
 	out := map[string]*ebpf.Map{}
 	v := reflect.ValueOf(&d.objs.lbMaps).Elem()
 	for i := range v.NumField() {
-		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil {
-			out[v.Type().Field(i).Tag.Get("ebpf")] = m
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil && name != lbMapDryResult {
+			out[name] = m
 		}
 	}
 	return out
@@ -252,13 +262,14 @@ func (d *Datapath) maps() map[string]*ebpf.Map {
 // attachments stay (a restarted daemon picks them up); Detach and Unpin remove
 // them.
 func (d *Datapath) Close() error {
+	dryErr := d.closeDryRun()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil
 	}
 	d.closed = true
-	var errs []error
+	errs := []error{dryErr}
 	for _, a := range d.links {
 		errs = append(errs, a.link.Close())
 	}

@@ -41,6 +41,14 @@ type lbCtValue struct {
 	LastSeen  uint64
 }
 
+type lbDryOutcome struct {
+	_         structs.HostLayout
+	Reason    uint32
+	BackendId uint32
+	Pin       uint32
+	Done      uint32
+}
+
 type lbFlow4 struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -176,6 +184,14 @@ const (
 	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 35
 )
 
+type lbXdplbDryPin uint32
+
+const (
+	lbXdplbDryPinDRY_PIN_NONE    lbXdplbDryPin = 0
+	lbXdplbDryPinDRY_PIN_CREATE  lbXdplbDryPin = 1
+	lbXdplbDryPinDRY_PIN_REPLACE lbXdplbDryPin = 2
+)
+
 type lbXdplbMode uint32
 
 const (
@@ -198,6 +214,7 @@ const (
 	lbMapBackends        = "backends"
 	lbMapCt4             = "ct4"
 	lbMapCt6             = "ct6"
+	lbMapDryResult       = "dry_result"
 	lbMapMaglevTables    = "maglev_tables"
 	lbMapPinBackoff      = "pin_backoff"
 	lbMapPinFilter       = "pin_filter"
@@ -213,8 +230,10 @@ const (
 	lbProgXdplb          = "xdplb"
 	lbVarBtfAddrFlags    = "btf_addr_flags"
 	lbVarBtfBackendFlags = "btf_backend_flags"
+	lbVarBtfDryPin       = "btf_dry_pin"
 	lbVarBtfMode         = "btf_mode"
 	lbVarBtfVipFlags     = "btf_vip_flags"
+	lbVarCfgDryRun       = "cfg_dry_run"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
 	lbVarCfgTtl          = "cfg_ttl"
 )
@@ -272,6 +291,7 @@ type lbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
+	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
@@ -292,8 +312,10 @@ type lbMapSpecs struct {
 type lbVariableSpecs struct {
 	BtfAddrFlags    *ebpf.VariableSpec `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.VariableSpec `ebpf:"btf_backend_flags"`
+	BtfDryPin       *ebpf.VariableSpec `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
+	CfgDryRun       *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
@@ -322,6 +344,7 @@ type lbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
+	DryResult    *ebpf.Map `ebpf:"dry_result"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
@@ -342,6 +365,7 @@ func (m *lbMaps) Close() error {
 		m.Backends,
 		m.Ct4,
 		m.Ct6,
+		m.DryResult,
 		m.MaglevTables,
 		m.PinBackoff,
 		m.PinFilter,
@@ -363,8 +387,10 @@ func (m *lbMaps) Close() error {
 type lbVariables struct {
 	BtfAddrFlags    *ebpf.Variable `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.Variable `ebpf:"btf_backend_flags"`
+	BtfDryPin       *ebpf.Variable `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
+	CfgDryRun       *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`
 }

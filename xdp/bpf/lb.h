@@ -21,8 +21,21 @@
 /* Knobs, set by the loader before the program is loaded. */
 volatile const __u8 cfg_ttl = 64;       /* TTL/hop limit of headers the program writes */
 volatile const __u8 cfg_icmp_echo = 1;  /* answer echo requests to VIP addresses */
+/* The dry-run build, for explaining a packet: it counts nothing (global,
+ * per-VIP and per-backend counters), creates no pin, leaves the last_seen
+ * stamp of the pin it follows as it is and transmits nothing (no
+ * bpf_redirect_map: it returns the verdict it would have); it notes the
+ * outcome in dry_result instead. The verifier prunes these paths when 0. */
+volatile const __u8 cfg_dry_run = 0;
 
 #define EEXIST_ 17
+
+static __always_inline struct dry_outcome *dry(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&dry_result, &zero);
+}
 
 /* What the program knows of the flow it forwards. For an ICMP error about a
  * VIP flow, the tuple is the quoted flow's, seen from the client. */
@@ -45,6 +58,8 @@ struct pkt {
 
 static __always_inline void count(__u32 idx)
 {
+	if (cfg_dry_run)
+		return;
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 
 	if (v)
@@ -53,6 +68,8 @@ static __always_inline void count(__u32 idx)
 
 static __always_inline void count_lb(void *map, __u32 idx, struct pkt *p)
 {
+	if (cfg_dry_run)
+		return;
 	struct lb_stats *s = bpf_map_lookup_elem(map, &idx);
 
 	if (!s)
@@ -206,6 +223,13 @@ static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, i
 	__u64 *until = bpf_map_lookup_elem(&pin_backoff, &zero);
 	long err;
 
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r)
+			r->pin = replace ? DRY_PIN_REPLACE : DRY_PIN_CREATE;
+		return;
+	}
 	if (until && now < *until) {
 		count(CNT_EV_PIN_FULL);
 		return;
@@ -268,7 +292,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 			b = backend_lookup(*id);
 			if (backend_up(b)) {
 				count(CNT_EV_PIN_HIT);
-				if (ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_coarse_ns()))
+				if (!cfg_dry_run && ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_coarse_ns()))
 					ct->last_seen = now;
 				return b;
 			}
@@ -307,6 +331,11 @@ static __always_inline __u32 xmit(struct xdp_md *ctx, struct backend *b, __u32 t
 {
 	if (b->ifindex == ctx->ingress_ifindex)
 		return tx;
+	if (cfg_dry_run) { /* what bpf_redirect_map would do, without doing it */
+		__u32 ifindex = b->ifindex;
+
+		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
+	}
 	if (bpf_redirect_map(&tx_ports, b->ifindex, XDP_DROP) != XDP_REDIRECT)
 		return CNT_DROP_REDIRECT;
 	return redirect;
@@ -586,6 +615,12 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 	b = choose_backend(p, m, hash, &id);
 	if (!b)
 		return CNT_DROP_NO_BACKEND;
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r)
+			r->backend_id = id;
+	}
 	count_lb(&backend_stats, id, p);
 	if (p->syn)
 		count(CNT_EV_NEW_FLOW);
@@ -867,6 +902,14 @@ static __always_inline int lb_main(struct xdp_md *ctx)
 {
 	__u32 reason = lb_process(ctx);
 
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r) {
+			r->reason = reason;
+			r->done = 1;
+		}
+	}
 	count(reason);
 	return verdict_of(reason);
 }
