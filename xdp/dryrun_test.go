@@ -45,23 +45,28 @@ func snapshot(t *testing.T, d *Datapath, k VIPKey, ids []uint32) dpSnapshot {
 	return s
 }
 
-// cmpAddrs compares netip values by ==.
-var cmpAddrs = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })}
+// snapshotDiff is cmp.Diff of two snapshots.
+func snapshotDiff(a, b dpSnapshot) string {
+	return cmp.Diff(a, b, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }))
+}
 
 // dryWorld is a VIP in transition: its table moved from first to second
-// moments ago, every backend up.
+// moments ago, every backend up; and two more services: a port-0 UDP one
+// with the second table, and an IPv6 one without a table.
 type dryWorld struct {
-	key           VIPKey
-	seed          uint32
-	first, second []uint32
-	ids           []uint32
+	key, any, empty VIPKey
+	seed            uint32
+	first, second   []uint32
+	ids             []uint32
 }
 
 func newDryWorld() dryWorld {
 	ids := []uint32{41, 42, 43, 44}
 	return dryWorld{
-		key:  VIPKey{Addr: netip.MustParseAddr("198.19.20.1"), Port: 80, Proto: TCP},
-		seed: 0xd1e5eed,
+		key:   VIPKey{Addr: netip.MustParseAddr("198.19.20.1"), Port: 80, Proto: TCP},
+		any:   VIPKey{Addr: netip.MustParseAddr("198.19.20.2"), Port: 0, Proto: UDP},
+		empty: VIPKey{Addr: netip.MustParseAddr("2001:db8:20::1"), Port: 80, Proto: TCP},
+		seed:  0xd1e5eed,
 		// second drains backend 41: its slots move to the others.
 		first: fxTable(31, ids, 7), second: fxTable(31, ids[1:], 8),
 		ids: ids,
@@ -84,6 +89,14 @@ func (w dryWorld) apply(t *testing.T, d *Datapath) {
 		if err := d.SetTable(w.key, table); err != nil {
 			t.Fatal(err)
 		}
+	}
+	for _, k := range []VIPKey{w.any, w.empty} {
+		if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: w.seed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetTable(w.any, w.second); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -136,7 +149,7 @@ func TestDryRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(before, snapshot(t, d, w.key, w.ids), cmpAddrs); diff != "" {
+		if diff := snapshotDiff(before, snapshot(t, d, w.key, w.ids)); diff != "" {
 			t.Errorf("the dry run changed the datapath (-before +after):\n%s", diff)
 		}
 		verdict, out := fxRun(t, d.Program(), frame)
@@ -198,7 +211,7 @@ func TestDryRun(t *testing.T) {
 		if dry.BackendID != 44 || dry.Pin != "" {
 			t.Errorf("dry run: backend %d, pin %q; want 44 and no pin", dry.BackendID, dry.Pin)
 		}
-		if diff := cmp.Diff(before, snapshot(t, d, w.key, w.ids), cmpAddrs); diff != "" {
+		if diff := snapshotDiff(before, snapshot(t, d, w.key, w.ids)); diff != "" {
 			t.Errorf("the dry run changed the datapath (-before +after):\n%s", diff)
 		}
 		compare(t, fxIn(fxIP(src, dst, packet.TCPAck, nil), nil))
