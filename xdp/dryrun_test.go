@@ -237,3 +237,57 @@ func TestDryRun(t *testing.T) {
 		}
 	})
 }
+
+// TestDryRunFixtures runs every datapath fixture through the dry-run build:
+// each must get the fixture's verdict, reason and output (redirects and
+// failed redirects included), and move no counter.
+func TestDryRunFixtures(t *testing.T) {
+	env := fxNewEnv(t)
+	datapaths := map[*fixtureSetup]*Datapath{}
+	datapath := func(t *testing.T, s *fixtureSetup) *Datapath {
+		if d, ok := datapaths[s]; ok {
+			return d
+		}
+		d := fxOpen(t, Options{})
+		fixtureWorld.apply(t, d, env)
+		if s != nil {
+			env.do(t, func() { s.apply(t, d) })
+		}
+		datapaths[s] = d
+		return d
+	}
+	fs := datapathFixtures()
+	for _, f := range fs {
+		datapath(t, f.setup)
+	}
+	for _, f := range fs {
+		t.Run(f.name, func(t *testing.T) {
+			d := datapaths[f.setup]
+			env.do(t, func() {
+				before, _ := fxCounters(t, d)
+				r, err := d.DryRun(f.in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				after, _ := fxCounters(t, d)
+				if r.Verdict != f.wantVerdict || r.Reason != f.wantCounter {
+					t.Errorf("dry run: %s %s, want %s %s", fxVerdict(r.Verdict), r.Reason, fxVerdict(f.wantVerdict), f.wantCounter)
+				}
+				if r.Verdict == fxTX || r.Verdict == fxRedirect {
+					want := f.wantOut
+					if want == nil {
+						want = f.in
+					}
+					if diff := packet.Diff(want, r.Out); diff != "" {
+						t.Errorf("dry run output (-want +got):\n%s", diff)
+					}
+				}
+				for name, v := range after {
+					if v != before[name] {
+						t.Errorf("the dry run moved counter %s by %d", name, v-before[name])
+					}
+				}
+			})
+		})
+	}
+}
