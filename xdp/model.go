@@ -52,7 +52,8 @@ type ModelState struct {
 	VIPs     map[VIPKey]ModelVIP
 	Backends map[uint32]Backend // the backend entries that exist
 	// Pin returns the backend a flow is pinned to, if it is; nil: no flow
-	// is.
+	// is. Datapath.ModelState's reads the flow tables, and a lookup that
+	// fails reads as no pin (Explain then shows a disagreement).
 	Pin func(src, dst netip.AddrPort, proto Proto) (id uint32, ok bool)
 }
 
@@ -139,7 +140,8 @@ func slotOf(table []uint32, hash uint32) uint32 {
 	return table[Slot(hash, len(table))]
 }
 
-// Decide is choose_backend of bpf/lb.h, after the service lookup.
+// Decide is what the program decides for p: the service lookup of
+// process_l4, then choose_backend of bpf/lb.h.
 func (s *ModelState) Decide(p Packet) Decision {
 	var d Decision
 	v, ok := s.LookupVIP(p.Dst, p.Proto)
