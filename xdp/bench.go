@@ -2,9 +2,12 @@ package xdp
 
 // Benchmark support. BPF_PROG_TEST_RUN with repeat runs a program again on
 // the frame its previous run rewrote, so the programs xdplb_bench and
-// xdplb_bench_floor of bpf/lb.bpf.c first restore the original frame from the
-// per-CPU map bench_frames (optionally adding seq % vary_count to one
-// big-endian 32-bit field, so that a run spreads over many flows). This file
+// xdplb_bench_floor first restore the original frame from the per-CPU map
+// bench_frames (optionally adding seq % vary_count to one big-endian 32-bit
+// field, so that a run spreads over many flows). They live in an object of
+// their own (bpf/bench.bpf.c), which the daemon never loads: a benchmark
+// loads it with the maps of its Datapath, so the wrapper runs the
+// program's code (lb_main of bpf/lb.h) on the datapath's state. This file
 // drives them, and holds the datapath benchmark suite that `go run ./bench
 // datapath` and BenchmarkDatapath share, so that both measure the same thing.
 
@@ -80,14 +83,22 @@ func (f BenchFrame) Varied(seq uint32) []byte {
 // varies, BenchRun checks afterwards that the wrapper ran exactly repeat
 // times.
 func (d *Datapath) BenchRun(f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
-	return d.benchRun(d.objs.XdplbBench, f, repeat)
+	b, err := d.benchObjects()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	return d.benchRun(b, b.XdplbBench, f, repeat)
 }
 
 // BenchFloor runs only the frame restore of the bench wrapper, as BenchRun
 // runs the whole program: the difference between the two is the program's
 // own cost. Its verdict is XDP_PASS.
 func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
-	dur, verdict, _, err := d.benchRun(d.objs.XdplbBenchFloor, f, repeat)
+	b, err := d.benchObjects()
+	if err != nil {
+		return 0, err
+	}
+	dur, verdict, _, err := d.benchRun(b, b.XdplbBenchFloor, f, repeat)
 	if err != nil {
 		return 0, err
 	}
@@ -97,7 +108,37 @@ func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
 	return dur, nil
 }
 
-func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
+// benchObjects loads the bench wrappers on the datapath's maps, once; Close
+// releases them.
+func (d *Datapath) benchObjects() (*benchObjects, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("loading the bench wrappers: datapath closed")
+	}
+	if d.bench != nil {
+		return d.bench, nil
+	}
+	spec, err := loadBench()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.opts.configure(spec, false); err != nil {
+		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
+	}
+	var b benchObjects
+	if err := spec.LoadAndAssign(&b, &ebpf.CollectionOptions{MapReplacements: d.maps()}); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading the bench wrappers: %+v", ve)
+		}
+		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
+	}
+	d.bench = &b
+	return d.bench, nil
+}
+
+func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
 	if err := f.check(); err != nil {
 		return 0, 0, nil, err
 	}
@@ -109,11 +150,11 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 		return 0, 0, nil, err
 	}
 	defer unpin()
-	var v lbBenchFrame
+	var v benchBenchFrame
 	v.Len = uint32(len(f.Data))
 	v.VaryOffset, v.VaryCount = f.VaryOffset, f.VaryCount
 	copy(v.Data[:], f.Data)
-	all := make([]lbBenchFrame, ebpf.MustPossibleCPU())
+	all := make([]benchBenchFrame, ebpf.MustPossibleCPU())
 	for i := range all {
 		all[i] = v
 	}
@@ -124,7 +165,7 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 	)
 	for attempt := 0; ; attempt++ {
 		// Every attempt starts from seq 0 on every CPU.
-		if err := d.objs.BenchFrames.Put(uint32(0), all); err != nil {
+		if err := b.BenchFrames.Put(uint32(0), all); err != nil {
 			return 0, 0, nil, fmt.Errorf("writing the bench frame: %w", err)
 		}
 		dur, verdict, out, err = testRun(prog, f.Data, repeat)
@@ -137,8 +178,8 @@ func (d *Datapath) benchRun(prog *ebpf.Program, f BenchFrame, repeat int) (time.
 		break
 	}
 	if f.VaryCount > 0 {
-		var got []lbBenchFrame
-		if err := d.objs.BenchFrames.Lookup(uint32(0), &got); err != nil {
+		var got []benchBenchFrame
+		if err := b.BenchFrames.Lookup(uint32(0), &got); err != nil {
 			return 0, 0, nil, fmt.Errorf("reading the bench frame: %w", err)
 		}
 		if cpu >= len(got) || got[cpu].Seq != uint32(repeat) {
@@ -371,8 +412,9 @@ type BenchSuite struct {
 	cfg      BenchConfig
 	vips     []benchVIP
 	backends map[uint32]Backend
-	steady   *Datapath // no pins; VIPs remap and mixed in transition
-	full     *Datapath // flow state full: 1M pinned cold flows, VIP flood in transition
+	models   map[bool]*ModelState // by full: what the checks expect of steady and full
+	steady   *Datapath            // no pins; VIPs remap and mixed in transition
+	full     *Datapath            // flow state full: 1M pinned cold flows, VIP flood in transition
 	empty    *ebpf.Program
 	cases    []*BenchCase
 }
@@ -387,7 +429,7 @@ func NewBenchSuite(cfg BenchConfig) (*BenchSuite, error) {
 	if cfg.MinBackends < 2 || cfg.MaxBackends < cfg.MinBackends || cfg.MaxBackends > 1000 {
 		return nil, fmt.Errorf("bench: %d to %d backends per VIP, want 2 to 1000", cfg.MinBackends, cfg.MaxBackends)
 	}
-	s := &BenchSuite{cfg: cfg, backends: map[uint32]Backend{}}
+	s := &BenchSuite{cfg: cfg, backends: map[uint32]Backend{}, models: map[bool]*ModelState{}}
 	for i := range cfg.VIPs {
 		v := benchVIP{
 			key:  VIPKey{Addr: benchAddr(benchVIPBase, uint32(i)), Port: benchPort, Proto: TCP},
@@ -920,25 +962,97 @@ func benchTuple(pkt []byte) (src, dst netip.AddrPort) {
 	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(pkt[34:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(pkt[36:]))
 }
 
-// The model: what the program should make of a packet, computed apart from
-// it.
+// The checks: what the program should make of a packet, from the model
+// (model.go) of the state each datapath is in.
 
-func (s *BenchSuite) vipOf(dst netip.AddrPort) (*benchVIP, error) {
-	for i := range s.vips {
-		if s.vips[i].key.Addr == dst.Addr() && s.vips[i].key.Port == dst.Port() {
-			return &s.vips[i], nil
+// model is the model of the steady datapath, or of the full one.
+func (s *BenchSuite) model(full bool) (*ModelState, error) {
+	if m := s.models[full]; m != nil {
+		return m, nil
+	}
+	m := &ModelState{VIPs: map[VIPKey]ModelVIP{}, Backends: s.backends}
+	for _, v := range s.vips {
+		m.VIPs[v.key] = ModelVIP{Key: v.key, Mode: v.mode, Seed: v.seed, Table: v.table}
+	}
+	// transition: VIP i's table changed from its first to next moments ago.
+	transition := func(i int, next []uint32) {
+		v := m.VIPs[s.vips[i].key]
+		v.Prev, v.Table, v.InTransition, v.HasPins = v.Table, next, true, true
+		m.VIPs[v.Key] = v
+	}
+	if !full {
+		remap, err := s.buildTable(s.redeploy(benchVIPRemap))
+		if err != nil {
+			return nil, err
+		}
+		drained, err := s.buildTable(s.vips[benchVIPMixed].backends[1:])
+		if err != nil {
+			return nil, err
+		}
+		transition(benchVIPRemap, remap)
+		transition(benchVIPMixed, drained)
+	} else {
+		flood, err := s.buildTable(s.redeploy(benchVIPFlood))
+		if err != nil {
+			return nil, err
+		}
+		transition(benchVIPFlood, flood)
+		// The cold flows are pinned, each to the backend after its slot's.
+		for i := range benchColdVIPs {
+			v := m.VIPs[s.vips[i].key]
+			v.HasPins = true
+			m.VIPs[v.Key] = v
+		}
+		base := binary.BigEndian.Uint32(benchVIPBase.AsSlice())
+		m.Pin = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
+			if src.Addr() != benchColdClient || proto != TCP || dst.Port() != benchPort || !dst.Addr().Is4() {
+				return 0, false
+			}
+			i := binary.BigEndian.Uint32(dst.Addr().AsSlice()) - base
+			if i >= benchColdVIPs {
+				return 0, false
+			}
+			return s.coldFlow(i<<16 | uint32(src.Port())).BackendID, true
 		}
 	}
-	return nil, fmt.Errorf("no VIP %s", dst)
+	s.models[full] = m
+	return m, nil
 }
 
-// forward is the frame pkt becomes when sent to backend id by v.
-func (s *BenchSuite) forward(v *benchVIP, pkt []byte, id uint32) ([]byte, error) {
+// decide is the model's decision for a frame of the benchmark (IPv4, TCP).
+func (s *BenchSuite) decide(full bool, pkt []byte) (Decision, *ModelState, error) {
+	m, err := s.model(full)
+	if err != nil {
+		return Decision{}, nil, err
+	}
+	src, dst := benchTuple(pkt)
+	syn := pkt[14+20+13]&0x12 == 0x02
+	return m.Decide(Packet{Src: src, Dst: dst, Proto: TCP, SYN: syn}), m, nil
+}
+
+// byModel expects a frame to be forwarded where the model of the steady or
+// the full datapath sends it.
+func (s *BenchSuite) byModel(full bool) func(pkt []byte) ([]byte, error) {
+	return func(pkt []byte) ([]byte, error) {
+		dec, m, err := s.decide(full, pkt)
+		if err != nil {
+			return nil, err
+		}
+		if !dec.Forwarded() {
+			return nil, fmt.Errorf("the model does not forward the frame: %s", dec.Rule)
+		}
+		return s.forward(m.VIPs[dec.VIP].Mode, dec.Hash, pkt, dec.BackendID)
+	}
+}
+
+// forward is the frame pkt, of a flow of the given hash, becomes when sent
+// to backend id in the given mode.
+func (s *BenchSuite) forward(mode Mode, hash uint32, pkt []byte, id uint32) ([]byte, error) {
 	b, ok := s.backends[id]
 	if !ok {
 		return nil, fmt.Errorf("no backend %d", id)
 	}
-	if v.mode == ModeDSRL2 {
+	if mode == ModeDSRL2 {
 		out := slices.Clone(pkt)
 		copy(out[0:6], b.NextHopMAC)
 		copy(out[6:12], b.SrcMAC)
@@ -946,8 +1060,6 @@ func (s *BenchSuite) forward(v *benchVIP, pkt []byte, id uint32) ([]byte, error)
 	}
 	// IPIP: a new outer IPv4 header; the outer source's host bits carry
 	// the flow hash.
-	src, dst := benchTuple(pkt)
-	hash := FlowHash(src, dst, TCP, v.seed)
 	inner := pkt[14:]
 	out := make([]byte, 14+20+len(inner))
 	copy(out[0:6], b.NextHopMAC)
@@ -967,16 +1079,6 @@ func (s *BenchSuite) forward(v *benchVIP, pkt []byte, id uint32) ([]byte, error)
 	binary.BigEndian.PutUint16(o[10:], inetChecksum(0, o))
 	copy(out[34:], inner)
 	return out, nil
-}
-
-// byTable expects the backend of the packet's slot in the VIP's table.
-func (s *BenchSuite) byTable(pkt []byte) ([]byte, error) {
-	src, dst := benchTuple(pkt)
-	v, err := s.vipOf(dst)
-	if err != nil {
-		return nil, err
-	}
-	return s.forward(v, pkt, v.table[Slot(FlowHash(src, dst, TCP, v.seed), len(v.table))])
 }
 
 func (s *BenchSuite) newCases() []*BenchCase {
@@ -1004,30 +1106,11 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		f := benchTCPFrame(netip.AddrPortFrom(benchRemapBase, benchSrcPort), vipPort(s.vips[vip].key), false)
 		return BenchFrame{Data: f, VaryOffset: benchOffSaddr, VaryCount: benchRemapFlows}
 	}
-	// The flood VIP and the remap VIP moved every slot to new backends
-	// while the old ones stay up: a non-SYN goes to the old backend, the
-	// one of its slot in the VIP's first table.
-	byPrev := s.byTable
-	byRedeployed := func(vip int) func(pkt []byte) ([]byte, error) {
-		t, err := s.buildTable(s.redeploy(vip))
-		return func(pkt []byte) ([]byte, error) {
-			if err != nil {
-				return nil, err
-			}
-			src, dst := benchTuple(pkt)
-			v := &s.vips[vip]
-			return s.forward(v, pkt, t[Slot(FlowHash(src, dst, TCP, v.seed), len(t))])
-		}
-	}
-	byPin := func(pkt []byte) ([]byte, error) {
-		src, dst := benchTuple(pkt)
-		v, err := s.vipOf(dst)
-		if err != nil {
-			return nil, err
-		}
-		i := (binary.BigEndian.Uint32(dst.Addr().AsSlice())-binary.BigEndian.Uint32(benchVIPBase.AsSlice()))<<16 | uint32(src.Port())
-		return s.forward(v, pkt, s.coldFlow(i).BackendID)
-	}
+	// The model of each datapath says where each frame goes: the flood VIP
+	// and the remap VIP moved every slot to new backends while the old ones
+	// stay up, so a non-SYN goes to the old backend (pinned or not), a SYN
+	// to the new one; the cold flows of the full datapath follow their pins.
+	steadyModel, fullModel := s.byModel(false), s.byModel(true)
 	// pinAll runs every flow of a case once, so that those whose slot
 	// moved are pinned, and checks how many were.
 	pinAll := func(c *BenchCase, want func(d *Datapath) (int, error)) func(d *Datapath) error {
@@ -1069,7 +1152,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "TCP ACK of one flow to a DSR L2 VIP without pins: service lookup, hash, Maglev slot, MAC rewrite, XDP_TX",
 		Budget: 50 * time.Nanosecond,
 		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(est), false)},
-		verdict: XDPTx, expect: s.byTable,
+		verdict: XDPTx, expect: steadyModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 0},
 	}
 	ipipCase := &BenchCase{
@@ -1077,7 +1160,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "the same to a DSR IPIP VIP: IPv4 outer header (source spread by flow hash), XDP_TX",
 		Budget: 60 * time.Nanosecond,
 		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(ipip), false)},
-		verdict: XDPTx, expect: s.byTable,
+		verdict: XDPTx, expect: steadyModel,
 		counters: map[string]uint64{"tx/dsr_ipip": 1},
 	}
 	syn := &BenchCase{
@@ -1085,7 +1168,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "TCP SYN to a DSR L2 VIP without pins (no transition): no state is created, the table decides",
 		Budget: 80 * time.Nanosecond,
 		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client, vipPort(est), true)},
-		verdict: XDPTx, expect: s.byTable,
+		verdict: XDPTx, expect: steadyModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/tcp_syn": 1, "event/pin_created": 0},
 	}
 	floodCase := &BenchCase{
@@ -1094,7 +1177,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 			"flow lookup misses, both tables, pin attempt fails, sent to the old backend",
 		Budget: 150 * time.Nanosecond,
 		dp:     full, frame: flood(false),
-		verdict: XDPTx, expect: byPrev,
+		verdict: XDPTx, expect: fullModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_table_full": 1, "event/pin_created": 0},
 	}
 	coldCase := &BenchCase{
@@ -1102,7 +1185,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "TCP ACKs of 1M flows round robin (65536 source ports to each of 16 VIPs without pins): no flow lookup, 16 tables",
 		Budget: 150 * time.Nanosecond,
 		dp:     steady, frame: cold,
-		verdict: XDPTx, expect: s.byTable,
+		verdict: XDPTx, expect: steadyModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 0},
 	}
 	remapCase := &BenchCase{
@@ -1111,7 +1194,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 			"each flow pinned by its first packet: flow lookup hits",
 		Budget: 200 * time.Nanosecond,
 		dp:     steady, frame: remap(benchVIPRemap),
-		verdict: XDPTx, expect: byPrev,
+		verdict: XDPTx, expect: steadyModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 1, "event/pin_created": 0},
 	}
 	remapCase.prepare = pinAll(remapCase, func(*Datapath) (int, error) { return benchRemapFlows, nil })
@@ -1125,18 +1208,15 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	}
 	// The drained backend is still up, so every flow stays where it was:
 	// pinned there if its slot moved, by the old table's choice if not.
-	mixed.expect = byPrev
+	mixed.expect = steadyModel
 	mixed.prepare = pinAll(mixed, func(*Datapath) (int, error) {
-		v := &s.vips[benchVIPMixed]
-		drained, err := s.buildTable(v.backends[1:])
-		if err != nil {
-			return 0, err
-		}
 		n := 0
 		for i := range uint32(benchRemapFlows) {
-			src, dst := benchTuple(mixed.frame.Varied(i))
-			slot := Slot(FlowHash(src, dst, TCP, v.seed), len(v.table))
-			if v.table[slot] != drained[slot] {
+			dec, _, err := s.decide(false, mixed.frame.Varied(i))
+			if err != nil {
+				return 0, err
+			}
+			if dec.Pin == "create" {
 				n++
 			}
 		}
@@ -1147,7 +1227,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "new_flow_flood with SYNs: they take the new table, and their pin attempts fail too",
 		Budget: 150 * time.Nanosecond,
 		dp:     full, frame: flood(true),
-		verdict: XDPTx, expect: byRedeployed(benchVIPFlood),
+		verdict: XDPTx, expect: fullModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/tcp_syn": 1, "event/pin_table_full": 1, "event/pin_created": 0},
 	}
 	coldPinned := &BenchCase{
@@ -1155,7 +1235,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		About:  "established_cold_1m with every one of the 1M flows pinned (flow state full, VIPs have pins): flow lookup hits over 1M entries",
 		Budget: 150 * time.Nanosecond,
 		dp:     full, frame: cold,
-		verdict: XDPTx, expect: byPin,
+		verdict: XDPTx, expect: fullModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 1},
 	}
 	cs := []*BenchCase{nonVIP, l2, ipipCase, syn, floodCase, remapCase, coldCase, floodSyn, coldPinned, mixed}

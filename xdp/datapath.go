@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -91,6 +92,11 @@ type Datapath struct {
 	zeroStats  []lbLbStats
 	closed     bool
 	nowMono    func() time.Duration
+	bench      *benchObjects // the bench wrappers, loaded by the first benchmark run
+
+	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
+	dry       *dryObjects
+	dryClosed bool
 }
 
 type vipState struct {
@@ -112,29 +118,8 @@ func Open(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := spec.Variables[lbVarCfgTtl].Set(opts.TTL); err != nil {
-		return nil, fmt.Errorf("setting ttl: %w", err)
-	}
-	echo := uint8(1)
-	if opts.DisableEcho {
-		echo = 0
-	}
-	if err := spec.Variables[lbVarCfgIcmpEcho].Set(echo); err != nil {
-		return nil, fmt.Errorf("setting icmp echo: %w", err)
-	}
-	sizes := map[string]int{
-		lbMapVips:         opts.MaxVIPs,
-		lbMapVipSlots:     2 * opts.MaxVIPs,
-		lbMapVipAddrs:     opts.MaxVIPs,
-		lbMapVipStats:     opts.MaxVIPs,
-		lbMapMaglevTables: 3*opts.MaxVIPs + 64,
-		lbMapBackends:     opts.MaxBackends,
-		lbMapBackendStats: opts.MaxBackends,
-		lbMapCt4:          opts.MaxFlows,
-		lbMapCt6:          opts.MaxFlows,
-	}
-	for name, n := range sizes {
-		spec.Maps[name].MaxEntries = uint32(n)
+	if err := opts.configure(spec, false); err != nil {
+		return nil, err
 	}
 	var copts ebpf.CollectionOptions
 	if opts.PinPath != NoPin {
@@ -143,8 +128,9 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		for name, m := range spec.Maps {
 			// Sections of global variables belong to one load of the
-			// program; bench frames to one benchmark; the pin backoff is a moment's state.
-			if strings.HasPrefix(name, ".") || name == lbMapBenchFrames || name == lbMapPinBackoff {
+			// program; the pin backoff is a moment's state; the dry
+			// run's result is private to each dry-run build.
+			if strings.HasPrefix(name, ".") || name == lbMapPinBackoff || name == lbMapDryResult {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
@@ -217,19 +203,78 @@ func Open(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
+// configure sets the knobs of a collection that runs lb_main (the program,
+// its dry-run build, the bench wrappers) and the sizes of its maps from o.
+func (o *Options) configure(spec *ebpf.CollectionSpec, dryRun bool) error {
+	echo, dry := uint8(1), uint8(0)
+	if o.DisableEcho {
+		echo = 0
+	}
+	if dryRun {
+		dry = 1
+	}
+	for name, v := range map[string]uint8{lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo, lbVarCfgDryRun: dry} {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("setting %s: no such variable", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	sizes := map[string]int{
+		lbMapVips:         o.MaxVIPs,
+		lbMapVipSlots:     2 * o.MaxVIPs,
+		lbMapVipAddrs:     o.MaxVIPs,
+		lbMapVipStats:     o.MaxVIPs,
+		lbMapMaglevTables: 3*o.MaxVIPs + 64,
+		lbMapBackends:     o.MaxBackends,
+		lbMapBackendStats: o.MaxBackends,
+		lbMapCt4:          o.MaxFlows,
+		lbMapCt6:          o.MaxFlows,
+	}
+	for name, n := range sizes {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return fmt.Errorf("sizing %s: no such map", name)
+		}
+		ms.MaxEntries = uint32(n)
+	}
+	return nil
+}
+
+// maps are the datapath's maps by name, for loading other objects that run
+// lb_main on them (ebpf.CollectionOptions.MapReplacements). The dry run's
+// result map is left out: each load has its own.
+func (d *Datapath) maps() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(&d.objs.lbMaps).Elem()
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil && name != lbMapDryResult {
+			out[name] = m
+		}
+	}
+	return out
+}
+
 // Close releases the program and maps held by this process. Pinned objects and
 // attachments stay (a restarted daemon picks them up); Detach and Unpin remove
 // them.
 func (d *Datapath) Close() error {
+	dryErr := d.closeDryRun()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil
 	}
 	d.closed = true
-	var errs []error
+	errs := []error{dryErr}
 	for _, a := range d.links {
 		errs = append(errs, a.link.Close())
+	}
+	if d.bench != nil {
+		errs = append(errs, d.bench.Close())
 	}
 	d.closeTables()
 	d.unmapIndex()

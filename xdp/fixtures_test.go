@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -1073,31 +1074,118 @@ func fxTable(m int, ids []uint32, seed uint64) []uint32 {
 	return t
 }
 
-// TestBackendChoice sends 1,000 flows of each family through a table of five
-// backends and checks each lands where the Go-side prediction (FlowHash)
-// says: this also pins xdp.FlowHash to the program's hash.
+// TestBackendChoice holds the program to the model (model.go): packets of
+// every rule the model covers go through the program with
+// BPF_PROG_TEST_RUN, and each must reach the backend (or get the verdict)
+// that Decide, on the datapath's ModelState taken just before, says, and
+// write the pin it says. Each case also checks that it exercised the rule it
+// is named after. The table case sends 500 flows per family and protocol
+// through a table of five backends and checks them against the test's own
+// table too: this pins xdp.FlowHash and xdp.Slot to the program's.
 func TestBackendChoice(t *testing.T) {
-	d := fxOpen(t, Options{})
+	d := fxOpen(t, Options{TransitionGrace: time.Hour})
 	ids := []uint32{21, 22, 23, 24, 25}
 	macs := map[string]uint32{}
-	for _, id := range ids {
+	backend := func(id uint32, up bool) {
+		t.Helper()
 		mac := net.HardwareAddr{0x02, 0, 0, 0, 0x02, byte(id)}
 		macs[mac.String()] = id
-		if err := d.UpsertBackend(id, Backend{Addr: netip.AddrFrom4([4]byte{198, 18, 2, byte(id)}), IfIndex: 1, NextHopMAC: mac, SrcMAC: fxEgressMAC, Up: true}); err != nil {
+		if err := d.UpsertBackend(id, Backend{Addr: netip.AddrFrom4([4]byte{198, 18, 2, byte(id)}), IfIndex: 1, NextHopMAC: mac, SrcMAC: fxEgressMAC, Up: up}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for _, id := range ids {
+		backend(id, true)
+	}
+	vip := func(k VIPKey, seed uint32, tables ...[]uint32) {
+		t.Helper()
+		if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: seed}); err != nil {
+			t.Fatal(err)
+		}
+		for _, table := range tables {
+			if err := d.SetTable(k, table); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	model := func(t *testing.T) *ModelState {
+		t.Helper()
+		m, err := d.ModelState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	frame := func(p Packet) []byte {
+		switch {
+		case p.ICMPError:
+			return fxIn(fxICMPError(p.Dst.Addr(), p.Dst.Port(), p.Src, p.Proto, false), nil)
+		case p.Proto == UDP:
+			return fxIn(fxUDP(p.Src, p.Dst, []byte{1, 2, 3}), nil)
+		case p.SYN:
+			return fxIn(fxIP(p.Src, p.Dst, packet.TCPSyn, nil), nil)
+		}
+		return fxIn(fxIP(p.Src, p.Dst, packet.TCPAck, []byte("data")), nil)
+	}
+	// check runs p through the program and compares with m's decision,
+	// which it returns.
+	check := func(t *testing.T, m *ModelState, p Packet) Decision {
+		t.Helper()
+		dec := m.Decide(p)
+		before, _ := fxCounters(t, d)
+		ret, out := fxRun(t, d.Program(), frame(p))
+		after, _ := fxCounters(t, d)
+		moved := func(name string) uint64 { return after[name] - before[name] }
+		what := fmt.Sprintf("%s -> %s/%s (SYN %v, ICMP error %v), model rule %s", p.Src, p.Dst, p.Proto, p.SYN, p.ICMPError, dec.Rule)
+		switch {
+		case dec.Forwarded():
+			if ret != fxTX {
+				t.Fatalf("%s: verdict %s, want XDP_TX to backend %d", what, fxVerdict(ret), dec.BackendID)
+			}
+			if got := macs[net.HardwareAddr(out[:6]).String()]; got != dec.BackendID {
+				t.Errorf("%s: went to backend %d, the model says %d", what, got, dec.BackendID)
+			}
+		case dec.Rule == RuleNoBackend:
+			if ret != fxDrop || moved("drop/no_backend") != 1 {
+				t.Errorf("%s: verdict %s, drop/no_backend moved by %d; want a drop counted there", what, fxVerdict(ret), moved("drop/no_backend"))
+			}
+		case dec.Rule == RuleNotVIP:
+			if ret != fxPass && moved("drop/no_service") != 1 {
+				t.Errorf("%s: verdict %s; want XDP_PASS, or a drop counted no_service", what, fxVerdict(ret))
+			}
+		default:
+			t.Fatalf("%s: unknown rule", what)
+		}
+		if got, want := moved("event/pin_created"), map[bool]uint64{true: 1}[dec.Pin != ""]; got != want {
+			t.Errorf("%s: the program created %d pins; the model says pin %q", what, got, dec.Pin)
+		}
+		if dec.Pin != "" {
+			want := dec.BackendID
+			if id, ok, err := d.LookupFlow(p.Src, p.Dst, p.Proto); err != nil || !ok || id != want {
+				t.Errorf("%s: pinned to %d (%v, %v), want %d", what, id, ok, err, want)
+			}
+		}
+		return dec
+	}
+	wantRule := func(t *testing.T, dec Decision, rule, pin string) {
+		t.Helper()
+		if dec.Rule != rule || dec.Pin != pin {
+			t.Errorf("model: rule %s, pin %q; the case is about rule %s, pin %q", dec.Rule, dec.Pin, rule, pin)
+		}
+	}
+
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, fam := range []struct {
-		name string
-		vip  netip.Addr
-		seed uint32
-		src  func(i int) netip.Addr
+	families := []struct {
+		name   string
+		base   string // VIP addresses: base + n
+		client netip.Addr
+		seed   uint32
+		src    func() netip.Addr
 	}{
-		{"IPv4", netip.MustParseAddr("198.19.1.1"), 0x5eed0001, func(i int) netip.Addr {
+		{"IPv4", "198.19.1.", fxClient4, 0x5eed0001, func() netip.Addr {
 			return netip.AddrFrom4([4]byte{198, 18, byte(16 + r.IntN(200)), byte(r.IntN(256))})
 		}},
-		{"IPv6", netip.MustParseAddr("2001:db8:101::1"), 0xdeadbeef, func(i int) netip.Addr {
+		{"IPv6", "2001:db8:101::", fxClient6, 0xdeadbeef, func() netip.Addr {
 			var b [16]byte
 			copy(b[:], netip.MustParseAddr("2001:db8:77::").AsSlice())
 			for j := 6; j < 16; j++ {
@@ -1105,42 +1193,188 @@ func TestBackendChoice(t *testing.T) {
 			}
 			return netip.AddrFrom16(b)
 		}},
-	} {
-		t.Run(fam.name, func(t *testing.T) {
-			for _, proto := range []Proto{TCP, UDP} {
-				k := VIPKey{Addr: fam.vip, Port: 443, Proto: proto}
-				if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: fam.seed + uint32(proto)}); err != nil {
-					t.Fatal(err)
-				}
-				table := fxTable(251, ids, uint64(fam.seed)+uint64(proto))
-				if err := d.SetTable(k, table); err != nil {
-					t.Fatal(err)
-				}
-				hits := map[uint32]int{}
-				for i := 0; i < 500; i++ {
-					src := fxAP(fam.src(i), uint16(1024+r.IntN(64000)))
-					dst := fxAP(fam.vip, 443)
-					var l packet.Layer
-					if proto == TCP {
-						l = fxIP(src, dst, packet.TCPAck, nil)
-					} else {
-						l = fxUDP(src, dst, []byte{1, 2, 3})
-					}
-					ret, out := fxRun(t, d.Program(), fxIn(l, nil))
-					want := table[Slot(FlowHash(src, dst, proto, fam.seed+uint32(proto)), 251)]
-					if ret != fxTX {
-						t.Fatalf("%s -> %s/%s: verdict %s", src, dst, proto, fxVerdict(ret))
-					}
-					got := macs[net.HardwareAddr(out[:6]).String()]
-					if got != want {
-						t.Errorf("%s -> %s/%s went to backend %d (MAC %s), want %d", src, dst, proto, got, net.HardwareAddr(out[:6]), want)
-					}
-					hits[got]++
-				}
-				if len(hits) != len(ids) {
-					t.Errorf("%s: flows reached %d backends, want all %d: %v", proto, len(hits), len(ids), hits)
-				}
+	}
+	// movedFlows returns n clients of VIP k whose slot names another
+	// backend in table b than in a, the previous backend passing ok.
+	movedFlows := func(t *testing.T, client netip.Addr, k VIPKey, seed uint32, a, b []uint32, n int, ok func(prev uint32) bool) []netip.AddrPort {
+		t.Helper()
+		var out []netip.AddrPort
+		dst := netip.AddrPortFrom(k.Addr, k.Port)
+		for port := uint16(20000); port < 60000 && len(out) < n; port++ {
+			src := netip.AddrPortFrom(client, port)
+			slot := Slot(FlowHash(src, dst, k.Proto, seed), len(a))
+			if a[slot] != b[slot] && ok(a[slot]) {
+				out = append(out, src)
 			}
+		}
+		if len(out) < n {
+			t.Fatalf("%d of %d flows whose slot moved", len(out), n)
+		}
+		return out
+	}
+	anyPrev := func(uint32) bool { return true }
+
+	for fi, fam := range families {
+		addr := func(n int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("%s%d", fam.base, n)) }
+		t.Run(fam.name, func(t *testing.T) {
+			t.Run("table", func(t *testing.T) {
+				for _, proto := range []Proto{TCP, UDP} {
+					k := VIPKey{Addr: addr(1), Port: 443, Proto: proto}
+					seed := fam.seed + uint32(proto)
+					table := fxTable(251, ids, uint64(fam.seed)+uint64(proto))
+					vip(k, seed, table)
+					m := model(t)
+					if got := m.VIPs[k].Table; !slices.Equal(got, table) {
+						t.Fatalf("%s: the model's table differs from the one set", k)
+					}
+					hits := map[uint32]int{}
+					for range 500 {
+						p := Packet{Src: fxAP(fam.src(), uint16(1024+r.IntN(64000))), Dst: fxAP(k.Addr, 443), Proto: proto}
+						dec := check(t, m, p)
+						wantRule(t, dec, RuleTable, "")
+						if want := table[Slot(FlowHash(p.Src, p.Dst, proto, seed), 251)]; dec.BackendID != want {
+							t.Errorf("%s -> %s: the model says backend %d, the table %d", p.Src, p.Dst, dec.BackendID, want)
+						}
+						hits[dec.BackendID]++
+					}
+					if len(hits) != len(ids) {
+						t.Errorf("%s: flows reached %d backends, want all %d: %v", proto, len(hits), len(ids), hits)
+					}
+				}
+			})
+			t.Run("port-0 service", func(t *testing.T) {
+				k := VIPKey{Addr: addr(2), Port: 0, Proto: TCP}
+				vip(k, fam.seed+2, fxTable(31, ids, uint64(fi)+20))
+				// An exact service of the same address takes its port.
+				exact := VIPKey{Addr: addr(2), Port: 8080, Proto: TCP}
+				vip(exact, fam.seed+3, fxFill(31, 25))
+				m := model(t)
+				for _, port := range []uint16{1, 80, 443, 8443, 65535} {
+					dec := check(t, m, Packet{Src: fxAP(fam.client, 40000+port%1000), Dst: fxAP(k.Addr, port), Proto: TCP})
+					wantRule(t, dec, RuleTable, "")
+					if dec.VIP != k {
+						t.Errorf("port %d: model found service %s, want %s", port, dec.VIP, k)
+					}
+				}
+				dec := check(t, m, Packet{Src: fxAP(fam.client, 40000), Dst: fxAP(k.Addr, 8080), Proto: TCP})
+				if dec.VIP != exact || dec.BackendID != 25 {
+					t.Errorf("port 8080: model found %s backend %d, want %s backend 25", dec.VIP, dec.BackendID, exact)
+				}
+			})
+			t.Run("transition", func(t *testing.T) {
+				k := VIPKey{Addr: addr(3), Port: 80, Proto: TCP}
+				seed := fam.seed + 4
+				a, b := fxTable(31, ids, uint64(fi)+30), fxTable(31, ids[1:], uint64(fi)+31) // b drains backend 21
+				vip(k, seed, a, b)
+				flows := movedFlows(t, fam.client, k, seed, a, b, 6, anyPrev)
+				dst := fxAP(k.Addr, k.Port)
+				// A SYN takes the current table; the pin it writes keeps
+				// the flow there.
+				dec := check(t, model(t), Packet{Src: flows[0], Dst: dst, Proto: TCP, SYN: true})
+				wantRule(t, dec, RuleTable, "create")
+				if !dec.Transition || dec.PrevBackendID == dec.BackendID {
+					t.Errorf("SYN: transition %v, previous %d, current %d", dec.Transition, dec.PrevBackendID, dec.BackendID)
+				}
+				dec = check(t, model(t), Packet{Src: flows[0], Dst: dst, Proto: TCP})
+				wantRule(t, dec, RulePinned, "")
+				// Any other packet stays on the previous backend.
+				dec = check(t, model(t), Packet{Src: flows[1], Dst: dst, Proto: TCP})
+				wantRule(t, dec, RulePrevious, "create")
+				dec = check(t, model(t), Packet{Src: flows[1], Dst: dst, Proto: TCP})
+				wantRule(t, dec, RulePinned, "")
+				// An ICMP error follows the flow and pins nothing.
+				dec = check(t, model(t), Packet{Src: flows[2], Dst: dst, Proto: TCP, ICMPError: true})
+				wantRule(t, dec, RulePrevious, "")
+				// A flow whose slot did not move: the table.
+				for port := uint16(30000); port < 30100; port++ {
+					src := fxAP(fam.client, port)
+					if slot := Slot(FlowHash(src, dst, TCP, seed), 31); a[slot] == b[slot] {
+						dec = check(t, model(t), Packet{Src: src, Dst: dst, Proto: TCP})
+						wantRule(t, dec, RuleTable, "")
+						break
+					}
+				}
+			})
+			t.Run("transition, previous backend down", func(t *testing.T) {
+				k := VIPKey{Addr: addr(4), Port: 80, Proto: TCP}
+				seed := fam.seed + 5
+				down := uint32(26 + fi)
+				backend(down, true)
+				a := fxTable(31, append([]uint32{down}, ids...), uint64(fi)+40)
+				b := fxTable(31, ids, uint64(fi)+41)
+				vip(k, seed, a, b)
+				backend(down, false)
+				flows := movedFlows(t, fam.client, k, seed, a, b, 1, func(prev uint32) bool { return prev == down })
+				dec := check(t, model(t), Packet{Src: flows[0], Dst: fxAP(k.Addr, k.Port), Proto: TCP})
+				wantRule(t, dec, RuleTable, "create")
+				if dec.PrevBackendID != down {
+					t.Errorf("previous backend %d, want %d", dec.PrevBackendID, down)
+				}
+			})
+			t.Run("pins", func(t *testing.T) {
+				k := VIPKey{Addr: addr(5), Port: 80, Proto: TCP}
+				seed := fam.seed + 6
+				a, b := fxTable(31, ids, uint64(fi)+50), fxTable(31, ids[:4], uint64(fi)+51)
+				vip(k, seed, a)
+				dst := fxAP(k.Addr, k.Port)
+				down := uint32(28 + fi)
+				backend(down, false)
+				pin := func(src netip.AddrPort, id uint32) {
+					t.Helper()
+					if err := d.PinFlow(Flow{Src: src, Dst: dst, Proto: TCP, BackendID: id}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// A pin to a backend that is up decides, whatever the table.
+				src := fxAP(fam.client, 50001)
+				pin(src, 23)
+				dec := check(t, model(t), Packet{Src: src, Dst: dst, Proto: TCP, SYN: true})
+				wantRule(t, dec, RulePinned, "")
+				if dec.BackendID != 23 {
+					t.Errorf("pinned flow: backend %d, want 23", dec.BackendID)
+				}
+				// Stale pins (backend down, backend gone) are passed over:
+				// the table decides, and no pin is written outside a
+				// transition.
+				pin(fxAP(fam.client, 50002), down)
+				pin(fxAP(fam.client, 50003), 99)
+				for _, port := range []uint16{50002, 50003} {
+					dec = check(t, model(t), Packet{Src: fxAP(fam.client, port), Dst: dst, Proto: TCP})
+					wantRule(t, dec, RuleTable, "")
+					if dec.StalePinID == 0 {
+						t.Errorf("port %d: no stale pin seen", port)
+					}
+				}
+				// In a transition, a stale pin of a flow whose slot moved
+				// is replaced.
+				vip(k, seed, b)
+				flows := movedFlows(t, fam.client, k, seed, a, b, 2, anyPrev)
+				pin(flows[0], down)
+				pin(flows[1], 99)
+				for _, src := range flows {
+					dec = check(t, model(t), Packet{Src: src, Dst: dst, Proto: TCP})
+					wantRule(t, dec, RulePrevious, "replace")
+				}
+			})
+			t.Run("no backend", func(t *testing.T) {
+				none := VIPKey{Addr: addr(6), Port: 80, Proto: TCP}
+				vip(none, fam.seed+7) // no table
+				missing := VIPKey{Addr: addr(6), Port: 81, Proto: TCP}
+				vip(missing, fam.seed+8, fxFill(7, 98)) // names a backend without an entry
+				m := model(t)
+				wantRule(t, check(t, m, Packet{Src: fxAP(fam.client, 1), Dst: fxAP(none.Addr, 80), Proto: TCP}), RuleNoBackend, "")
+				wantRule(t, check(t, m, Packet{Src: fxAP(fam.client, 1), Dst: fxAP(missing.Addr, 81), Proto: TCP}), RuleNoBackend, "")
+			})
+			t.Run("not a VIP", func(t *testing.T) {
+				m := model(t)
+				other := fxOther4
+				if fam.client.Is6() {
+					other = fxOther6
+				}
+				wantRule(t, check(t, m, Packet{Src: fxAP(fam.client, 1), Dst: fxAP(other, 80), Proto: TCP}), RuleNotVIP, "")
+				// A VIP address, on a port without service.
+				wantRule(t, check(t, m, Packet{Src: fxAP(fam.client, 1), Dst: fxAP(addr(1), 444), Proto: TCP}), RuleNotVIP, "")
+			})
 		})
 	}
 }

@@ -34,20 +34,19 @@ type lbBackendSlot struct {
 	B   [2]lbBackend
 }
 
-type lbBenchFrame struct {
-	_          structs.HostLayout
-	Len        uint32
-	VaryOffset uint32
-	VaryCount  uint32
-	Seq        uint32
-	Data       [256]uint8
-}
-
 type lbCtValue struct {
 	_         structs.HostLayout
 	BackendId uint32
 	Flags     uint32
 	LastSeen  uint64
+}
+
+type lbDryOutcome struct {
+	_         structs.HostLayout
+	Reason    uint32
+	BackendId uint32
+	Pin       uint32
+	Done      uint32
 }
 
 type lbFlow4 struct {
@@ -185,6 +184,14 @@ const (
 	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 35
 )
 
+type lbXdplbDryPin uint32
+
+const (
+	lbXdplbDryPinDRY_PIN_NONE    lbXdplbDryPin = 0
+	lbXdplbDryPinDRY_PIN_CREATE  lbXdplbDryPin = 1
+	lbXdplbDryPinDRY_PIN_REPLACE lbXdplbDryPin = 2
+)
+
 type lbXdplbMode uint32
 
 const (
@@ -203,32 +210,32 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapBackendStats     = "backend_stats"
-	lbMapBackends         = "backends"
-	lbMapBenchFrames      = "bench_frames"
-	lbMapCt4              = "ct4"
-	lbMapCt6              = "ct6"
-	lbMapMaglevTables     = "maglev_tables"
-	lbMapPinBackoff       = "pin_backoff"
-	lbMapPinFilter        = "pin_filter"
-	lbMapSettingsMap      = "settings_map"
-	lbMapStats            = "stats"
-	lbMapTxPorts          = "tx_ports"
-	lbMapVipAddrs         = "vip_addrs"
-	lbMapVipFilter        = "vip_filter"
-	lbMapVipIndex         = "vip_index"
-	lbMapVipSlots         = "vip_slots"
-	lbMapVipStats         = "vip_stats"
-	lbMapVips             = "vips"
-	lbProgXdplb           = "xdplb"
-	lbProgXdplbBench      = "xdplb_bench"
-	lbProgXdplbBenchFloor = "xdplb_bench_floor"
-	lbVarBtfAddrFlags     = "btf_addr_flags"
-	lbVarBtfBackendFlags  = "btf_backend_flags"
-	lbVarBtfMode          = "btf_mode"
-	lbVarBtfVipFlags      = "btf_vip_flags"
-	lbVarCfgIcmpEcho      = "cfg_icmp_echo"
-	lbVarCfgTtl           = "cfg_ttl"
+	lbMapBackendStats    = "backend_stats"
+	lbMapBackends        = "backends"
+	lbMapCt4             = "ct4"
+	lbMapCt6             = "ct6"
+	lbMapDryResult       = "dry_result"
+	lbMapMaglevTables    = "maglev_tables"
+	lbMapPinBackoff      = "pin_backoff"
+	lbMapPinFilter       = "pin_filter"
+	lbMapSettingsMap     = "settings_map"
+	lbMapStats           = "stats"
+	lbMapTxPorts         = "tx_ports"
+	lbMapVipAddrs        = "vip_addrs"
+	lbMapVipFilter       = "vip_filter"
+	lbMapVipIndex        = "vip_index"
+	lbMapVipSlots        = "vip_slots"
+	lbMapVipStats        = "vip_stats"
+	lbMapVips            = "vips"
+	lbProgXdplb          = "xdplb"
+	lbVarBtfAddrFlags    = "btf_addr_flags"
+	lbVarBtfBackendFlags = "btf_backend_flags"
+	lbVarBtfDryPin       = "btf_dry_pin"
+	lbVarBtfMode         = "btf_mode"
+	lbVarBtfVipFlags     = "btf_vip_flags"
+	lbVarCfgDryRun       = "cfg_dry_run"
+	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
+	lbVarCfgTtl          = "cfg_ttl"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -273,9 +280,7 @@ type lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbProgramSpecs struct {
-	Xdplb           *ebpf.ProgramSpec `ebpf:"xdplb"`
-	XdplbBench      *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	Xdplb *ebpf.ProgramSpec `ebpf:"xdplb"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -284,9 +289,9 @@ type lbProgramSpecs struct {
 type lbMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	BenchFrames  *ebpf.MapSpec `ebpf:"bench_frames"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
+	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
@@ -307,8 +312,10 @@ type lbMapSpecs struct {
 type lbVariableSpecs struct {
 	BtfAddrFlags    *ebpf.VariableSpec `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.VariableSpec `ebpf:"btf_backend_flags"`
+	BtfDryPin       *ebpf.VariableSpec `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
+	CfgDryRun       *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
@@ -335,9 +342,9 @@ func (o *lbObjects) Close() error {
 type lbMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
-	BenchFrames  *ebpf.Map `ebpf:"bench_frames"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
+	DryResult    *ebpf.Map `ebpf:"dry_result"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
@@ -356,9 +363,9 @@ func (m *lbMaps) Close() error {
 	return _LbClose(
 		m.BackendStats,
 		m.Backends,
-		m.BenchFrames,
 		m.Ct4,
 		m.Ct6,
+		m.DryResult,
 		m.MaglevTables,
 		m.PinBackoff,
 		m.PinFilter,
@@ -380,8 +387,10 @@ func (m *lbMaps) Close() error {
 type lbVariables struct {
 	BtfAddrFlags    *ebpf.Variable `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.Variable `ebpf:"btf_backend_flags"`
+	BtfDryPin       *ebpf.Variable `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
+	CfgDryRun       *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`
 }
@@ -390,16 +399,12 @@ type lbVariables struct {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbPrograms struct {
-	Xdplb           *ebpf.Program `ebpf:"xdplb"`
-	XdplbBench      *ebpf.Program `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	Xdplb *ebpf.Program `ebpf:"xdplb"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.Xdplb,
-		p.XdplbBench,
-		p.XdplbBenchFloor,
 	)
 }
 

@@ -85,6 +85,13 @@
 /* The bench wrapper restores at most this many bytes of the original frame. */
 #define BENCH_MAX_FRAME 256
 
+/* The pin a dry run would have written (struct dry_outcome). */
+enum xdplb_dry_pin {
+	DRY_PIN_NONE = 0,
+	DRY_PIN_CREATE = 1,  /* a new pin (BPF_NOEXIST) */
+	DRY_PIN_REPLACE = 2, /* a pin replacing a stale one (BPF_ANY) */
+};
+
 /* Forwarding mode of a VIP. */
 enum xdplb_mode {
 	MODE_DSR_L2 = 0,   /* rewrite MACs, send to the backend's next hop */

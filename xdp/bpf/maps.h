@@ -158,4 +158,13 @@ struct {
 	__type(value, struct settings);
 } settings_map SEC(".maps");
 
+/* The outcome of a dry run (cfg_dry_run): private to each load of the
+ * dry-run build, never pinned and never shared with the datapath. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dry_outcome);
+} dry_result SEC(".maps");
+
 #endif

@@ -127,6 +127,16 @@ struct settings {
 	__u32 pin_filter;        /* which half of pin_filter packets read (0 or 1) */
 };
 
+/* What a dry run of the program (cfg_dry_run) would have done with its
+ * frame, in dry_result: the verdict counter it would have counted, the
+ * backend it chose and the pin it would have written. */
+struct dry_outcome {
+	__u32 reason;       /* enum xdplb_counter */
+	__u32 backend_id;   /* 0: none (the packet was not forwarded to a backend) */
+	__u32 pin;          /* enum xdplb_dry_pin */
+	__u32 done;         /* 1 once the program ran to its end */
+};
+
 /* Original frame restored before every run of the bench wrapper. */
 struct bench_frame {
 	__u32 len;

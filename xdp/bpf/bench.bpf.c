@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* xdplb benchmark wrappers: an object of their own, never loaded by the
+ * daemon and never attached to an interface. The loader (xdp/bench.go) hands
+ * this object the maps of a loaded datapath, so the wrappers run lb_main of
+ * lb.h, the forwarding code itself, on the datapath's state.
+ *
+ * bpf_xdp_store_bytes makes this object need Linux 5.18; the load-balancer
+ * program does not use it. */
+#include "lb.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* BPF_PROG_TEST_RUN with repeat runs a program again on the frame its
+ * previous run rewrote; xdplb_bench first restores the original frame
+ * (optionally varying one 32-bit field per run, for many flows), then runs
+ * the same code as xdplb (lb_main). xdplb_bench_floor does only the restore:
+ * the difference is the program's cost. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_frame);
+} bench_frames SEC(".maps");
+
+static __always_inline int bench_restore(struct xdp_md *ctx)
+{
+	__u32 zero = 0, len, off;
+	struct bench_frame *f = bpf_map_lookup_elem(&bench_frames, &zero);
+	long cur;
+	__u32 v;
+
+	if (!f)
+		return -1;
+	len = f->len;
+	if (len == 0 || len > BENCH_MAX_FRAME)
+		return -1;
+	cur = (long)ctx->data_end - (long)ctx->data;
+	if (cur != len && bpf_xdp_adjust_head(ctx, (int)(cur - (long)len)))
+		return -1;
+	if (bpf_xdp_store_bytes(ctx, 0, f->data, len))
+		return -1;
+	if (!f->vary_count)
+		return 0;
+	off = f->vary_offset;
+	if (off > BENCH_MAX_FRAME - 4)
+		return -1;
+	__builtin_memcpy(&v, f->data + off, 4);
+	v = bpf_htonl(bpf_ntohl(v) + f->seq % f->vary_count);
+	f->seq++;
+	return bpf_xdp_store_bytes(ctx, off, &v, 4) ? -1 : 0;
+}
+
+SEC("xdp")
+int xdplb_bench(struct xdp_md *ctx)
+{
+	if (bench_restore(ctx))
+		return XDP_ABORTED;
+	return lb_main(ctx);
+}
+
+SEC("xdp")
+int xdplb_bench_floor(struct xdp_md *ctx)
+{
+	if (bench_restore(ctx))
+		return XDP_ABORTED;
+	return XDP_PASS;
+}

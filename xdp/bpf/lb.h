@@ -1,0 +1,917 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The forwarding code of the load balancer: everything from a frame to its
+ * verdict (lb_main), as static inline functions. The program of lb.bpf.c is
+ * lb_main; the benchmark wrappers of bench.bpf.c run the same lb_main on the
+ * same maps (the loader hands them the datapath's), so a benchmark measures
+ * the code that forwards. See lb.bpf.c for what the program does. */
+#ifndef XDPLB_LB_H
+#define XDPLB_LB_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parsing.h"
+#include "hash.h"
+
+/* Knobs, set by the loader before the program is loaded. */
+volatile const __u8 cfg_ttl = 64;       /* TTL/hop limit of headers the program writes */
+volatile const __u8 cfg_icmp_echo = 1;  /* answer echo requests to VIP addresses */
+/* The dry-run build, for explaining a packet: it counts nothing (global,
+ * per-VIP and per-backend counters), creates no pin, leaves the last_seen
+ * stamp of the pin it follows as it is and transmits nothing (no
+ * bpf_redirect_map: it returns the verdict it would have); it notes the
+ * outcome in dry_result instead. The verifier prunes these paths when 0. */
+volatile const __u8 cfg_dry_run = 0;
+
+#define EEXIST_ 17
+
+static __always_inline struct dry_outcome *dry(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&dry_result, &zero);
+}
+
+/* What the program knows of the flow it forwards. For an ICMP error about a
+ * VIP flow, the tuple is the quoted flow's, seen from the client. */
+struct pkt {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u32 l3_len;   /* IP total length of the packet forwarded */
+	__u32 frame_len;
+	__u8 family;
+	__u8 proto;
+	__u8 tos;       /* IPv4 TOS or IPv6 traffic class */
+	__u8 syn;       /* TCP SYN without ACK */
+	__u8 df;        /* may not be fragmented (IPv4 DF; always for IPv6) */
+	__u8 vlan;
+	__u8 icmp_err;  /* forwarding an ICMP error about the flow */
+	__u8 pad;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	if (cfg_dry_run)
+		return;
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_lb(void *map, __u32 idx, struct pkt *p)
+{
+	if (cfg_dry_run)
+		return;
+	struct lb_stats *s = bpf_map_lookup_elem(map, &idx);
+
+	if (!s)
+		return;
+	s->packets++;
+	s->bytes += p->frame_len;
+	s->new_flows += p->syn;
+}
+
+static __always_inline int verdict_of(__u32 reason)
+{
+	if (reason < CNT_DROP_FRAGMENT)
+		return XDP_PASS;
+	if (reason < CNT_TX_L2)
+		return XDP_DROP;
+	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR)
+		return XDP_REDIRECT;
+	return XDP_TX;
+}
+
+static __always_inline int filter_hit(__u32 folded)
+{
+	__u32 bit = vip_filter_bit(folded);
+	__u32 word = bit >> 6;
+	__u64 *w = bpf_map_lookup_elem(&vip_filter, &word);
+
+	return w && (*w & (1ULL << (bit & 63)));
+}
+
+static __always_inline struct vip_addr_info *vip_addr_lookup(struct pkt *p)
+{
+	struct vip_addr a = {};
+
+	__builtin_memcpy(a.addr, p->daddr, 16);
+	a.family = p->family;
+	return bpf_map_lookup_elem(&vip_addrs, &a);
+}
+
+/* addr_verdict picks the drop reason for a packet the program does not handle
+ * when it is for a VIP address, and the pass reason when it is not. */
+static __always_inline __u32 addr_verdict(struct pkt *p, __u32 drop, __u32 pass)
+{
+	return vip_addr_lookup(p) ? drop : pass;
+}
+
+static __always_inline struct vip_meta *service_lookup(struct pkt *p)
+{
+	__u32 folded = p->family == 4 ? p->daddr[0] : fold_addr6(p->daddr);
+	__u32 idx = vip_index_of(folded, p->dport, p->proto);
+	struct vip_key k = {};
+	struct vip_slot *s;
+	struct vip_meta *m;
+	__u32 *slot;
+
+	slot = bpf_map_lookup_elem(&vip_index, &idx);
+	if (slot && *slot) {
+		s = bpf_map_lookup_elem(&vip_slots, slot);
+		if (s && s->key.port == p->dport && s->key.proto == p->proto && s->key.family == p->family) {
+			__u32 *a = (__u32 *)s->key.addr;
+
+			if (a[0] == p->daddr[0] && a[1] == p->daddr[1] && a[2] == p->daddr[2] && a[3] == p->daddr[3])
+				return &s->meta;
+		}
+	}
+
+	__builtin_memcpy(k.addr, p->daddr, 16);
+	k.port = p->dport;
+	k.proto = p->proto;
+	k.family = p->family;
+	m = bpf_map_lookup_elem(&vips, &k);
+	if (m)
+		return m;
+	k.port = 0; /* a port-0 entry serves every port of its address */
+	return bpf_map_lookup_elem(&vips, &k);
+}
+
+static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u32 hash)
+{
+	void *table = bpf_map_lookup_elem(&maglev_tables, &idx);
+	struct maglev_slot *s;
+	__u32 slot;
+
+	if (!table || !size)
+		return 0;
+	slot = ((__u64)hash * size) >> 32; /* hash % size, without a division */
+	s = bpf_map_lookup_elem(table, &slot);
+	return s ? s->id[half & 1] : 0;
+}
+
+/* pin_maybe says whether a flow of this hash may have a pin. */
+static __always_inline int pin_maybe(__u32 hash)
+{
+	__u32 zero = 0, bit = hash >> (32 - PIN_FILTER_SHIFT), word;
+	struct settings *s = bpf_map_lookup_elem(&settings_map, &zero);
+	__u64 *w;
+
+	if (!s)
+		return 1;
+	word = (s->pin_filter & 1) * PIN_FILTER_WORDS + (bit >> 6);
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	return !w || (*w & (1ULL << (bit & 63)));
+}
+
+/* pin_mark sets a new pin's bit in both halves of the filter. */
+static __always_inline void pin_mark(__u32 hash)
+{
+	__u32 bit = hash >> (32 - PIN_FILTER_SHIFT);
+	__u32 word = bit >> 6;
+	__u64 mask = 1ULL << (bit & 63), *w;
+
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+	word += PIN_FILTER_WORDS;
+	w = bpf_map_lookup_elem(&pin_filter, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+}
+
+static __always_inline struct ct_value *ct_lookup(struct pkt *p)
+{
+	if (p->family == 4) {
+		struct flow4 k = {
+			.saddr = p->saddr[0], .daddr = p->daddr[0],
+			.sport = p->sport, .dport = p->dport, .proto = p->proto,
+		};
+		return bpf_map_lookup_elem(&ct4, &k);
+	}
+	struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+	return bpf_map_lookup_elem(&ct6, &k);
+}
+
+/* When the flow table is full, every insert walks a full bucket before it
+ * fails: after a failure this CPU stops trying for PIN_BACKOFF_NS (pins then
+ * fail at once, counted the same). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_backoff SEC(".maps");
+
+static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace, __u32 hash)
+{
+	struct ct_value v = { .backend_id = backend_id, .last_seen = now };
+	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
+	__u32 zero = 0;
+	__u64 *until = bpf_map_lookup_elem(&pin_backoff, &zero);
+	long err;
+
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r)
+			r->pin = replace ? DRY_PIN_REPLACE : DRY_PIN_CREATE;
+		return;
+	}
+	if (until && now < *until) {
+		count(CNT_EV_PIN_FULL);
+		return;
+	}
+
+	if (p->family == 4) {
+		struct flow4 k = {
+			.saddr = p->saddr[0], .daddr = p->daddr[0],
+			.sport = p->sport, .dport = p->dport, .proto = p->proto,
+		};
+		err = bpf_map_update_elem(&ct4, &k, &v, flags);
+	} else {
+		struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+
+		__builtin_memcpy(k.saddr, p->saddr, 16);
+		__builtin_memcpy(k.daddr, p->daddr, 16);
+		err = bpf_map_update_elem(&ct6, &k, &v, flags);
+	}
+	if (!err) {
+		pin_mark(hash);
+		count(CNT_EV_PIN_CREATED);
+	} else if (err != -EEXIST_) { /* EEXIST: another CPU pinned it first */
+		count(CNT_EV_PIN_FULL);
+		if (until)
+			*until = now + PIN_BACKOFF_NS;
+	}
+}
+
+/* backend_lookup returns the entry of backend id in use, or NULL. */
+static __always_inline struct backend *backend_lookup(__u32 id)
+{
+	struct backend_slot *s = bpf_map_lookup_elem(&backends, &id);
+	struct backend *b;
+
+	if (!s)
+		return NULL;
+	b = &s->b[s->gen & 1];
+	return (b->flags & BACKEND_F_VALID) ? b : NULL;
+}
+
+static __always_inline int backend_up(struct backend *b)
+{
+	return b && (b->flags & BACKEND_F_UP);
+}
+
+/* choose_backend returns the backend for the flow, or NULL. */
+static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_meta *m, __u32 hash,
+						       __u32 *id)
+{
+	struct backend *b, *pb;
+	struct ct_value *ct;
+	__u32 cur, prev;
+	int stale = 0;
+	__u64 now;
+
+	if ((m->flags & VIP_F_HAS_PINS) && pin_maybe(hash)) {
+		ct = ct_lookup(p);
+		if (ct) {
+			*id = ct->backend_id;
+			b = backend_lookup(*id);
+			if (backend_up(b)) {
+				count(CNT_EV_PIN_HIT);
+				if (!cfg_dry_run && ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_coarse_ns()))
+					ct->last_seen = now;
+				return b;
+			}
+			/* A pin to a removed or down backend is not used. */
+			count(CNT_EV_PIN_STALE);
+			stale = 1;
+		}
+	}
+
+	cur = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
+	*id = cur;
+	if (m->transition_end && (now = bpf_ktime_get_coarse_ns()) < m->transition_end) {
+		prev = table_lookup(m->prev_idx, m->prev_half, m->prev_size, hash);
+		if (prev && prev != cur) {
+			/* The slot moved moments ago. A SYN starts a flow on the current
+			 * table; anything else belongs to a flow that may have started on
+			 * the previous backend: keep it there while it is up. Either way
+			 * pin the flow so it stays put after the grace period. */
+			if (!p->syn) {
+				pb = backend_lookup(prev);
+				if (backend_up(pb)) {
+					*id = prev;
+					if (!p->icmp_err)
+						ct_pin(p, prev, now, stale, hash);
+					return pb;
+				}
+			}
+			if (!p->icmp_err)
+				ct_pin(p, cur, now, stale, hash);
+		}
+	}
+	return backend_lookup(*id);
+}
+
+static __always_inline __u32 xmit(struct xdp_md *ctx, struct backend *b, __u32 tx, __u32 redirect)
+{
+	if (b->ifindex == ctx->ingress_ifindex)
+		return tx;
+	if (cfg_dry_run) { /* what bpf_redirect_map would do, without doing it */
+		__u32 ifindex = b->ifindex;
+
+		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
+	}
+	if (bpf_redirect_map(&tx_ports, b->ifindex, XDP_DROP) != XDP_REDIRECT)
+		return CNT_DROP_REDIRECT;
+	return redirect;
+}
+
+static __always_inline __u32 fwd_l2(struct xdp_md *ctx, struct pkt *p, struct backend *b)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	__builtin_memcpy(eth->h_dest, b->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, b->smac, ETH_ALEN);
+	if (p->icmp_err)
+		return xmit(ctx, b, CNT_TX_ICMP_ERROR, CNT_REDIRECT_ICMP_ERROR);
+	return xmit(ctx, b, CNT_TX_L2, CNT_REDIRECT_L2);
+}
+
+static __always_inline __u16 ipv4_csum(const void *hdr)
+{
+	const __u16 *w = hdr;
+	__u64 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < IPV4_HLEN / 2; i++)
+		sum += w[i];
+	return csum_fold(sum);
+}
+
+/* write_l2 writes the Ethernet header (and the VLAN tag the packet came with,
+ * saved in tag) at the start of the frame, for an l2-byte header. */
+static __always_inline int write_l2(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac,
+				    struct vlan_hdr *tag, __u16 proto, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct vlan_hdr *v;
+
+	if (data + l2 > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (l2 == ETH_HLEN) {
+		eth->h_proto = bpf_htons(proto);
+		return 0;
+	}
+	v = (void *)(eth + 1);
+	eth->h_proto = tag->tci; /* the TPID the frame came with, saved there */
+	v->tci = tag->proto;
+	v->proto = bpf_htons(proto);
+	return 0;
+}
+
+/* save_tag copies the frame's TPID and TCI for write_l2 (TPID into tci, TCI
+ * into proto). */
+static __always_inline int save_tag(struct xdp_md *ctx, struct vlan_hdr *tag, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct vlan_hdr *v = (void *)(eth + 1);
+
+	if (l2 == ETH_HLEN)
+		return 0;
+	if ((void *)(v + 1) > data_end)
+		return -1;
+	tag->tci = eth->h_proto;
+	tag->proto = v->tci;
+	return 0;
+}
+
+static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct backend *b, __u32 hash,
+				   const int l2)
+{
+	__u32 zero = 0, bits;
+	struct settings *s = bpf_map_lookup_elem(&settings_map, &zero);
+	struct vlan_hdr tag = {};
+	void *data, *data_end;
+	__u8 inner = p->family == 4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
+
+	if (!s)
+		return CNT_DROP_ADJUST;
+	if (save_tag(ctx, &tag, l2))
+		return CNT_DROP_ADJUST;
+
+	if (b->family == 4) {
+		if (!s->encap_src4)
+			return CNT_DROP_NO_ENCAP_SOURCE;
+		struct iphdr o = {
+			.version = 4, .ihl = 5, .tos = p->tos,
+			.tot_len = bpf_htons(p->l3_len + IPV4_HLEN),
+			.frag_off = bpf_htons(IP_DF), .ttl = cfg_ttl, .protocol = inner,
+			.saddr = s->encap_src4,
+		};
+		bits = s->encap_src4_spread;
+		if (bits && bits <= 16)
+			o.saddr = bpf_htonl((bpf_ntohl(o.saddr) & ~((1U << bits) - 1)) |
+					    (hash & ((1U << bits) - 1)));
+		__builtin_memcpy(&o.daddr, b->addr, 4);
+		o.check = ipv4_csum(&o);
+
+		if (bpf_xdp_adjust_head(ctx, -(int)IPV4_HLEN))
+			return CNT_DROP_ADJUST;
+		if (write_l2(ctx, b->dmac, b->smac, &tag, ETH_P_IP, l2))
+			return CNT_DROP_ADJUST;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (data + l2 + IPV4_HLEN > data_end)
+			return CNT_DROP_ADJUST;
+		__builtin_memcpy(data + l2, &o, IPV4_HLEN);
+	} else {
+		struct ipv6hdr o = {
+			.version = 6, .priority = p->tos >> 4,
+			.payload_len = bpf_htons(p->l3_len), .nexthdr = inner, .hop_limit = cfg_ttl,
+		};
+		__u32 w3;
+		__u64 *src6 = (__u64 *)s->encap_src6;
+
+		if (!src6[0] && !src6[1])
+			return CNT_DROP_NO_ENCAP_SOURCE;
+		o.flow_lbl[0] = ((p->tos & 0xf) << 4) | ((hash >> 16) & 0xf);
+		o.flow_lbl[1] = hash >> 8;
+		o.flow_lbl[2] = hash;
+		__builtin_memcpy(&o.saddr, s->encap_src6, 16);
+		bits = s->encap_src6_spread;
+		if (bits && bits <= 32) {
+			__u32 mask = bits == 32 ? 0xffffffff : (1U << bits) - 1;
+
+			w3 = bpf_ntohl(o.saddr.in6_u.u6_addr32[3]);
+			o.saddr.in6_u.u6_addr32[3] = bpf_htonl((w3 & ~mask) | (hash & mask));
+		}
+		__builtin_memcpy(&o.daddr, b->addr, 16);
+
+		if (bpf_xdp_adjust_head(ctx, -(int)IPV6_HLEN))
+			return CNT_DROP_ADJUST;
+		if (write_l2(ctx, b->dmac, b->smac, &tag, ETH_P_IPV6, l2))
+			return CNT_DROP_ADJUST;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (data + l2 + IPV6_HLEN > data_end)
+			return CNT_DROP_ADJUST;
+		__builtin_memcpy(data + l2, &o, IPV6_HLEN);
+	}
+	if (p->icmp_err)
+		return xmit(ctx, b, CNT_TX_ICMP_ERROR, CNT_REDIRECT_ICMP_ERROR);
+	return xmit(ctx, b, CNT_TX_IPIP, CNT_REDIRECT_IPIP);
+}
+
+/* too_big answers the client with ICMP "fragmentation needed" or ICMPv6
+ * "packet too big" quoting the start of its packet, sent back out of the
+ * interface it came in on. */
+static __always_inline __u32 too_big(struct xdp_md *ctx, struct pkt *p, __u32 mtu, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct vlan_hdr tag = {};
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u64 sum = 0;
+	int hdr, quote;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	__builtin_memcpy(dmac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+	if (save_tag(ctx, &tag, l2))
+		return CNT_DROP_ADJUST;
+
+	if (p->family == 4) {
+		hdr = IPV4_HLEN + ICMP_HLEN;
+		quote = ICMP4_QUOTE;
+	} else {
+		hdr = IPV6_HLEN + ICMP_HLEN;
+		quote = ICMP6_QUOTE;
+	}
+	/* The quote is the original IP header and 8 bytes: TCP and UDP headers
+	 * are at least that long, and were checked to be there. */
+	if (bpf_xdp_adjust_head(ctx, -hdr))
+		return CNT_DROP_ADJUST;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (bpf_xdp_adjust_tail(ctx, (int)(l2 + hdr + quote) - (int)(data_end - data)))
+		return CNT_DROP_ADJUST;
+	if (write_l2(ctx, dmac, smac, &tag, p->family == 4 ? ETH_P_IP : ETH_P_IPV6, l2))
+		return CNT_DROP_ADJUST;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+		struct icmp_common *ic = data + l2 + IPV4_HLEN;
+		__u16 *w = (void *)ic;
+
+		if (data + l2 + IPV4_HLEN + ICMP_HLEN + ICMP4_QUOTE > data_end)
+			return CNT_DROP_ADJUST;
+		struct iphdr o = {
+			.version = 4, .ihl = 5, .tos = 0xc0,
+			.tot_len = bpf_htons(IPV4_HLEN + ICMP_HLEN + ICMP4_QUOTE),
+			.ttl = cfg_ttl, .protocol = IPPROTO_ICMP_,
+			.saddr = p->daddr[0], .daddr = p->saddr[0],
+		};
+		o.check = ipv4_csum(&o);
+		__builtin_memcpy(ip, &o, IPV4_HLEN);
+		ic->type = ICMP_DEST_UNREACH;
+		ic->code = ICMP_FRAG_NEEDED;
+		ic->checksum = 0;
+		ic->rest = bpf_htonl(mtu & 0xffff);
+#pragma unroll
+		for (int i = 0; i < (ICMP_HLEN + ICMP4_QUOTE) / 2; i++)
+			sum += w[i];
+		ic->checksum = csum_fold(sum);
+	} else {
+		struct ipv6hdr *ip6 = data + l2;
+		struct icmp_common *ic = data + l2 + IPV6_HLEN;
+		__u16 *w = (void *)ic;
+		__u32 len = ICMP_HLEN + ICMP6_QUOTE;
+
+		if (data + l2 + IPV6_HLEN + ICMP_HLEN + ICMP6_QUOTE > data_end)
+			return CNT_DROP_ADJUST;
+		struct ipv6hdr o = {
+			.version = 6, .payload_len = bpf_htons(len),
+			.nexthdr = IPPROTO_ICMPV6_, .hop_limit = cfg_ttl,
+		};
+		__builtin_memcpy(&o.saddr, p->daddr, 16);
+		__builtin_memcpy(&o.daddr, p->saddr, 16);
+		__builtin_memcpy(ip6, &o, IPV6_HLEN);
+		ic->type = ICMPV6_PKT_TOOBIG;
+		ic->code = 0;
+		ic->checksum = 0;
+		ic->rest = bpf_htonl(mtu);
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			sum += (__u64)p->saddr[i] + p->daddr[i];
+		sum += (__u64)bpf_htonl(len) + bpf_htonl(IPPROTO_ICMPV6_);
+#pragma unroll
+		for (int i = 0; i < (ICMP_HLEN + ICMP6_QUOTE) / 2; i++)
+			sum += w[i];
+		ic->checksum = csum_fold(sum);
+	}
+	return CNT_TX_ICMP_TOO_BIG;
+}
+
+static __always_inline __u32 fwd_ipip(struct xdp_md *ctx, struct pkt *p, struct backend *b, __u32 hash)
+{
+	__u32 outer = b->family == 4 ? IPV4_HLEN : IPV6_HLEN;
+
+	if (b->mtu && p->l3_len + outer > b->mtu) {
+		if (p->icmp_err)
+			return CNT_DROP_ICMP;
+		if (!p->df)
+			return CNT_DROP_TOO_BIG_NO_DF;
+		if (p->vlan)
+			return too_big(ctx, p, b->mtu - outer, ETH_HLEN + VLAN_HLEN);
+		return too_big(ctx, p, b->mtu - outer, ETH_HLEN);
+	}
+	if (p->vlan)
+		return encap(ctx, p, b, hash, ETH_HLEN + VLAN_HLEN);
+	return encap(ctx, p, b, hash, ETH_HLEN);
+}
+
+static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
+{
+	struct backend *b;
+	__u32 hash, id = 0;
+	__u8 mode = m->mode;
+
+	if (p->family == 4)
+		hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
+	else
+		hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
+				 m->hash_seed);
+
+	count_lb(&vip_stats, m->vip_id, p);
+	b = choose_backend(p, m, hash, &id);
+	if (!b)
+		return CNT_DROP_NO_BACKEND;
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r)
+			r->backend_id = id;
+	}
+	count_lb(&backend_stats, id, p);
+	if (p->syn)
+		count(CNT_EV_NEW_FLOW);
+
+	if (mode == MODE_DSR_L2)
+		return fwd_l2(ctx, p, b);
+	if (mode == MODE_DSR_IPIP)
+		return fwd_ipip(ctx, p, b, hash);
+	return CNT_DROP_UNSUPPORTED_MODE;
+}
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	__u8 t[ETH_ALEN];
+
+	__builtin_memcpy(t, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, t, ETH_ALEN);
+}
+
+static __always_inline void echo_reply_type(struct icmp_common *ic, __u8 type)
+{
+	__u16 old = *(__u16 *)ic;
+
+	ic->type = type;
+	ic->checksum = csum_replace2(ic->checksum, old, *(__u16 *)ic);
+}
+
+/* ICMP to a VIP address (ic parsed, p describes the packet). Echo requests are
+ * answered; errors quoting a TCP/UDP flow of a VIP go to that flow's backend;
+ * everything else is dropped. */
+static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, struct pkt *p,
+					 struct icmp_common *ic, struct vip_addr_info *info)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct vip_meta *m;
+	struct pkt q = {};
+	__be16 *ports;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_TRUNCATED;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + (p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN);
+
+		if ((void *)(ip + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		if (ic->type == ICMP_ECHO) {
+			if (!cfg_icmp_echo || !(info->flags & ADDR_F_ECHO))
+				return CNT_DROP_ICMP;
+			swap_macs(eth);
+			ip->daddr = p->saddr[0];
+			ip->saddr = p->daddr[0];
+			ip->ttl = cfg_ttl;
+			ip->check = 0;
+			ip->check = ipv4_csum(ip);
+			echo_reply_type(ic, ICMP_ECHOREPLY);
+			return CNT_TX_ICMP_ECHO;
+		}
+		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED &&
+		    ic->type != ICMP_PARAMETERPROB)
+			return CNT_DROP_ICMP;
+		struct iphdr *in = c->pos;
+
+		if ((void *)(in + 1) > c->end)
+			return CNT_DROP_TRUNCATED;
+		if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr[0] ||
+		    (in->protocol != IPPROTO_TCP_ && in->protocol != IPPROTO_UDP_))
+			return CNT_DROP_ICMP;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 2) > c->end)
+			return CNT_DROP_TRUNCATED;
+		q.saddr[0] = in->daddr;
+		q.daddr[0] = in->saddr;
+		q.proto = in->protocol;
+	} else {
+		struct ipv6hdr *ip6 = data + (p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		if (ic->type == ICMPV6_ECHO_REQUEST) {
+			if (!cfg_icmp_echo || !(info->flags & ADDR_F_ECHO))
+				return CNT_DROP_ICMP;
+			swap_macs(eth);
+			__builtin_memcpy(&ip6->daddr, p->saddr, 16);
+			__builtin_memcpy(&ip6->saddr, p->daddr, 16);
+			ip6->hop_limit = cfg_ttl;
+			/* Swapping source and destination leaves the pseudo-header sum as it was. */
+			echo_reply_type(ic, ICMPV6_ECHO_REPLY);
+			return CNT_TX_ICMP_ECHO;
+		}
+		if (ic->type < ICMPV6_DEST_UNREACH || ic->type > ICMPV6_PARAMPROB)
+			return CNT_DROP_ICMP;
+		struct ipv6hdr *in = c->pos;
+
+		if ((void *)(in + 1) > c->end)
+			return CNT_DROP_TRUNCATED;
+		if (in->version != 6 || __builtin_memcmp(&in->saddr, p->daddr, 16) != 0 ||
+		    (in->nexthdr != IPPROTO_TCP_ && in->nexthdr != IPPROTO_UDP_))
+			return CNT_DROP_ICMP;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 2) > c->end)
+			return CNT_DROP_TRUNCATED;
+		__builtin_memcpy(q.saddr, &in->daddr, 16);
+		__builtin_memcpy(q.daddr, &in->saddr, 16);
+		q.proto = in->nexthdr;
+	}
+	/* The quoted packet went from the VIP to the client: its ports reversed
+	 * are the flow's. */
+	q.sport = ports[1];
+	q.dport = ports[0];
+	q.family = p->family;
+	q.l3_len = p->l3_len;
+	q.frame_len = p->frame_len;
+	q.tos = p->tos;
+	q.df = 1;
+	q.vlan = p->vlan;
+	q.icmp_err = 1;
+	m = service_lookup(&q);
+	if (!m)
+		return CNT_DROP_ICMP;
+	return lb_forward(ctx, &q, m);
+}
+
+/* process_l4 handles a packet whose destination passed the VIP filter, after
+ * its IP header was found sound. l4_len is the transport bytes the IP header
+ * declares. */
+static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, struct pkt *p, __u32 l4_len)
+{
+	struct vip_addr_info *info;
+	struct icmp_common *ic;
+	struct tcphdr *tcph;
+	struct udphdr *udph;
+	struct vip_meta *m;
+	int r;
+
+	if (p->proto == IPPROTO_TCP_) {
+		r = parse_tcp(c, &tcph, l4_len);
+		if (r == -1)
+			return addr_verdict(p, CNT_DROP_TRUNCATED, CNT_PASS_NOT_VIP);
+		if (r < 0)
+			return addr_verdict(p, CNT_DROP_BAD_L4, CNT_PASS_NOT_VIP);
+		p->sport = tcph->source;
+		p->dport = tcph->dest;
+		p->syn = tcph->syn && !tcph->ack;
+	} else if (p->proto == IPPROTO_UDP_) {
+		if (parse_udp(c, &udph, l4_len))
+			return addr_verdict(p, CNT_DROP_TRUNCATED, CNT_PASS_NOT_VIP);
+		p->sport = udph->source;
+		p->dport = udph->dest;
+	} else if ((p->family == 4 && p->proto == IPPROTO_ICMP_) ||
+		   (p->family == 6 && p->proto == IPPROTO_ICMPV6_)) {
+		info = vip_addr_lookup(p);
+		if (!info)
+			return CNT_PASS_NOT_VIP;
+		r = parse_icmp(c, &ic, l4_len);
+		if (r < 0)
+			return CNT_DROP_TRUNCATED;
+		/* Neighbour discovery (router/neighbour solicitations and
+		 * advertisements, redirects) is the announcer's. */
+		if (p->family == 6 && r >= 133 && r <= 137)
+			return CNT_PASS_NDP;
+		return icmp_to_vip(ctx, c, p, ic, info);
+	} else {
+		return addr_verdict(p, CNT_DROP_PROTOCOL, CNT_PASS_NOT_VIP);
+	}
+
+	m = service_lookup(p);
+	if (!m)
+		return addr_verdict(p, CNT_DROP_NO_SERVICE, CNT_PASS_NOT_VIP);
+	return lb_forward(ctx, p, m);
+}
+
+static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, struct pkt *p)
+{
+	struct iphdr *iph;
+	__u32 ihl, tot;
+	int proto;
+
+	proto = parse_ipv4(c, &iph);
+	if (proto < 0)
+		return CNT_PASS_TRUNCATED;
+	if (!filter_hit(iph->daddr))
+		return CNT_PASS_NOT_VIP;
+	p->family = 4;
+	p->saddr[0] = iph->saddr;
+	p->daddr[0] = iph->daddr;
+
+	ihl = iph->ihl * 4;
+	tot = bpf_ntohs(iph->tot_len);
+	if (iph->version != 4 || ihl < IPV4_HLEN || tot < ihl || (void *)iph + tot > c->end)
+		return addr_verdict(p, CNT_DROP_BAD_L3, CNT_PASS_BAD_L3);
+	/* Keep the compiler from dropping later bounds checks it can derive from
+	 * this one: the verifier cannot. */
+	barrier_var(tot);
+	/* Not handled on purpose: fragments (no ports to hash on) and options
+	 * (rare, and they would move the transport header). */
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
+		return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
+	if (ihl != IPV4_HLEN)
+		return addr_verdict(p, CNT_DROP_IP_OPTIONS, CNT_PASS_NOT_VIP);
+
+	p->proto = proto;
+	p->l3_len = tot;
+	p->tos = iph->tos;
+	p->df = !!(iph->frag_off & bpf_htons(IP_DF));
+	return process_l4(ctx, c, p, tot - IPV4_HLEN);
+}
+
+static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, struct pkt *p)
+{
+	struct ipv6hdr *ip6h;
+	__u32 plen;
+	int proto;
+
+	proto = parse_ipv6(c, &ip6h);
+	if (proto < 0)
+		return CNT_PASS_TRUNCATED;
+	__builtin_memcpy(p->daddr, &ip6h->daddr, 16);
+	if (!filter_hit(fold_addr6(p->daddr)))
+		return CNT_PASS_NOT_VIP;
+	p->family = 6;
+	__builtin_memcpy(p->saddr, &ip6h->saddr, 16);
+
+	plen = bpf_ntohs(ip6h->payload_len);
+	if (ip6h->version != 6 || (void *)(ip6h + 1) + plen > c->end)
+		return addr_verdict(p, CNT_DROP_BAD_L3, CNT_PASS_BAD_L3);
+	barrier_var(plen);
+	/* Not handled on purpose: extension headers (rare on the Internet, and a
+	 * chain to walk) and fragments. */
+	switch (proto) {
+	case IPPROTO_FRAGMENT_:
+		return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
+	case IPPROTO_HOPOPTS_:
+	case IPPROTO_ROUTING_:
+	case IPPROTO_DSTOPTS_:
+	case 51:  /* AH */
+	case 135: /* Mobility */
+	case 139: /* HIP */
+	case 140: /* Shim6 */
+		return addr_verdict(p, CNT_DROP_IPV6_EXT, CNT_PASS_NOT_VIP);
+	}
+
+	p->proto = proto;
+	p->l3_len = IPV6_HLEN + plen;
+	p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+	p->df = 1;
+	return process_l4(ctx, c, p, plen);
+}
+
+static __always_inline __u32 lb_process(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct pkt p = {};
+	struct ethhdr *eth;
+	int proto, vlan;
+
+	proto = parse_eth(&c, &eth, &vlan);
+	if (proto == -2)
+		return CNT_PASS_VLAN_STACKED;
+	if (proto < 0)
+		return CNT_PASS_TRUNCATED;
+	if (vlan)
+		count(CNT_EV_VLAN);
+	p.vlan = vlan;
+	p.frame_len = data_end - data;
+	if (proto == ETH_P_IP)
+		return process_ipv4(ctx, &c, &p);
+	if (proto == ETH_P_IPV6)
+		return process_ipv6(ctx, &c, &p);
+	return CNT_PASS_NOT_IP;
+}
+
+static __always_inline int lb_main(struct xdp_md *ctx)
+{
+	__u32 reason = lb_process(ctx);
+
+	if (cfg_dry_run) {
+		struct dry_outcome *r = dry();
+
+		if (r) {
+			r->reason = reason;
+			r->done = 1;
+		}
+	}
+	count(reason);
+	return verdict_of(reason);
+}
+
+#endif
