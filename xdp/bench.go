@@ -989,7 +989,11 @@ func (s *BenchSuite) forward(v *benchVIP, pkt []byte, id uint32) ([]byte, error)
 	// the flow hash.
 	src, dst := benchTuple(pkt)
 	hash := FlowHash(src, dst, TCP, v.seed)
-	inner := pkt[14:]
+	// The inner packet is routed: its TTL is one lower.
+	inner := slices.Clone(pkt[14:])
+	inner[8]--
+	binary.BigEndian.PutUint16(inner[10:], 0)
+	binary.BigEndian.PutUint16(inner[10:], inetChecksum(0, inner[:20]))
 	out := make([]byte, 14+20+len(inner))
 	copy(out[0:6], b.NextHopMAC)
 	copy(out[6:12], b.SrcMAC)
