@@ -1060,7 +1060,11 @@ func (s *BenchSuite) forward(mode Mode, hash uint32, pkt []byte, id uint32) ([]b
 	}
 	// IPIP: a new outer IPv4 header; the outer source's host bits carry
 	// the flow hash.
-	inner := pkt[14:]
+	// The inner packet is routed: its TTL is one lower.
+	inner := slices.Clone(pkt[14:])
+	inner[8]--
+	binary.BigEndian.PutUint16(inner[10:], 0)
+	binary.BigEndian.PutUint16(inner[10:], inetChecksum(0, inner[:20]))
 	out := make([]byte, 14+20+len(inner))
 	copy(out[0:6], b.NextHopMAC)
 	copy(out[6:12], b.SrcMAC)

@@ -76,6 +76,26 @@ type benchFlow6 struct {
 	Pad   [3]uint8
 }
 
+type benchFragKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Id     uint32
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
+type benchFragValue struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Hash      uint32
+	Sport     uint16
+	Dport     uint16
+	Pad       uint32
+	Seen      uint64
+}
+
 type benchLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -146,36 +166,40 @@ const (
 	benchXdplbCounterCNT_PASS_VLAN_STACKED     benchXdplbCounter = 4
 	benchXdplbCounterCNT_PASS_NDP              benchXdplbCounter = 5
 	benchXdplbCounterCNT_DROP_FRAGMENT         benchXdplbCounter = 6
-	benchXdplbCounterCNT_DROP_IP_OPTIONS       benchXdplbCounter = 7
-	benchXdplbCounterCNT_DROP_IPV6EXT          benchXdplbCounter = 8
-	benchXdplbCounterCNT_DROP_PROTOCOL         benchXdplbCounter = 9
-	benchXdplbCounterCNT_DROP_BAD_L3           benchXdplbCounter = 10
-	benchXdplbCounterCNT_DROP_TRUNCATED        benchXdplbCounter = 11
-	benchXdplbCounterCNT_DROP_BAD_L4           benchXdplbCounter = 12
-	benchXdplbCounterCNT_DROP_NO_SERVICE       benchXdplbCounter = 13
-	benchXdplbCounterCNT_DROP_NO_BACKEND       benchXdplbCounter = 14
-	benchXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchXdplbCounter = 15
-	benchXdplbCounterCNT_DROP_ICMP             benchXdplbCounter = 16
-	benchXdplbCounterCNT_DROP_ADJUST           benchXdplbCounter = 17
-	benchXdplbCounterCNT_DROP_REDIRECT         benchXdplbCounter = 18
-	benchXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchXdplbCounter = 19
-	benchXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchXdplbCounter = 20
-	benchXdplbCounterCNT_TX_L2                 benchXdplbCounter = 21
-	benchXdplbCounterCNT_REDIRECT_L2           benchXdplbCounter = 22
-	benchXdplbCounterCNT_TX_IPIP               benchXdplbCounter = 23
-	benchXdplbCounterCNT_REDIRECT_IPIP         benchXdplbCounter = 24
-	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 25
-	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 26
-	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 27
-	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 28
-	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 29
-	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 29
-	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 30
-	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 31
-	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 32
-	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 33
-	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 34
-	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 35
+	benchXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN benchXdplbCounter = 7
+	benchXdplbCounterCNT_DROP_IP_OPTIONS       benchXdplbCounter = 8
+	benchXdplbCounterCNT_DROP_IPV6EXT          benchXdplbCounter = 9
+	benchXdplbCounterCNT_DROP_PROTOCOL         benchXdplbCounter = 10
+	benchXdplbCounterCNT_DROP_BAD_L3           benchXdplbCounter = 11
+	benchXdplbCounterCNT_DROP_TRUNCATED        benchXdplbCounter = 12
+	benchXdplbCounterCNT_DROP_BAD_L4           benchXdplbCounter = 13
+	benchXdplbCounterCNT_DROP_NO_SERVICE       benchXdplbCounter = 14
+	benchXdplbCounterCNT_DROP_NO_BACKEND       benchXdplbCounter = 15
+	benchXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchXdplbCounter = 16
+	benchXdplbCounterCNT_DROP_ICMP             benchXdplbCounter = 17
+	benchXdplbCounterCNT_DROP_ADJUST           benchXdplbCounter = 18
+	benchXdplbCounterCNT_DROP_REDIRECT         benchXdplbCounter = 19
+	benchXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchXdplbCounter = 20
+	benchXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchXdplbCounter = 21
+	benchXdplbCounterCNT_TX_L2                 benchXdplbCounter = 22
+	benchXdplbCounterCNT_REDIRECT_L2           benchXdplbCounter = 23
+	benchXdplbCounterCNT_TX_IPIP               benchXdplbCounter = 24
+	benchXdplbCounterCNT_REDIRECT_IPIP         benchXdplbCounter = 25
+	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 26
+	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 27
+	benchXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchXdplbCounter = 28
+	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 29
+	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 30
+	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 31
+	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 31
+	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 32
+	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 33
+	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 34
+	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 35
+	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 36
+	benchXdplbCounterCNT_EV_FRAGMENT_FIRST     benchXdplbCounter = 37
+	benchXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchXdplbCounter = 38
+	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 39
 )
 
 // Names of all BPF objects in the ELF.
@@ -188,6 +212,7 @@ const (
 	benchMapCt4              = "ct4"
 	benchMapCt6              = "ct6"
 	benchMapDryResult        = "dry_result"
+	benchMapFrags            = "frags"
 	benchMapMaglevTables     = "maglev_tables"
 	benchMapPinBackoff       = "pin_backoff"
 	benchMapPinFilter        = "pin_filter"
@@ -263,6 +288,7 @@ type benchMapSpecs struct {
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
@@ -312,6 +338,7 @@ type benchMaps struct {
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
 	DryResult    *ebpf.Map `ebpf:"dry_result"`
+	Frags        *ebpf.Map `ebpf:"frags"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
@@ -334,6 +361,7 @@ func (m *benchMaps) Close() error {
 		m.Ct4,
 		m.Ct6,
 		m.DryResult,
+		m.Frags,
 		m.MaglevTables,
 		m.PinBackoff,
 		m.PinFilter,

@@ -27,6 +27,7 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_PASS_VLAN_STACKED:     {"pass", "vlan_stacked"},
 	lbXdplbCounterCNT_PASS_NDP:              {"pass", "ndp"},
 	lbXdplbCounterCNT_DROP_FRAGMENT:         {"drop", "fragment"},
+	lbXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN: {"drop", "fragment_unknown"},
 	lbXdplbCounterCNT_DROP_IP_OPTIONS:       {"drop", "ip_options"},
 	lbXdplbCounterCNT_DROP_IPV6EXT:          {"drop", "ipv6_extension_header"},
 	lbXdplbCounterCNT_DROP_PROTOCOL:         {"drop", "protocol"},
@@ -47,6 +48,7 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_REDIRECT_IPIP:         {"redirect", "dsr_ipip"},
 	lbXdplbCounterCNT_TX_ICMP_ECHO:          {"tx", "icmp_echo_reply"},
 	lbXdplbCounterCNT_TX_ICMP_TOO_BIG:       {"tx", "icmp_too_big"},
+	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED: {"tx", "icmp_time_exceeded"},
 	lbXdplbCounterCNT_TX_ICMP_ERROR:         {"tx", "icmp_error_to_backend"},
 	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR:   {"redirect", "icmp_error_to_backend"},
 	lbXdplbCounterCNT_EV_PIN_CREATED:        {"event", "pin_created"},
@@ -55,6 +57,8 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_EV_PIN_FULL:           {"event", "pin_table_full"},
 	lbXdplbCounterCNT_EV_VLAN:               {"event", "vlan_tagged"},
 	lbXdplbCounterCNT_EV_NEW_FLOW:           {"event", "tcp_syn"},
+	lbXdplbCounterCNT_EV_FRAGMENT_FIRST:     {"event", "fragment_first"},
+	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED:  {"event", "fragment_followed"},
 }
 
 // Counters reads the global counters, summed over CPUs, in index order.

@@ -310,6 +310,7 @@ func (d *Datapath) Unpin() error {
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
 		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
+		d.objs.Frags,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

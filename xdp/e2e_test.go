@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/xdp"
@@ -100,6 +102,69 @@ func TestEndToEnd(t *testing.T) {
 			}
 			if counts[removed] != 0 {
 				t.Errorf("removed backend %s got %d new connections", removed, counts[removed])
+			}
+		})
+	}
+}
+
+// TestFragmentsEndToEnd sends UDP datagrams larger than the client's MTU
+// (1280 bytes, the least IPv6 allows): the client's stack fragments them, the datapath sends every
+// fragment of a datagram to the backend of its first, and the backend
+// reassembles and answers with what it received. IPv4 and IPv6, L2 DSR and
+// IPIP; datagrams from many source ports spread over the backends.
+func TestFragmentsEndToEnd(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	for _, mode := range []xdp.Mode{xdp.ModeDSRL2, xdp.ModeDSRIPIP} {
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx := context.Background()
+			topo := testnet.NewTestTopology(t, testnet.TopologyConfig{Backends: 3})
+			if err := topo.Client.NS.Do(func() error {
+				l, err := netlink.LinkByName(topo.Client.Link)
+				if err != nil {
+					return err
+				}
+				return netlink.LinkSetMTU(l, 1280) // the least IPv6 allows
+			}); err != nil {
+				t.Fatal(err)
+			}
+			app, err := scenario.Start(ctx, topo, scenario.Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := app.Close(); err != nil {
+					t.Error(err)
+				}
+			})
+			payload := make([]byte, 3000)
+			for i := range payload {
+				payload[i] = byte(i)
+			}
+			before, err := app.DP.Counter("event", "fragment_first")
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 30
+			for _, vip := range []netip.Addr{scenario.VIP4, scenario.VIP6} {
+				counts := map[string]int{}
+				for range n {
+					name, err := app.UDPExchange(ctx, vip, payload)
+					if err != nil {
+						t.Fatalf("%s: %v", vip, err)
+					}
+					counts[name]++
+				}
+				t.Logf("%s %s: %v", mode, vip, counts)
+				if len(counts) < 2 {
+					t.Errorf("%s: %d datagrams all went to %v: not balanced", vip, n, counts)
+				}
+			}
+			after, err := app.DP.Counter("event", "fragment_first")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after-before < 2*n {
+				t.Errorf("event/fragment_first moved by %d, want at least %d (a first fragment per datagram)", after-before, 2*n)
 			}
 		})
 	}

@@ -69,6 +69,26 @@ type lbFlow6 struct {
 	Pad   [3]uint8
 }
 
+type lbFragKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Id     uint32
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
+type lbFragValue struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Hash      uint32
+	Sport     uint16
+	Dport     uint16
+	Pad       uint32
+	Seen      uint64
+}
+
 type lbLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -152,36 +172,40 @@ const (
 	lbXdplbCounterCNT_PASS_VLAN_STACKED     lbXdplbCounter = 4
 	lbXdplbCounterCNT_PASS_NDP              lbXdplbCounter = 5
 	lbXdplbCounterCNT_DROP_FRAGMENT         lbXdplbCounter = 6
-	lbXdplbCounterCNT_DROP_IP_OPTIONS       lbXdplbCounter = 7
-	lbXdplbCounterCNT_DROP_IPV6EXT          lbXdplbCounter = 8
-	lbXdplbCounterCNT_DROP_PROTOCOL         lbXdplbCounter = 9
-	lbXdplbCounterCNT_DROP_BAD_L3           lbXdplbCounter = 10
-	lbXdplbCounterCNT_DROP_TRUNCATED        lbXdplbCounter = 11
-	lbXdplbCounterCNT_DROP_BAD_L4           lbXdplbCounter = 12
-	lbXdplbCounterCNT_DROP_NO_SERVICE       lbXdplbCounter = 13
-	lbXdplbCounterCNT_DROP_NO_BACKEND       lbXdplbCounter = 14
-	lbXdplbCounterCNT_DROP_TOO_BIG_NO_DF    lbXdplbCounter = 15
-	lbXdplbCounterCNT_DROP_ICMP             lbXdplbCounter = 16
-	lbXdplbCounterCNT_DROP_ADJUST           lbXdplbCounter = 17
-	lbXdplbCounterCNT_DROP_REDIRECT         lbXdplbCounter = 18
-	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE lbXdplbCounter = 19
-	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  lbXdplbCounter = 20
-	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 21
-	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 22
-	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 23
-	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 24
-	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 25
-	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 26
-	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 27
-	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 28
-	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 29
-	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 29
-	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 30
-	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 31
-	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 32
-	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 33
-	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 34
-	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 35
+	lbXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN lbXdplbCounter = 7
+	lbXdplbCounterCNT_DROP_IP_OPTIONS       lbXdplbCounter = 8
+	lbXdplbCounterCNT_DROP_IPV6EXT          lbXdplbCounter = 9
+	lbXdplbCounterCNT_DROP_PROTOCOL         lbXdplbCounter = 10
+	lbXdplbCounterCNT_DROP_BAD_L3           lbXdplbCounter = 11
+	lbXdplbCounterCNT_DROP_TRUNCATED        lbXdplbCounter = 12
+	lbXdplbCounterCNT_DROP_BAD_L4           lbXdplbCounter = 13
+	lbXdplbCounterCNT_DROP_NO_SERVICE       lbXdplbCounter = 14
+	lbXdplbCounterCNT_DROP_NO_BACKEND       lbXdplbCounter = 15
+	lbXdplbCounterCNT_DROP_TOO_BIG_NO_DF    lbXdplbCounter = 16
+	lbXdplbCounterCNT_DROP_ICMP             lbXdplbCounter = 17
+	lbXdplbCounterCNT_DROP_ADJUST           lbXdplbCounter = 18
+	lbXdplbCounterCNT_DROP_REDIRECT         lbXdplbCounter = 19
+	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE lbXdplbCounter = 20
+	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  lbXdplbCounter = 21
+	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 22
+	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 23
+	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 24
+	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 25
+	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 26
+	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 27
+	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED lbXdplbCounter = 28
+	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 29
+	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 30
+	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 31
+	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 31
+	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 32
+	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 33
+	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 34
+	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 35
+	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 36
+	lbXdplbCounterCNT_EV_FRAGMENT_FIRST     lbXdplbCounter = 37
+	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  lbXdplbCounter = 38
+	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 39
 )
 
 type lbXdplbDryPin uint32
@@ -215,6 +239,7 @@ const (
 	lbMapCt4             = "ct4"
 	lbMapCt6             = "ct6"
 	lbMapDryResult       = "dry_result"
+	lbMapFrags           = "frags"
 	lbMapMaglevTables    = "maglev_tables"
 	lbMapPinBackoff      = "pin_backoff"
 	lbMapPinFilter       = "pin_filter"
@@ -292,6 +317,7 @@ type lbMapSpecs struct {
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
 	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
@@ -345,6 +371,7 @@ type lbMaps struct {
 	Ct4          *ebpf.Map `ebpf:"ct4"`
 	Ct6          *ebpf.Map `ebpf:"ct6"`
 	DryResult    *ebpf.Map `ebpf:"dry_result"`
+	Frags        *ebpf.Map `ebpf:"frags"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
@@ -366,6 +393,7 @@ func (m *lbMaps) Close() error {
 		m.Ct4,
 		m.Ct6,
 		m.DryResult,
+		m.Frags,
 		m.MaglevTables,
 		m.PinBackoff,
 		m.PinFilter,

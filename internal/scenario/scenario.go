@@ -7,6 +7,7 @@ package scenario
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,9 @@ var (
 
 // Port is the service port of both VIPs.
 const Port = 80
+
+// UDPPort is the UDP service of the scenario: the same VIPs, port 53.
+const UDPPort = 53
 
 // Options configure Start.
 type Options struct {
@@ -63,6 +67,7 @@ type Servers struct {
 	mu        sync.Mutex
 	decaps    []*xdp.Decap
 	listeners map[string]net.Listener // by backend name
+	udp       []net.PacketConn
 	accepted  map[net.Conn]bool
 	wg        sync.WaitGroup
 }
@@ -91,6 +96,11 @@ func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
 	for _, h := range topo.Backends {
 		if err := s.Listen(h.Name); err != nil {
 			return nil, err
+		}
+		for _, vip := range []netip.Addr{VIP4, VIP6} {
+			if err := s.listenUDP(h, vip); err != nil {
+				return nil, err
+			}
 		}
 		if decap {
 			if err := h.NS.Do(func() error {
@@ -211,6 +221,66 @@ func (s *Servers) Listen(name string) error {
 	return nil
 }
 
+// listenUDP answers every datagram to vip:UDPPort on backend h with
+// "NAME LENGTH SHA256" of what it received (reassembled, when it came in
+// fragments): a short answer that proves the whole datagram arrived.
+func (s *Servers) listenUDP(h *testnet.Host, vip netip.Addr) error {
+	pc, err := h.ListenPacket("udp", netip.AddrPortFrom(vip, UDPPort).String())
+	if err != nil {
+		return fmt.Errorf("listening on %s udp %s: %w", h.Name, vip, err)
+	}
+	s.mu.Lock()
+	s.udp = append(s.udp, pc)
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			sum := sha256.Sum256(buf[:n])
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %d %x", h.Name, n, sum[:8])), from)
+		}
+	}()
+	return nil
+}
+
+// UDPExchange sends payload from the client to vip:UDPPort in one datagram
+// (fragmented by the client's stack when it exceeds its MTU) and returns the
+// backend that received all of it. A datagram or answer lost is sent again,
+// three times at most.
+func (s *Servers) UDPExchange(ctx context.Context, vip netip.Addr, payload []byte) (string, error) {
+	c, err := s.Topo.Client.Dial(ctx, "udp", netip.AddrPortFrom(vip, UDPPort).String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	sum := sha256.Sum256(payload)
+	want := fmt.Sprintf("%d %x", len(payload), sum[:8])
+	buf := make([]byte, 256)
+	var last error
+	for try := 0; try < 3; try++ {
+		if _, err := c.Write(payload); err != nil {
+			return "", err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			last = err
+			continue
+		}
+		name, got, _ := strings.Cut(string(buf[:n]), " ")
+		if got != want {
+			return name, fmt.Errorf("backend %s received %q, want %q", name, got, want)
+		}
+		return name, nil
+	}
+	return "", fmt.Errorf("no answer from %s:%d to a %d-byte datagram: %w", vip, UDPPort, len(payload), last)
+}
+
 // StopListening closes the listener of the backend named name: new
 // connections are refused, established ones keep working.
 func (s *Servers) StopListening(name string) {
@@ -225,7 +295,8 @@ func (s *Servers) StopListening(name string) {
 // Seed is the scenario's Maglev seed.
 var Seed = [16]byte{'x', 'd', 'p', 'l', 'b', '-', 's', 'c', 'e', 'n', 'a', 'r', 'i', 'o', '!', '!'}
 
-// State is the desired state of the scenario: both VIPs over the backends.
+// State is the desired state of the scenario: both VIPs over the backends,
+// TCP port Port and UDP port UDPPort.
 func (a *Appliance) State() lb.State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -237,6 +308,12 @@ func (a *Appliance) State() lb.State {
 	for i, k := range Keys() {
 		st.Services = append(st.Services, lb.Service{
 			Name: []string{"web4", "web6"}[i], Addr: k.Addr, Proto: k.Proto, Ports: []uint16{k.Port},
+			Mode: a.opts.Mode, TableSize: a.opts.TableSize, Backends: bs,
+		})
+	}
+	for i, vip := range []netip.Addr{VIP4, VIP6} {
+		st.Services = append(st.Services, lb.Service{
+			Name: []string{"dns4", "dns6"}[i], Addr: vip, Proto: xdp.UDP, Ports: []uint16{UDPPort},
 			Mode: a.opts.Mode, TableSize: a.opts.TableSize, Backends: bs,
 		})
 	}
@@ -352,6 +429,10 @@ func (s *Servers) Close() error {
 	for c := range s.accepted {
 		c.Close()
 	}
+	for _, pc := range s.udp {
+		pc.Close()
+	}
+	s.udp = nil
 	s.mu.Unlock()
 	for _, d := range s.decaps {
 		errs = append(errs, d.Close())

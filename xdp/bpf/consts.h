@@ -54,6 +54,12 @@
 #define ICMP4_QUOTE (IPV4_HLEN + 8)
 #define ICMP6_QUOTE (IPV6_HLEN + 8)
 
+/* Fragments: the datagrams remembered at once (struct frag_key), and how
+ * long a first fragment is remembered: Linux gives up reassembly after 30 s
+ * (net.ipv4.ipfrag_time). */
+#define FRAG_ENTRIES 16384
+#define FRAG_TIMEOUT_NS (30ULL * 1000000000ULL)
+
 /* The vip_filter bitmap: VIP_FILTER_BITS bits over an array of u64 words. */
 #define VIP_FILTER_SHIFT 16
 #define VIP_FILTER_BITS (1 << VIP_FILTER_SHIFT)
@@ -118,7 +124,9 @@ enum xdplb_backend_flags {
 /* Index of every global counter in the stats map. Each packet is counted under
  * exactly one verdict counter (the ones before COUNTER_EVENTS); the events after
  * it count things that happened to a packet on its way. The Go side names them
- * (xdp/counters.go); the order is part of the pinned map's layout: append only. */
+ * (xdp/counters.go). The order is part of the pinned map's layout: a daemon
+ * whose list differs cannot take over the pinned maps of another (COUNTER_MAX
+ * sizes the map), so a change here needs `xdplb detach` on upgrade. */
 enum xdplb_counter {
 	/* XDP_PASS */
 	CNT_PASS_NOT_IP = 0,     /* ethertype is neither IPv4 nor IPv6 (ARP, LLDP, ...) */
@@ -128,7 +136,8 @@ enum xdplb_counter {
 	CNT_PASS_VLAN_STACKED,   /* more than one VLAN tag: not handled */
 	CNT_PASS_NDP,            /* neighbour discovery to a VIP: for the announcer */
 	/* XDP_DROP, packets for a VIP */
-	CNT_DROP_FRAGMENT,       /* IPv4 fragment or IPv6 fragment header */
+	CNT_DROP_FRAGMENT,       /* fragment of a datagram not balanced (ICMP, other protocols) */
+	CNT_DROP_FRAGMENT_UNKNOWN, /* later fragment whose first fragment was not seen, or long ago */
 	CNT_DROP_IP_OPTIONS,     /* IPv4 options (IHL > 5) */
 	CNT_DROP_IPV6_EXT,       /* IPv6 extension header other than fragment */
 	CNT_DROP_PROTOCOL,       /* neither TCP, UDP nor ICMP */
@@ -151,6 +160,7 @@ enum xdplb_counter {
 	CNT_REDIRECT_IPIP,
 	CNT_TX_ICMP_ECHO,        /* echo reply sent for a VIP */
 	CNT_TX_ICMP_TOO_BIG,     /* fragmentation needed / packet too big sent */
+	CNT_TX_ICMP_TIME_EXCEEDED, /* TTL / hop limit 1 to an IPIP VIP: time exceeded sent */
 	CNT_TX_ICMP_ERROR,       /* ICMP error about a VIP flow sent to its backend */
 	CNT_REDIRECT_ICMP_ERROR,
 	COUNTER_EVENTS,
@@ -161,6 +171,8 @@ enum xdplb_counter {
 	CNT_EV_PIN_FULL,         /* pin not created: flow table full */
 	CNT_EV_VLAN,             /* packet carried one VLAN tag */
 	CNT_EV_NEW_FLOW,         /* TCP SYN to a VIP */
+	CNT_EV_FRAGMENT_FIRST,   /* first fragment balanced and remembered */
+	CNT_EV_FRAGMENT_FOLLOWED, /* later fragment sent where its first went */
 	COUNTER_MAX,
 };
 

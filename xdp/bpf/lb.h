@@ -53,7 +53,10 @@ struct pkt {
 	__u8 df;        /* may not be fragmented (IPv4 DF; always for IPv6) */
 	__u8 vlan;
 	__u8 icmp_err;  /* forwarding an ICMP error about the flow */
-	__u8 pad;
+	__u8 ttl;       /* IPv4 TTL or IPv6 hop limit as received */
+	__u8 frag_first; /* the first fragment of a datagram (more follow) */
+	__u8 pad[3];
+	__u32 frag_id;  /* IPv4 ID or IPv6 fragment identification, for fragments */
 };
 
 static __always_inline void count(__u32 idx)
@@ -487,10 +490,11 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 	return xmit(ctx, b, CNT_TX_IPIP, CNT_REDIRECT_IPIP);
 }
 
-/* too_big answers the client with ICMP "fragmentation needed" or ICMPv6
- * "packet too big" quoting the start of its packet, sent back out of the
- * interface it came in on. */
-static __always_inline __u32 too_big(struct xdp_md *ctx, struct pkt *p, __u32 mtu, const int l2)
+/* icmp_back answers the client with an ICMP error quoting the start of its
+ * packet, sent back out of the interface it came in on: "fragmentation
+ * needed" / "packet too big" (too_big, rest is the MTU) or "time exceeded"
+ * (rest 0). The VIP is its source. */
+static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int too_big, __u32 mtu, const int l2)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -542,8 +546,8 @@ static __always_inline __u32 too_big(struct xdp_md *ctx, struct pkt *p, __u32 mt
 		};
 		o.check = ipv4_csum(&o);
 		__builtin_memcpy(ip, &o, IPV4_HLEN);
-		ic->type = ICMP_DEST_UNREACH;
-		ic->code = ICMP_FRAG_NEEDED;
+		ic->type = too_big ? ICMP_DEST_UNREACH : ICMP_TIME_EXCEEDED;
+		ic->code = too_big ? ICMP_FRAG_NEEDED : 0;
 		ic->checksum = 0;
 		ic->rest = bpf_htonl(mtu & 0xffff);
 #pragma unroll
@@ -565,7 +569,7 @@ static __always_inline __u32 too_big(struct xdp_md *ctx, struct pkt *p, __u32 mt
 		__builtin_memcpy(&o.saddr, p->daddr, 16);
 		__builtin_memcpy(&o.daddr, p->saddr, 16);
 		__builtin_memcpy(ip6, &o, IPV6_HLEN);
-		ic->type = ICMPV6_PKT_TOOBIG;
+		ic->type = too_big ? ICMPV6_PKT_TOOBIG : ICMPV6_TIME_EXCEED;
 		ic->code = 0;
 		ic->checksum = 0;
 		ic->rest = bpf_htonl(mtu);
@@ -578,7 +582,35 @@ static __always_inline __u32 too_big(struct xdp_md *ctx, struct pkt *p, __u32 mt
 			sum += w[i];
 		ic->checksum = csum_fold(sum);
 	}
-	return CNT_TX_ICMP_TOO_BIG;
+	return too_big ? CNT_TX_ICMP_TOO_BIG : CNT_TX_ICMP_TIME_EXCEEDED;
+}
+
+/* decrement_ttl lowers the TTL or hop limit of the packet's IP header (at
+ * l2), as a router does, so that a loop of appliances forwarding to each
+ * other ends. The IPv4 checksum is updated incrementally (RFC 1624). */
+static __always_inline int decrement_ttl(struct xdp_md *ctx, struct pkt *p, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+		__u32 check;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+		return 0;
+	}
+	struct ipv6hdr *ip6 = data + l2;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	ip6->hop_limit--;
+	return 0;
 }
 
 static __always_inline __u32 fwd_ipip(struct xdp_md *ctx, struct pkt *p, struct backend *b, __u32 hash)
@@ -591,30 +623,59 @@ static __always_inline __u32 fwd_ipip(struct xdp_md *ctx, struct pkt *p, struct 
 		if (!p->df)
 			return CNT_DROP_TOO_BIG_NO_DF;
 		if (p->vlan)
-			return too_big(ctx, p, b->mtu - outer, ETH_HLEN + VLAN_HLEN);
-		return too_big(ctx, p, b->mtu - outer, ETH_HLEN);
+			return icmp_back(ctx, p, 1, b->mtu - outer, ETH_HLEN + VLAN_HLEN);
+		return icmp_back(ctx, p, 1, b->mtu - outer, ETH_HLEN);
 	}
-	if (p->vlan)
+	/* Encapsulation routes the packet: a TTL that would reach 0 ends here
+	 * (a loop of appliances, or a traceroute). No ICMP about ICMP errors. */
+	if (p->ttl <= 1) {
+		if (p->icmp_err)
+			return CNT_DROP_ICMP;
+		if (p->vlan)
+			return icmp_back(ctx, p, 0, 0, ETH_HLEN + VLAN_HLEN);
+		return icmp_back(ctx, p, 0, 0, ETH_HLEN);
+	}
+	if (p->vlan) {
+		if (decrement_ttl(ctx, p, ETH_HLEN + VLAN_HLEN))
+			return CNT_DROP_ADJUST;
 		return encap(ctx, p, b, hash, ETH_HLEN + VLAN_HLEN);
+	}
+	if (decrement_ttl(ctx, p, ETH_HLEN))
+		return CNT_DROP_ADJUST;
 	return encap(ctx, p, b, hash, ETH_HLEN);
 }
 
-static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
+static __always_inline void frag_key_of(struct frag_key *k, struct pkt *p)
 {
-	struct backend *b;
-	__u32 hash, id = 0;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+	k->id = p->frag_id;
+	k->proto = p->proto;
+	k->family = p->family;
+}
+
+/* frag_remember notes where a first fragment went, for the rest. */
+static __always_inline void frag_remember(struct pkt *p, __u32 backend_id, __u32 hash)
+{
+	struct frag_key k = {};
+	struct frag_value v = {
+		.backend_id = backend_id, .hash = hash, .sport = p->sport, .dport = p->dport,
+		.seen = bpf_ktime_get_coarse_ns(),
+	};
+
+	if (cfg_dry_run)
+		return;
+	frag_key_of(&k, p);
+	bpf_map_update_elem(&frags, &k, &v, BPF_ANY);
+	count(CNT_EV_FRAGMENT_FIRST);
+}
+
+/* lb_send sends the packet to backend b (id) by the VIP's mode. */
+static __always_inline __u32 lb_send(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, struct backend *b,
+				     __u32 id, __u32 hash)
+{
 	__u8 mode = m->mode;
 
-	if (p->family == 4)
-		hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
-	else
-		hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
-				 m->hash_seed);
-
-	count_lb(&vip_stats, m->vip_id, p);
-	b = choose_backend(p, m, hash, &id);
-	if (!b)
-		return CNT_DROP_NO_BACKEND;
 	if (cfg_dry_run) {
 		struct dry_outcome *r = dry();
 
@@ -630,6 +691,54 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 	if (mode == MODE_DSR_IPIP)
 		return fwd_ipip(ctx, p, b, hash);
 	return CNT_DROP_UNSUPPORTED_MODE;
+}
+
+static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
+{
+	struct backend *b;
+	__u32 hash, id = 0;
+
+	if (p->family == 4)
+		hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
+	else
+		hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
+				 m->hash_seed);
+
+	count_lb(&vip_stats, m->vip_id, p);
+	b = choose_backend(p, m, hash, &id);
+	if (!b)
+		return CNT_DROP_NO_BACKEND;
+	if (p->frag_first)
+		frag_remember(p, id, hash);
+	return lb_send(ctx, p, m, b, id, hash);
+}
+
+/* frag_follow sends a later fragment (no ports) where the first fragment of
+ * its datagram went. One whose first fragment was not seen (lost, reordered,
+ * or more than FRAG_TIMEOUT_NS ago) is dropped when it is for a VIP
+ * address: sending it anywhere else would be a guess. */
+static __always_inline __u32 frag_follow(struct xdp_md *ctx, struct pkt *p)
+{
+	struct frag_key k = {};
+	struct frag_value *f;
+	struct vip_meta *m;
+	struct backend *b;
+
+	frag_key_of(&k, p);
+	f = bpf_map_lookup_elem(&frags, &k);
+	if (!f || f->seen + FRAG_TIMEOUT_NS < bpf_ktime_get_coarse_ns())
+		return addr_verdict(p, CNT_DROP_FRAGMENT_UNKNOWN, CNT_PASS_NOT_VIP);
+	p->sport = f->sport;
+	p->dport = f->dport;
+	m = service_lookup(p);
+	if (!m)
+		return addr_verdict(p, CNT_DROP_NO_SERVICE, CNT_PASS_NOT_VIP);
+	count_lb(&vip_stats, m->vip_id, p);
+	b = backend_lookup(f->backend_id);
+	if (!backend_up(b))
+		return CNT_DROP_NO_BACKEND;
+	count(CNT_EV_FRAGMENT_FOLLOWED);
+	return lb_send(ctx, p, m, b, f->backend_id, f->hash);
 }
 
 static __always_inline void swap_macs(struct ethhdr *eth)
@@ -738,6 +847,7 @@ static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, s
 	q.l3_len = p->l3_len;
 	q.frame_len = p->frame_len;
 	q.tos = p->tos;
+	q.ttl = p->ttl;
 	q.df = 1;
 	q.vlan = p->vlan;
 	q.icmp_err = 1;
@@ -818,17 +928,26 @@ static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, 
 	/* Keep the compiler from dropping later bounds checks it can derive from
 	 * this one: the verifier cannot. */
 	barrier_var(tot);
-	/* Not handled on purpose: fragments (no ports to hash on) and options
-	 * (rare, and they would move the transport header). */
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
-		return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
+	/* Not handled on purpose: options (rare, and they would move the
+	 * transport header). */
 	if (ihl != IPV4_HLEN)
 		return addr_verdict(p, CNT_DROP_IP_OPTIONS, CNT_PASS_NOT_VIP);
 
 	p->proto = proto;
 	p->l3_len = tot;
 	p->tos = iph->tos;
+	p->ttl = iph->ttl;
 	p->df = !!(iph->frag_off & bpf_htons(IP_DF));
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK)) {
+		/* TCP and UDP fragments: the first is balanced by its ports, the
+		 * others follow it. Fragmented ICMP is not handled. */
+		if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+			return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
+		p->frag_id = iph->id;
+		if (iph->frag_off & bpf_htons(IP_OFFMASK))
+			return frag_follow(ctx, p);
+		p->frag_first = 1;
+	}
 	return process_l4(ctx, c, p, tot - IPV4_HLEN);
 }
 
@@ -851,11 +970,35 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	if (ip6h->version != 6 || (void *)(ip6h + 1) + plen > c->end)
 		return addr_verdict(p, CNT_DROP_BAD_L3, CNT_PASS_BAD_L3);
 	barrier_var(plen);
-	/* Not handled on purpose: extension headers (rare on the Internet, and a
-	 * chain to walk) and fragments. */
+	p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+	p->ttl = ip6h->hop_limit;
+	p->l3_len = IPV6_HLEN + plen;
+	p->df = 1;
+	/* A fragment header right after the IPv6 header: TCP and UDP fragments
+	 * are handled as IPv4's (the first balanced by its ports, the others
+	 * follow); an atomic fragment (offset 0, no more) is an ordinary
+	 * packet. */
+	if (proto == IPPROTO_FRAGMENT_) {
+		struct frag_hdr *fh;
+		__u16 off;
+
+		if (parse_frag6(c, &fh) || plen < sizeof(*fh))
+			return addr_verdict(p, CNT_DROP_TRUNCATED, CNT_PASS_NOT_VIP);
+		proto = fh->nexthdr;
+		plen -= sizeof(*fh);
+		if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+			return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
+		p->proto = proto;
+		p->frag_id = fh->identification;
+		off = bpf_ntohs(fh->frag_off);
+		if (off & IP6_OFFMASK)
+			return frag_follow(ctx, p);
+		p->frag_first = !!(off & IP6_MF);
+	}
+	/* Not handled on purpose: other extension headers (rare on the
+	 * Internet, and a chain to walk). */
 	switch (proto) {
 	case IPPROTO_FRAGMENT_:
-		return addr_verdict(p, CNT_DROP_FRAGMENT, CNT_PASS_NOT_VIP);
 	case IPPROTO_HOPOPTS_:
 	case IPPROTO_ROUTING_:
 	case IPPROTO_DSTOPTS_:
@@ -867,9 +1010,6 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	}
 
 	p->proto = proto;
-	p->l3_len = IPV6_HLEN + plen;
-	p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
-	p->df = 1;
 	return process_l4(ctx, c, p, plen);
 }
 

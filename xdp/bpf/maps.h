@@ -167,4 +167,13 @@ struct {
 	__type(value, struct dry_outcome);
 } dry_result SEC(".maps");
 
+/* Fragments: where the later fragments of a datagram go (see struct
+ * frag_key). LRU: a datagram whose fragments never came is forgotten first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAG_ENTRIES);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+} frags SEC(".maps");
+
 #endif

@@ -77,6 +77,28 @@ static __always_inline int parse_ipv6(struct cursor *c, struct ipv6hdr **ip6h)
 	return h->nexthdr;
 }
 
+/* The IPv6 fragment header (RFC 8200 4.5). */
+struct frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;   /* offset in 8-byte units << 3 | 2 reserved bits | M */
+	__be32 identification;
+};
+
+#define IP6_OFFMASK 0xfff8
+#define IP6_MF 0x0001
+
+static __always_inline int parse_frag6(struct cursor *c, struct frag_hdr **fh)
+{
+	struct frag_hdr *h = c->pos;
+
+	if ((void *)(h + 1) > c->end)
+		return -1;
+	*fh = h;
+	c->pos = h + 1;
+	return 0;
+}
+
 /* parse_tcp checks the data offset: it must be at least 5 words and the header
  * must fit in l4_len (the transport bytes the IP header declares). Returns 0,
  * -1 when truncated, -2 for a bad data offset. */

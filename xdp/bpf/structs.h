@@ -105,6 +105,28 @@ struct ct_value {
 	__u64 last_seen;    /* CLOCK_MONOTONIC_COARSE ns, refreshed at most every PIN_TOUCH_NS */
 };
 
+/* The first fragment of a datagram to a VIP is balanced by its ports like
+ * any packet; its later fragments carry no ports and find the backend here,
+ * by (source, destination, IP ID or IPv6 fragment identification,
+ * protocol). IPv4 addresses take the first word of each address. */
+struct frag_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct frag_value {
+	__u32 backend_id;
+	__u32 hash;         /* the flow hash of the first fragment (IPIP outer source) */
+	__be16 sport;       /* the first fragment's ports: they find the service */
+	__be16 dport;
+	__u32 pad;
+	__u64 seen;         /* CLOCK_MONOTONIC_COARSE ns of the first fragment */
+};
+
 /* A slot of an inner Maglev map holds the backend ids of two tables: the
  * current one and the previous or next one. */
 struct maglev_slot {
