@@ -50,8 +50,19 @@ func (o *dryObjects) close() error {
 // loopback interface: a backend behind any other interface shows as
 // XDPRedirect (or drop/redirect_failed when that interface is no tx port)
 // where a frame arriving on the backend's interface would be sent with
-// XDPTx.
-func (d *Datapath) DryRun(frame []byte) (DryRunResult, error) {
+// XDPTx. DryRunOn says on which interface it arrives.
+func (d *Datapath) DryRun(frame []byte) (DryRunResult, error) { return d.DryRunOn(frame, 0) }
+
+// xdpMD is the program's context (struct xdp_md) as BPF_PROG_TEST_RUN takes
+// it: data_end the frame's length, and the ingress interface.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// DryRunOn is DryRun for a frame arriving on the interface of index
+// ingress (0: loopback, as DryRun), which must exist in the caller's network
+// namespace.
+func (d *Datapath) DryRunOn(frame []byte, ingress int) (DryRunResult, error) {
 	d.dryMu.Lock()
 	defer d.dryMu.Unlock()
 	o, err := d.loadDryRun()
@@ -62,6 +73,9 @@ func (d *Datapath) DryRun(frame []byte) (DryRunResult, error) {
 		return DryRunResult{}, fmt.Errorf("dry run: clearing the result: %w", err)
 	}
 	opts := ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+512)}
+	if ingress > 0 {
+		opts.Context = xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ingress)}
+	}
 	verdict, err := o.Prog.Run(&opts)
 	if err != nil {
 		return DryRunResult{}, fmt.Errorf("dry run: %w", err)

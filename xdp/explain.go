@@ -94,8 +94,14 @@ func ExplainFrame(p Packet) ([]byte, error) {
 // does (DryRun), and compares the two. Forwarding after the choice of a
 // backend (MAC rewrite, encapsulation, MTU) is the program's alone: a
 // packet the program drops there (drop/no_encap_source, say) agrees with
-// the model when the backend does.
-func (d *Datapath) Explain(p Packet) (Explanation, error) {
+// the model when the backend does. The frame arrives on loopback (see
+// DryRun); ExplainOn says on which interface.
+func (d *Datapath) Explain(p Packet) (Explanation, error) { return d.ExplainOn(p, 0) }
+
+// ExplainOn is Explain for a packet arriving on the interface of index
+// ingress; 0 means the interface of the chosen backend's next hop, when
+// the datapath is attached to it, as for a client on the backends' LAN.
+func (d *Datapath) ExplainOn(p Packet, ingress int) (Explanation, error) {
 	e := Explanation{Packet: p}
 	frame, err := ExplainFrame(p)
 	if err != nil {
@@ -107,7 +113,10 @@ func (d *Datapath) Explain(p Packet) (Explanation, error) {
 		return e, fmt.Errorf("explaining %s -> %s: %w", p.Src, p.Dst, err)
 	}
 	e.Model = s.Decide(p)
-	if e.Program, err = d.DryRun(frame); err != nil {
+	if b, ok := s.Backends[e.Model.BackendID]; ingress == 0 && ok && d.attachedTo(b.IfIndex) {
+		ingress = b.IfIndex
+	}
+	if e.Program, err = d.DryRunOn(frame, ingress); err != nil {
 		return e, fmt.Errorf("explaining %s -> %s: %w", p.Src, p.Dst, err)
 	}
 	e.Disagreement = disagreement(p, e.Model, e.Program)
@@ -150,4 +159,17 @@ func pinDisagreement(m Decision, r DryRunResult) string {
 		return s
 	}
 	return fmt.Sprintf("the model writes pin %s; the program writes %s", name(m.Pin), name(r.Pin))
+}
+
+// attachedTo says whether the datapath runs on the interface of index
+// ifindex.
+func (d *Datapath) attachedTo(ifindex int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, a := range d.links {
+		if a.IfIndex == ifindex {
+			return true
+		}
+	}
+	return false
 }

@@ -19,6 +19,8 @@ type Request struct {
 	VIP string `json:"vip,omitempty"`
 	// From is the client ("ADDR:PORT") for explain.
 	From string `json:"from,omitempty"`
+	// SYN makes explain run a TCP SYN rather than an ACK.
+	SYN bool `json:"syn,omitempty"`
 }
 
 // Response is a control-socket response: Data on success, Error otherwise.
@@ -35,7 +37,7 @@ type controlAPI interface {
 	Backends() []BackendInfo
 	Flows(vip string) ([]FlowInfo, error)
 	Maglev(vip string) (MaglevInfo, error)
-	Explain(from, vip string) (ExplainInfo, error)
+	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
 }
 
@@ -58,6 +60,7 @@ type (
 	MaglevInfo     = controlplane.MaglevInfo
 	SlotsShare     = controlplane.SlotsShare
 	ExplainInfo    = controlplane.ExplainInfo
+	ProgramRun     = controlplane.ProgramRun
 	VIPMetric      = controlplane.VIPMetric
 	BackendMetric  = controlplane.BackendMetric
 )

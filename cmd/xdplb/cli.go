@@ -241,11 +241,16 @@ func runMaglev(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runExplain(ctx context.Context, args []string, out io.Writer) error {
-	c := newCLICommand("explain", "xdplb explain --from IP:PORT --to VIP:PORT/PROTO [--socket PATH] [-o table|json]",
+	c := newCLICommand("explain", "xdplb explain --from IP:PORT --to VIP:PORT/PROTO [--syn] [--socket PATH] [-o table|json]",
 		"Says which backend a packet from the client to the VIP goes to now, and why: a\n"+
-			"conntrack entry pins its flow, or the Maglev table slot its flow hash selects.")
+			"conntrack entry pins its flow, or the Maglev table slot its flow hash selects.\n"+
+			"Next to that reasoning (the datapath's Go model) it shows what the XDP program\n"+
+			"itself does with the packet, run in a dry-run build against the live maps\n"+
+			"(nothing is counted, pinned or sent). If the two disagree, that is a bug: the\n"+
+			"command says so and exits with status 1.")
 	from := c.fs.String("from", "", "client address and port (IP:PORT; an IPv6 address in brackets)")
 	to := c.fs.String("to", "", "VIP, port and protocol (VIP:PORT/PROTO, e.g. 198.18.10.10:80/tcp)")
+	syn := c.fs.Bool("syn", false, "explain a TCP SYN (a new connection) rather than a packet of an established one")
 	pos, err := c.parse(args, out)
 	if err != nil {
 		return helpIsNoError(err)
@@ -268,10 +273,16 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 		return usageError{fmt.Sprintf("explain: --to %v", err)}
 	}
 	var e ExplainInfo
-	if err := c.call(ctx, Request{From: src.String(), VIP: k.String()}, &e); err != nil {
+	if err := c.call(ctx, Request{From: src.String(), VIP: k.String(), SYN: *syn}, &e); err != nil {
 		return err
 	}
-	return c.print(out, e, func(w io.Writer) error { return writeExplain(w, e) })
+	if err := c.print(out, e, func(w io.Writer) error { return writeExplain(w, e) }); err != nil {
+		return err
+	}
+	if e.Program != nil && !e.Agree {
+		return errors.New("explain: the datapath program and its model disagree; this is a bug, please report it with the output of -o json")
+	}
+	return nil
 }
 
 func runReload(ctx context.Context, args []string, out io.Writer) error {
@@ -587,6 +598,11 @@ func writeMaglev(w io.Writer, m MaglevInfo) error {
 }
 
 func writeExplain(w io.Writer, e ExplainInfo) error {
+	if e.Program != nil && !e.Agree {
+		if _, err := fmt.Fprintf(w, "!!! THE DATAPATH PROGRAM DISAGREES WITH ITS MODEL: %s.\n!!! This is a bug: please report it with the output of -o json.\n\n", e.Disagreement); err != nil {
+			return err
+		}
+	}
 	if _, err := fmt.Fprintf(w, "%s\n\n", e.Text); err != nil {
 		return err
 	}
@@ -597,6 +613,9 @@ func writeExplain(w io.Writer, e ExplainInfo) error {
 		vip += " (service " + e.Service + ")"
 	}
 	t.row("VIP:", vip)
+	if e.Packet != "" {
+		t.row("Packet:", e.Packet)
+	}
 	t.row("Flow hash:", fmt.Sprintf("0x%08x", e.Hash))
 	if e.TableSize > 0 {
 		t.row("Slot:", fmt.Sprintf("%d of %d", e.Slot, e.TableSize))
@@ -612,12 +631,44 @@ func writeExplain(w io.Writer, e ExplainInfo) error {
 	switch {
 	case !e.Transition:
 		t.row("Transition:", "no")
+	case e.Reason == "previous":
+		t.row("Transition:", "yes: the flow's slot moved; a packet that is not a SYN stays on the previous table's backend")
 	case e.PrevBackend == "":
 		t.row("Transition:", "yes: the VIP's previous table is still consulted and gives the same backend")
 	default:
 		t.row("Transition:", "yes: a non-SYN packet of a flow that began before the table changed stays on "+e.PrevBackend+" (and pins the flow there)")
 	}
+	if e.Program != nil {
+		t.row("Pin:", pinText(e.Pin))
+		r := e.Program
+		run := r.Verdict + " " + r.Reason
+		if r.Backend != "" {
+			run += fmt.Sprintf(", backend %s (id %d)", r.Backend, r.BackendID)
+		}
+		if r.Pin != "" {
+			run += ", pin " + r.Pin
+		}
+		t.row("Program:", run)
+		if r.Output != "" {
+			t.row("Output:", r.Output)
+		}
+		if e.Agree {
+			t.row("Check:", "the program does what the model says")
+		} else {
+			t.row("Check:", "DISAGREEMENT: "+e.Disagreement)
+		}
+	}
 	return t.writeTo(w)
+}
+
+func pinText(p string) string {
+	switch p {
+	case "create":
+		return "the packet pins the flow to its backend"
+	case "replace":
+		return "the packet replaces the flow's stale pin"
+	}
+	return "none"
 }
 
 func explainReason(r string) string {
@@ -626,6 +677,8 @@ func explainReason(r string) string {
 		return "pinned: a conntrack entry keeps the flow on its backend"
 	case "table":
 		return "table: the Maglev table slot of the flow hash decides"
+	case "previous":
+		return "previous: the VIP's table changed moments ago; the previous table's backend keeps the flow"
 	case "no-backend":
 		return "no-backend: the VIP has no usable backend; the packet is dropped"
 	}

@@ -97,11 +97,11 @@ func TestCLIGolden(t *testing.T) {
 			[]string{`Flows("198.18.10.10:80/tcp")`}},
 		{"maglev", []string{"maglev", fakeVIP}, new(MaglevInfo), &m, []string{`Maglev("198.18.10.10:80/tcp")`}},
 		{"explain_table", []string{"explain", "--from", "198.18.0.10:40000", "--to", fakeVIP}, new(ExplainInfo),
-			ptrTo(ex["198.18.0.10:40000 "+fakeVIP]), []string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp")`}},
+			ptrTo(ex["198.18.0.10:40000 "+fakeVIP]), []string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp", false)`}},
 		{"explain_transition", []string{"explain", "--to", fakeVIP, "--from", "198.18.0.10:40001"}, new(ExplainInfo),
-			ptrTo(ex["198.18.0.10:40001 "+fakeVIP]), []string{`Explain("198.18.0.10:40001", "198.18.10.10:80/tcp")`}},
+			ptrTo(ex["198.18.0.10:40001 "+fakeVIP]), []string{`Explain("198.18.0.10:40001", "198.18.10.10:80/tcp", false)`}},
 		{"explain_pinned", []string{"explain", "--from", "[2001:db8::10]:40001", "--to", "[2001:db8:10::1]:53/udp"}, new(ExplainInfo),
-			ptrTo(ex["[2001:db8::10]:40001 [2001:db8:10::1]:53/udp"]), []string{`Explain("[2001:db8::10]:40001", "[2001:db8:10::1]:53/udp")`}},
+			ptrTo(ex["[2001:db8::10]:40001 [2001:db8:10::1]:53/udp"]), []string{`Explain("[2001:db8::10]:40001", "[2001:db8:10::1]:53/udp", false)`}},
 		{"reload", []string{"reload"}, new(ReloadInfo), ptrTo(newFakeAPI().reload), []string{"Reload()", "Status()"}},
 	}
 	for _, tt := range tests {
@@ -127,6 +127,35 @@ func TestCLIGolden(t *testing.T) {
 				t.Errorf("xdplb %s -o json (-want +got):\n%s", strings.Join(tt.args, " "), diff)
 			}
 		})
+	}
+}
+
+// TestCLIExplainDisagreement: when the program and its model disagree,
+// explain says so first, in capitals, and exits with status 1.
+func TestCLIExplainDisagreement(t *testing.T) {
+	setCLIClock(t)
+	sock := startControl(t, newFakeAPI())
+	got, err := runCLI(t, "explain", "--from", "198.18.0.10:40002", "--to", fakeVIP, "--socket", sock)
+	const want = "explain: the datapath program and its model disagree; this is a bug, please report it with the output of -o json"
+	if err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+	var u usageError
+	if errors.As(err, &u) {
+		t.Errorf("a disagreement is no usage error (exit status 1, not 2)")
+	}
+	checkGolden(t, "explain_disagree", []byte(got))
+}
+
+// TestCLIExplainSYN: --syn asks for a SYN.
+func TestCLIExplainSYN(t *testing.T) {
+	api := newFakeAPI()
+	sock := startControl(t, api)
+	if _, err := runCLI(t, "explain", "--from", "198.18.0.10:40000", "--to", fakeVIP, "--syn", "--socket", sock); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp", true)`}, api.recorded()); diff != "" {
+		t.Errorf("daemon calls (-want +got):\n%s", diff)
 	}
 }
 

@@ -202,7 +202,7 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 	case "maglev":
 		return api.Maglev(req.VIP)
 	case "explain":
-		return api.Explain(req.From, req.VIP)
+		return api.Explain(req.From, req.VIP, req.SYN)
 	case "reload":
 		return api.Reload(), nil
 	}

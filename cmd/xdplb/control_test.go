@@ -78,8 +78,8 @@ func (f *fakeAPI) Maglev(vip string) (MaglevInfo, error) {
 	return m, nil
 }
 
-func (f *fakeAPI) Explain(from, vip string) (ExplainInfo, error) {
-	f.record(fmt.Sprintf("Explain(%q, %q)", from, vip))
+func (f *fakeAPI) Explain(from, vip string, syn bool) (ExplainInfo, error) {
+	f.record(fmt.Sprintf("Explain(%q, %q, %v)", from, vip, syn))
 	e, ok := f.explain[from+" "+vip]
 	if !ok {
 		return ExplainInfo{}, fmt.Errorf("%s is no VIP: the datapath passes such packets to the host's stack", vip)
@@ -180,19 +180,36 @@ func newFakeAPI() *fakeAPI {
 		explain: map[string]ExplainInfo{
 			"198.18.0.10:40000 " + fakeVIP: {
 				From: "198.18.0.10:40000", VIP: fakeVIP, Service: "web", Backend: "198.18.1.11", BackendID: 1,
-				Reason: "table", Hash: 0x9e3779b9, Slot: 1234, TableSize: 16381,
+				Reason: "table", Hash: 0x9e3779b9, Slot: 1234, TableSize: 16381, Packet: "TCP ACK",
 				Text: "198.18.0.10:40000 -> 198.18.10.10:80/tcp goes to 198.18.1.11 (id 1): Maglev slot 1234 of 16381 (flow hash 0x9e3779b9).",
+				Program: &ProgramRun{Verdict: "XDP_TX", Reason: "tx/dsr_l2", BackendID: 1, Backend: "198.18.1.11",
+					Output: "eth 02:00:00:00:00:01 > 02:00:00:00:01:11 | ipv4 198.18.0.10 > 198.18.10.10 ttl 64 | tcp 40000 > 80"},
+				Agree: true,
+			},
+			"198.18.0.10:40002 " + fakeVIP: {
+				From: "198.18.0.10:40002", VIP: fakeVIP, Service: "web", Backend: "198.18.1.11", BackendID: 1,
+				Reason: "table", Hash: 0x12345678, Slot: 1164, TableSize: 16381, Packet: "TCP ACK",
+				Text: "198.18.0.10:40002 -> 198.18.10.10:80/tcp goes to 198.18.1.11 (id 1): Maglev slot 1164 of 16381 (flow hash 0x12345678).",
+				Program: &ProgramRun{Verdict: "XDP_TX", Reason: "tx/dsr_l2", BackendID: 3, Backend: "198.18.1.13:8080",
+					Output: "eth 02:00:00:00:00:01 > 02:00:00:00:01:13 | ipv4 198.18.0.10 > 198.18.10.10 ttl 64 | tcp 40002 > 80"},
+				Disagreement: "the model sends it to backend 1 (table); the program counted tx/dsr_l2 with backend 3",
 			},
 			"198.18.0.10:40001 " + fakeVIP: {
-				From: "198.18.0.10:40001", VIP: fakeVIP, Service: "web", Backend: "198.18.1.13:8080", BackendID: 3,
-				Reason: "table", Hash: 0x0badf00d, Slot: 42, TableSize: 16381, Transition: true, PrevBackend: "198.18.1.12",
-				Text: "198.18.0.10:40001 -> 198.18.10.10:80/tcp goes to 198.18.1.13:8080 (id 3): Maglev slot 42 of 16381 (flow hash 0x0badf00d). " +
-					"The VIP's table changed moments ago (25s of its grace period left): a packet of a flow that began before (not a SYN) stays on 198.18.1.12 and pins the flow there.",
+				From: "198.18.0.10:40001", VIP: fakeVIP, Service: "web", Backend: "198.18.1.12", BackendID: 2,
+				Reason: "previous", Hash: 0x0badf00d, Slot: 42, TableSize: 16381, Transition: true, Pin: "create", Packet: "TCP ACK",
+				Text: "198.18.0.10:40001 -> 198.18.10.10:80/tcp goes to 198.18.1.12 (id 2): the VIP's table changed moments ago (25s of its grace period left) and moved the flow's slot 42 of 16381; " +
+					"a packet that is not a SYN stays on the previous table's backend and pins the flow there.",
+				Program: &ProgramRun{Verdict: "XDP_TX", Reason: "tx/dsr_l2", BackendID: 2, Backend: "198.18.1.12", Pin: "create",
+					Output: "eth 02:00:00:00:00:01 > 02:00:00:00:01:12 | ipv4 198.18.0.10 > 198.18.10.10 ttl 64 | tcp 40001 > 80"},
+				Agree: true,
 			},
 			"[2001:db8::10]:40001 [2001:db8:10::1]:53/udp": {
 				From: "[2001:db8::10]:40001", VIP: "[2001:db8:10::1]:53/udp", Service: "dns", Backend: "2001:db8:1::11", BackendID: 7,
-				Reason: "pinned", Hash: 0x00c0ffee, Slot: 17, TableSize: 251,
+				Reason: "pinned", Hash: 0x00c0ffee, Slot: 17, TableSize: 251, Packet: "UDP datagram",
 				Text: "[2001:db8::10]:40001 -> [2001:db8:10::1]:53/udp goes to 2001:db8:1::11 (id 7): the flow is pinned to it (a conntrack entry made when the VIP's table changed).",
+				Program: &ProgramRun{Verdict: "XDP_TX", Reason: "tx/dsr_ipip", BackendID: 7, Backend: "2001:db8:1::11",
+					Output: "eth 02:00:00:00:00:01 > 02:00:00:00:02:11 | ipv6 2001:db8::2 > 2001:db8:1::11 hlim 64 | ipv6 2001:db8::10 > 2001:db8:10::1 hlim 63 | udp 40001 > 53"},
+				Agree: true,
 			},
 		},
 		reload: ReloadInfo{At: fakeNow, Trigger: "socket", Result: "success"},
@@ -259,7 +276,9 @@ func TestControlRoundTrip(t *testing.T) {
 			[]string{`Flows("[2001:db8:10::1]:53/udp")`}},
 		{Request{Command: "maglev", VIP: fakeVIP}, new(MaglevInfo), ptrTo(api.maglev[fakeVIP]), []string{`Maglev("198.18.10.10:80/tcp")`}},
 		{Request{Command: "explain", From: "198.18.0.10:40000", VIP: fakeVIP}, new(ExplainInfo),
-			ptrTo(api.explain["198.18.0.10:40000 "+fakeVIP]), []string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp")`}},
+			ptrTo(api.explain["198.18.0.10:40000 "+fakeVIP]), []string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp", false)`}},
+		{Request{Command: "explain", From: "198.18.0.10:40000", VIP: fakeVIP, SYN: true}, new(ExplainInfo),
+			ptrTo(api.explain["198.18.0.10:40000 "+fakeVIP]), []string{`Explain("198.18.0.10:40000", "198.18.10.10:80/tcp", true)`}},
 		{Request{Command: "reload"}, new(ReloadInfo), &api.reload, []string{"Reload()"}},
 	}
 	for _, tt := range tests {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -190,7 +191,9 @@ func TestDaemonEndToEnd(t *testing.T) {
 	socket := filepath.Join(dir, "xdplb.sock")
 	var addrs []string
 	names := map[string]string{} // address -> backend name
+	macOf := map[string]string{} // backend name -> MAC
 	for _, b := range topo.Backends {
+		macOf[b.Name] = b.MAC.String()
 		addrs = append(addrs, b.IPv4.String())
 		names[b.IPv4.String()] = b.Name
 	}
@@ -264,6 +267,24 @@ func TestDaemonEndToEnd(t *testing.T) {
 		if names[e.Backend] != c.Backend {
 			t.Errorf("explain --from %s says %s (%s), but %s answered the connection", c.LocalAddr(), e.Backend, names[e.Backend], c.Backend)
 		}
+		// The real program, run on the flow's packet against the live maps,
+		// agrees: the same backend, sent by MAC rewrite out of eth0.
+		if e.Program == nil || !e.Agree || e.Program.BackendID != e.BackendID || e.Program.Reason != "tx/dsr_l2" || e.Program.Verdict != "XDP_TX" {
+			t.Errorf("explain --from %s: model backend %d (%s), program %+v, agree %v: %s", c.LocalAddr(), e.BackendID, e.Reason, e.Program, e.Agree, e.Disagreement)
+		}
+		if e.Program != nil && !strings.Contains(e.Program.Output, fmt.Sprintf("> %s | ipv4 %s > 198.18.100.1 ttl 64 | tcp %d > 80", macOf[c.Backend], c.LocalAddr().(*net.TCPAddr).IP, c.LocalAddr().(*net.TCPAddr).Port)) {
+			t.Errorf("explain --from %s: program output %q, want the frame to %s's MAC %s", c.LocalAddr(), e.Program.Output, c.Backend, macOf[c.Backend])
+		}
+	}
+	// The table view shows both, and their agreement.
+	out, err := cli(t, bin, "explain", "--socket", socket, "--from", "198.18.0.200:40000", "--to", "198.18.100.1:80/tcp")
+	if err != nil {
+		t.Fatalf("xdplb explain: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Reason:      table: the Maglev table slot of the flow hash decides", "Program:     XDP_TX tx/dsr_l2, backend ", "Check:       the program does what the model says"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("xdplb explain does not say %q:\n%s", want, out)
+		}
 	}
 
 	// Remove b3 from the file: new connections avoid it within 1 s.
@@ -302,7 +323,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 		!strings.Contains(st.LastReload.Errors[0], `services[0].protocol: "tcpp" is`) {
 		t.Errorf("status after a broken edit: last reload %+v", st.LastReload)
 	}
-	out, err := cli(t, bin, "status", "--socket", socket)
+	out, err = cli(t, bin, "status", "--socket", socket)
 	if err != nil || !strings.Contains(out, "tcpp") {
 		t.Errorf("xdplb status does not show the reload error (%v):\n%s", err, out)
 	}

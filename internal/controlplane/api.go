@@ -165,15 +165,20 @@ type SlotsShare struct {
 	Share   float64 `json:"share"`
 }
 
-// ExplainInfo says where a flow goes and why.
+// ExplainInfo says where a flow goes and why: the model's reasoning, and
+// what the datapath program does with the flow's packet.
 type ExplainInfo struct {
-	From      string `json:"from"`
-	VIP       string `json:"vip"` // the VIP that matched (may be a port-0 wildcard)
-	Service   string `json:"service"`
+	From    string `json:"from"`
+	VIP     string `json:"vip"` // the VIP that matched (may be a port-0 wildcard)
+	Service string `json:"service"`
+	// Packet is the packet explained: "TCP ACK", "TCP SYN" or "UDP datagram".
+	Packet    string `json:"packet"`
 	Backend   string `json:"backend"` // address of the chosen backend, empty if none
 	BackendID uint32 `json:"backendId"`
 	// Reason is "pinned" (a conntrack entry keeps the flow on its backend),
-	// "table" (the Maglev table slot decides) or "no-backend".
+	// "table" (the Maglev table slot decides), "previous" (the VIP's table
+	// changed moments ago: the previous table's backend keeps the flow) or
+	// "no-backend".
 	Reason    string `json:"reason"`
 	Hash      uint32 `json:"hash"`
 	Slot      int    `json:"slot"`
@@ -183,8 +188,29 @@ type ExplainInfo struct {
 	// change would stay (and be pinned), when it differs.
 	Transition  bool   `json:"transition"`
 	PrevBackend string `json:"prevBackend,omitempty"`
+	// Pin is the flow entry the packet writes: "create", "replace" (a stale
+	// one) or "" (none).
+	Pin string `json:"pin,omitempty"`
 	// Text is the explanation in one sentence.
 	Text string `json:"text"`
+	// Program is what the datapath program does with the packet.
+	Program *ProgramRun `json:"program,omitempty"`
+	// Agree says the program did what the model explains. When it does not,
+	// Disagreement says how: that is a bug, of the program or of the model.
+	Agree        bool   `json:"agree"`
+	Disagreement string `json:"disagreement,omitempty"`
+}
+
+// ProgramRun is one run of the datapath program's dry-run build on a
+// packet, against the live maps: nothing is counted, pinned or sent.
+type ProgramRun struct {
+	Verdict   string `json:"verdict"` // XDP_TX, XDP_REDIRECT, XDP_DROP, XDP_PASS
+	Reason    string `json:"reason"`  // the counter it would move, e.g. tx/dsr_l2
+	BackendID uint32 `json:"backendId,omitempty"`
+	Backend   string `json:"backend,omitempty"`
+	Pin       string `json:"pin,omitempty"`
+	// Output is the headers of the frame it sends, decoded.
+	Output string `json:"output,omitempty"`
 }
 
 // VIPMetric is one VIP of a service and its counters, for /metrics.

@@ -178,8 +178,11 @@ func (p *Plane) Maglev(vip string) (MaglevInfo, error) {
 }
 
 // Explain answers `xdplb explain`: where a client's flow to a VIP goes and
-// why.
-func (p *Plane) Explain(from, vip string) (ExplainInfo, error) {
+// why, by the datapath's Go model (slot, table, pin), next to what the
+// program itself does with the flow's packet: its dry-run build, run against
+// the live maps (BPF_PROG_TEST_RUN; nothing is counted, pinned or sent).
+// The packet is a TCP ACK or a UDP datagram, or a TCP SYN when syn is set.
+func (p *Plane) Explain(from, vip string, syn bool) (ExplainInfo, error) {
 	src, err := netip.ParseAddrPort(from)
 	if err != nil {
 		return ExplainInfo{}, fmt.Errorf("--from %q: %v", from, err)
@@ -190,59 +193,102 @@ func (p *Plane) Explain(from, vip string) (ExplainInfo, error) {
 	}
 	dst := netip.AddrPortFrom(to.Addr, to.Port)
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	k, ok := p.dp.LookupVIP(dst, to.Proto)
-	if !ok {
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		return ExplainInfo{}, fmt.Errorf("--from %s and the VIP %s are of two families", src, dst.Addr())
+	}
+	pkt := xdp.Packet{Src: src, Dst: dst, Proto: to.Proto, SYN: syn && to.Proto == xdp.TCP}
+	x, err := p.dp.Explain(pkt)
+	if err != nil {
+		return ExplainInfo{}, err
+	}
+	m := x.Model
+	if !m.IsVIP {
 		return ExplainInfo{}, fmt.Errorf("%s is no VIP: the datapath passes such packets to the host's stack", vip)
 	}
 	p.mu.Lock()
-	service := p.vips[k]
-	seed := lb.HashSeed(p.cfg.Maglev.Seed)
+	service := p.vips[m.VIP]
 	p.mu.Unlock()
 	names := p.backendNames()
-	e := ExplainInfo{From: src.String(), VIP: k.String(), Service: service}
-	e.Hash = xdp.FlowHash(src, dst, to.Proto, seed)
-	cur, prev, left, err := p.dp.Tables(k)
-	if err != nil {
-		return e, err
-	}
-	e.TableSize = len(cur)
-	e.Slot = int(xdp.Slot(e.Hash, len(cur)))
-	if id, pinned, err := p.dp.LookupFlow(src, dst, to.Proto); err == nil && pinned {
-		if name, up := names[id], p.backendUp(id); name != "" && up {
-			e.Reason, e.BackendID, e.Backend = "pinned", id, name
-			e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): the flow is pinned to it (a conntrack entry made when the VIP's table changed).", e.From, vip, name, id)
-			return e, nil
+	name := func(id uint32) string {
+		if n, ok := names[id]; ok {
+			return n
 		}
+		return fmt.Sprintf("id %d", id)
 	}
-	id := cur[e.Slot]
-	e.BackendID, e.Backend = id, names[id]
-	if left > 0 && prev != nil {
-		e.Transition = true
-		if pb := prev[xdp.Slot(e.Hash, len(prev))]; pb != id && p.backendUp(pb) {
-			e.PrevBackend = names[pb]
-		}
+	e := ExplainInfo{
+		From: src.String(), VIP: m.VIP.String(), Service: service, Packet: packetKind(pkt),
+		Hash: m.Hash, Slot: int(m.Slot), TableSize: m.TableSize, Transition: m.Transition, Pin: m.Pin,
+		Agree: x.Agree, Disagreement: x.Disagreement,
 	}
-	if id == 0 || e.Backend == "" {
+	if m.BackendID != 0 && m.Rule != xdp.RuleNoBackend {
+		e.BackendID, e.Backend = m.BackendID, name(m.BackendID)
+	}
+	if m.Transition && m.PrevBackendID != 0 && m.PrevBackendID != m.BackendID {
+		e.PrevBackend = name(m.PrevBackendID)
+	}
+	r := x.Program
+	e.Program = &ProgramRun{Verdict: verdictName(r.Verdict), Reason: r.Reason, BackendID: r.BackendID, Pin: r.Pin, Output: frameSummary(r.Out)}
+	if r.BackendID != 0 {
+		e.Program.Backend = name(r.BackendID)
+	}
+	if r.Verdict == xdp.XDPDrop || r.Verdict == xdp.XDPPass {
+		e.Program.Output = ""
+	}
+	left := time.Duration(0)
+	if m.Transition {
+		_, _, left, _ = p.dp.Tables(m.VIP)
+	}
+	switch m.Rule {
+	case xdp.RulePinned:
+		e.Reason = "pinned"
+		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): the flow is pinned to it (a conntrack entry made when the VIP's table changed).", e.From, vip, e.Backend, e.BackendID)
+	case xdp.RulePrevious:
+		e.Reason = "previous"
+		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): the VIP's table changed moments ago (%s of its grace period left) and moved the flow's slot %d of %d; a packet that is not a SYN stays on the previous table's backend and pins the flow there.",
+			e.From, vip, e.Backend, e.BackendID, left.Round(time.Second), e.Slot, e.TableSize)
+	case xdp.RuleNoBackend:
 		e.Reason = "no-backend"
-		e.Text = fmt.Sprintf("%s -> %s is dropped: the VIP has no usable backend (slot %d of %d is empty).", e.From, vip, e.Slot, e.TableSize)
-		return e, nil
+		e.Text = fmt.Sprintf("%s -> %s is dropped: the VIP has no usable backend (slot %d of %d).", e.From, vip, e.Slot, e.TableSize)
+	default:
+		e.Reason = "table"
+		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): Maglev slot %d of %d (flow hash %#08x).", e.From, vip, e.Backend, e.BackendID, e.Slot, e.TableSize, e.Hash)
+		if e.PrevBackend != "" {
+			e.Text += fmt.Sprintf(" The VIP's table changed moments ago (%s of its grace period left): a packet of a flow that began before (not a SYN) stays on %s and pins the flow there.", left.Round(time.Second), e.PrevBackend)
+		}
 	}
-	e.Reason = "table"
-	e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): Maglev slot %d of %d (flow hash %#08x).", e.From, vip, e.Backend, id, e.Slot, e.TableSize, e.Hash)
-	if e.PrevBackend != "" {
-		e.Text += fmt.Sprintf(" The VIP's table changed moments ago (%s of its grace period left): a packet of a flow that began before (not a SYN) stays on %s and pins the flow there.", left.Round(time.Second), e.PrevBackend)
+	if !e.Agree {
+		p.log.Error("explain: the datapath program and its model disagree", "from", e.From, "vip", e.VIP, "disagreement", e.Disagreement)
 	}
 	return e, nil
 }
 
-func (p *Plane) backendUp(id uint32) bool {
-	bs, err := p.dp.Backends()
-	if err != nil {
-		return false
+// packetKind names the packet Explain runs.
+func packetKind(p xdp.Packet) string {
+	switch {
+	case p.Proto == xdp.UDP:
+		return "UDP datagram"
+	case p.SYN:
+		return "TCP SYN"
 	}
-	b, ok := bs[id]
-	return ok && b.Up
+	return "TCP ACK"
 }
+
+func verdictName(v uint32) string {
+	switch v {
+	case xdp.XDPAborted:
+		return "XDP_ABORTED"
+	case xdp.XDPDrop:
+		return "XDP_DROP"
+	case xdp.XDPPass:
+		return "XDP_PASS"
+	case xdp.XDPTx:
+		return "XDP_TX"
+	case xdp.XDPRedirect:
+		return "XDP_REDIRECT"
+	}
+	return fmt.Sprintf("verdict %d", v)
+}
+
 
 // What the metrics collector reads.
 
