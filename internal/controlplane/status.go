@@ -289,7 +289,6 @@ func verdictName(v uint32) string {
 	return fmt.Sprintf("verdict %d", v)
 }
 
-
 // What the metrics collector reads.
 
 // DatapathCounters returns the program's verdict and event counters.
