@@ -34,6 +34,9 @@ type CampaignStats struct {
 	// KnownBugs counts the frames that met each known program bug
 	// (xdp.FrameModel.Bugs).
 	KnownBugs map[string]int
+	// Counters are the program's global counters summed over the
+	// configurations ("action/reason"): what the frames exercised.
+	Counters map[string]uint64
 }
 
 // PacketsPerSecond is the campaign's throughput.
@@ -55,7 +58,7 @@ func Campaign(ctx context.Context, env Env, o CampaignOptions) (CampaignStats, e
 	if o.MaxReports <= 0 {
 		o.MaxReports = 10
 	}
-	st := CampaignStats{KnownBugs: map[string]int{}}
+	st := CampaignStats{KnownBugs: map[string]int{}, Counters: map[string]uint64{}}
 	start := time.Now()
 	report := func(s string) {
 		st.Divergences++
@@ -94,6 +97,11 @@ func Campaign(ctx context.Context, env Env, o CampaignOptions) (CampaignStats, e
 			}
 			for _, diff := range w.CheckCounters() {
 				report(diff + "\n" + cfg.String())
+			}
+			if all, err := w.counters(); err == nil {
+				for n, v := range all {
+					st.Counters[n] += v
+				}
 			}
 			w.Close()
 			for b, n := range w.Bugs {
