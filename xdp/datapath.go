@@ -136,6 +136,11 @@ func Open(opts Options) (*Datapath, error) {
 			m.Pinning = ebpf.PinByName
 		}
 		copts.Maps.PinPath = opts.PinPath
+		// An upgrade that adds counters keeps the flows: the counters
+		// restart, everything else is taken over.
+		if err := dropShorterStats(opts.PinPath, spec.Maps[lbMapStats]); err != nil {
+			return nil, err
+		}
 	}
 	d := &Datapath{
 		opts:       opts,

@@ -132,10 +132,11 @@ func OpenDecap(iface string, opts DecapOptions) (*Decap, error) {
 	return d, nil
 }
 
-// dropShorterStats unpins a decap_stats map pinned in dir by a version with
+// dropShorterStats unpins a counters map pinned in dir by a version with
 // fewer counters, so that this one can pin its own: the counters restart at
-// zero, and the program is replaced without a gap, its allowed sources and
-// addresses kept. Any other difference is left for the loader to refuse.
+// zero, and the program is replaced without a gap, every other map (flows,
+// allowed sources, addresses) kept. Any other difference is left for the
+// loader to refuse.
 func dropShorterStats(dir string, spec *ebpf.MapSpec) error {
 	path := filepath.Join(dir, spec.Name)
 	m, err := ebpf.LoadPinnedMap(path, nil)
@@ -150,7 +151,7 @@ func dropShorterStats(dir string, spec *ebpf.MapSpec) error {
 		return nil
 	}
 	if err := m.Unpin(); err != nil {
-		return fmt.Errorf("replacing the decap counters of an earlier version: %w", err)
+		return fmt.Errorf("replacing the counters (%s) of an earlier version: %w", spec.Name, err)
 	}
 	return nil
 }

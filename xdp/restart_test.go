@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
@@ -266,5 +267,63 @@ func TestResolveNextHop(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("no neighbour update with the new MAC %s for %s", newMAC, b.IPv4)
 		}
+	}
+}
+
+// TestUpgradeWithMoreCounters: a datapath pinned by a version with fewer
+// counters (a shorter stats map) is taken over by this one without losing
+// its pinned flows; only the counters restart.
+func TestUpgradeWithMoreCounters(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	opts := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128}
+	d, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := VIPKey{Addr: netip.MustParseAddr("198.18.100.1"), Port: 80, Proto: TCP}
+	if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: 7}); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := netip.MustParseAddrPort("198.18.0.10:40000"), netip.MustParseAddrPort("198.18.100.1:80")
+	if err := d.PinFlow(Flow{Src: src, Dst: dst, Proto: TCP, BackendID: 5}); err != nil {
+		t.Fatal(err)
+	}
+	// What the earlier version left: a stats map of fewer entries.
+	spec, err := loadLb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := spec.Maps[lbMapStats].Copy()
+	old.MaxEntries -= 4
+	old.Pinning = ebpf.PinNone
+	stats, err := ebpf.NewMap(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	path := filepath.Join(pin, lbMapStats)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := stats.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	d, err = Open(opts)
+	if err != nil {
+		t.Fatalf("opening over a datapath with fewer counters: %v", err)
+	}
+	defer d.Close()
+	if id, ok, err := d.LookupFlow(src, dst, TCP); err != nil || !ok || id != 5 {
+		t.Errorf("the pinned flow after the upgrade: backend %d, pinned %v, %v; want 5", id, ok, err)
+	}
+	cs, err := d.Counters()
+	if err != nil || len(cs) != int(lbXdplbCounterCOUNTER_MAX) {
+		t.Errorf("counters after the upgrade: %d, %v; want %d", len(cs), err, lbXdplbCounterCOUNTER_MAX)
+	}
+	if err := d.Unpin(); err != nil {
+		t.Error(err)
 	}
 }

@@ -124,9 +124,9 @@ enum xdplb_backend_flags {
 /* Index of every global counter in the stats map. Each packet is counted under
  * exactly one verdict counter (the ones before COUNTER_EVENTS); the events after
  * it count things that happened to a packet on its way. The Go side names them
- * (xdp/counters.go). The order is part of the pinned map's layout: a daemon
- * whose list differs cannot take over the pinned maps of another (COUNTER_MAX
- * sizes the map), so a change here needs `xdplb detach` on upgrade. */
+ * (xdp/counters.go). COUNTER_MAX sizes the pinned stats map: a daemon with
+ * more counters than the one that pinned it replaces that map (the counters
+ * restart; flows and everything else are taken over, see dropShorterStats). */
 enum xdplb_counter {
 	/* XDP_PASS */
 	CNT_PASS_NOT_IP = 0,     /* ethertype is neither IPv4 nor IPv6 (ARP, LLDP, ...) */
