@@ -11,7 +11,7 @@ import (
 )
 
 // Problems decodes an Ethernet frame with gopacket and returns what is wrong
-// with it: a layer gopacket cannot decode, a checksum it finds wrong (IPv4
+// with it: a header gopacket cannot decode (up to the transport header), a checksum it finds wrong (IPv4
 // headers, TCP, UDP, ICMPv4 and ICMPv6, each transport checksum over the IP
 // header right before it, however deep the encapsulation). None: the frame
 // is sound as far as gopacket can tell. IP fragments carry no transport
@@ -19,7 +19,9 @@ import (
 func Problems(frame []byte) []string {
 	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
 	var out []string
-	if el := p.ErrorLayer(); el != nil {
+	// A payload gopacket cannot read as the application its port suggests
+	// (DNS on port 53, ...) is no fault of the frame's headers.
+	if el := p.ErrorLayer(); el != nil && p.TransportLayer() == nil {
 		out = append(out, fmt.Sprintf("gopacket cannot decode: %v", el.Error()))
 	}
 	var netl gopacket.NetworkLayer
