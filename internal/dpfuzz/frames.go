@@ -308,7 +308,7 @@ func (g *Frames) mutate(f []byte) []byte {
 	if s.Chance(10) {
 		f = append(f, s.Bytes(1+s.N(24))...)
 	}
-	if s.Chance(6) && len(f) > l2+4 {
+	if s.Chance(6) && len(f) >= l2+6 {
 		switch f[l2] >> 4 {
 		case 4:
 			binary.BigEndian.PutUint16(f[l2+2:], binary.BigEndian.Uint16(f[l2+2:])+uint16(int16(s.N(9)-4)))
