@@ -154,7 +154,7 @@ type FrameOutcome struct {
 	Events []string
 	// Out is the frame passed or sent (nil when dropped).
 	Out []byte
-	// BackendID is the backend the frame is sent to (0: none).
+	// BackendID is the backend chosen for the frame (0: none, or dropped).
 	BackendID uint32
 	// Bugs are the known program bugs (Bug...) the frame met: where the
 	// program and the rule differ for it.
@@ -189,6 +189,7 @@ type mflow struct {
 
 // Run runs a frame, arriving on interface ingress, through the model and
 // updates the model's pins and fragments as the program would its maps.
+// The services of State are read once, at the first Run.
 func (m *FrameModel) Run(frame []byte, ingress int) FrameOutcome {
 	if m.filter == nil {
 		m.filter, m.vipAddr = map[uint32]bool{}, map[netip.Addr]bool{}
@@ -560,6 +561,8 @@ func (r *frameRun) forward(f *mflow) string {
 	if d.Rule == RulePinned {
 		r.event(evPinHit)
 	}
+	// A stale pin: StalePinID, or a pin to id 0 (no backend), which only
+	// shows as a pin to replace.
 	if d.StalePinID != 0 || (d.Rule != RulePinned && d.Pin == "replace") {
 		r.event(evPinStale)
 	}
