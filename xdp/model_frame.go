@@ -59,6 +59,7 @@ const (
 	evPinCreated      = "event/pin_created"
 	evPinHit          = "event/pin_hit"
 	evPinStale        = "event/pin_stale"
+	evPinFull         = "event/pin_table_full"
 	evVLAN            = "event/vlan_tagged"
 	evNewFlow         = "event/tcp_syn"
 	evFragmentFirst   = "event/fragment_first"
@@ -126,10 +127,17 @@ type FrameModel struct {
 	// KnownBugs: predict what the program does where it is known to break
 	// a rule (the Bug... constants) instead of what the rule says.
 	KnownBugs bool
+	// MaxFlows is the size of each family's flow table (Options.MaxFlows;
+	// 0: unbounded). A new pin fails when its table is full. The program's
+	// per-CPU backoff after a failure is not modelled (it depends on the
+	// clock): a pin replacing a stale one in a full table succeeds here.
+	MaxFlows int
 
 	frags   map[fragKey]fragEntry
 	filter  map[uint32]bool
 	vipAddr map[netip.Addr]bool
+	pins4   int // pins of each family, counted at the first Run
+	pins6   int
 }
 
 // NewFrameModel returns a frame model over s (whose Pin it replaces by a
@@ -196,6 +204,9 @@ func (m *FrameModel) Run(frame []byte, ingress int) FrameOutcome {
 		for k := range m.State.VIPs {
 			m.filter[FilterBit(k.Addr)] = true
 			m.vipAddr[k.Addr] = true
+		}
+		for k := range m.Pins {
+			*m.pinCount(k.Src.Addr())++
 		}
 	}
 	r := &frameRun{m: m, in: frame, ingress: ingress}
@@ -568,7 +579,22 @@ func (r *frameRun) forward(f *mflow) string {
 	}
 	if d.Pin != "" {
 		k := FlowKey{p.Src, p.Dst, p.Proto}
-		if _, exists := r.m.Pins[k]; !exists || d.Pin == "replace" {
+		_, exists := r.m.Pins[k]
+		n := r.m.pinCount(p.Src.Addr())
+		switch {
+		case exists && d.Pin == "create": // pinned by another CPU first
+		case !exists && r.m.MaxFlows > 0 && *n >= r.m.MaxFlows:
+			r.event(evPinFull)
+			// A SYN whose pin cannot be made goes where the flow's next
+			// packet, finding no pin, will go: the previous backend
+			// while it is up (issue 10, item 2: a flow's packets agree).
+			if p.SYN && d.Transition && r.m.State.up(d.PrevBackendID) {
+				d.Rule, d.BackendID = RulePrevious, d.PrevBackendID
+			}
+		default:
+			if !exists {
+				*n++
+			}
 			r.m.Pins[k] = d.BackendID
 			r.event(evPinCreated)
 		}
@@ -582,6 +608,14 @@ func (r *frameRun) forward(f *mflow) string {
 		r.event(evFragmentFirst)
 	}
 	return r.send(f, v, d.BackendID, d.Hash)
+}
+
+// pinCount is the number of pins of a's family.
+func (m *FrameModel) pinCount(a netip.Addr) *int {
+	if a.Is4() {
+		return &m.pins4
+	}
+	return &m.pins6
 }
 
 // send sends the packet to backend id by the VIP's mode.

@@ -56,6 +56,9 @@ type Config struct {
 	Encap4, Encap6 netip.Prefix
 	TTL            uint8 // Options.TTL (0: the default)
 	DisableEcho    bool
+	// MaxFlows is Options.MaxFlows (0: far more than a run pins). A small
+	// one fills the flow tables.
+	MaxFlows int
 }
 
 // Addresses of the fuzzing world (198.18.0.0/15 and 2001:db8::/32 only).
@@ -180,13 +183,47 @@ func NewConfig(s *Source) *Config {
 	c.Encap6 = Pick(s, encap6Choices...)
 	c.TTL = Pick[uint8](s, 0, 0, 17, 255)
 	c.DisableEcho = s.Chance(20)
+	if s.Chance(15) {
+		// Flow tables that fill up. A failed pin makes the program stop
+		// pinning for a while (a per-CPU backoff the model has no clock
+		// for), which only matters for a pin replacing a stale one: with
+		// every backend up and every id an entry, no pin is ever stale.
+		c.MaxFlows = 1 + s.N(6)
+		for i := range c.Backends {
+			c.Backends[i].Up = true
+		}
+		for _, v := range c.VIPs {
+			for _, t := range v.Tables {
+				for i, id := range t {
+					if id == missingID {
+						t[i] = 1
+					}
+				}
+			}
+		}
+		// The pins written before the run must fit.
+		var pins []xdp.Flow
+		n := map[bool]map[xdp.FlowKey]bool{true: {}, false: {}}
+		for _, p := range c.Pins {
+			if p.BackendID == missingID {
+				p.BackendID = 1
+			}
+			k, fam := xdp.FlowKey{Src: p.Src, Dst: p.Dst, Proto: p.Proto}, p.Src.Addr().Is4()
+			if !n[fam][k] && len(n[fam]) >= c.MaxFlows {
+				continue
+			}
+			n[fam][k] = true
+			pins = append(pins, p)
+		}
+		c.Pins = pins
+	}
 	return c
 }
 
 // String is the configuration as a reproducer reads it.
 func (c *Config) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "config: encap4 %v encap6 %v ttl %d disable-echo %v\n", c.Encap4, c.Encap6, c.TTL, c.DisableEcho)
+	fmt.Fprintf(&b, "config: encap4 %v encap6 %v ttl %d disable-echo %v max-flows %d\n", c.Encap4, c.Encap6, c.TTL, c.DisableEcho, c.MaxFlows)
 	for _, be := range c.Backends {
 		fmt.Fprintf(&b, "  backend %d: %s mac %s egress %s mtu %d up %v\n", be.ID, be.Addr, be.MAC, be.Egress, be.MTU, be.Up)
 	}
@@ -244,6 +281,7 @@ func (c *Config) Model(env Env) *xdp.FrameModel {
 		m.TTL = c.TTL
 	}
 	m.Echo = !c.DisableEcho
+	m.MaxFlows = c.MaxFlows
 	return m
 }
 

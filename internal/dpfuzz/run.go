@@ -79,16 +79,20 @@ type World struct {
 	ran   int
 }
 
-// maxFlows bounds the pins of a world: far above what a world's frames
-// create, so that no pin fails (the model has no clock for the backoff).
+// maxFlows bounds the pins of a world whose configuration does not: far
+// above what a world's frames create, so that no pin fails.
 const maxFlows = 1 << 16
 
 // Open writes cfg into a new datapath; the caller is in env's namespace.
 // With knownBugs, the model predicts what the program does where it is
 // known to break a rule (xdp.FrameModel.KnownBugs).
 func Open(cfg *Config, env Env, knownBugs bool) (*World, error) {
+	flows := maxFlows
+	if cfg.MaxFlows > 0 {
+		flows = cfg.MaxFlows
+	}
 	d, err := xdp.Open(xdp.Options{
-		PinPath: xdp.NoPin, MaxVIPs: 64, MaxBackends: 128, MaxFlows: maxFlows,
+		PinPath: xdp.NoPin, MaxVIPs: 64, MaxBackends: 128, MaxFlows: flows,
 		TransitionGrace: time.Hour, TTL: cfg.TTL, DisableEcho: cfg.DisableEcho,
 	})
 	if err != nil {
