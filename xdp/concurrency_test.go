@@ -328,3 +328,73 @@ func TestTransitionsUnderTraffic(t *testing.T) {
 		t.Errorf("only %d swaps and %d checked packets: the test proves little", g-2, checked.Load())
 	}
 }
+
+// TestBackendEntryWritesUnderTraffic deletes and re-creates a backend entry
+// in a loop while packets keep reading it: during a transition whose previous
+// table names it in every slot, every non-SYN packet of a flow without a pin
+// looks the entry up (and pins to it, or follows its pin while the table has
+// room). A packet must go to that backend or, when it finds no usable entry,
+// to the current table's: never read an entry half deleted or half written.
+func TestBackendEntryWritesUnderTraffic(t *testing.T) {
+	d := fxOpen(t, Options{TransitionGrace: time.Hour, MaxFlows: 64})
+	vip := VIPKey{Addr: netip.MustParseAddr("198.19.10.1"), Port: 80, Proto: TCP}
+	if err := d.UpsertVIP(vip, VIP{Mode: ModeDSRL2, HashSeed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	const x, y = uint32(1), uint32(2)
+	allowed := map[string]bool{}
+	for _, id := range []uint32{x, y} {
+		b := ccBackend(id, 0)
+		allowed[b.NextHopMAC.String()] = true
+		if err := d.UpsertBackend(id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every slot moved from x to y moments ago.
+	if err := d.SetTable(vip, fxFill(251, x)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetTable(vip, fxFill(251, y)); err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	for i := range 200 {
+		client := fxAP(netip.AddrFrom4([4]byte{198, 18, 10, byte(i)}), uint16(20000+i))
+		frames = append(frames, fxIn(fxIP(client, fxAP(vip.Addr, vip.Port), packet.TCPAck, nil), nil))
+	}
+	before, _ := fxCounters(t, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var tr ccTraffic
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go tr.run(ctx, &wg, d, frames, allowed)
+	rounds := 0
+	for ; ctx.Err() == nil; rounds++ {
+		if err := d.DeleteBackend(x); err != nil {
+			cancel()
+			wg.Wait()
+			t.Fatalf("round %d: %v", rounds, err)
+		}
+		if err := d.UpsertBackend(x, ccBackend(x, 0)); err != nil {
+			cancel()
+			wg.Wait()
+			t.Fatalf("round %d: %v", rounds, err)
+		}
+	}
+	wg.Wait()
+	after, _ := fxCounters(t, d)
+	t.Logf("%d packets, %d rounds of delete and re-create, %d pin hits, %d stale pins", tr.runs.Load(), rounds,
+		after["event/pin_hit"]-before["event/pin_hit"], after["event/pin_stale"]-before["event/pin_stale"])
+	if n := tr.bad.Load(); n > 0 {
+		t.Errorf("%d of %d packets went wrong, first ones: %v", n, tr.runs.Load(), tr.errors)
+	}
+	for _, c := range []string{"drop/no_backend", "drop/redirect_failed"} {
+		if n := after[c] - before[c]; n != 0 {
+			t.Errorf("%s moved by %d", c, n)
+		}
+	}
+	if rounds < 10 || tr.runs.Load() < 1000 {
+		t.Errorf("only %d rounds and %d packets: the test proves little", rounds, tr.runs.Load())
+	}
+}

@@ -71,6 +71,7 @@ type Datapath struct {
 	mu         sync.Mutex
 	vips       map[VIPKey]*vipState
 	backends   map[uint32]*backendState
+	retired    map[uint32]*backendState // deleted ids whose slot is not all zero
 	vipIDs     idAllocator
 	tables     idAllocator
 	filter     map[uint32]int // filter bit -> number of VIP addresses on it
@@ -156,6 +157,7 @@ func Open(opts Options) (*Datapath, error) {
 		zeroStats:  make([]lbLbStats, ebpf.MustPossibleCPU()),
 		vips:       map[VIPKey]*vipState{},
 		backends:   map[uint32]*backendState{},
+		retired:    map[uint32]*backendState{},
 		indexOwner: map[uint32]VIPKey{},
 		slotsUsed:  map[uint32]use{},
 		filter:     map[uint32]int{},
