@@ -92,6 +92,9 @@ type Datapath struct {
 	zeroStats  []lbLbStats
 	closed     bool
 	nowMono    func() time.Duration
+	// afterFlowWalk, if set, is called by Maintain once it has walked the
+	// flow tables (with d.mu held): tests make pins there.
+	afterFlowWalk func()
 }
 
 type vipState struct {

@@ -171,7 +171,9 @@ static __always_inline int pin_maybe(__u32 hash)
 	return !w || (*w & (1ULL << (bit & 63)));
 }
 
-/* pin_mark sets a new pin's bit in both halves of the filter. */
+/* pin_mark sets a new pin's bit in both halves of the filter, once the pin
+ * is in the flow table: Maintain relies on that order when it rebuilds a
+ * half (xdp/pinfilter.go). */
 static __always_inline void pin_mark(__u32 hash)
 {
 	__u32 bit = hash >> (32 - PIN_FILTER_SHIFT);
