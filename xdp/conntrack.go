@@ -147,6 +147,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	var del []Flow
 	var hashes []uint32 // of the pins that stay
 	remaining4 := 0
+	d.clearPinFilter() // before the walk, so no pin made meanwhile loses its bit
 	err := d.Flows(func(f Flow) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
@@ -175,12 +176,15 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	if err != nil {
 		return res, err
 	}
+	if d.afterFlowWalk != nil {
+		d.afterFlowWalk()
+	}
 	for _, f := range del {
 		if err := d.deleteFlow(f); err != nil {
 			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
 	}
-	if err := d.rebuildPinFilter(hashes); err != nil {
+	if err := d.switchPinFilter(hashes); err != nil {
 		return res, err
 	}
 	d.flows4, d.flows6 = remaining4, res.Remaining-remaining4
