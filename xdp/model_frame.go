@@ -568,6 +568,10 @@ func (r *frameRun) forward(f *mflow) string {
 		Src: netip.AddrPortFrom(f.src, f.sport), Dst: netip.AddrPortFrom(f.dst, f.dport),
 		Proto: Proto(f.proto), SYN: f.syn, ICMPError: f.icmpErr,
 	}
+	// A new pin fails when its family's flow table is full; Decide then
+	// sends a SYN where the flow's next packets will go.
+	n := r.m.pinCount(p.Src.Addr())
+	r.m.State.PinFails = r.m.MaxFlows > 0 && *n >= r.m.MaxFlows
 	d := r.m.State.Decide(p)
 	if d.Rule == RulePinned {
 		r.event(evPinHit)
@@ -580,17 +584,10 @@ func (r *frameRun) forward(f *mflow) string {
 	if d.Pin != "" {
 		k := FlowKey{p.Src, p.Dst, p.Proto}
 		_, exists := r.m.Pins[k]
-		n := r.m.pinCount(p.Src.Addr())
 		switch {
 		case exists && d.Pin == "create": // pinned by another CPU first
-		case !exists && r.m.MaxFlows > 0 && *n >= r.m.MaxFlows:
+		case !exists && r.m.State.PinFails:
 			r.event(evPinFull)
-			// A SYN whose pin cannot be made goes where the flow's next
-			// packet, finding no pin, will go: the previous backend
-			// while it is up (issue 10, item 2: a flow's packets agree).
-			if p.SYN && d.Transition && r.m.State.up(d.PrevBackendID) {
-				d.Rule, d.BackendID = RulePrevious, d.PrevBackendID
-			}
 		default:
 			if !exists {
 				*n++

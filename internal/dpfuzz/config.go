@@ -186,11 +186,22 @@ func NewConfig(s *Source) *Config {
 	if s.Chance(15) {
 		// Flow tables that fill up. A failed pin makes the program stop
 		// pinning for a while (a per-CPU backoff the model has no clock
-		// for), which only matters for a pin replacing a stale one: with
+		// for). Once a table is full, that does not matter, but for a pin
+		// replacing a stale one, which succeeds in a full table: with
 		// every backend up and every id an entry, no pin is ever stale.
 		c.MaxFlows = 1 + s.N(6)
 		for i := range c.Backends {
 			c.Backends[i].Up = true
+		}
+		// The backoff is per CPU, not per family: a failure in one
+		// family's table would stop pins in the other one's too, for a
+		// while. Only VIPs of one family are in transition (pins are made
+		// only there), so once that table is full, every pin fails.
+		fam := Pick(s, true, false)
+		for i, v := range c.VIPs {
+			if v.Key.Addr.Is4() != fam && len(v.Tables) > 1 {
+				c.VIPs[i].Tables = v.Tables[len(v.Tables)-1:]
+			}
 		}
 		for _, v := range c.VIPs {
 			for _, t := range v.Tables {
