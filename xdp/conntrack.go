@@ -18,14 +18,17 @@ type Flow struct {
 	BackendID uint32
 	// Idle is how long ago the flow was last seen (to within a second).
 	Idle time.Duration
-
-	lastSeen uint64 // as read, to tell a flow pinned again since
 }
 
 func port(p uint16) uint16 { return bits.ReverseBytes16(p) }
 
 // Flows calls fn for every pinned flow, IPv4 then IPv6, until fn returns false.
 func (d *Datapath) Flows(fn func(Flow) bool) error {
+	return d.walkFlows(func(f Flow, _ uint64) bool { return fn(f) })
+}
+
+// walkFlows is Flows with each flow's last-seen stamp as the map holds it.
+func (d *Datapath) walkFlows(fn func(f Flow, lastSeen uint64) bool) error {
 	now := d.nowMono()
 	var k4 lbFlow4
 	var v lbCtValue
@@ -36,9 +39,9 @@ func (d *Datapath) Flows(fn func(Flow) bool) error {
 		putLE32(t[:], k4.Daddr)
 		f := Flow{
 			Src: netip.AddrPortFrom(netip.AddrFrom4(s), port(k4.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom4(t), port(k4.Dport)),
-			Proto: Proto(k4.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen), lastSeen: v.LastSeen,
+			Proto: Proto(k4.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
 		}
-		if !fn(f) {
+		if !fn(f, v.LastSeen) {
 			return nil
 		}
 	}
@@ -50,9 +53,9 @@ func (d *Datapath) Flows(fn func(Flow) bool) error {
 	for it.Next(&k6, &v) {
 		f := Flow{
 			Src: netip.AddrPortFrom(netip.AddrFrom16(k6.Saddr), port(k6.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom16(k6.Daddr), port(k6.Dport)),
-			Proto: Proto(k6.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen), lastSeen: v.LastSeen,
+			Proto: Proto(k6.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
 		}
-		if !fn(f) {
+		if !fn(f, v.LastSeen) {
 			return nil
 		}
 	}
@@ -127,7 +130,7 @@ func (d *Datapath) deleteFlow(f Flow) error {
 // of its flow): then it is left, and renewed is true. A flow pinned again
 // between this lookup and the delete is still lost; that window is a
 // syscall long, where the walk's is the whole table's.
-func (d *Datapath) expireFlow(f Flow) (renewed bool, err error) {
+func (d *Datapath) expireFlow(f Flow, lastSeen uint64) (renewed bool, err error) {
 	var v lbCtValue
 	if f.Src.Addr().Is4() {
 		err = d.objs.Ct4.Lookup(f.key4(), &v)
@@ -140,7 +143,7 @@ func (d *Datapath) expireFlow(f Flow) (renewed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if v.BackendId != f.BackendID || v.LastSeen != f.lastSeen {
+	if v.BackendId != f.BackendID || v.LastSeen != lastSeen {
 		return true, nil
 	}
 	return false, d.deleteFlow(f)
@@ -173,19 +176,23 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	hasPins := map[VIPKey]bool{}
-	var del []Flow
+	type seenFlow struct {
+		Flow
+		lastSeen uint64
+	}
+	var del []seenFlow
 	var hashes []uint32 // of the pins that stay
 	remaining4 := 0
 	d.clearPinFilter() // before the walk, so no pin made meanwhile loses its bit
-	err := d.Flows(func(f Flow) bool {
+	err := d.walkFlows(func(f Flow, lastSeen uint64) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
 		case !ok || b.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) == 0:
 			res.Stale++
-			del = append(del, f)
+			del = append(del, seenFlow{f, lastSeen})
 		case f.Idle > idle:
 			res.Expired++
-			del = append(del, f)
+			del = append(del, seenFlow{f, lastSeen})
 		default:
 			res.Remaining++
 			if f.Src.Addr().Is4() {
@@ -209,7 +216,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 		d.afterFlowWalk()
 	}
 	for _, f := range del {
-		renewed, err := d.expireFlow(f)
+		renewed, err := d.expireFlow(f.Flow, f.lastSeen)
 		if err != nil {
 			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
