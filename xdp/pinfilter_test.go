@@ -305,3 +305,45 @@ func TestPinFilterKeepsPinsMadeDuringMaintain(t *testing.T) {
 		w.check(t)
 	})
 }
+
+// TestMaintainKeepsRenewedPins: a pin Maintain's walk found stale (its
+// backend went down) that the program replaced before Maintain removed it
+// stays: the flow's next packets follow the new pin.
+func TestMaintainKeepsRenewedPins(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	w := newPFWorld(t, 1000)
+	for n := range 10 {
+		if got, err := w.send(n); err != nil || got != 1 {
+			t.Fatalf("flow %d went to %d (%v), want 1 (the previous table's)", n, got, err)
+		}
+	}
+	down := ccBackend(1, 0)
+	down.Up = false
+	if err := w.d.UpsertBackend(1, down); err != nil {
+		t.Fatal(err)
+	}
+	w.d.afterFlowWalk = func() {
+		// Each flow's next packet finds its pin stale and pins the flow
+		// to the current table's backend.
+		for n := range 10 {
+			if got, err := w.send(n); err != nil || got != 2 {
+				t.Errorf("flow %d went to %d (%v), want 2", n, got, err)
+			}
+		}
+	}
+	res, err := w.d.Maintain(time.Hour)
+	w.d.afterFlowWalk = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stale != 10 || res.Renewed != 10 {
+		t.Errorf("Maintain: %+v, want 10 stale, all 10 renewed", res)
+	}
+	for n := range 10 {
+		src, dst := w.flow(n)
+		id, ok, err := w.d.LookupFlow(src, dst, TCP)
+		if err != nil || !ok || id != 2 {
+			t.Errorf("flow %d after Maintain: pinned %v to %d (%v), want pinned to 2", n, ok, id, err)
+		}
+	}
+}
