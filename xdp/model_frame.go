@@ -68,7 +68,8 @@ const (
 
 // Known program bugs: rules the program is known to break. The model
 // follows the rule; with FrameModel.KnownBugs it predicts what the program
-// does instead (through frameRun.bug), so that a campaign can look past
+// does instead (a rule the program breaks appends its name to
+// FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a campaign can look past
 // them for other differences. Every frame that meets one is marked in
 // FrameOutcome.Bugs either way. None is known now: the two the fuzzing
 // found first (an ICMP error's quote read up to the end of the frame
@@ -219,13 +220,6 @@ func (m *FrameModel) Run(frame []byte, ingress int) FrameOutcome {
 }
 
 func (r *frameRun) event(e string) { r.out.Events = append(r.out.Events, e) }
-
-// bug notes that the frame meets a known program bug and says whether to
-// predict the program's behaviour rather than the rule's.
-func (r *frameRun) bug(name string) bool {
-	r.out.Bugs = append(r.out.Bugs, name)
-	return r.m.KnownBugs
-}
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
 
