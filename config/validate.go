@@ -42,6 +42,22 @@ func (c *Config) validate(d *decoder) {
 		}
 	}
 
+	// BGP peers: one session per address.
+	if b := c.Announce.BGP; b != nil {
+		peers := make(map[netip.Addr]int)
+		for i, p := range b.Peers {
+			if !p.Address.IsValid() {
+				continue
+			}
+			path := index("announce.bgp.peers", i) + ".address"
+			if first, ok := peers[p.Address]; ok {
+				at(path, "%q is already listed as announce.bgp.peers[%d]", p.Address, first)
+				continue
+			}
+			peers[p.Address] = i
+		}
+	}
+
 	// Pools: unique names, blocks that do not overlap within or across pools.
 	pools := make(map[string]int)
 	type block struct {
