@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/xdplb/xdplb/announce"
+	"github.com/xdplb/xdplb/announce/bgp"
 	"github.com/xdplb/xdplb/config"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/lb/health"
@@ -78,6 +80,7 @@ type Plane struct {
 	alloc      *config.Allocator
 	checker    *health.Checker
 	announcers []Announcer
+	bgp        *bgp.Speaker // nil without announce.bgp
 	sources    []Source
 	order      []string // source names, the file first
 	merger     *merger
@@ -196,6 +199,17 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		leftVIPs = append(leftVIPs, v.Key)
 	}
 	p.rec.Recover(leftVIPs, left)
+	if b := cfg.Announce.BGP; b != nil {
+		// A datapath taken over from an earlier instance forwarded all
+		// along: the peers hear so (graceful restart's forwarding state).
+		p.bgp, err = bgp.New(bgpOptions(b, len(leftVIPs) > 0), log)
+		if err != nil {
+			p.closeAnnouncers()
+			p.dp.Close()
+			return nil, err
+		}
+		p.announcers = append(p.announcers, p.bgp)
+	}
 	if err := p.applyConfig(ctx, cfg, "start"); err != nil {
 		p.closeAnnouncers()
 		p.dp.Close()
@@ -365,6 +379,9 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	if p.cfg != nil && cfg.Conntrack.MaxFlows != p.cfg.Conntrack.MaxFlows {
 		return fmt.Errorf("conntrack.maxFlows changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", p.cfg.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows)
 	}
+	if p.cfg != nil && !reflect.DeepEqual(cfg.Announce.BGP, p.cfg.Announce.BGP) {
+		return errors.New("announce.bgp changed: the BGP speaker takes its settings at start; restart xdplb to apply them (graceful restart keeps the routes meanwhile)")
+	}
 	for _, ifc := range cfg.Interfaces {
 		if _, ok := p.attached[ifc.Name]; ok {
 			continue
@@ -447,6 +464,21 @@ func (p *Plane) announce(services []config.Service, st lb.Status) {
 		a.SetVIPs(active)
 	}
 	p.announced = active
+}
+
+// bgpOptions are the speaker's options from the configuration.
+func bgpOptions(b *config.BGPAnnounce, restarting bool) bgp.Options {
+	o := bgp.Options{
+		LocalASN: b.LocalASN, RouterID: b.RouterID, ListenPort: b.ListenPort,
+		Communities:     b.CommunityValues,
+		GracefulRestart: b.GracefulRestart.Enabled, RestartTime: b.GracefulRestart.RestartTime,
+		Restarting:            restarting && b.GracefulRestart.Enabled,
+		DrainGracefulShutdown: b.Drain == config.DrainGracefulShutdown,
+	}
+	for _, peer := range b.Peers {
+		o.Peers = append(o.Peers, bgp.Peer{Address: peer.Address, ASN: peer.ASN, HoldTime: peer.HoldTime, Password: peer.Password})
+	}
+	return o
 }
 
 func hasInterface(cfg *config.Config, name string) bool {
