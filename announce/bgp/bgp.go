@@ -472,4 +472,3 @@ func (l logger) Info(msg string, f gobgplog.Fields)  { l.l.Debug("gobgp: "+msg, 
 func (l logger) Debug(msg string, f gobgplog.Fields) {}
 func (l logger) SetLevel(gobgplog.LogLevel)          {}
 func (l logger) GetLevel() gobgplog.LogLevel         { return gobgplog.InfoLevel }
-
