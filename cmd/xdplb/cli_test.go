@@ -60,6 +60,13 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// sortedBGP is the fake's BGP answer as the CLI sorts it.
+func sortedBGP() BGPInfo {
+	b := newFakeAPI().bgp
+	b.Peers = []BGPPeerInfo{b.Peers[1], b.Peers[0]}
+	return b
+}
+
 func TestCLIGolden(t *testing.T) {
 	setCLIClock(t)
 	api := newFakeAPI()
@@ -103,6 +110,11 @@ func TestCLIGolden(t *testing.T) {
 		{"explain_pinned", []string{"explain", "--from", "[2001:db8::10]:40001", "--to", "[2001:db8:10::1]:53/udp"}, new(ExplainInfo),
 			ptrTo(ex["[2001:db8::10]:40001 [2001:db8:10::1]:53/udp"]), []string{`Explain("[2001:db8::10]:40001", "[2001:db8:10::1]:53/udp", false)`}},
 		{"reload", []string{"reload"}, new(ReloadInfo), ptrTo(newFakeAPI().reload), []string{"Reload()", "Status()"}},
+		{"bgp", []string{"bgp"}, new(BGPInfo), ptrTo(sortedBGP()), []string{"BGP()"}},
+		{"drain", []string{"drain", "--no-wait"}, new(DrainInfo), &DrainInfo{Drained: true, Mode: "withdraw", Routes: []string{}}, []string{"SetDrained(true)"}},
+		{"undrain", []string{"undrain"}, new(DrainInfo), &DrainInfo{Mode: "withdraw", Routes: newFakeAPI().bgp.Routes}, []string{"SetDrained(false)"}},
+		{"announce", []string{"announce"}, new(L2StateInfo), ptrTo(newFakeAPI().l2), []string{`L2State("")`}},
+		{"announce_standby", []string{"announce", "--state", "standby"}, new(L2StateInfo), &L2StateInfo{Mode: "external", State: "standby", VIPs: []string{}}, []string{`L2State("standby")`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -306,7 +318,7 @@ func TestCLIErrors(t *testing.T) {
 }
 
 func TestCLIHelp(t *testing.T) {
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "bgp", "drain", "undrain", "announce"} {
 		t.Run(cmd, func(t *testing.T) {
 			got, err := runCLI(t, cmd, "-h")
 			if err != nil {
@@ -379,7 +391,7 @@ func TestCLIDocumented(t *testing.T) {
 			t.Errorf("docs/cli.md does not show %s verbatim", g)
 		}
 	}
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "bgp", "drain", "undrain", "announce"} {
 		if !bytes.Contains(doc, []byte("## xdplb "+cmd+"\n")) {
 			t.Errorf("docs/cli.md has no section for xdplb %s", cmd)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -80,7 +81,8 @@ type Plane struct {
 	alloc      *config.Allocator
 	checker    *health.Checker
 	announcers []Announcer
-	bgp        *bgp.Speaker // nil without announce.bgp
+	l2         map[Announcer]bool // the L2 announcers announce.l2 asks for
+	bgp        *bgp.Speaker       // nil without announce.bgp
 	sources    []Source
 	order      []string // source names, the file first
 	merger     *merger
@@ -109,6 +111,8 @@ type Plane struct {
 	attached   map[string]*xdp.Attachment
 	lastReload ReloadInfo
 	announced  []netip.Addr
+	l2Active   bool // the L2 announcers answer (always, or told by `xdplb announce`)
+	drained    bool // `xdplb drain`: the BGP routes are withdrawn or tagged
 	allocErrs  []string // services a pool could not give an address
 	flows4     int
 	flows6     int
@@ -158,6 +162,8 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		offers:        map[string][]config.Service{},
 		sourceInfo:    map[string]SourceInfo{},
 		attached:      map[string]*xdp.Attachment{},
+		l2:            map[Announcer]bool{},
+		l2Active:      cfg.Announce.L2.Mode != config.L2ModeExternal,
 	}
 	p.checker = health.New(health.Options{Logger: log, OnChange: func(lb.BackendKey, bool) {
 		select {
@@ -177,6 +183,7 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 			return nil, fmt.Errorf("announcing on %q: %w", name, err)
 		}
 		p.announcers = append(p.announcers, a)
+		p.l2[a] = true
 	}
 	p.announcers = append(p.announcers, opts.Announcers...)
 	p.dp, err = xdp.Open(xdp.Options{PinPath: cfg.Paths.BPF, MaxFlows: int(cfg.Conntrack.MaxFlows)})
@@ -209,6 +216,12 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 			return nil, err
 		}
 		p.announcers = append(p.announcers, p.bgp)
+		// A drain outlives a restart: maintenance often needs one.
+		if _, err := os.Stat(p.drainFile(cfg)); err == nil {
+			p.drained = true
+			p.bgp.SetDrained(true)
+			log.Info("drained before the restart: the BGP routes stay withdrawn until `xdplb undrain`")
+		}
 	}
 	if err := p.applyConfig(ctx, cfg, "start"); err != nil {
 		p.closeAnnouncers()
@@ -379,6 +392,11 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	if p.cfg != nil && cfg.Conntrack.MaxFlows != p.cfg.Conntrack.MaxFlows {
 		return fmt.Errorf("conntrack.maxFlows changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", p.cfg.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows)
 	}
+	if p.cfg != nil && cfg.Announce.L2.Mode != p.cfg.Announce.L2.Mode {
+		// A change of mode starts from what the new mode says at start:
+		// always answers, external waits to be told.
+		p.l2Active = cfg.Announce.L2.Mode != config.L2ModeExternal
+	}
 	if p.cfg != nil && !reflect.DeepEqual(cfg.Announce.BGP, p.cfg.Announce.BGP) {
 		return errors.New("announce.bgp changed: the BGP speaker takes its settings at start; restart xdplb to apply them (graceful restart keeps the routes meanwhile)")
 	}
@@ -460,10 +478,20 @@ func (p *Plane) announce(services []config.Service, st lb.Status) {
 			p.log.Debug("not announced: too few healthy backends", "service", s.Name, "vip", s.Addr, "healthy", healthy[s.Name], "min", s.MinHealthyBackends)
 		}
 	}
-	for _, a := range p.announcers {
-		a.SetVIPs(active)
-	}
 	p.announced = active
+	p.handOut()
+}
+
+// handOut gives every announcer the announceable addresses, but none to
+// the L2 announcers while they are on standby. p.mu is held.
+func (p *Plane) handOut() {
+	for _, a := range p.announcers {
+		if p.l2[a] && !p.l2Active {
+			a.SetVIPs(nil)
+			continue
+		}
+		a.SetVIPs(p.announced)
+	}
 }
 
 // bgpOptions are the speaker's options from the configuration.
