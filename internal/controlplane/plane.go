@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -111,8 +111,8 @@ type Plane struct {
 	attached   map[string]*xdp.Attachment
 	lastReload ReloadInfo
 	announced  []netip.Addr
-	l2Active   bool // the L2 announcers answer (always, or told by `xdplb announce`)
-	drained    bool // `xdplb drain`: the BGP routes are withdrawn or tagged
+	l2Active   bool     // the L2 announcers answer (always, or told by `xdplb announce`)
+	drained    bool     // `xdplb drain`: the BGP routes are withdrawn or tagged
 	allocErrs  []string // services a pool could not give an address
 	flows4     int
 	flows6     int
