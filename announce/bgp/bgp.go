@@ -418,10 +418,15 @@ func (s *Speaker) Status(ctx context.Context) Status {
 				ps.HoldTime = time.Duration(t.NegotiatedHoldTime) * time.Second
 			}
 			for _, af := range p.AfiSafis {
-				if af.State != nil {
-					ps.Sent += af.State.Advertised
-					ps.Received += af.State.Received
+				if af.State == nil {
+					continue
 				}
+				sent := af.State.Advertised
+				if s.opts.GracefulRestart && sent > 0 {
+					sent-- // GoBGP counts the End-of-RIB marker with graceful restart
+				}
+				ps.Sent += sent
+				ps.Received += af.State.Received
 			}
 			got[ps.Address] = ps
 		})

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -466,6 +467,89 @@ func TestScaleOutBGP(t *testing.T) {
 	took = frr.waitNextHops(vip, apps[:4], 60*time.Second)
 	t.Logf("the router added the fourth appliance %v after its start", took.Round(time.Millisecond))
 	check("a fourth appliance joins")
+
+	// What `xdplb bgp` and the metrics say on the fourth.
+	fourth := running[3]
+	out, err := cli(t, bin, "bgp", "--socket", fourth.socket, "-o", "json")
+	if err != nil {
+		t.Fatalf("xdplb bgp: %v\n%s", err, out)
+	}
+	var info BGPInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("xdplb bgp -o json: %v\n%s", err, out)
+	}
+	wantPeer := router.IPv4.String()
+	if len(info.Peers) != 1 || info.Peers[0].Address != wantPeer || info.Peers[0].State != "established" || info.Peers[0].Sent != 1 ||
+		len(info.Routes) != 1 || info.Routes[0] != vip.String()+"/32" {
+		t.Errorf("xdplb bgp -o json on %s: %+v, want one route %v/32 and the peer %s established with 1 prefix sent", fourth.host.Name, info, vip, wantPeer)
+	}
+	table, _ := cli(t, bin, "bgp", "--socket", fourth.socket)
+	t.Logf("xdplb bgp on %s:\n%s", fourth.host.Name, table)
+	m := scrape(t, fourth.host.NS, "http://"+fourth.metrics+"/metrics")
+	if v, ok := metricSample(m, "xdplb_bgp_session_state", map[string]string{"peer": wantPeer, "state": "established"}); !ok || v != 1 {
+		t.Errorf("xdplb_bgp_session_state{peer=%q,state=\"established\"} = %v (present: %v), want 1", wantPeer, v, ok)
+	}
+	if !strings.Contains(m, "\nxdplb_bgp_routes_advertised 1\n") {
+		t.Errorf("the metrics do not say xdplb_bgp_routes_advertised 1:\n%s", grepLines(m, "xdplb_bgp"))
+	}
+
+	// Drain the fourth while new connections keep coming: the router
+	// drops it, its new-flow counter stops, `xdplb drain` says so; the
+	// held connections carry on.
+	var newConns, newFailed atomic.Int64
+	genCtx, stopGen := context.WithCancel(ctx)
+	genDone := make(chan struct{})
+	go func() {
+		defer close(genDone)
+		for genCtx.Err() == nil {
+			dctx, cancel := context.WithTimeout(genCtx, 10*time.Second)
+			c, err := client.Dial(dctx, "tcp", netip.AddrPortFrom(vip, scenario.Port).String())
+			cancel()
+			if err == nil {
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, err = bufio.NewReader(c).ReadString('\n')
+				c.Close()
+			}
+			if genCtx.Err() != nil {
+				return
+			}
+			newConns.Add(1)
+			if err != nil {
+				newFailed.Add(1)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	waitFor(t, 30*time.Second, "new flows on the fourth appliance before the drain", func() bool { return fourth.newFlows() > 0 })
+	drainStart := time.Now()
+	out, err = cli(t, bin, "drain", "--socket", fourth.socket, "--quiet", "3s", "--timeout", "60s")
+	if err != nil {
+		t.Fatalf("xdplb drain: %v\n%s", err, out)
+	}
+	t.Logf("xdplb drain on %s (%v):\n%s", fourth.host.Name, time.Since(drainStart).Round(time.Millisecond), out)
+	if !strings.Contains(out, "drained: every route withdrawn\nno new flows for 3s") {
+		t.Errorf("xdplb drain printed %q, want the routes withdrawn and no new flows for 3s", out)
+	}
+	frr.waitNextHops(vip, apps[:3], 30*time.Second)
+	flowsAfter := fourth.newFlows()
+	time.Sleep(2 * time.Second)
+	if n := fourth.newFlows(); n != flowsAfter {
+		t.Errorf("after the drain the fourth appliance still gets new flows: %v, then %v", flowsAfter, n)
+	}
+	check("the fourth appliance drained")
+	out, err = cli(t, bin, "undrain", "--socket", fourth.socket)
+	if err != nil {
+		t.Fatalf("xdplb undrain: %v\n%s", err, out)
+	}
+	frr.waitNextHops(vip, apps[:4], 30*time.Second)
+	waitFor(t, 30*time.Second, "new flows on the fourth appliance after the undrain", func() bool { return fourth.newFlows() > flowsAfter })
+	stopGen()
+	<-genDone
+	t.Logf("new connections during the drain and undrain: %d, failed %d", newConns.Load(), newFailed.Load())
+	if newFailed.Load() != 0 {
+		t.Errorf("%d of %d new connections failed during the drain and undrain", newFailed.Load(), newConns.Load())
+	}
+	check("the fourth appliance undrained")
 
 	// An appliance dies: its link goes down first (so no FIN or RST
 	// reaches the router), then its daemon is killed; the router withdraws
