@@ -280,12 +280,12 @@ type heldConn struct {
 
 // holdConnections opens n connections from client to the VIP and keeps each
 // exchanging lines with its backend until ctx ends.
-func holdConnections(ctx context.Context, t *testing.T, client *testnet.Host, n int, wg *sync.WaitGroup) []*heldConn {
+func holdConnections(ctx context.Context, t *testing.T, client *testnet.Host, vip netip.Addr, n int, wg *sync.WaitGroup) []*heldConn {
 	t.Helper()
 	var conns []*heldConn
 	for i := range n {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := client.Dial(dctx, "tcp", netip.AddrPortFrom(scenario.VIP4, scenario.Port).String())
+		c, err := client.Dial(dctx, "tcp", netip.AddrPortFrom(vip, scenario.Port).String())
 		cancel()
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
@@ -398,7 +398,7 @@ func TestScaleOutBGP(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	const n = 300
-	conns := holdConnections(ctx, t, client, n, &wg)
+	conns := holdConnections(ctx, t, client, vip, n, &wg)
 	perBackend := map[string]int{}
 	for _, h := range conns {
 		perBackend[h.backend]++
