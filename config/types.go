@@ -246,7 +246,8 @@ type ServiceSpec struct {
 	// MinHealthyBackends is the number of healthy backends below which the
 	// service counts as down.
 	MinHealthyBackends int
-	// Announce says whether the VIP is announced on announce.l2.interfaces.
+	// Announce says whether the VIP is announced: on
+	// announce.l2.interfaces and by announce.bgp.
 	Announce bool
 	// HealthCheck is how the service's backends are checked.
 	HealthCheck HealthCheck

@@ -136,7 +136,8 @@ func l2State(t *testing.T, bin, socket string) L2StateInfo {
 // keepalived and its daemon): the standby takes over when VRRP says so,
 // sends its gratuitous announcements at once, the client's neighbour entries
 // move to it, and the held connections continue. It logs the failover time
-// and how many connections broke.
+// and how many connections broke. Before that, the active daemon restarts
+// and resumes answering without keepalived telling it again.
 func TestActiveStandbyKeepalived(t *testing.T) {
 	testnet.RequirePrivileged(t)
 	bin, err := buildBinary()
@@ -179,6 +180,19 @@ func TestActiveStandbyKeepalived(t *testing.T) {
 	checkNeighMAC(t, client, first.MAC, "the active appliance", annVIPs...)
 	if t.Failed() {
 		t.FailNow()
+	}
+
+	// A restart of the active daemon: it resumes the state it was told
+	// (keepalived, still master, tells it nothing).
+	app1.d.stop(t)
+	app1.d = startTestDaemon(t, bin, first.NS, app1.cfgPath, app1.socket)
+	if s := l2State(t, bin, app1.socket); s.State != "active" {
+		t.Errorf("the active appliance's daemon restarted on %s, want active", s.State)
+	}
+	app1.waitAnnounced(annVIPStrings(annVIPs...), 5*time.Second)
+	time.Sleep(2 * time.Second)
+	if nb, why := broken(conns); nb != 0 {
+		t.Errorf("the active daemon's restart broke %d of %d held connections: %v", nb, len(conns), why)
 	}
 
 	// The active appliance dies: link first (nothing more leaves it),

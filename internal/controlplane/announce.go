@@ -16,6 +16,11 @@ import (
 // outlives a restart.
 const drainFileName = "drained"
 
+// l2ActiveFileName, in paths.state, says that the L2 announcers were told
+// active in external mode, so that a restarted daemon answers again at once
+// (keepalived does not tell it again: its own state has not changed).
+const l2ActiveFileName = "l2-active"
+
 var (
 	// ErrNoBGP is returned by BGP and SetDrained when the configuration
 	// has no announce.bgp.
@@ -113,6 +118,19 @@ func (p *Plane) SetL2Active(active bool) (L2StateInfo, error) {
 	defer p.mu.Unlock()
 	if p.cfg.Announce.L2.Mode != config.L2ModeExternal {
 		return L2StateInfo{}, ErrNotExternal
+	}
+	file := filepath.Join(p.cfg.Paths.State, l2ActiveFileName)
+	var err error
+	if active {
+		if err = os.MkdirAll(filepath.Dir(file), 0o755); err == nil {
+			err = os.WriteFile(file, []byte("told active by `xdplb announce`\n"), 0o644)
+		}
+	} else if err = os.Remove(file); errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if err != nil {
+		// Answering matters more than remembering: go on, and say so.
+		p.log.Warn("keeping the L2 state for a restart", "err", err)
 	}
 	if p.l2Active != active {
 		p.l2Active = active

@@ -165,6 +165,13 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		l2:            map[Announcer]bool{},
 		l2Active:      cfg.Announce.L2.Mode != config.L2ModeExternal,
 	}
+	if !p.l2Active {
+		// Told active before a restart: answer again at once.
+		if _, err := os.Stat(filepath.Join(cfg.Paths.State, l2ActiveFileName)); err == nil {
+			p.l2Active = true
+			log.Info("the L2 announcers were active before the restart: active until told otherwise")
+		}
+	}
 	p.checker = health.New(health.Options{Logger: log, OnChange: func(lb.BackendKey, bool) {
 		select {
 		case p.healthChanged <- struct{}{}:
