@@ -133,6 +133,7 @@ func New(opts Options, log *slog.Logger) (*Speaker, error) {
 	return &Speaker{
 		opts:  opts,
 		log:   log,
+		srv:   server.NewBgpServer(server.LoggerOption(logger{log})),
 		wake:  make(chan struct{}, 1),
 		rib:   map[netip.Addr]bool{},
 		peers: slices.Clone(opts.Peers),
@@ -181,7 +182,6 @@ func (s *Speaker) Run(ctx context.Context) error {
 	s.started = true
 	s.mu.Unlock()
 
-	s.srv = server.NewBgpServer(server.LoggerOption(logger{s.log}))
 	// GoBGP's server loop has no way to stop: it lives as long as the
 	// process, idle once StopBgp has run.
 	go s.srv.Serve()
