@@ -997,6 +997,8 @@ func (s *BenchSuite) model(full bool) (*ModelState, error) {
 			return nil, err
 		}
 		transition(benchVIPFlood, flood)
+		// The flow table is full: no pin can be made.
+		m.PinFails = true
 		// The cold flows are pinned, each to the backend after its slot's.
 		for i := range benchColdVIPs {
 			v := m.VIPs[s.vips[i].key]
@@ -1113,7 +1115,9 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	// The model of each datapath says where each frame goes: the flood VIP
 	// and the remap VIP moved every slot to new backends while the old ones
 	// stay up, so a non-SYN goes to the old backend (pinned or not), a SYN
-	// to the new one; the cold flows of the full datapath follow their pins.
+	// to the new one when it can be pinned there, else (the full datapath)
+	// to the old one too; the cold flows of the full datapath follow their
+	// pins.
 	steadyModel, fullModel := s.byModel(false), s.byModel(true)
 	// pinAll runs every flow of a case once, so that those whose slot
 	// moved are pinned, and checks how many were.
@@ -1228,7 +1232,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	})
 	floodSyn := &BenchCase{
 		Name:   "new_flow_flood_syn",
-		About:  "new_flow_flood with SYNs: they take the new table, and their pin attempts fail too",
+		About:  "new_flow_flood with SYNs: their pin attempts to the new backend fail too, so they go to the old one, as their flows' next packets will",
 		Budget: 150 * time.Nanosecond,
 		dp:     full, frame: flood(true),
 		verdict: XDPTx, expect: fullModel,
