@@ -38,9 +38,10 @@ const maintainEvery = 10 * time.Second
 const routeSettle = 100 * time.Millisecond
 
 // Announcer tells the network where VIPs live: the L2 announcer of an
-// interface (ARP/NDP) today, a BGP speaker next. The control plane decides
-// which addresses are announceable and hands the same set to every
-// announcer.
+// interface (ARP/NDP, package announce) and the BGP speaker (package
+// announce/bgp). The control plane decides which addresses are announceable
+// and hands the same set to every announcer; only the L2 announcers on
+// standby (announce.l2.mode external) get none.
 type Announcer interface {
 	// Name names the announcer in the status: the interface for L2.
 	Name() string
