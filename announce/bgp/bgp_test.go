@@ -24,41 +24,49 @@ import (
 type testRouter struct {
 	srv  *server.BgpServer
 	port uint16
+	lo   netip.Addr // the loopback address both ends use
 }
 
-func startTestRouter(t *testing.T) *testRouter {
+func startTestRouter(t *testing.T, lo netip.Addr) *testRouter {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(lo, 0).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 	ln.Close()
-	r := &testRouter{srv: server.NewBgpServer(server.LoggerOption(logger{discard})), port: port}
+	r := &testRouter{srv: server.NewBgpServer(server.LoggerOption(logger{discard})), port: port, lo: lo}
 	go r.srv.Serve()
 	ctx := context.Background()
 	if err := r.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 65000, RouterId: "198.18.0.254", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+		Asn: 65000, RouterId: "198.18.0.254", ListenPort: int32(port), ListenAddresses: []string{lo.String()},
 	}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.srv.StopBgp(context.Background(), &api.StopBgpRequest{}) })
 	if err := r.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 65010},
+		Conf:      &api.PeerConf{NeighborAddress: lo.String(), PeerAsn: 65010},
 		Transport: &api.Transport{PassiveMode: true},
 		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: 9, KeepaliveInterval: 3}},
+		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(lo), Enabled: true}}},
 	}}); err != nil {
 		t.Fatal(err)
 	}
 	return r
 }
 
-// routes returns the router's IPv4 routes as "PREFIX via NEXTHOP
+// routes returns the router's routes of its family as "PREFIX via NEXTHOP
 // [COMMUNITIES]", sorted.
 func (r *testRouter) routes(t *testing.T) []string {
 	t.Helper()
+	return r.routesOf(t, r.lo)
+}
+
+// routesOf returns the router's routes of fam's family.
+func (r *testRouter) routesOf(t *testing.T, fam netip.Addr) []string {
+	t.Helper()
 	out := []string{}
-	err := r.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family(netip.IPv4Unspecified())}, func(d *api.Destination) {
+	err := r.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family(fam)}, func(d *api.Destination) {
 		for _, p := range d.Paths {
 			attrs, err := apiutil.GetNativePathAttributes(p)
 			if err != nil {
@@ -71,6 +79,8 @@ func (r *testRouter) routes(t *testing.T) []string {
 				switch a := a.(type) {
 				case *bgp.PathAttributeNextHop:
 					nh = a.Value.String()
+				case *bgp.PathAttributeMpReachNLRI:
+					nh = a.Nexthop.String()
 				case *bgp.PathAttributeCommunities:
 					for _, c := range a.Value {
 						comms = append(comms, fmt.Sprintf("%d:%d", c>>16, c&0xffff))
@@ -113,7 +123,7 @@ func (r *testRouter) waitRoutes(t *testing.T, want []string) {
 func TestSpeakerAnnounces(t *testing.T) {
 	for _, gshut := range []bool{false, true} {
 		t.Run(fmt.Sprintf("drainGracefulShutdown=%v", gshut), func(t *testing.T) {
-			r := startTestRouter(t)
+			r := startTestRouter(t, netip.MustParseAddr("127.0.0.1"))
 			s, err := New(Options{
 				LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.1"), ListenPort: -1,
 				Peers:                 []Peer{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 65000, HoldTime: 9 * time.Second, Port: r.port}},
@@ -159,6 +169,32 @@ func TestSpeakerAnnounces(t *testing.T) {
 			r.waitRoutes(t, []string{"198.18.100.2/32 via 127.0.0.1 [65010:100]"})
 		})
 	}
+}
+
+// TestSpeakerAnnouncesIPv6 announces an IPv6 VIP to an IPv6 peer: a /128
+// whose next hop is the session's local address.
+func TestSpeakerAnnouncesIPv6(t *testing.T) {
+	lo := netip.MustParseAddr("::1")
+	r := startTestRouter(t, lo)
+	s, err := New(Options{
+		LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.1"), ListenPort: -1,
+		Peers: []Peer{{Address: lo, ASN: 65000, HoldTime: 9 * time.Second, Port: r.port}},
+	}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The IPv4 VIP is not sent: the session carries IPv6 only.
+	s.SetVIPs([]netip.Addr{netip.MustParseAddr("2001:db8:100::1"), netip.MustParseAddr("198.18.100.1")})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	r.waitRoutes(t, []string{"2001:db8:100::1/128 via ::1 []"})
+	if got := r.routesOf(t, netip.IPv4Unspecified()); len(got) != 0 {
+		t.Errorf("the IPv6 peer got IPv4 routes: %q", got)
+	}
+	s.SetVIPs(nil)
+	r.waitRoutes(t, []string{})
 }
 
 var cmpIgnoreSince = cmp.Transformer("noSince", func(p PeerStatus) PeerStatus { p.Since = time.Time{}; return p })
