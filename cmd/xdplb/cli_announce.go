@@ -144,8 +144,8 @@ func writeQuiet(w io.Writer, r drainResult) error {
 		_, err := fmt.Fprintf(w, "new flows still arrive after %v (%d since the drain)\n", r.Waited.Round(time.Second), r.NewFlows)
 		return err
 	}
-	_, err := fmt.Fprintf(w, "no new flows for %v: drained %v after the drain (%d new flows meanwhile)\n",
-		r.QuietFor, (r.Waited - r.QuietFor).Round(100*time.Millisecond), r.NewFlows)
+	_, err := fmt.Fprintf(w, "no new flows for %v: drained %v after the drain (%d %s meanwhile)\n",
+		r.QuietFor, (r.Waited - r.QuietFor).Round(100*time.Millisecond), r.NewFlows, plural(int(r.NewFlows), "new flow", "new flows"))
 	return err
 }
 
