@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,6 +140,39 @@ func TestCLIGolden(t *testing.T) {
 				t.Errorf("xdplb %s -o json (-want +got):\n%s", strings.Join(tt.args, " "), diff)
 			}
 		})
+	}
+}
+
+// TestCLIDrainWaits: drain waits until the new-flow counters stop, and
+// exits 1 when they do not stop within --timeout.
+func TestCLIDrainWaits(t *testing.T) {
+	api := newFakeAPI()
+	var mu sync.Mutex
+	calls, stopAfter := 0, 4
+	api.newFlows = func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return uint64(min(calls, stopAfter)) * 10
+	}
+	sock := startControl(t, api)
+	out, err := runCLI(t, "drain", "--socket", sock, "--quiet", "1s")
+	if err != nil {
+		t.Fatalf("xdplb drain: %v\n%s", err, out)
+	}
+	if !strings.HasPrefix(out, "drained: every route withdrawn\nno new flows for 1s: drained ") || !strings.HasSuffix(out, " after the drain (30 new flows meanwhile)\n") {
+		t.Errorf("xdplb drain printed %q", out)
+	}
+
+	mu.Lock()
+	calls, stopAfter = 0, 1<<30
+	mu.Unlock()
+	out, err = runCLI(t, "drain", "--socket", sock, "--quiet", "1s", "--timeout", "1500ms")
+	if err == nil || err.Error() != "drain: new flows still arrive after 1.5s" {
+		t.Errorf("xdplb drain with flows that never stop: %v, want the timeout error\n%s", err, out)
+	}
+	if !strings.HasPrefix(out, "drained: every route withdrawn\nnew flows still arrive after ") {
+		t.Errorf("xdplb drain with flows that never stop printed %q", out)
 	}
 }
 

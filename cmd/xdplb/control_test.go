@@ -36,6 +36,9 @@ type fakeAPI struct {
 	bgp      BGPInfo
 	drain    DrainInfo
 	l2       L2StateInfo
+	// newFlows, when set, makes VIPs answer one VIP with this many new
+	// flows (drain's waiting reads them).
+	newFlows func() uint64
 
 	mu    sync.Mutex
 	calls []string
@@ -54,7 +57,15 @@ func (f *fakeAPI) recorded() []string {
 }
 
 func (f *fakeAPI) Status() StatusInfo      { f.record("Status()"); return f.status }
-func (f *fakeAPI) VIPs() []VIPInfo         { f.record("VIPs()"); return f.vips }
+func (f *fakeAPI) VIPs() []VIPInfo {
+	f.record("VIPs()")
+	if f.newFlows != nil {
+		v := VIPInfo{Service: "web", VIP: fakeVIP}
+		v.Stats.NewFlows = f.newFlows()
+		return []VIPInfo{v}
+	}
+	return f.vips
+}
 func (f *fakeAPI) Backends() []BackendInfo { f.record("Backends()"); return f.backends }
 func (f *fakeAPI) Reload() ReloadInfo      { f.record("Reload()"); return f.reload }
 
