@@ -56,7 +56,7 @@ func (f *fakeAPI) recorded() []string {
 	return append([]string(nil), f.calls...)
 }
 
-func (f *fakeAPI) Status() StatusInfo      { f.record("Status()"); return f.status }
+func (f *fakeAPI) Status() StatusInfo { f.record("Status()"); return f.status }
 func (f *fakeAPI) VIPs() []VIPInfo {
 	f.record("VIPs()")
 	if f.newFlows != nil {
