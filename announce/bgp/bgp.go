@@ -421,9 +421,14 @@ func (s *Speaker) Status(ctx context.Context) Status {
 				if af.State == nil {
 					continue
 				}
+				// GoBGP counts what it would send, session up or not, and
+				// the End-of-RIB marker with graceful restart.
 				sent := af.State.Advertised
 				if s.opts.GracefulRestart && sent > 0 {
-					sent-- // GoBGP counts the End-of-RIB marker with graceful restart
+					sent--
+				}
+				if ps.State != "established" {
+					sent = 0
 				}
 				ps.Sent += sent
 				ps.Received += af.State.Received

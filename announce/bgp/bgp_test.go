@@ -199,6 +199,40 @@ func TestSpeakerAnnouncesIPv6(t *testing.T) {
 
 var cmpIgnoreSince = cmp.Transformer("noSince", func(p PeerStatus) PeerStatus { p.Since = time.Time{}; return p })
 
+// TestStatusBeforeSession: a peer that never answers is listed, not
+// established, with nothing sent, while the route is in the RIB.
+func TestStatusBeforeSession(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close() // nothing listens: the session never comes up
+	s, err := New(Options{
+		LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.1"), ListenPort: -1,
+		Peers: []Peer{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 65000, HoldTime: 9 * time.Second, Port: port}},
+	}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetVIPs([]netip.Addr{netip.MustParseAddr("198.18.100.1")})
+	if st := s.Status(context.Background()); len(st.Peers) != 1 || st.Peers[0].State != "idle" {
+		t.Errorf("Status before Run: %+v, want the peer idle", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Advertised()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := s.Status(context.Background())
+	if len(st.Routes) != 1 || len(st.Peers) != 1 || st.Peers[0].State == "established" || st.Peers[0].Sent != 0 || !st.Peers[0].Since.IsZero() {
+		t.Errorf("Status with the peer down: %+v, want the route, the peer not established, 0 sent", st)
+	}
+}
+
 func TestNewRefuses(t *testing.T) {
 	id := netip.MustParseAddr("198.18.0.1")
 	for _, tc := range []struct {
