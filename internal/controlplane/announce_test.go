@@ -80,7 +80,8 @@ func waitAnnounced(t *testing.T, p *Plane, want ...string) {
 	waitFor(t, "announced "+strings.Join(want, "; "), func() bool { return cmp.Equal(announced(p), want) })
 }
 
-// TestAnnounceStates checks what the plane hands its announcers: in
+// TestAnnounceStates checks what the plane hands its announcers: a service
+// with announce: false goes to none of them; in
 // external mode the L2 announcer starts on standby with nothing and gets
 // the VIP when told active; a drain takes the BGP route away and an undrain
 // brings it back; both states survive a restart of the plane; a reload that
@@ -88,10 +89,15 @@ func waitAnnounced(t *testing.T, p *Plane, want ...string) {
 // telling an always-mode plane anything is an error.
 func TestAnnounceStates(t *testing.T) {
 	dir, bpf := testFiles(t)
-	path := writeConfig(t, dir, bpf, testSeed, webService)
+	// quiet has announce: false: it is announced neither on eth0 nor by BGP.
+	quiet := strings.ReplaceAll(strings.ReplaceAll(webService, "name: web", "name: quiet"), "198.18.10.10", "198.18.10.11") + "    announce: false\n"
+	path := writeConfig(t, dir, bpf, testSeed, webService+quiet)
 	announceConfig(t, path, "external", `"65010:100"`)
 	p, stop := runPlane(t, path)
 	waitAnnounced(t, p, "bgp  198.18.10.10", "eth0 standby ")
+	if st := p.Status(); st.Counts.VIPs != 2 || len(st.Apply.Errors) != 0 {
+		t.Fatalf("status: %d VIPs, errors %q; want both services applied", st.Counts.VIPs, st.Apply.Errors)
+	}
 
 	l2, err := p.SetL2Active(true)
 	if err != nil {
