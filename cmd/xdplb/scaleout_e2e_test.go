@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,6 +174,23 @@ func (r *frrRouter) waitNextHops(vip netip.Addr, want []*testnet.Host, timeout t
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// watchGone polls the router's route to vip every 5 ms and sends the time
+// the next hop nh is first gone from it.
+func (r *frrRouter) watchGone(ctx context.Context, vip netip.Addr, nh string) <-chan time.Time {
+	gone := make(chan time.Time, 1)
+	go func() {
+		for ctx.Err() == nil {
+			hops := r.nextHops(vip)
+			if !slices.Contains(hops, nh) {
+				gone <- time.Now()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return gone
 }
 
 func sortStrings(s []string) {
@@ -521,6 +539,7 @@ func TestScaleOutBGP(t *testing.T) {
 		}
 	}()
 	waitFor(t, 30*time.Second, "new flows on the fourth appliance before the drain", func() bool { return fourth.newFlows() > 0 })
+	withdrawn := frr.watchGone(ctx, vip, fourth.host.IPv4.String())
 	drainStart := time.Now()
 	out, err = cli(t, bin, "drain", "--socket", fourth.socket, "--quiet", "3s", "--timeout", "60s")
 	if err != nil {
@@ -531,17 +550,20 @@ func TestScaleOutBGP(t *testing.T) {
 		t.Errorf("xdplb drain printed %q, want the routes withdrawn and no new flows for 3s", out)
 	}
 	frr.waitNextHops(vip, apps[:3], 30*time.Second)
+	t.Logf("the router withdrew the drained appliance %v after `xdplb drain` started", (<-withdrawn).Sub(drainStart).Round(time.Millisecond))
 	flowsAfter := fourth.newFlows()
 	time.Sleep(2 * time.Second)
 	if n := fourth.newFlows(); n != flowsAfter {
 		t.Errorf("after the drain the fourth appliance still gets new flows: %v, then %v", flowsAfter, n)
 	}
 	check("the fourth appliance drained")
+	undrainStart := time.Now()
 	out, err = cli(t, bin, "undrain", "--socket", fourth.socket)
 	if err != nil {
 		t.Fatalf("xdplb undrain: %v\n%s", err, out)
 	}
 	frr.waitNextHops(vip, apps[:4], 30*time.Second)
+	t.Logf("the router took the undrained appliance back %v after `xdplb undrain` started", time.Since(undrainStart).Round(time.Millisecond))
 	waitFor(t, 30*time.Second, "new flows on the fourth appliance after the undrain", func() bool { return fourth.newFlows() > flowsAfter })
 	stopGen()
 	<-genDone
