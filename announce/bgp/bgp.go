@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 // 8326, 65535:0.
 const GracefulShutdown = 0xFFFF0000
 
+// DefaultHoldTime is the hold time of a Peer that sets none.
+const DefaultHoldTime = 90 * time.Second
+
 // connectRetry is how often a peer that is not up is dialled again.
 const connectRetry = 5 * time.Second
 
@@ -32,8 +36,8 @@ var ErrRunning = errors.New("bgp speaker runs already or has run")
 type Peer struct {
 	Address netip.Addr
 	ASN     uint32
-	// HoldTime is proposed to the peer; keepalives go every third of the
-	// negotiated one.
+	// HoldTime is proposed to the peer (DefaultHoldTime when zero);
+	// keepalives go every third of the negotiated one.
 	HoldTime time.Duration
 	// Password turns on TCP MD5 signatures (RFC 2385) when not empty.
 	Password string
@@ -121,9 +125,13 @@ func New(opts Options, log *slog.Logger) (*Speaker, error) {
 	case opts.ListenPort < -1 || opts.ListenPort > 65535:
 		return nil, fmt.Errorf("bgp: listen port %d is out of range", opts.ListenPort)
 	}
-	for _, p := range opts.Peers {
+	opts.Peers = slices.Clone(opts.Peers)
+	for i, p := range opts.Peers {
 		if !p.Address.IsValid() || p.ASN == 0 {
 			return nil, fmt.Errorf("bgp: peer %v: an address and an AS number are needed", p.Address)
+		}
+		if p.HoldTime == 0 {
+			opts.Peers[i].HoldTime = DefaultHoldTime
 		}
 	}
 	if opts.ListenPort == 0 {
@@ -136,7 +144,7 @@ func New(opts Options, log *slog.Logger) (*Speaker, error) {
 		srv:   server.NewBgpServer(server.LoggerOption(logger{log})),
 		wake:  make(chan struct{}, 1),
 		rib:   map[netip.Addr]bool{},
-		peers: slices.Clone(opts.Peers),
+		peers: opts.Peers,
 	}, nil
 }
 
@@ -246,7 +254,7 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 			HoldTime: hold, KeepaliveInterval: max(hold/3, 1),
 			ConnectRetry: uint64(connectRetry / time.Second), IdleHoldTimeAfterReset: uint64(connectRetry / time.Second),
 		}},
-		Transport: &api.Transport{RemotePort: uint32(cmpOr(p.Port, 179)), PassiveMode: false},
+		Transport: &api.Transport{RemotePort: uint32(cmp.Or(p.Port, 179))},
 		AfiSafis:  []*api.AfiSafi{afi},
 	}
 	if s.opts.GracefulRestart {
@@ -260,13 +268,6 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
 	return peer
-}
-
-func cmpOr(p uint16, def uint16) uint16 {
-	if p == 0 {
-		return def
-	}
-	return p
 }
 
 // sync brings the RIB in line with the VIPs and the drain.
