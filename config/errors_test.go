@@ -464,6 +464,14 @@ var errorCases = []struct {
 		want: []string{`announce.l2.mode: "sometimes" is not one of always, external (line 7, column 11)`},
 	},
 	{
+		name: "announce bgp and external l2 mode without a seed",
+		file: "interfaces:\n  - name: eth0\nannounce:\n  l2:\n    mode: external\n  bgp:\n    localASN: 65010\n    routerID: 198.18.0.1\n",
+		want: []string{
+			`announce.l2.mode: needs maglev.seed: appliances that share VIPs must share the seed, or a flow that moves between them reaches another backend; make one with: head -c 16 /dev/urandom | base64 (line 5, column 11)`,
+			`announce.bgp: needs maglev.seed: appliances that share VIPs must share the seed, or a flow that moves between them reaches another backend; make one with: head -c 16 /dev/urandom | base64 (line 7, column 5)`,
+		},
+	},
+	{
 		name: "announce bgp missing keys",
 		file: head + "announce:\n  bgp:\n    peers:\n      - {asn: 65000}\n",
 		want: []string{
