@@ -105,6 +105,7 @@ type Expected struct {
 	Service, Backend string
 	Long             bool
 	Why              string // "removed", "service removed", "down", "listener stopped"
+	Err              string // how it broke: ErrReset, ErrRefused, …
 	// Delay is the time from the change to the break; zero for
 	// refused connections.
 	Delay time.Duration
@@ -160,7 +161,7 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 			g, ok := tl.goneFor(o.Service, o.Backend, o.Started.Add(-lim.Slack), o.At.Add(lim.Slack))
 			switch {
 			case ok && max(o.At.Sub(g.From), 0) <= lim.FastBreak:
-				expected = append(expected, Expected{Service: o.Service, Backend: o.Backend, Long: o.Long, Why: g.Why, Delay: max(o.At.Sub(g.From), 0)})
+				expected = append(expected, Expected{Service: o.Service, Backend: o.Backend, Long: o.Long, Why: g.Why, Err: o.Err, Delay: max(o.At.Sub(g.From), 0)})
 			case ok:
 				defect(o, o.At, fmt.Sprintf("%s connection on %s broke (%s) %.1fs after %s was %s: want a reset within %v",
 					kind, o.Backend, o.errString(), o.At.Sub(g.From).Seconds(), o.Backend, g.Why, lim.FastBreak))
@@ -171,13 +172,13 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 		case DialFailed:
 			if o.Err == ErrRefused {
 				if st, ok := tl.refusedBy(o, lim.Slack); ok {
-					expected = append(expected, Expected{Service: o.Service, Backend: st.Backend, Long: o.Long, Why: "listener stopped"})
+					expected = append(expected, Expected{Service: o.Service, Backend: st.Backend, Long: o.Long, Why: "listener stopped", Err: o.Err})
 					continue
 				}
 			}
 			if o.Err == ErrReset || o.Err == ErrEOF {
 				if g, ok := tl.goneAny(o.Service, o.Started.Add(-lim.Slack), o.At.Add(lim.Slack)); ok && o.At.Sub(g.From) <= lim.FastBreak {
-					expected = append(expected, Expected{Service: o.Service, Backend: g.Backend, Long: o.Long, Why: g.Why, Delay: max(o.At.Sub(g.From), 0)})
+					expected = append(expected, Expected{Service: o.Service, Backend: g.Backend, Long: o.Long, Why: g.Why, Err: o.Err, Delay: max(o.At.Sub(g.From), 0)})
 					continue
 				}
 			}

@@ -29,6 +29,8 @@ type Report struct {
 	// a reason the classification accepts: ExpectedBy counts them by it.
 	BrokenExpected int            `json:"broken_expected"`
 	ExpectedBy     map[string]int `json:"expected_by"`
+	// ExpectedHow counts them by how they broke (reset, refused, …).
+	ExpectedHow map[string]int `json:"expected_how"`
 	// MaxBreakDelay is the longest time from a backend's removal or
 	// going down to the break of a connection on it.
 	MaxBreakDelay Seconds `json:"max_break_delay_s"`
@@ -59,11 +61,8 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "restarts: %d\n", r.Restarts)
 	fmt.Fprintf(w, "broken, expected: %d", r.BrokenExpected)
 	if r.BrokenExpected > 0 {
-		parts = parts[:0]
-		for _, k := range slices.Sorted(maps.Keys(r.ExpectedBy)) {
-			parts = append(parts, fmt.Sprintf("%s %d", k, r.ExpectedBy[k]))
-		}
-		fmt.Fprintf(w, " (%s); slowest break %.2fs after its change", strings.Join(parts, ", "), time.Duration(r.MaxBreakDelay).Seconds())
+		parts = []string{formatCounts(r.ExpectedBy)}
+		fmt.Fprintf(w, " (%s; as %s); slowest break %.2fs after its change", strings.Join(parts, ", "), formatCounts(r.ExpectedHow), time.Duration(r.MaxBreakDelay).Seconds())
 	}
 	fmt.Fprintln(w)
 	if len(r.UnplannedDowns) > 0 {
@@ -77,6 +76,14 @@ func (r *Report) Print(w io.Writer) {
 	for _, d := range r.Defects {
 		fmt.Fprintf(w, "  %s\n", d.Line)
 	}
+}
+
+func formatCounts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func formatCounters(m map[string]float64) string {

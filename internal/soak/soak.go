@@ -368,10 +368,11 @@ func (s *soak) finish(end time.Time) *Report {
 	r.ShortSkipped = s.shortSkipped.Load()
 	r.Echoes = s.echoes.Load()
 	expected, defects := Classify(s.outcomes, &s.tl, limits)
-	r.ExpectedBy = map[string]int{}
+	r.ExpectedBy, r.ExpectedHow = map[string]int{}, map[string]int{}
 	for _, e := range expected {
 		r.BrokenExpected++
 		r.ExpectedBy[e.Why]++
+		r.ExpectedHow[e.Err]++
 		r.MaxBreakDelay = max(r.MaxBreakDelay, Seconds(e.Delay))
 	}
 	for i := range defects {
