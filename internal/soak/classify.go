@@ -94,6 +94,10 @@ type Limits struct {
 	// connection must break to count as expected (a reset from the
 	// backend its packets now reach).
 	FastBreak time.Duration
+	// Stale is how long after its backend was removed or went down an
+	// echo may still be answered by it: the time the daemon takes to
+	// apply the change. An echo sent later and answered by it is a defect.
+	Stale time.Duration
 	// Slack is how far the soak's records and the daemon's may disagree
 	// in time: a change recorded slightly after a break it caused, a new
 	// connection that started just before a change.
@@ -146,11 +150,11 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 			kind = "long"
 		}
 		// An echo answered by a backend that had been gone for longer
-		// than FastBreak: the datapath still sent the flow there.
+		// than Stale: the datapath still sent the flow there.
 		if o.Backend != "" {
-			if g, te, ok := tl.answeredWhileGone(o, lim.FastBreak); ok {
-				defect(o, te, fmt.Sprintf("%s connection still answered by %s %.1fs after it was %s (%s)",
-					kind, o.Backend, te.Sub(g.From).Seconds(), g.Why, g.From.Format("15:04:05.000")))
+			if g, te, ok := tl.answeredWhileGone(o, lim.Stale); ok {
+				defect(o, te, fmt.Sprintf("%s connection still answered by %s %.1fs after it was %s (%s)%s",
+					kind, o.Backend, te.Sub(g.From).Seconds(), g.Why, g.From.Format("15:04:05.000"), o.life(tl)))
 			}
 		}
 		switch o.Kind {
@@ -163,11 +167,11 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 			case ok && max(o.At.Sub(g.From), 0) <= lim.FastBreak:
 				expected = append(expected, Expected{Service: o.Service, Backend: o.Backend, Long: o.Long, Why: g.Why, Err: o.Err, Delay: max(o.At.Sub(g.From), 0)})
 			case ok:
-				defect(o, o.At, fmt.Sprintf("%s connection on %s broke (%s) %.1fs after %s was %s: want a reset within %v",
-					kind, o.Backend, o.errString(), o.At.Sub(g.From).Seconds(), o.Backend, g.Why, lim.FastBreak))
+				defect(o, o.At, fmt.Sprintf("%s connection on %s broke (%s) %.1fs after %s was %s (%s): want a reset within %v%s",
+					kind, o.Backend, o.errString(), o.At.Sub(g.From).Seconds(), o.Backend, g.Why, g.From.Format("15:04:05.000"), lim.FastBreak, o.life(tl)))
 			default:
-				defect(o, o.At, fmt.Sprintf("%s connection on %s broke (%s) after %.1fs, with %s configured and up%s",
-					kind, o.Backend, o.errString(), o.At.Sub(o.Started).Seconds(), o.Backend, tl.during(o.At)))
+				defect(o, o.At, fmt.Sprintf("%s connection on %s broke (%s) after %.1fs, with %s configured and up%s%s",
+					kind, o.Backend, o.errString(), o.At.Sub(o.Started).Seconds(), o.Backend, tl.during(o.At), o.life(tl)))
 			}
 		case DialFailed:
 			if o.Err == ErrRefused {
@@ -177,6 +181,12 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 				}
 			}
 			if o.Err == ErrReset || o.Err == ErrEOF {
+				// A listener closed with the connection in its
+				// accept queue resets it.
+				if st, ok := tl.stoppedDuring(o, lim.Slack); ok {
+					expected = append(expected, Expected{Service: o.Service, Backend: st.Backend, Long: o.Long, Why: "listener stopped", Err: o.Err})
+					continue
+				}
 				if g, ok := tl.goneAny(o.Service, o.Started.Add(-lim.Slack), o.At.Add(lim.Slack)); ok && o.At.Sub(g.From) <= lim.FastBreak {
 					expected = append(expected, Expected{Service: o.Service, Backend: g.Backend, Long: o.Long, Why: g.Why, Err: o.Err, Delay: max(o.At.Sub(g.From), 0)})
 					continue
@@ -191,6 +201,15 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 		defects[i].Line = defects[i].String()
 	}
 	return expected, defects
+}
+
+// life says when the connection opened, and its echoes.
+func (o Outcome) life(tl *Timeline) string {
+	s := fmt.Sprintf("; opened +%.1fs, %d echoes", o.Started.Sub(tl.Start).Seconds(), len(o.Echoes))
+	if n := len(o.Echoes); n > 0 {
+		s += fmt.Sprintf(", the last sent +%.1fs", o.Echoes[n-1].Sub(tl.Start).Seconds())
+	}
+	return s
 }
 
 func (o Outcome) errString() string {
@@ -252,6 +271,17 @@ func (tl *Timeline) refusedBy(o Outcome, slack time.Duration) (Stopped, bool) {
 			}
 		}
 		if !down {
+			return st, true
+		}
+	}
+	return Stopped{}, false
+}
+
+// stoppedDuring finds a listener of o's service stopped while o was being
+// opened (give or take slack).
+func (tl *Timeline) stoppedDuring(o Outcome, slack time.Duration) (Stopped, bool) {
+	for _, st := range tl.Stopped {
+		if slices.Contains(st.Services, o.Service) && !st.From.Before(o.Started.Add(-slack)) && !st.From.After(o.At.Add(slack)) {
 			return st, true
 		}
 	}

@@ -24,7 +24,7 @@ func TestClassify(t *testing.T) {
 			{Kind: "restart", What: "", Start: at(50), End: at(53)},
 		},
 	}
-	lim := Limits{FastBreak: 5 * time.Second, Slack: time.Second}
+	lim := Limits{FastBreak: 5 * time.Second, Stale: 2 * time.Second, Slack: time.Second}
 	type want struct {
 		Expected string // Why, or "" when a defect
 		Defect   string // a part of the defect's line
@@ -42,7 +42,7 @@ func TestClassify(t *testing.T) {
 		{
 			name: "reset on a removed backend, slow",
 			o:    Outcome{Kind: Broke, Service: "web", Backend: "b3", Started: at(1), At: at(17), Err: ErrReset},
-			want: want{Defect: "broke (reset) 7.0s after b3 was removed: want a reset within 5s"},
+			want: want{Defect: "broke (reset) 7.0s after b3 was removed (12:00:10.000): want a reset within 5s"},
 		},
 		{
 			name: "removed before the connection began: it never was on it",
@@ -85,6 +85,11 @@ func TestClassify(t *testing.T) {
 			want: want{Expected: "removed"},
 		},
 		{
+			name: "reset in the accept queue of a listener that closed",
+			o:    Outcome{Kind: DialFailed, Service: "web", Started: at(29.95), At: at(30.01), Err: ErrReset},
+			want: want{Expected: "listener stopped"},
+		},
+		{
 			name: "a timeout is never expected",
 			o:    Outcome{Kind: DialFailed, Service: "web", Started: at(9.9), At: at(19.9), Err: ErrTimeout},
 			want: want{Defect: "new short connection failed (timeout)"},
@@ -96,8 +101,13 @@ func TestClassify(t *testing.T) {
 		},
 		{
 			name: "still answered long after its backend was removed",
-			o:    Outcome{Kind: Ended, Long: true, Service: "web", Backend: "b3", Started: at(1), At: at(60), Echoes: []time.Time{at(9), at(16)}},
-			want: want{Defect: "long connection still answered by b3 6.0s after it was removed"},
+			o:    Outcome{Kind: Ended, Long: true, Service: "web", Backend: "b3", Started: at(1), At: at(60), Echoes: []time.Time{at(9), at(11.5), at(13)}},
+			want: want{Defect: "long connection still answered by b3 3.0s after it was removed"},
+		},
+		{
+			name: "answered by a backend down for 2.5 s",
+			o:    Outcome{Kind: Ended, Long: true, Service: "web", Backend: "b2", Started: at(1), At: at(60), Echoes: []time.Time{at(31), at(34.5)}},
+			want: want{Defect: "long connection still answered by b2 2.5s after it was down"},
 		},
 		{
 			name: "answered again after it came back",
@@ -135,9 +145,9 @@ func TestDefectLine(t *testing.T) {
 	}}
 	o := Outcome{Kind: Broke, Long: true, Service: "ipip-v4", VIP: "198.18.100.2:80", Backend: "b3",
 		Started: t0.Add(2 * time.Second), At: t0.Add(62 * time.Second), Err: ErrReset, ErrText: "read: connection reset by peer"}
-	_, defects := Classify([]Outcome{o}, tl, Limits{FastBreak: 5 * time.Second, Slack: time.Second})
+	_, defects := Classify([]Outcome{o}, tl, Limits{FastBreak: 5 * time.Second, Stale: 2 * time.Second, Slack: time.Second})
 	want := "12:01:02.000 (+62.0s) ipip-v4 198.18.100.2:80 b3: long connection on b3 broke (reset: read: connection reset by peer) after 60.0s, " +
-		"with b3 configured and up, during restart SIGTERM; last changes: +58.0s drain b2 (done +58.3s); +61.0s restart SIGTERM (in progress)"
+		"with b3 configured and up, during restart SIGTERM; opened +2.0s, 0 echoes; last changes: +58.0s drain b2 (done +58.3s); +61.0s restart SIGTERM (in progress)"
 	if len(defects) != 1 || defects[0].Line != want {
 		t.Errorf("defects = %+v\nwant the line %q", defects, want)
 	}
