@@ -2,7 +2,7 @@
 // method and the results.
 //
 //	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
-//	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-xdplb PATH] [-q]
+//	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
@@ -49,7 +49,7 @@ func main() {
 }
 
 const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
-       bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-xdplb PATH] [-q]
+       bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
 soak      the real daemon under connections and changes; every broken
@@ -255,6 +255,7 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pause := fs.Duration("pause", 4*time.Second, "pause between two changes (more than the 1 s echo interval)")
 	bin := fs.String("xdplb", "", "a built xdplb binary (default: build ./cmd/xdplb for the run)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
+	kinds := fs.String("changes", strings.Join(soak.ChangeKinds, ","), "the kinds of change to make, comma-separated (also: "+soak.ChangeReloadRestart+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -264,7 +265,8 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if fs.NArg() > 0 {
 		return fmt.Errorf("soak: unexpected arguments %q", fs.Args())
 	}
-	opts := soak.Options{Duration: *duration, Long: *long, ShortRate: *rate, Pause: *pause, Binary: *bin, Progress: stderr}
+	opts := soak.Options{Duration: *duration, Long: *long, ShortRate: *rate, Pause: *pause, Binary: *bin, Progress: stderr,
+		Kinds: strings.Split(*kinds, ",")}
 	if *quiet {
 		opts.Progress = nil
 	}

@@ -14,13 +14,13 @@ import (
 )
 
 // changes makes a change, waits Pause, makes the next, until runCtx ends.
-// The first round makes every kind once, in ChangeKinds order; later rounds
-// shuffle them. A change that cannot be made (no spare backend to add, too
+// The first round makes every kind of Options.Kinds once, in that order;
+// later rounds shuffle them. A change that cannot be made (no spare backend to add, too
 // few to remove one) is skipped. Each change runs to its end under ctx (the
 // caller's), even when runCtx ends during it, so that nothing is left half
 // done.
 func (s *soak) changes(runCtx, ctx context.Context) error {
-	order := slices.Clone(ChangeKinds)
+	order := slices.Clone(s.opts.Kinds)
 	for round := 0; ; round++ {
 		if round > 0 {
 			s.mu.Lock()
@@ -60,6 +60,8 @@ func (s *soak) change(ctx context.Context, kind string) error {
 		return s.restart(ctx)
 	case ChangeBadReload:
 		return s.badReload(ctx)
+	case ChangeReloadRestart:
+		return s.reloadRestart(ctx)
 	}
 	return fmt.Errorf("soak: no change %q", kind)
 }
@@ -267,7 +269,9 @@ func (s *soak) healthFlap(ctx context.Context) error {
 	for _, svc := range svcs {
 		s.waitHealth(ctx, svc, m.name, "down")
 	}
-	sleep(ctx, 2*time.Second)
+	// Down for a while: the connections it had must break at once, and
+	// an echo it still answered would show.
+	sleep(ctx, 4*time.Second)
 	err := s.srv.listen(m.name)
 	s.mu.Lock()
 	s.tl.Stopped[i].To = time.Now()
@@ -363,6 +367,33 @@ func (s *soak) restart(ctx context.Context) error {
 		s.problem(fmt.Sprintf("stopping the daemon: %v", err))
 	}
 	sleep(ctx, time.Second)
+	if err := s.d.start(ctx); err != nil {
+		return fmt.Errorf("soak: restarting the daemon: %w", err)
+	}
+	if !s.d.logContains("reused=true") {
+		s.problem("the restarted daemon did not take over the pinned attachment (no reused=true in its log)")
+	}
+	s.mu.Lock()
+	s.report.Restarts++
+	s.mu.Unlock()
+	return nil
+}
+
+// reloadRestart reweights a backend and restarts the daemon at once, as an
+// operator's `systemctl reload xdplb && systemctl restart xdplb` does: the
+// flows whose slot moved have had no time to send a packet before the
+// restart, so their pins, if any, are made under the new daemon.
+func (s *soak) reloadRestart(ctx context.Context) error {
+	m := s.pick(s.mainMembers())
+	w := 1 + int(s.randN(3))
+	if w == m.weight {
+		w = w%3 + 1
+	}
+	defer s.begin(ChangeReloadRestart, fmt.Sprintf("reweight %s %d->%d, then at once SIGTERM and start", m.name, m.weight, w))()
+	s.apply(ctx, func() { s.setMain(setWeight(m.name, w)) })
+	if err := s.d.stop(); err != nil {
+		s.problem(fmt.Sprintf("stopping the daemon: %v", err))
+	}
 	if err := s.d.start(ctx); err != nil {
 		return fmt.Errorf("soak: restarting the daemon: %w", err)
 	}

@@ -53,7 +53,10 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nechoes: %d\n", r.Echoes)
 	total := 0
 	var parts []string
-	for _, k := range ChangeKinds {
+	for _, k := range append(ChangeKinds, ChangeReloadRestart) {
+		if k == ChangeReloadRestart && r.Changes[k] == 0 {
+			continue
+		}
 		total += r.Changes[k]
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.Changes[k]))
 	}

@@ -28,12 +28,12 @@ type servers struct {
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener
-	accepted  map[net.Conn]bool
+	accepted  map[net.Conn]string // -> the backend's name
 	wg        sync.WaitGroup
 }
 
 func newServers(hosts []*testnet.Host) *servers {
-	s := &servers{hosts: map[string]*testnet.Host{}, listeners: map[string]net.Listener{}, accepted: map[net.Conn]bool{}}
+	s := &servers{hosts: map[string]*testnet.Host{}, listeners: map[string]net.Listener{}, accepted: map[net.Conn]string{}}
 	for _, h := range hosts {
 		s.hosts[h.Name] = h
 	}
@@ -63,7 +63,7 @@ func (s *servers) listen(name string) error {
 				return
 			}
 			s.mu.Lock()
-			s.accepted[c] = true
+			s.accepted[c] = name
 			s.mu.Unlock()
 			s.wg.Go(func() {
 				defer func() {
@@ -104,6 +104,20 @@ func (s *servers) stop(name string) {
 		ln.Close()
 		delete(s.listeners, name)
 	}
+}
+
+// holders names the backends whose servers hold a connection from client
+// (ADDR:PORT).
+func (s *servers) holders(client string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for c, name := range s.accepted {
+		if c.RemoteAddr().String() == client {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // Close stops every server and closes every connection.

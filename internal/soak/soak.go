@@ -2,6 +2,7 @@ package soak
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +12,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -37,6 +40,8 @@ type Options struct {
 	Pause time.Duration
 	// Backends in the topology (default 6; at least 5).
 	Backends int
+	// Kinds are the kinds of change to make (default ChangeKinds).
+	Kinds []string
 	// Binary is a built xdplb; empty: the soak builds cmd/xdplb.
 	Binary string
 	// Progress, when set, gets a line for each change and each defect as
@@ -45,7 +50,7 @@ type Options struct {
 }
 
 // Limits of the soak's classification.
-var limits = Limits{FastBreak: 5 * time.Second, Slack: time.Second}
+var limits = Limits{FastBreak: 5 * time.Second, Stale: 2 * time.Second, Slack: time.Second}
 
 const (
 	echoEvery   = time.Second
@@ -66,6 +71,7 @@ const (
 	ChangeRemove        = "remove"
 	ChangeBadReload     = "bad-reload"
 	ChangeServiceRemove = "service-remove"
+	ChangeReloadRestart = "reload-restart"
 )
 
 // ChangeKinds are every kind of change the soak makes.
@@ -135,6 +141,14 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 	}
 	if opts.Backends < 5 {
 		return nil, fmt.Errorf("soak: %d backends: want at least 5", opts.Backends)
+	}
+	if len(opts.Kinds) == 0 {
+		opts.Kinds = ChangeKinds
+	}
+	for _, k := range opts.Kinds {
+		if !slices.Contains(ChangeKinds, k) && k != ChangeReloadRestart {
+			return nil, fmt.Errorf("soak: no change of kind %q (want %s or %s)", k, strings.Join(ChangeKinds, ", "), ChangeReloadRestart)
+		}
 	}
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
@@ -454,12 +468,35 @@ func (s *soak) longConn(ctx context.Context, svc *service) {
 				break
 			}
 		}
+		if o.Kind == Broke && o.Err == ErrTimeout {
+			// A flow that neither answers nor resets: say where the
+			// datapath sends it now and which backend holds its socket.
+			o.ErrText += s.whereIs(ctx, c, svc)
+		}
 		c.Close()
 		s.record(o.Outcome)
 		if o.Kind != Ended {
 			sleep(ctx, 500*time.Millisecond)
 		}
 	}
+}
+
+// whereIs describes where a connection's packets go and which backend's
+// server holds its other end, for a defect's evidence.
+func (s *soak) whereIs(ctx context.Context, c *conn, svc *service) string {
+	var e controlplane.ExplainInfo
+	where := "xdplb explain: "
+	out, err := s.d.cli(ctx, "explain", "--from", c.LocalAddr().String(), "--to", svc.vipPort()+"/tcp", "-o", "json")
+	if err == nil && json.Unmarshal([]byte(out), &e) == nil {
+		where += e.Text
+	} else {
+		where += fmt.Sprintf("%v: %s", err, strings.TrimSpace(out))
+	}
+	holders := s.srv.holders(c.LocalAddr().String())
+	if len(holders) == 0 {
+		holders = []string{"no backend"}
+	}
+	return fmt.Sprintf(" [%s; its socket is held by %s]", where, strings.Join(holders, ", "))
 }
 
 // connected is an Outcome in the making, with its connection.
