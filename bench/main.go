@@ -255,7 +255,7 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pause := fs.Duration("pause", 4*time.Second, "pause between two changes (more than the 1 s echo interval)")
 	bin := fs.String("xdplb", "", "a built xdplb binary (default: build ./cmd/xdplb for the run)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
-	kinds := fs.String("changes", strings.Join(soak.ChangeKinds, ","), "the kinds of change to make, comma-separated (also: "+soak.ChangeReloadRestart+")")
+	kinds := fs.String("changes", strings.Join(soak.ChangeKinds, ","), "the kinds of change to make, comma-separated")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

@@ -38,6 +38,9 @@ type Report struct {
 	// the soak stopping their listener (a slow machine can do that).
 	UnplannedDowns []string `json:"unplanned_downs,omitempty"`
 	Defects        []Defect `json:"defects"`
+	// Evidence is a directory with the daemon's log and the timeline,
+	// kept when there are defects.
+	Evidence string `json:"evidence,omitempty"`
 	// Counters are the datapath's drop reasons and events that moved
 	// during the soak (from /metrics; pin_hit and tcp_syn left out).
 	Counters map[string]float64 `json:"datapath_counters"`
@@ -53,10 +56,7 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nechoes: %d\n", r.Echoes)
 	total := 0
 	var parts []string
-	for _, k := range append(ChangeKinds, ChangeReloadRestart) {
-		if k == ChangeReloadRestart && r.Changes[k] == 0 {
-			continue
-		}
+	for _, k := range ChangeKinds {
 		total += r.Changes[k]
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.Changes[k]))
 	}
@@ -78,6 +78,9 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "defects: %d\n", len(r.Defects))
 	for _, d := range r.Defects {
 		fmt.Fprintf(w, "  %s\n", d.Line)
+	}
+	if r.Evidence != "" {
+		fmt.Fprintf(w, "the daemon's log and the timeline: %s\n", r.Evidence)
 	}
 }
 

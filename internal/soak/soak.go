@@ -76,7 +76,7 @@ const (
 
 // ChangeKinds are every kind of change the soak makes.
 var ChangeKinds = []string{ChangeAdd, ChangeReweight, ChangeDrain, ChangeHealthFlap, ChangeServiceAdd,
-	ChangeRestart, ChangeRemove, ChangeBadReload, ChangeServiceRemove}
+	ChangeRestart, ChangeRemove, ChangeBadReload, ChangeServiceRemove, ChangeReloadRestart}
 
 // soak is one run.
 type soak struct {
@@ -146,8 +146,8 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 		opts.Kinds = ChangeKinds
 	}
 	for _, k := range opts.Kinds {
-		if !slices.Contains(ChangeKinds, k) && k != ChangeReloadRestart {
-			return nil, fmt.Errorf("soak: no change of kind %q (want %s or %s)", k, strings.Join(ChangeKinds, ", "), ChangeReloadRestart)
+		if !slices.Contains(ChangeKinds, k) {
+			return nil, fmt.Errorf("soak: no change of kind %q (want some of %s)", k, strings.Join(ChangeKinds, ", "))
 		}
 	}
 	if opts.Progress == nil {
@@ -356,7 +356,37 @@ func (s *soak) run(ctx context.Context) (*Report, error) {
 	}
 	s.snapshot(ctx)
 	end := time.Now()
-	return s.finish(end), nil
+	r := s.finish(end)
+	if len(r.Defects) > 0 {
+		r.Evidence = s.keepEvidence()
+	}
+	return r, nil
+}
+
+// keepEvidence copies the daemon's log and writes the soak's timeline into
+// a directory that outlives the soak, and returns its path.
+func (s *soak) keepEvidence() string {
+	dir, err := os.MkdirTemp("", "xdplb-soak-evidence")
+	if err != nil {
+		return ""
+	}
+	if b, err := os.ReadFile(s.d.logPath); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "xdplb.log"), b, 0o644)
+	}
+	s.mu.Lock()
+	tl := struct {
+		Start   time.Time
+		Changes []Change
+		Gone    []Gone
+		Stopped []Stopped
+	}{s.tl.Start, s.tl.Changes, s.tl.Gone, s.tl.Stopped}
+	b, err := json.MarshalIndent(tl, "", "  ")
+	s.mu.Unlock()
+	if err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "timeline.json"), b, 0o644)
+	}
+	fmt.Fprintf(s.opts.Progress, "soak: the daemon's log and the timeline are kept in %s\n", dir)
+	return dir
 }
 
 // snapshot notes the datapath's counters, when the daemon answers.
@@ -468,9 +498,9 @@ func (s *soak) longConn(ctx context.Context, svc *service) {
 				break
 			}
 		}
-		if o.Kind == Broke && o.Err == ErrTimeout {
-			// A flow that neither answers nor resets: say where the
-			// datapath sends it now and which backend holds its socket.
+		if o.Kind == Broke {
+			// Say where the datapath sends the flow now and which
+			// backend holds its socket, for a defect's evidence.
 			o.ErrText += s.whereIs(ctx, c, svc)
 		}
 		c.Close()
