@@ -28,12 +28,12 @@ type servers struct {
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener
-	accepted  map[net.Conn]string // -> the backend's name
+	accepted  map[net.Conn]acceptedConn
 	wg        sync.WaitGroup
 }
 
 func newServers(hosts []*testnet.Host) *servers {
-	s := &servers{hosts: map[string]*testnet.Host{}, listeners: map[string]net.Listener{}, accepted: map[net.Conn]string{}}
+	s := &servers{hosts: map[string]*testnet.Host{}, listeners: map[string]net.Listener{}, accepted: map[net.Conn]acceptedConn{}}
 	for _, h := range hosts {
 		s.hosts[h.Name] = h
 	}
@@ -63,7 +63,7 @@ func (s *servers) listen(name string) error {
 				return
 			}
 			s.mu.Lock()
-			s.accepted[c] = name
+			s.accepted[c] = acceptedConn{name, time.Now()}
 			s.mu.Unlock()
 			s.wg.Go(func() {
 				defer func() {
@@ -79,12 +79,21 @@ func (s *servers) listen(name string) error {
 	return nil
 }
 
+// serverIdle is how long a server keeps a connection that sends nothing,
+// as real servers time idle clients out. Clients echo every second; a
+// connection the load balancer moved to another backend (which reset it) is
+// idle here from then on, and must not outlive the client's socket for long:
+// a new connection that reuses its client port and reaches this backend
+// would meet it and hang instead of being reset.
+const serverIdle = 4 * time.Second
+
 func serve(c net.Conn, name string) {
 	if _, err := fmt.Fprintf(c, "%s\n", name); err != nil {
 		return
 	}
 	r := bufio.NewReader(c)
 	for {
+		_ = c.SetReadDeadline(time.Now().Add(serverIdle))
 		line, err := r.ReadString('\n')
 		if err != nil {
 			return
@@ -106,15 +115,21 @@ func (s *servers) stop(name string) {
 	}
 }
 
+// acceptedConn is a connection a backend's server accepted.
+type acceptedConn struct {
+	backend string
+	at      time.Time
+}
+
 // holders names the backends whose servers hold a connection from client
-// (ADDR:PORT).
-func (s *servers) holders(client string) []string {
+// (ADDR:PORT) to vip (ADDR:PORT), and when they accepted it.
+func (s *servers) holders(client, vip string, start time.Time) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
-	for c, name := range s.accepted {
-		if c.RemoteAddr().String() == client {
-			out = append(out, name)
+	for c, a := range s.accepted {
+		if c.RemoteAddr().String() == client && c.LocalAddr().String() == vip {
+			out = append(out, fmt.Sprintf("%s (accepted +%.1fs)", a.backend, a.at.Sub(start).Seconds()))
 		}
 	}
 	return out

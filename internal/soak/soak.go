@@ -501,7 +501,7 @@ func (s *soak) longConn(ctx context.Context, svc *service) {
 		if o.Kind == Broke {
 			// Say where the datapath sends the flow now and which
 			// backend holds its socket, for a defect's evidence.
-			o.ErrText += s.whereIs(ctx, c, svc)
+			o.ErrText += s.whereIs(c, svc)
 		}
 		c.Close()
 		s.record(o.Outcome)
@@ -513,7 +513,9 @@ func (s *soak) longConn(ctx context.Context, svc *service) {
 
 // whereIs describes where a connection's packets go and which backend's
 // server holds its other end, for a defect's evidence.
-func (s *soak) whereIs(ctx context.Context, c *conn, svc *service) string {
+func (s *soak) whereIs(c *conn, svc *service) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	var e controlplane.ExplainInfo
 	where := "xdplb explain: "
 	out, err := s.d.cli(ctx, "explain", "--from", c.LocalAddr().String(), "--to", svc.vipPort()+"/tcp", "-o", "json")
@@ -522,7 +524,7 @@ func (s *soak) whereIs(ctx context.Context, c *conn, svc *service) string {
 	} else {
 		where += fmt.Sprintf("%v: %s", err, strings.TrimSpace(out))
 	}
-	holders := s.srv.holders(c.LocalAddr().String())
+	holders := s.srv.holders(c.LocalAddr().String(), c.RemoteAddr().String(), s.tl.Start)
 	if len(holders) == 0 {
 		holders = []string{"no backend"}
 	}
