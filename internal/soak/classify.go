@@ -34,6 +34,8 @@ type Outcome struct {
 	// Backend is the name of the backend that greeted the connection;
 	// empty when none did.
 	Backend string
+	// Client is the connection's own address and port, when it opened.
+	Client  string
 	Started time.Time // when the dial began
 	At      time.Time // when it ended
 	// Err is the class of the error that ended it (ErrReset, …); empty
@@ -139,7 +141,32 @@ func (s Seconds) MarshalJSON() ([]byte, error) {
 
 // Classify sorts outcomes into expected breaks and defects.
 func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected, defects []Defect) {
+	// Connections by client address and port, to name an earlier one a
+	// defective connection shares its 4-tuple with.
+	byClient := map[[2]string][]int{}
+	for i, o := range outcomes {
+		if o.Client != "" {
+			k := [2]string{o.VIP, o.Client}
+			byClient[k] = append(byClient[k], i)
+		}
+	}
 	defect := func(o Outcome, at time.Time, what string) {
+		if o.Client != "" {
+			var prev *Outcome
+			for _, i := range byClient[[2]string{o.VIP, o.Client}] {
+				if p := &outcomes[i]; p.Started.Before(o.Started) && (prev == nil || p.Started.After(prev.Started)) {
+					prev = p
+				}
+			}
+			if prev != nil {
+				how := string(prev.Kind)
+				if prev.Err != "" {
+					how += " (" + prev.Err + ")"
+				}
+				what += fmt.Sprintf("; its 4-tuple (client %s) was used before by a connection opened +%.1fs on %s that %s +%.1fs",
+					o.Client, prev.Started.Sub(tl.Start).Seconds(), prev.Backend, how, prev.At.Sub(tl.Start).Seconds())
+			}
+		}
 		d := Defect{At: at, Offset: Seconds(at.Sub(tl.Start)), Service: o.Service, VIP: o.VIP, Backend: o.Backend, Long: o.Long, What: what}
 		d.Recent = tl.recent(at, 3)
 		defects = append(defects, d)

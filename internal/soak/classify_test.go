@@ -153,6 +153,28 @@ func TestDefectLine(t *testing.T) {
 	}
 }
 
+func TestDefectNamesEarlierConnection(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	tl := &Timeline{Start: t0}
+	outcomes := []Outcome{
+		{Kind: Broke, Service: "web", VIP: "198.18.100.1:80", Backend: "b3", Client: "198.18.0.10:40000", Started: at(1), At: at(20), Err: ErrReset},
+		{Kind: Ended, Service: "web", VIP: "198.18.100.1:80", Backend: "b1", Client: "198.18.0.10:40001", Started: at(2), At: at(60)},
+		{Kind: Broke, Service: "web", VIP: "198.18.100.1:80", Backend: "b2", Client: "198.18.0.10:40000", Started: at(30), At: at(35), Err: ErrReset},
+	}
+	_, defects := Classify(outcomes, tl, Limits{FastBreak: 5 * time.Second, Stale: 2 * time.Second, Slack: time.Second})
+	if len(defects) != 2 {
+		t.Fatalf("%d defects, want 2: %v", len(defects), defects)
+	}
+	want := "its 4-tuple (client 198.18.0.10:40000) was used before by a connection opened +1.0s on b3 that broke (reset) +20.0s"
+	if !strings.Contains(defects[1].Line, want) {
+		t.Errorf("defect %q\ndoes not say %q", defects[1].Line, want)
+	}
+	if strings.Contains(defects[0].Line, "used before") {
+		t.Errorf("the first connection of a 4-tuple names an earlier one: %q", defects[0].Line)
+	}
+}
+
 func TestParseCounters(t *testing.T) {
 	in := `# HELP xdplb_datapath_packets_total Packets by verdict and reason.
 xdplb_datapath_packets_total{action="drop",reason="redirect_failed"} 2

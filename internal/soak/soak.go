@@ -555,7 +555,7 @@ func (s *soak) connect(ctx context.Context, svc *service, long bool) connected {
 	} else {
 		s.shortOpened.Add(1)
 	}
-	o.Kind, o.Backend, o.c = Ended, c.backend, c
+	o.Kind, o.Backend, o.Client, o.c = Ended, c.backend, c.LocalAddr().String(), c
 	return o
 }
 
