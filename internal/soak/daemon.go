@@ -92,17 +92,17 @@ func (d *daemon) stop() error {
 	}
 }
 
-// exited reports whether the daemon ended on its own.
-func (d *daemon) exited() (error, bool) {
+// exited reports whether the daemon ended on its own, and how.
+func (d *daemon) exited() (bool, error) {
 	if d.cmd == nil {
-		return nil, false
+		return false, nil
 	}
 	select {
 	case err := <-d.done:
 		d.done <- err
-		return err, true
+		return true, err
 	default:
-		return nil, false
+		return false, nil
 	}
 }
 

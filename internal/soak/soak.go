@@ -351,7 +351,7 @@ func (s *soak) run(ctx context.Context) (*Report, error) {
 	if changeErr != nil {
 		return nil, changeErr
 	}
-	if err, ok := s.d.exited(); ok {
+	if ok, err := s.d.exited(); ok {
 		s.problem(fmt.Sprintf("xdplb run exited by itself: %v", err))
 	}
 	s.snapshot(ctx)
