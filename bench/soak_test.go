@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +24,11 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 60-second soak; -short skips it")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Ctrl-C stops the soak, which then removes what it set up (namespaces,
+	// bpffs, the daemon) instead of the test binary dying with them in place.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	r, err := soak.Run(ctx, soak.Options{Duration: 60 * time.Second, Pause: 3 * time.Second, Progress: testWriter{t}})
 	if err != nil {
