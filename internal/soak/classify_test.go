@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,19 @@ xdplb_vip_packets_total{service="web",vip="198.18.100.1",port="80",protocol="tcp
 	want := map[string]float64{"drop/redirect_failed": 2, "event/pin_created": 501}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+func TestReportJSON(t *testing.T) {
+	r := Report{Duration: Seconds(90 * time.Second), Changes: map[string]int{"add": 2}, MaxBreakDelay: Seconds(1250 * time.Millisecond),
+		Defects: []Defect{{Offset: Seconds(1500 * time.Millisecond), Service: "web", What: "broke", Line: "the line"}}}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"duration_s":90.000`, `"max_break_delay_s":1.250`, `"changes":{"add":2}`, `"offset_s":1.500`, `"line":"the line"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON report lacks %s:\n%s", want, b)
+		}
 	}
 }
