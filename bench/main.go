@@ -243,8 +243,8 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			"and new TCP connections through four VIPs (IPv4 and IPv6, DSR L2 and IPIP) while it\n"+
 			"adds, removes, reweights and drains backends, adds and removes services, flaps\n"+
 			"backends' health, restarts the daemon and sends bad reloads. Every connection that\n"+
-			"broke is classified: on a backend removed or down before the break (and broken\n"+
-			"within 5 s) it is expected, anything else is a defect. Progress goes to stderr, the\n"+
+			"broke is classified: on a backend removed or down before the break (and reset\n"+
+			"within 8 s) it is expected, anything else is a defect. Progress goes to stderr, the\n"+
 			"summary to stdout; the exit status is 1 when there are defects. Needs root.\n\nflags:\n")
 		fs.PrintDefaults()
 	}

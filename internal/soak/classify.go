@@ -191,6 +191,11 @@ func Classify(outcomes []Outcome, tl *Timeline, lim Limits) (expected []Expected
 		case Broke:
 			g, ok := tl.goneFor(o.Service, o.Backend, o.Started.Add(-lim.Slack), o.At.Add(lim.Slack))
 			switch {
+			case ok && o.Err == ErrTimeout:
+				// Its packets now reach a backend that must reset
+				// it; silence is a black hole.
+				defect(o, o.At, fmt.Sprintf("%s connection on %s timed out (%s) after %s was %s (%s): want a reset%s",
+					kind, o.Backend, o.errString(), o.Backend, g.Why, g.From.Format("15:04:05.000"), o.life(tl)))
 			case ok && max(o.At.Sub(g.From), 0) <= lim.FastBreak:
 				expected = append(expected, Expected{Service: o.Service, Backend: o.Backend, Long: o.Long, Why: g.Why, Err: o.Err, Delay: max(o.At.Sub(g.From), 0)})
 			case ok:

@@ -46,6 +46,11 @@ func TestClassify(t *testing.T) {
 			want: want{Defect: "broke (reset) 7.0s after b3 was removed (12:00:10.000): want a reset within 5s"},
 		},
 		{
+			name: "timed out on a removed backend: no reset came",
+			o:    Outcome{Kind: Broke, Service: "web", Backend: "b3", Started: at(1), At: at(14), Err: ErrTimeout},
+			want: want{Defect: "short connection on b3 timed out (timeout) after b3 was removed (12:00:10.000): want a reset"},
+		},
+		{
 			name: "removed before the connection began: it never was on it",
 			o:    Outcome{Kind: Broke, Service: "web", Backend: "b3", Started: at(12), At: at(13), Err: ErrReset},
 			want: want{Defect: "with b3 configured and up"},
