@@ -186,7 +186,9 @@ func (s *soak) addBackend(ctx context.Context) error {
 }
 
 // removeBackend removes a backend from the main services, keeping at least
-// two that take new flows.
+// two that take new flows: the one with the most connections, so that the
+// removal is seen to break them (a backend flapped a moment ago may have
+// none left).
 func (s *soak) removeBackend(ctx context.Context) error {
 	ms := s.mainMembers()
 	var cands []member
@@ -198,7 +200,12 @@ func (s *soak) removeBackend(ctx context.Context) error {
 	if len(cands) == 0 {
 		return nil
 	}
-	m := s.pick(cands)
+	m, most := cands[0], -1
+	for _, c := range cands {
+		if n := s.srv.open(c.name); n > most {
+			m, most = c, n
+		}
+	}
 	defer s.begin(ChangeRemove, m.name)()
 	// The backend is gone from the moment the file changes: its flows may
 	// break from then on.

@@ -115,6 +115,19 @@ func (s *servers) stop(name string) {
 	}
 }
 
+// open counts the connections backend's server holds.
+func (s *servers) open(backend string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, a := range s.accepted {
+		if a.backend == backend {
+			n++
+		}
+	}
+	return n
+}
+
 // acceptedConn is a connection a backend's server accepted.
 type acceptedConn struct {
 	backend string
