@@ -133,6 +133,17 @@ func active(ms []member) []member {
 
 func (s *soak) pick(ms []member) member { return ms[s.randN(int64(len(ms)))] }
 
+// busiest returns the member whose server holds the most connections.
+func (s *soak) busiest(ms []member) member {
+	m, most := ms[0], -1
+	for _, c := range ms {
+		if n := s.srv.open(c.name); n > most {
+			m, most = c, n
+		}
+	}
+	return m
+}
+
 // setMain edits every main service's members with fn.
 func (s *soak) setMain(fn func([]member) []member) {
 	for _, svc := range s.main {
@@ -200,12 +211,7 @@ func (s *soak) removeBackend(ctx context.Context) error {
 	if len(cands) == 0 {
 		return nil
 	}
-	m, most := cands[0], -1
-	for _, c := range cands {
-		if n := s.srv.open(c.name); n > most {
-			m, most = c, n
-		}
-	}
+	m := s.busiest(cands)
 	defer s.begin(ChangeRemove, m.name)()
 	// The backend is gone from the moment the file changes: its flows may
 	// break from then on.
@@ -250,15 +256,16 @@ func (s *soak) drain(ctx context.Context) error {
 	return nil
 }
 
-// healthFlap stops the listener of a backend that takes new flows, so that
-// its health checks fail, waits until every service it is in has it down,
-// and starts the listener again until it is up again everywhere.
+// healthFlap stops the listener of a backend that takes new flows (the one
+// with the most connections), so that its health checks fail, waits until
+// every service it is in has it down, and starts the listener again until it
+// is up again everywhere.
 func (s *soak) healthFlap(ctx context.Context) error {
 	act := active(s.mainMembers())
 	if len(act) < 3 {
 		return nil
 	}
-	m := s.pick(act)
+	m := s.busiest(act)
 	var svcs []string
 	s.cfgMu.Lock()
 	for _, svc := range append(slices.Clone(s.main), s.churn...) {
