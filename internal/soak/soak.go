@@ -281,7 +281,10 @@ func (s *soak) setUpBackends(cleanups *[]func() error) error {
 	}
 	for _, h := range s.topo.Backends {
 		err := h.NS.Do(func() error {
-			d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin})
+			// Only the appliance's encapsulated packets: its encap
+			// sources are its own addresses (configYAML).
+			allow := []netip.Prefix{netip.PrefixFrom(s.topo.LB.IPv4, 32), netip.PrefixFrom(s.topo.LB.IPv6, 128)}
+			d, err := xdp.OpenDecap(h.Link, xdp.DecapOptions{PinPath: xdp.NoPin, Allow: allow})
 			if err != nil {
 				return err
 			}
