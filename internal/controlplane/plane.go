@@ -395,7 +395,10 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	p.offers[FileSource] = cfg.Services(addrs)
 	p.sourceInfo[FileSource] = SourceInfo{Name: FileSource, Services: len(p.offers[FileSource]), Updated: time.Now()}
 	services, conflicts := p.merger.merge(p.order, p.offers, time.Now())
-	state := lb.State{Seed: cfg.Maglev.Seed}
+	// Until every source has offered its services once, what an earlier
+	// instance left in the pinned datapath stays: it may be theirs.
+	waiting := p.waitingSources()
+	state := lb.State{Seed: cfg.Maglev.Seed, KeepLeft: len(waiting) > 0}
 	vips := map[xdp.VIPKey]string{}
 	for _, s := range services {
 		ls := lbService(s)
@@ -418,8 +421,24 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	sort.Strings(p.allocErrs)
 	sortConflicts(conflicts)
 	p.cfg, p.services, p.vips, p.conflicts, p.loadedAt = cfg, services, vips, conflicts, time.Now()
-	p.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration)
+	p.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration, "waiting_for", waiting)
+	for _, src := range p.sources {
+		if c, ok := src.(ConfigFollower); ok {
+			c.ConfigChanged(cfg)
+		}
+	}
 	return nil
+}
+
+// waitingSources are the sources that have not offered services yet.
+func (p *Plane) waitingSources() []string {
+	var out []string
+	for _, name := range p.order[1:] {
+		if _, ok := p.offers[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // announce hands the announceable addresses to every announcer; the others
