@@ -1,7 +1,6 @@
 package kubernetes
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -230,4 +229,3 @@ func sortedBackends(m map[netip.Addr]config.Backend) []config.Backend {
 // key is a Service's namespace/name.
 func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
 
-func describeFamilies(f []corev1.IPFamily) string { return fmt.Sprint(f) }

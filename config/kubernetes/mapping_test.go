@@ -116,7 +116,9 @@ func TestParseSettings(t *testing.T) {
 		wantErr string
 		check   func(settings) bool
 	}{
-		{name: "defaults", check: func(s settings) bool { return s.Mode == config.ModeDSR && s.Encap == config.EncapNone && s.TableSize == 16381 }},
+		{name: "defaults", check: func(s settings) bool {
+			return s.Mode == config.ModeDSR && s.Encap == config.EncapNone && s.TableSize == 16381
+		}},
 		{name: "all", ann: map[string]string{AnnotationEncap: "ipip", AnnotationTableSize: "251", AnnotationHealthCheck: "{type: http, path: /healthz}", AnnotationIPs: "198.18.100.3, 2001:db8:100::3", AnnotationSharingKey: "k"},
 			check: func(s settings) bool {
 				return s.Encap == config.EncapIPIP && s.TableSize == 251 && s.HealthCheck.Type == config.HealthCheckHTTP && s.HealthCheck.Path == "/healthz" && len(s.IPs) == 2 && s.SharingKey == "k"

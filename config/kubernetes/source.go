@@ -389,12 +389,11 @@ func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.
 	if s.reported[k] != err.Error() {
 		s.reported[k] = err.Error()
 		s.metrics.badAnnotations.Inc()
-		good, had := s.lastGood[k]
+		_, had := s.lastGood[k]
 		s.log.Warn("bad annotation; the Service keeps its last good settings", "service", k, "err", err, "had_good", had)
 		if s.leader.Load() {
 			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; the Service keeps its last good settings")
 		}
-		_ = good
 	}
 	good, had := s.lastGood[k]
 	return good, had
