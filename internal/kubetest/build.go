@@ -65,6 +65,13 @@ func CacheDir() string {
 	return filepath.Join(dir, Version)
 }
 
+// Cached returns the binaries of Version if the cache holds them.
+func Cached() (Binaries, bool) {
+	dir := CacheDir()
+	bins := Binaries{APIServer: filepath.Join(dir, "kube-apiserver"), Etcd: filepath.Join(dir, "etcd")}
+	return bins, have(bins)
+}
+
 // FindOrBuild returns the cached binaries of Version, building them first
 // when they are missing. A cold build of kube-apiserver takes about 20
 // minutes on two cores; it runs under nice 19 and writes its progress to

@@ -11,8 +11,16 @@ import (
 // NewTest starts an environment for t in a directory of its own and stops it
 // in t.Cleanup. The programs' output goes to DIR/kube.log, whose last lines
 // the test log shows when the test fails.
+//
+// When the binaries are not cached yet, the test builds them if
+// XDPLB_REQUIRE_PRIVILEGED=1 (as CI runs, after `make kubetest`) and is
+// skipped otherwise, saying how to fill the cache: a cold build takes about
+// 20 minutes.
 func NewTest(t testing.TB, opts Options) *Env {
 	t.Helper()
+	if _, ok := Cached(); !ok && os.Getenv("XDPLB_REQUIRE_PRIVILEGED") != "1" {
+		t.Skipf("kube-apiserver %s is not in the cache %s yet; `make kubetest` builds it (about 20 minutes)", Version, CacheDir())
+	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
