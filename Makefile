@@ -12,7 +12,7 @@ DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool pr
 
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: help deps generate build lint kubetest test bench demo install clean
+.PHONY: help deps ensure-deps generate build lint kubetest test bench demo install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,16 @@ help: ## list the targets
 deps: ## install the Debian packages the build and tests need (run as root)
 	apt-get update
 	apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES)
+
+# ensure-deps runs `make deps` when one of the Debian packages is missing, so
+# that `make demo` and `make test` are all a fresh host needs (as root; others
+# are told what is missing, and the unprivileged tests still run).
+ensure-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then echo "installing the missing Debian packages:" $$missing; $(MAKE) --no-print-directory deps; \
+		else echo "missing Debian packages:" $$missing "(run 'make deps' as root)" >&2; fi; \
+	fi
 
 generate: ## rebuild the BPF objects and their Go bindings (bpf2go)
 	$(GO) generate ./...
@@ -35,14 +45,14 @@ lint: ## gofmt, go vet, staticcheck
 kubetest: ## find or build kube-apiserver and etcd for the Kubernetes tests (cold: ~20 min, cached per version)
 	$(GO) run ./internal/kubetest/cmd/kube-env -build
 
-test: kubetest ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
+test: ensure-deps kubetest ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## datapath and Maglev benchmarks (root)
 	$(GO) run ./bench datapath
 	$(GO) test -run '^$$' -bench Maglev -benchmem -count 6 ./lb
 
-demo: build ## run the appliance in a namespace topology with traffic and counters (root)
+demo: ensure-deps build ## run the appliance in a namespace topology with traffic and counters (root)
 	$(BIN) demo
 
 install: build ## install the binary, the systemd unit and an example config (root)

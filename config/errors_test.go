@@ -177,16 +177,6 @@ var errorCases = []struct {
 		want: []string{`maglev.seed: "c2VlZA==" is 4 bytes, want 16 (line 4, column 9)`},
 	},
 	{
-		name: "seed missing",
-		file: "interfaces:\n  - name: eth0\nmaglev:\n  tableSize: 251\n",
-		want: []string{`maglev.seed: missing; make one with: head -c 16 /dev/urandom | base64 (line 4, column 3)`},
-	},
-	{
-		name: "no maglev section",
-		file: "interfaces:\n  - name: eth0\n",
-		want: []string{`maglev.seed: missing; make one with: head -c 16 /dev/urandom | base64 (line 1, column 1)`},
-	},
-	{
 		name: "bad xdpMode",
 		file: "interfaces:\n  - name: eth0\n    xdpMode: fast\nmaglev:\n  seed: 7sVbCXnvcRBFqlPEkQJsHQ==\n",
 		want: []string{`interfaces[0].xdpMode: "fast" is not one of auto, native, generic (line 3, column 14)`},

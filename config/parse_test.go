@@ -311,3 +311,28 @@ func TestHealthCheckEqual(t *testing.T) {
 		t.Errorf("%+v is Equal to %+v", a, b)
 	}
 }
+
+// TestSeedOptional: a file without maglev.seed is valid (the appliance makes
+// a seed of its own); SeedSet says which.
+func TestSeedOptional(t *testing.T) {
+	for _, tt := range []struct {
+		file string
+		set  bool
+	}{
+		{"interfaces:\n  - name: eth0\n", false},
+		{"interfaces:\n  - name: eth0\nmaglev:\n  tableSize: 251\n", false},
+		{"interfaces:\n  - name: eth0\nmaglev:\n  seed: 7sVbCXnvcRBFqlPEkQJsHQ==\n", true},
+	} {
+		c, err := Parse("xdplb.yaml", []byte(tt.file))
+		if err != nil {
+			t.Errorf("%q: %v", tt.file, err)
+			continue
+		}
+		if c.Maglev.SeedSet != tt.set {
+			t.Errorf("%q: SeedSet = %v, want %v", tt.file, c.Maglev.SeedSet, tt.set)
+		}
+		if !tt.set && c.Maglev.Seed != [16]byte{} {
+			t.Errorf("%q: seed %x without one in the file", tt.file, c.Maglev.Seed)
+		}
+	}
+}

@@ -71,16 +71,8 @@ func (d *decoder) config(c *Config, n *yaml.Node) {
 	if !present["interfaces"] {
 		d.missing("interfaces", n, "missing; list at least one interface")
 	}
-	if !present["maglev"] || !sawSeed {
-		p, ok := d.pos["maglev.seed"]
-		if !ok {
-			p, ok = d.pos["maglev"]
-		}
-		if !ok {
-			p = posOf(n)
-		}
-		d.errorAt("maglev.seed", p, "missing; make one with: head -c 16 /dev/urandom | base64")
-	}
+	// Without a seed the appliance makes one of its own (see Maglev.SeedSet).
+	c.Maglev.SeedSet = sawSeed
 	for i := range c.ServiceSpecs {
 		if c.ServiceSpecs[i].TableSize == 0 {
 			c.ServiceSpecs[i].TableSize = c.Maglev.TableSize

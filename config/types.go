@@ -128,6 +128,10 @@ type Maglev struct {
 	// Seed keys the backend hashes. Every appliance of a fleet must use the
 	// same seed so that they build the same tables.
 	Seed [16]byte
+	// SeedSet says the file sets Seed. When it does not, the appliance
+	// generates a seed once and keeps it in its state directory, so that its
+	// restarts keep every flow on its backend; a fleet must set one.
+	SeedSet bool
 	// TableSize is the table size of services that do not set their own.
 	TableSize int
 }

@@ -412,6 +412,9 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 	t.row("Config:", s.Config.File)
 	t.row("  sha256:", shortSHA(s.Config.SHA256))
 	t.row("  loaded:", when(now, s.Config.LoadedAt))
+	if s.Config.SeedFile != "" {
+		t.row("  seed:", "generated for this appliance, kept in "+s.Config.SeedFile+" (a fleet sets maglev.seed)")
+	}
 
 	r := s.LastReload
 	switch {

@@ -161,11 +161,12 @@ func TestCLIExplainSYN(t *testing.T) {
 
 func TestCLIStatusQuiet(t *testing.T) {
 	// A daemon that has just started: no reload but the first, nothing
-	// applied yet, no interfaces.
+	// applied yet, no interfaces; no maglev.seed in its file.
 	setCLIClock(t)
 	api := &fakeAPI{status: StatusInfo{
 		Version: "v0.3.0", Started: fakeNow.Add(-42 * time.Second),
-		Config:     ConfigInfo{File: "/etc/xdplb/xdplb.yaml", SHA256: "abc", LoadedAt: fakeNow.Add(-41 * time.Second)},
+		Config: ConfigInfo{File: "/etc/xdplb/xdplb.yaml", SHA256: "abc", LoadedAt: fakeNow.Add(-41 * time.Second),
+			SeedFile: "/var/lib/xdplb/maglev-seed"},
 		LastReload: ReloadInfo{At: fakeNow.Add(-41 * time.Second), Trigger: "start", Result: "success"},
 		Apply:      ApplyInfo{Errors: nil},
 	}}

@@ -75,6 +75,9 @@ type ConfigInfo struct {
 	File     string    `json:"file"`
 	SHA256   string    `json:"sha256"`
 	LoadedAt time.Time `json:"loadedAt"`
+	// SeedFile is set when the file sets no maglev.seed: the appliance's
+	// own seed is kept there.
+	SeedFile string `json:"seedFile,omitempty"`
 }
 
 // ReloadInfo is the result of the last reload attempt.

@@ -2,11 +2,14 @@ package controlplane
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -107,6 +110,7 @@ type Plane struct {
 	lastReload ReloadInfo
 	announced  []netip.Addr
 	allocErrs  []string // services a pool could not give an address
+	seedFile   string   // the generated seed's file, once read or made
 	flows4     int
 	flows6     int
 }
@@ -395,10 +399,16 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	p.offers[FileSource] = cfg.Services(addrs)
 	p.sourceInfo[FileSource] = SourceInfo{Name: FileSource, Services: len(p.offers[FileSource]), Updated: time.Now()}
 	services, conflicts := p.merger.merge(p.order, p.offers, time.Now())
+	seed := cfg.Maglev.Seed
+	if !cfg.Maglev.SeedSet {
+		if seed, err = p.localSeed(cfg.Paths.State); err != nil {
+			return err
+		}
+	}
 	// Until every source has offered its services once, what an earlier
 	// instance left in the pinned datapath stays: it may be theirs.
 	waiting := p.waitingSources()
-	state := lb.State{Seed: cfg.Maglev.Seed, KeepLeft: len(waiting) > 0}
+	state := lb.State{Seed: seed, KeepLeft: len(waiting) > 0}
 	vips := map[xdp.VIPKey]string{}
 	for _, s := range services {
 		ls := lbService(s)
@@ -439,6 +449,49 @@ func (p *Plane) waitingSources() []string {
 		}
 	}
 	return out
+}
+
+// seedFile is where an appliance without maglev.seed keeps its own.
+const seedFile = "maglev-seed"
+
+// localSeed returns the Maglev seed of an appliance whose configuration sets
+// none: made once at random and kept in the state directory, so that a
+// restart keeps every flow's backend. It is logged once per process. The
+// caller holds p.mu.
+func (p *Plane) localSeed(stateDir string) ([16]byte, error) {
+	var seed [16]byte
+	path := filepath.Join(stateDir, seedFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		s, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(s) != len(seed) {
+			return seed, fmt.Errorf("reading the generated Maglev seed: %s holds no base64 of %d bytes; set maglev.seed, or remove the file to make a new one (flows move)", path, len(seed))
+		}
+		copy(seed[:], s)
+	case errors.Is(err, fs.ErrNotExist):
+		if _, err := rand.Read(seed[:]); err != nil {
+			return seed, err
+		}
+		if err := os.MkdirAll(stateDir, 0o700); err != nil {
+			return seed, fmt.Errorf("keeping the generated Maglev seed: %w", err)
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(base64.StdEncoding.EncodeToString(seed[:])+"\n"), 0o600); err != nil {
+			return seed, fmt.Errorf("keeping the generated Maglev seed: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return seed, fmt.Errorf("keeping the generated Maglev seed: %w", err)
+		}
+	default:
+		return seed, fmt.Errorf("reading the generated Maglev seed: %w", err)
+	}
+	if p.seedFile != path {
+		p.seedFile = path
+		p.log.Warn("maglev.seed is not set: this appliance uses a seed of its own; every appliance of a fleet must set the same maglev.seed",
+			"seed", base64.StdEncoding.EncodeToString(seed[:]), "kept_in", path)
+	}
+	return seed, nil
 }
 
 // announce hands the announceable addresses to every announcer; the others

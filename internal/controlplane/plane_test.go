@@ -21,6 +21,7 @@ import (
 
 	"github.com/xdplb/xdplb/config"
 	"github.com/xdplb/xdplb/internal/testnet"
+	"github.com/xdplb/xdplb/xdp"
 )
 
 // envInNetns is set in the copy of the test binary that TestMain runs
@@ -110,10 +111,10 @@ var testBackends = map[string]net.HardwareAddr{
 	"198.18.0.22": {0x02, 0, 0, 0, 0, 0x22},
 }
 
-// testPlane starts a control plane on eth0 with the file's services
-// (YAML under services:) and the given sources; it stops and removes
-// everything when the test ends. The returned buffer has the log.
-func testPlane(t *testing.T, services string, sources ...Source) (p *Plane, logs *syncBuffer, start func()) {
+// testFiles sets up eth0 (a veth pair's end, with permanent neighbour
+// entries for the test backends) and a bpffs, and returns a directory for
+// the configuration and state and the pin path.
+func testFiles(t *testing.T) (dir, bpf string) {
 	t.Helper()
 	requireNetns(t)
 	eth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
@@ -140,13 +141,19 @@ func testPlane(t *testing.T, services string, sources ...Source) (p *Plane, logs
 			t.Fatal(err)
 		}
 	}
-	dir := t.TempDir()
-	bpf := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	return t.TempDir(), filepath.Join(testnet.MountBPFFS(t), "xdplb")
+}
+
+// testSeed is the maglev section of the test configurations.
+const testSeed = "maglev:\n  seed: \"eGRwbGItdGVzdC1zZWVkIQ==\"\n"
+
+// writeConfig writes the configuration of a test plane: eth0, maglev (YAML
+// of the section, or ""), the services (YAML under services:).
+func writeConfig(t *testing.T, dir, bpf, maglev, services string) string {
+	t.Helper()
 	cfg := fmt.Sprintf(`interfaces:
   - {name: eth0, xdpMode: generic}
-maglev:
-  seed: "eGRwbGItdGVzdC1zZWVkIQ=="
-conntrack:
+%sconntrack:
   maxFlows: 65536
 services:
 %smetrics:
@@ -155,11 +162,27 @@ paths:
   socket: %s/xdplb.sock
   state: %s/state
   bpf: %s
-`, services, dir, dir, bpf)
+`, maglev, services, dir, dir, bpf)
 	path := filepath.Join(dir, "xdplb.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+// testPlane starts a control plane on eth0 with the file's services
+// (YAML under services:) and the given sources; it stops and removes
+// everything when the test ends. The returned buffer has the log.
+func testPlane(t *testing.T, services string, sources ...Source) (p *Plane, logs *syncBuffer, start func()) {
+	t.Helper()
+	dir, bpf := testFiles(t)
+	return startPlane(t, writeConfig(t, dir, bpf, testSeed, services), sources...)
+}
+
+// startPlane makes a control plane of the configuration at path; start
+// runs it. It is stopped when the test ends.
+func startPlane(t *testing.T, path string, sources ...Source) (p *Plane, logs *syncBuffer, start func()) {
+	t.Helper()
 	logs = &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := New(context.Background(), Options{ConfigPath: path, Logger: log, Sources: sources, Version: "test"})
@@ -326,5 +349,77 @@ func TestWatchdogKickedByLoop(t *testing.T) {
 	}
 	if n := kicks(time.Second); n < 2 {
 		t.Errorf("%d watchdog kicks in the second after the loop moved again, want at least 2", n)
+	}
+}
+
+// TestGeneratedSeed: a configuration without maglev.seed runs on a seed the
+// appliance makes, keeps in its state directory, logs once and shows in the
+// status; a second instance on the same state directory uses the same seed,
+// so its tables are the same and every flow keeps its backend.
+func TestGeneratedSeed(t *testing.T) {
+	dir, bpf := testFiles(t)
+	services := webService + `  - name: api
+    address: 198.18.10.11
+    protocol: tcp
+    ports: [443]
+    mode: dsr
+    backends:
+      - {address: 198.18.0.21}
+      - {address: 198.18.0.22}
+`
+	path := writeConfig(t, dir, bpf, "", services)
+	slotsOf := func(p *Plane) string {
+		m, err := p.Maglev("198.18.10.11:443/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(m.Backends)
+	}
+	tableOf := func(p *Plane) []uint32 {
+		k, err := xdp.ParseVIPKey("198.18.10.11:443/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		table, err := p.dp.Table(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return table
+	}
+
+	p1, logs1, _ := startPlane(t, path)
+	seedPath := filepath.Join(dir, "state", seedFile)
+	seed, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatalf("no generated seed: %v", err)
+	}
+	if s := p1.Status(); s.Config.SeedFile != seedPath {
+		t.Errorf("status: seed file %q, want %q", s.Config.SeedFile, seedPath)
+	}
+	if n := strings.Count(logs1.String(), "maglev.seed is not set"); n != 1 {
+		t.Errorf("the generated seed was logged %d times, want once:\n%s", n, logs1)
+	}
+	if !strings.Contains(logs1.String(), strings.TrimSpace(string(seed))) {
+		t.Errorf("the log does not show the seed %s", seed)
+	}
+	table1, slots1 := tableOf(p1), slotsOf(p1)
+	// Applied again (as a reload does), the seed is not logged again.
+	if err := p1.applyConfig(context.Background(), p1.Config(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs1.String(), "maglev.seed is not set"); n != 1 {
+		t.Errorf("after another apply the generated seed was logged %d times, want once", n)
+	}
+	p1.dp.Close()
+
+	p2, _, _ := startPlane(t, path)
+	if seed2, _ := os.ReadFile(seedPath); string(seed2) != string(seed) {
+		t.Errorf("the second instance changed the seed from %s to %s", seed, seed2)
+	}
+	if got := tableOf(p2); fmt.Sprint(got) != fmt.Sprint(table1) {
+		t.Errorf("the second instance built another table")
+	}
+	if got := slotsOf(p2); got != slots1 {
+		t.Errorf("slots: %s, then %s", slots1, got)
 	}
 }

@@ -29,6 +29,9 @@ func (p *Plane) Status() StatusInfo {
 		Apply:      ApplyInfo{At: st.LastApply, Duration: st.Duration},
 		Counts:     Counts{Services: len(p.services), VIPs: len(st.VIPs), Flows4: p.flows4, Flows6: p.flows6},
 	}
+	if !p.cfg.Maglev.SeedSet {
+		s.Config.SeedFile = p.seedFile
+	}
 	s.Apply.Errors = append(s.Apply.Errors, p.allocErrs...)
 	for _, e := range st.Errors {
 		s.Apply.Errors = append(s.Apply.Errors, fmt.Sprintf("%s %s: %s", e.Service, e.VIP, e.Err))
