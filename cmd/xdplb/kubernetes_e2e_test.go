@@ -261,8 +261,9 @@ func wantBackends(hosts map[*testnet.Host]uint32) []string {
 // client's connections spread over the endpoints; scaling the slice adds and
 // removes backends; a terminating endpoint drains (a held connection goes
 // on, new ones avoid it); the API server killed and restarted under traffic
-// breaks nothing; deleting the Service withdraws the VIP and frees the
-// address.
+// breaks nothing; a daemon restarted while the API server is away keeps
+// forwarding from the pinned datapath until it has synced; deleting the
+// Service withdraws the VIP and frees the address.
 func TestDaemonKubernetes(t *testing.T) {
 	e := newK8sEnv(t, 3)
 	b1, b2, b3 := e.topo.Backends[0], e.topo.Backends[1], e.topo.Backends[2]
@@ -361,6 +362,28 @@ func TestDaemonKubernetes(t *testing.T) {
 		t.Errorf("VIPs before the restart: %+v", before)
 	}
 	held.echo(t)
+
+	// The daemon restarted while the API server is away: the pinned
+	// datapath keeps forwarding until the caches have synced.
+	if err := e.api.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	a.stop(t)
+	a.runningDaemon = startTestDaemon(t, e.bin, a.host.NS, a.cfg, a.socket)
+	if s := a.k8sSource(t); s.Synced == nil || *s.Synced {
+		t.Errorf("the source says it synced with the API server away: %+v", s)
+	}
+	checkConnections(t, e.topo.Client, k8sVIP, 40, []*testnet.Host{other, b2})
+	held.echo(t)
+	if err := e.api.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "synced after the restarts", func() (bool, string) {
+		s := a.k8sSource(t)
+		got := a.backendsOf(t, "default/web:80")
+		return s.Synced != nil && *s.Synced && slices.Equal(got, want), fmt.Sprint(got)
+	})
+	checkConnections(t, e.topo.Client, k8sVIP, 40, []*testnet.Host{other, b2})
 
 	// Deleting the Service withdraws the VIP and frees the address: a new
 	// Service gets it.

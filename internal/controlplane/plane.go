@@ -430,11 +430,14 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	}
 	sort.Strings(p.allocErrs)
 	sortConflicts(conflicts)
+	cfgChanged := p.cfg != cfg
 	p.cfg, p.services, p.vips, p.conflicts, p.loadedAt = cfg, services, vips, conflicts, time.Now()
 	p.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration, "waiting_for", waiting)
-	for _, src := range p.sources {
-		if c, ok := src.(ConfigFollower); ok {
-			c.ConfigChanged(cfg)
+	if cfgChanged {
+		for _, src := range p.sources {
+			if c, ok := src.(ConfigFollower); ok {
+				c.ConfigChanged(cfg)
+			}
 		}
 	}
 	return nil
