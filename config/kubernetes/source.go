@@ -120,11 +120,27 @@ func New(cfg *config.Config, opts Options) (*Source, error) {
 			return nil, fmt.Errorf("kubernetes client: %w", err)
 		}
 	}
-	return &Source{
+	s := &Source{
 		log: opts.Logger.With("source", Name), client: client, identity: opts.Identity, opts: opts,
 		cfg: cfg, lastGood: map[string]settings{}, reported: map[string]string{},
 		kick: make(chan struct{}, 1), metrics: newMetrics(),
-	}, nil
+	}
+	// Every series from 0, so that rates and absences mean something.
+	resources := []string{"services", "endpointslices"}
+	if cfg.Kubernetes.Backends == config.BackendsNodes {
+		resources = append(resources, "nodes")
+	}
+	for _, r := range resources {
+		for _, kind := range []string{"add", "update", "delete"} {
+			s.metrics.events.WithLabelValues(r, kind)
+		}
+	}
+	zero := map[string]int{}
+	for _, p := range poolsFor(cfg) {
+		zero[p.Name] = 0
+	}
+	s.metrics.setAllocations(zero)
+	return s, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
