@@ -228,4 +228,3 @@ func sortedBackends(m map[netip.Addr]config.Backend) []config.Backend {
 
 // key is a Service's namespace/name.
 func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
-
