@@ -149,19 +149,25 @@ func TestKubeEnvCommand(t *testing.T) {
 	}
 }
 
-// children are the processes whose parent is pid.
+// children are the processes whose parent is pid (forked by any of its
+// threads).
 func children(t *testing.T, pid int) []int {
-	b, err := os.ReadFile("/proc/" + itoa(pid) + "/task/" + itoa(pid) + "/children")
-	if err != nil {
-		t.Fatal(err)
+	tasks, err := filepath.Glob("/proc/" + itoa(pid) + "/task/*/children")
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("no tasks of %d: %v", pid, err)
 	}
 	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		var n int
-		for _, c := range f {
-			n = n*10 + int(c-'0')
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue
 		}
-		out = append(out, n)
+		for _, f := range strings.Fields(string(b)) {
+			n, err := strconv.Atoi(f)
+			if err == nil {
+				out = append(out, n)
+			}
+		}
 	}
 	return out
 }
