@@ -347,8 +347,8 @@ func TestDaemonKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The watches resume: a change made now arrives.
-	e.setSlice(t, map[*testnet.Host]endpointState{other: epReady, b2: epReady})
-	want = wantBackends(map[*testnet.Host]uint32{other: 1, b2: 1})
+	e.setSlice(t, map[*testnet.Host]endpointState{drained: epTerminating, other: epReady, b2: epReady})
+	want = wantBackends(map[*testnet.Host]uint32{drained: 0, other: 1, b2: 1})
 	eventually(t, 60*time.Second, "a change after the API server's restart", func() (bool, string) {
 		got := a.backendsOf(t, "default/web:80")
 		return slices.Equal(got, want), fmt.Sprint(got)
