@@ -12,7 +12,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload.
+	// reload, bgp, drain, undrain, announce.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -21,6 +21,8 @@ type Request struct {
 	From string `json:"from,omitempty"`
 	// SYN makes explain run a TCP SYN rather than an ACK.
 	SYN bool `json:"syn,omitempty"`
+	// State is active or standby for announce; empty asks for the state.
+	State string `json:"state,omitempty"`
 }
 
 // Response is a control-socket response: Data on success, Error otherwise.
@@ -39,6 +41,11 @@ type controlAPI interface {
 	Maglev(vip string) (MaglevInfo, error)
 	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
+	BGP() (BGPInfo, error)
+	SetDrained(drained bool) (DrainInfo, error)
+	// L2State sets the state of the L2 announcers (active, standby) or,
+	// with "", returns it.
+	L2State(state string) (L2StateInfo, error)
 }
 
 // The answers are the control plane's types.
@@ -63,4 +70,8 @@ type (
 	ProgramRun     = controlplane.ProgramRun
 	VIPMetric      = controlplane.VIPMetric
 	BackendMetric  = controlplane.BackendMetric
+	BGPInfo        = controlplane.BGPInfo
+	BGPPeerInfo    = controlplane.BGPPeerInfo
+	DrainInfo      = controlplane.DrainInfo
+	L2StateInfo    = controlplane.L2StateInfo
 )

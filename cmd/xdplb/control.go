@@ -205,6 +205,18 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return api.Explain(req.From, req.VIP, req.SYN)
 	case "reload":
 		return api.Reload(), nil
+	case "bgp":
+		return api.BGP()
+	case "drain":
+		return api.SetDrained(true)
+	case "undrain":
+		return api.SetDrained(false)
+	case "announce":
+		switch req.State {
+		case "", "active", "standby":
+			return api.L2State(req.State)
+		}
+		return nil, fmt.Errorf("announce: state %q: want active or standby", req.State)
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Command)
 }

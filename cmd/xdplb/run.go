@@ -35,6 +35,10 @@ var commands = map[string]command{
 	"maglev":    {"show a VIP's Maglev table: slots per backend", runMaglev},
 	"explain":   {"say which backend a client's packet goes to, and why", runExplain},
 	"reload":    {"make the daemon reload its configuration file", runReload},
+	"bgp":       {"show the BGP speaker: routes, peers, session states, prefixes", runBGP},
+	"drain":     {"withdraw (or tag) the BGP routes and wait until no new flows arrive", runDrain},
+	"undrain":   {"announce the BGP routes again after a drain", runUndrain},
+	"announce":  {"set or show the L2 announcers' state (active or standby) in external mode", runAnnounce},
 }
 
 func run(ctx context.Context, args []string) error {
