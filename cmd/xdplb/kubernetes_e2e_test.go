@@ -523,6 +523,26 @@ func TestDaemonKubernetesLeader(t *testing.T) {
 		leader, follower = a2, a1
 	}
 	t.Logf("leader: %s (%s)", leader.host.Name, leader.k8sSource(t).Identity)
+	// The metrics say the same: leader state, allocations by pool, watch
+	// events.
+	for _, a := range []*k8sAppliance{leader, follower} {
+		text := scrape(t, a.host.NS, "http://127.0.0.1:9652/metrics")
+		wantLeader := 0.0
+		if a == leader {
+			wantLeader = 1
+		}
+		if line := fmt.Sprintf("xdplb_kubernetes_leader %g", wantLeader); !slices.Contains(strings.Split(text, "\n"), line) {
+			t.Errorf("%s: the metrics have no line %q", a.host.Name, line)
+		}
+		if v, ok := metricSample(text, "xdplb_kubernetes_watch_events_total", map[string]string{"resource": "services", "type": "add"}); !ok || v < 1 {
+			t.Errorf("%s: services add events = %v (%v), want at least 1", a.host.Name, v, ok)
+		}
+		if a == leader {
+			if v, ok := metricSample(text, "xdplb_kubernetes_pool_allocations", map[string]string{"pool": "k8s"}); !ok || v != 1 {
+				t.Errorf("leader: allocations of pool k8s = %v (%v), want 1", v, ok)
+			}
+		}
+	}
 	tables := func(a *k8sAppliance) string {
 		var b strings.Builder
 		for _, v := range a.vips(t) {
