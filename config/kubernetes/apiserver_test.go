@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -289,4 +290,66 @@ func TestSourceLeaderHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "b allocates for y", func() bool { return slices.Equal(ingressOf(t, admin, "y"), []string{"198.18.20.2"}) })
+}
+
+// TestSourceDualStack: a RequireDualStack Service gets an address of each
+// family, both in its status, and is offered on both (the IPv6 one named
+// …/v6), with the endpoints of each family.
+func TestSourceDualStack(t *testing.T) {
+	admin, user := apiServer(t)
+	ctx := context.Background()
+	cfg, err := config.Parse("test.yaml", []byte(`
+interfaces: [{name: eth0}]
+maglev: {seed: AAAAAAAAAAAAAAAAAAAAAA==}
+pools:
+  - name: both
+    blocks: [{cidr: 198.18.20.0/29}, {cidr: 2001:db8:20::/125}]
+kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(cfg, Options{Client: user, Identity: "ds", LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	var o offers
+	go func() { done <- src.Run(rctx, o.update) }()
+	defer func() { cancel(); <-done }()
+	svc := newLB("ds", nil, nil, 80)
+	svc.Spec.IPFamilyPolicy = ptr(corev1.IPFamilyPolicyRequireDualStack)
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+	if _, err := admin.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []struct {
+		name string
+		typ  discoveryv1.AddressType
+		addr string
+	}{{"ds-4", discoveryv1.AddressTypeIPv4, "198.18.0.11"}, {"ds-6", discoveryv1.AddressTypeIPv6, "2001:db8::11"}} {
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: fam.name, Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "ds"}},
+			AddressType: fam.typ,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr("p80"), Port: ptr(int32(80)), Protocol: ptr(corev1.ProtocolTCP)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{fam.addr}}},
+		}
+		if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both families in the status", func() bool {
+		return slices.Equal(ingressOf(t, admin, "ds"), []string{"2001:db8:20::1", "198.18.20.1"})
+	})
+	waitFor(t, "both families offered", func() bool {
+		got, _ := o.get()
+		var names []string
+		for _, s := range got {
+			if len(s.Backends) == 1 {
+				names = append(names, s.Name+" "+s.Addr.String()+" "+s.Backends[0].Addr.String())
+			}
+		}
+		return slices.Equal(names, []string{"default/ds:80 198.18.20.1 198.18.0.11", "default/ds:80/v6 2001:db8:20::1 2001:db8::11"})
+	})
 }
