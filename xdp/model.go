@@ -104,6 +104,10 @@ type Decision struct {
 	// StalePinID is the backend of a pin that was not followed because
 	// that backend is down or gone (0: none).
 	StalePinID uint32
+	// DropsPin: the packet, a SYN, removes the stale pin it met (a new
+	// connection of the same addresses and ports); a pin it makes is then
+	// a new one ("create").
+	DropsPin bool
 	// Pin is the pin the program writes for the packet: "" (none),
 	// "create" (a new pin, which fails if one exists) or "replace" (over a
 	// stale pin). ICMP errors never pin.
@@ -160,7 +164,8 @@ func (s *ModelState) Decide(p Packet) Decision {
 	}
 
 	// A pin to a backend that is up decides; one to a backend down or
-	// gone is passed over, and a new pin replaces it.
+	// gone is passed over, and a new pin replaces it, or, for a SYN, it is
+	// removed first.
 	stale := false
 	if v.HasPins && s.Pin != nil {
 		if id, ok := s.Pin(p.Src, p.Dst, p.Proto); ok {
@@ -168,7 +173,12 @@ func (s *ModelState) Decide(p Packet) Decision {
 				d.Rule, d.BackendID = RulePinned, id
 				return d
 			}
-			stale, d.StalePinID = true, id
+			d.StalePinID = id
+			if p.SYN {
+				d.DropsPin = true
+			} else {
+				stale = true
+			}
 		}
 	}
 	pin := func() {
@@ -249,18 +259,13 @@ func (d *Datapath) ModelState() (*ModelState, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading VIPs: %w", err)
 	}
-	var (
-		id   uint32
-		slot lbBackendSlot
-		bit  = d.objs.Backends.Iterate()
-	)
-	for bit.Next(&id, &slot) {
-		if e := slot.B[slot.Gen&1]; e.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
-			s.Backends[id] = backendFrom(e)
+	// The backend entries as written (the process is their only writer,
+	// and Open read them back from the map): walking the array would cost
+	// two syscalls per possible id, 65536 of them, with d.mu held.
+	for id, st := range d.backends {
+		if st.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
+			s.Backends[id] = backendFrom(st.entry)
 		}
-	}
-	if err := bit.Err(); err != nil {
-		return nil, fmt.Errorf("reading backends: %w", err)
 	}
 	s.Pin = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
 		id, ok, err := d.LookupFlow(src, dst, proto)
