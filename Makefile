@@ -12,7 +12,7 @@ DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool pr
 
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: help deps ensure-deps generate build lint test bench demo install clean
+.PHONY: help deps ensure-deps generate build lint kubetest test bench demo install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,10 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
-test: ensure-deps ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
+kubetest: ## find or build kube-apiserver and etcd for the Kubernetes tests (cold: ~20 min, cached per version)
+	$(GO) run ./internal/kubetest/cmd/kube-env -build
+
+test: ensure-deps kubetest ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## datapath and Maglev benchmarks (root)

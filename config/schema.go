@@ -18,7 +18,7 @@ import (
 // Decoding, section by section. Each function fills in its defaults first,
 // then what the file says.
 
-var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "services", "announce", "metrics", "paths"}
+var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "services", "kubernetes", "announce", "metrics", "paths"}
 
 func (d *decoder) config(c *Config, n *yaml.Node) {
 	c.Maglev.TableSize = DefaultTableSize
@@ -55,6 +55,8 @@ func (d *decoder) config(c *Config, n *yaml.Node) {
 			d.list(path, v, func(_ int, path string, item *yaml.Node) {
 				c.ServiceSpecs = append(c.ServiceSpecs, d.service(path, item))
 			})
+		case "kubernetes":
+			c.Kubernetes = d.kubernetes(path, v)
 		case "announce":
 			d.announce(&c.Announce, path, v)
 		case "metrics":
@@ -274,7 +276,7 @@ func (d *decoder) encapSource(path string, n *yaml.Node, v6 bool) (netip.Prefix,
 	return netip.Prefix{}, false
 }
 
-var poolKeys = []string{"name", "blocks"}
+var poolKeys = []string{"name", "blocks", "serviceSelector"}
 
 func (d *decoder) pool(path string, n *yaml.Node) Pool {
 	var p Pool
@@ -297,6 +299,8 @@ func (d *decoder) pool(path string, n *yaml.Node) Pool {
 			if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
 				d.errorf(path, v, "a pool needs at least one block")
 			}
+		case "serviceSelector":
+			p.ServiceSelector = d.selector(path, v)
 		}
 	})
 	if present == nil {

@@ -87,9 +87,12 @@ type Config struct {
 	// ServiceSpecs are the services under the key "services", in file
 	// order. [Config.Services] resolves them into [Service] values.
 	ServiceSpecs []ServiceSpec
-	Announce     Announce
-	Metrics      Metrics
-	Paths        Paths
+	// Kubernetes configures the Kubernetes source, or is nil when the file
+	// has no kubernetes section.
+	Kubernetes *Kubernetes
+	Announce   Announce
+	Metrics    Metrics
+	Paths      Paths
 
 	file string
 	sum  [sha256.Size]byte
@@ -157,6 +160,11 @@ type EncapSources struct {
 type Pool struct {
 	Name   string
 	Blocks []Block
+	// ServiceSelector selects the Kubernetes Services that may take an
+	// address from the pool by their labels; nil selects every one. Pools
+	// that a service of the file names are the file's: Kubernetes takes no
+	// address from them.
+	ServiceSelector *Selector
 }
 
 // Block is a range of a pool: either a CIDR or an inclusive start and stop.

@@ -54,6 +54,10 @@ type State struct {
 	// backends builds the same tables and hashes flows the same way.
 	Seed     [16]byte
 	Services []Service
+	// KeepLeft keeps the VIPs and backend entries an earlier instance left
+	// (see Recover) that Services does not hold, instead of removing them:
+	// a source that has not synced yet may still offer them.
+	KeepLeft bool
 }
 
 // Service is one service of the desired state. Each of its ports is a VIP of
@@ -271,6 +275,9 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 			delete(r.leftVIPs, k) // applied below as a new VIP
 			continue
 		}
+		if state.KeepLeft {
+			continue
+		}
 		if err := r.dp.DeleteVIP(k); err != nil && !errors.Is(err, xdp.ErrNotFound) {
 			errs = append(errs, ServiceError{VIP: k.String(), Err: fmt.Sprintf("deleting VIP left by an earlier instance: %v", err)})
 			continue
@@ -326,7 +333,7 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 	}
 	// Entries an earlier instance left that nothing claimed, once every VIP
 	// is as desired (a VIP that failed may still use them).
-	if len(errs) == 0 && len(r.leftBackends) > 0 {
+	if len(errs) == 0 && !state.KeepLeft && len(r.leftBackends) > 0 {
 		ids := make([]uint32, 0, len(r.leftBackends))
 		for _, id := range r.leftBackends {
 			ids = append(ids, id)

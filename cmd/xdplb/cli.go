@@ -483,7 +483,25 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 			if !src.Updated.IsZero() {
 				updated = "updated " + when(now, src.Updated)
 			}
-			t.row(key, src.Name, fmt.Sprintf("%d %s", src.Services, plural(src.Services, "service", "services")), updated)
+			cols := []string{key, src.Name, fmt.Sprintf("%d %s", src.Services, plural(src.Services, "service", "services")), updated}
+			if src.Synced != nil {
+				watch := "not synced"
+				if *src.Synced {
+					watch = "synced"
+				}
+				if !src.LastEvent.IsZero() {
+					watch += ", last event " + when(now, src.LastEvent)
+				}
+				cols = append(cols, watch)
+			}
+			if src.Leader != nil {
+				role := "follower"
+				if *src.Leader {
+					role = "leader"
+				}
+				cols = append(cols, role+" ("+src.Identity+")")
+			}
+			t.row(cols...)
 		}
 	}
 	for i, c := range s.Conflicts {

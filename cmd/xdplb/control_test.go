@@ -169,7 +169,7 @@ func newFakeAPI() *fakeAPI {
 			Announced: []AnnounceInfo{{Interface: "eth0", VIPs: []string{"198.18.10.10", "2001:db8:10::1"}}},
 			Sources: []SourceInfo{
 				{Name: "file", Services: 2, Updated: fakeStarted.Add(2 * time.Hour)},
-				{Name: "kubernetes", Services: 1, Updated: fakeStarted.Add(2 * time.Hour)},
+				{Name: "kubernetes", Services: 1, Updated: fakeStarted.Add(2 * time.Hour), Synced: ptrTo(true), LastEvent: fakeStarted.Add(2 * time.Hour), Leader: ptrTo(true), Identity: "lb1-5f3a9c2e"},
 			},
 			Conflicts: []ConflictInfo{{VIP: "198.18.10.10:443/tcp", Service: "default/web", Source: "kubernetes", HeldBy: "file", Owner: "web", Since: fakeStarted.Add(time.Hour)}},
 		},

@@ -15,7 +15,10 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xdplb/xdplb/config"
+	"github.com/xdplb/xdplb/config/kubernetes"
 	"github.com/xdplb/xdplb/internal/controlplane"
 )
 
@@ -25,7 +28,12 @@ const defaultConfig = "/etc/xdplb/xdplb.yaml"
 // metrics collector see it.
 type appliance struct {
 	*controlplane.Plane
+	// collectors are the metrics of the sources besides the file.
+	collectors []prometheus.Collector
 }
+
+// Collectors are the sources' metrics.
+func (a appliance) Collectors() []prometheus.Collector { return a.collectors }
 
 // Reload answers `xdplb reload`.
 func (a appliance) Reload() ReloadInfo { return a.Plane.Reload(context.Background(), "socket") }
@@ -87,11 +95,27 @@ func runDaemon(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := controlplane.New(ctx, controlplane.Options{ConfigPath: path, Logger: log, Version: versionString()})
+	// The Kubernetes source, when the file has a kubernetes section (read
+	// at start only; a reload passes it new pools).
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, appliance{p}, log)
+	var sources []controlplane.Source
+	var collectors []prometheus.Collector
+	if cfg.Kubernetes != nil {
+		src, err := kubernetes.New(cfg, kubernetes.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		sources = append(sources, src)
+		collectors = append(collectors, src)
+	}
+	p, err := controlplane.New(ctx, controlplane.Options{ConfigPath: path, Logger: log, Version: versionString(), Sources: sources})
+	if err != nil {
+		return err
+	}
+	return serve(ctx, appliance{p, collectors}, log)
 }
 
 // serve runs the control plane, the control socket and metrics until ctx

@@ -253,6 +253,9 @@ func newMetricsRegistry(src metricsSource) *prometheus.Registry {
 	if hs, ok := src.(healthSource); ok {
 		reg.MustRegister(healthCollector{hs})
 	}
+	if cs, ok := src.(interface{ Collectors() []prometheus.Collector }); ok {
+		reg.MustRegister(cs.Collectors()...)
+	}
 	if cs, ok := src.(sourceConflicts); ok {
 		reg.MustRegister(conflictCollector{cs})
 	}

@@ -24,8 +24,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/xdplb/xdplb/announce"
+	"github.com/xdplb/xdplb/config"
+	"github.com/xdplb/xdplb/config/kubernetes"
 	"github.com/xdplb/xdplb/internal/promtest"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -33,6 +36,9 @@ import (
 // fakeMetrics is a metricsSource with settable state, safe for concurrent
 // scrapes.
 type fakeMetrics struct {
+	// collectors are the sources' metrics: a Kubernetes source's.
+	collectors []prometheus.Collector
+
 	mu         sync.Mutex
 	counters   []xdp.Counter
 	vips       []VIPMetric
@@ -45,6 +51,9 @@ type fakeMetrics struct {
 
 	countersErr, vipsErr, backendsErr error
 }
+
+// Collectors are the sources' metrics.
+func (f *fakeMetrics) Collectors() []prometheus.Collector { return f.collectors }
 
 func (f *fakeMetrics) DatapathCounters() ([]xdp.Counter, error) {
 	f.mu.Lock()
@@ -125,7 +134,16 @@ func (f *fakeMetrics) L2StateMetrics() L2StateInfo {
 func (f *fakeMetrics) Conflicts() map[string]int { return map[string]int{"file": 0, "kubernetes": 1} }
 
 func newFakeMetrics() *fakeMetrics {
+	cfg, err := config.Parse("fake.yaml", []byte("interfaces: [{name: eth0}]\npools: [{name: k8s, blocks: [{cidr: 198.18.20.0/29}]}]\nkubernetes: {kubeconfig: /dev/null}\n"))
+	if err != nil {
+		panic(err)
+	}
+	src, err := kubernetes.New(cfg, kubernetes.Options{Client: fake.NewClientset()})
+	if err != nil {
+		panic(err)
+	}
 	return &fakeMetrics{
+		collectors: []prometheus.Collector{src},
 		counters: []xdp.Counter{
 			{Action: "pass", Reason: "not_ip", Value: 7},
 			{Action: "pass", Reason: "not_vip", Value: 120},
@@ -284,21 +302,25 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"xdplb_config_info":             {"sha256"},
 		"xdplb_build_info":              {"goversion", "revision", "version"},
 
-		"xdplb_backend_health_transitions_total": {"to"},
-		"xdplb_source_conflicts":                 {"source"},
-		"xdplb_announce_active":                  {"interface", "vip"},
-		"xdplb_announce_requests_total":          {"interface", "vip"},
-		"xdplb_announce_replies_total":           {"interface", "vip"},
-		"xdplb_announce_gratuitous_total":        {"interface", "vip"},
-		"xdplb_announce_received_total":          {"interface", "protocol"},
-		"xdplb_announce_drops_total":             {"interface", "protocol", "reason"},
-		"xdplb_announce_send_errors_total":       {"interface", "protocol"},
-		"xdplb_announce_l2_active":               {"mode"},
-		"xdplb_bgp_session_state":                {"peer", "state"},
-		"xdplb_bgp_prefixes_sent":                {"peer"},
-		"xdplb_bgp_prefixes_received":            {"peer"},
-		"xdplb_bgp_routes_advertised":            nil,
-		"xdplb_bgp_drained":                      nil,
+		"xdplb_backend_health_transitions_total":     {"to"},
+		"xdplb_source_conflicts":                     {"source"},
+		"xdplb_announce_active":                      {"interface", "vip"},
+		"xdplb_announce_requests_total":              {"interface", "vip"},
+		"xdplb_announce_replies_total":               {"interface", "vip"},
+		"xdplb_announce_gratuitous_total":            {"interface", "vip"},
+		"xdplb_announce_received_total":              {"interface", "protocol"},
+		"xdplb_announce_drops_total":                 {"interface", "protocol", "reason"},
+		"xdplb_announce_send_errors_total":           {"interface", "protocol"},
+		"xdplb_announce_l2_active":                   {"mode"},
+		"xdplb_bgp_session_state":                    {"peer", "state"},
+		"xdplb_bgp_prefixes_sent":                    {"peer"},
+		"xdplb_bgp_prefixes_received":                {"peer"},
+		"xdplb_bgp_routes_advertised":                nil,
+		"xdplb_bgp_drained":                          nil,
+		"xdplb_kubernetes_invalid_annotations_total": nil,
+		"xdplb_kubernetes_leader":                    nil,
+		"xdplb_kubernetes_pool_allocations":          {"pool"},
+		"xdplb_kubernetes_watch_events_total":        {"resource", "type"},
 	}
 	// The only values some labels may take, whatever the state.
 	closed := map[string][]string{
@@ -307,6 +329,8 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"protocol": {"tcp", "udp"},
 		"result":   {"failure", "success"},
 		"to":       {"down", "up"},
+		"resource": {"endpointslices", "nodes", "services"},
+		"type":     {"add", "delete", "update"},
 		"state":    bgpStates,
 		"mode":     {"always", "external"},
 		// Peers are configured addresses: the fake's.

@@ -33,6 +33,14 @@ type SourceInfo struct {
 	Services int    `json:"services"` // services it offers now
 	// Updated is when it last sent its services (zero: not yet).
 	Updated time.Time `json:"updated,omitzero"`
+	// Synced, LastEvent: how a watching source's watch goes (see
+	// SyncReporter); nil and zero for the others.
+	Synced    *bool     `json:"synced,omitempty"`
+	LastEvent time.Time `json:"lastEvent,omitzero"`
+	// Leader and Identity: whether this appliance leads the source's
+	// election, under which name (see LeaderReporter).
+	Leader   *bool  `json:"leader,omitempty"`
+	Identity string `json:"identity,omitempty"`
 }
 
 // ConflictInfo is a claim a source lost to another.

@@ -447,7 +447,10 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 			return err
 		}
 	}
-	state := lb.State{Seed: seed}
+	// Until every source has offered its services once, what an earlier
+	// instance left in the pinned datapath stays: it may be theirs.
+	waiting := p.waitingSources()
+	state := lb.State{Seed: seed, KeepLeft: len(waiting) > 0}
 	vips := map[xdp.VIPKey]string{}
 	for _, s := range services {
 		ls := lbService(s)
@@ -469,9 +472,28 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	}
 	sort.Strings(p.allocErrs)
 	sortConflicts(conflicts)
+	cfgChanged := p.cfg != cfg
 	p.cfg, p.services, p.vips, p.conflicts, p.loadedAt = cfg, services, vips, conflicts, time.Now()
-	p.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration)
+	p.log.Info("configuration applied", "trigger", trigger, "sha256", cfg.SHA256(), "services", len(services), "vips", len(vips), "took", st.Duration, "waiting_for", waiting)
+	if cfgChanged {
+		for _, src := range p.sources {
+			if c, ok := src.(ConfigFollower); ok {
+				c.ConfigChanged(cfg)
+			}
+		}
+	}
 	return nil
+}
+
+// waitingSources are the sources that have not offered services yet.
+func (p *Plane) waitingSources() []string {
+	var out []string
+	for _, name := range p.order[1:] {
+		if _, ok := p.offers[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // seedFile is where an appliance without maglev.seed keeps its own.

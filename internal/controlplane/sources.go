@@ -30,6 +30,30 @@ type Source interface {
 	Run(ctx context.Context, update func([]config.Service)) error
 }
 
+// ConfigFollower is a Source that takes the running configuration after
+// every apply (a reload's new pools, say). ConfigChanged must not block.
+type ConfigFollower interface {
+	ConfigChanged(cfg *config.Config)
+}
+
+// SyncReporter is a Source that watches something remote and says how the
+// watch goes, for the status.
+type SyncReporter interface {
+	// Synced reports whether the source has its complete view (its caches
+	// synced).
+	Synced() bool
+	// LastEvent is when the source last heard of a change (zero: never).
+	LastEvent() time.Time
+}
+
+// LeaderReporter is a Source whose appliances elect a leader.
+type LeaderReporter interface {
+	// Leader reports whether this appliance leads.
+	Leader() bool
+	// Identity is this appliance's name in the election.
+	Identity() string
+}
+
 // A claim is a VIP (address, port, protocol) or a service name held by one
 // source.
 type claim struct {

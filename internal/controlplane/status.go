@@ -68,6 +68,19 @@ func (p *Plane) Status() StatusInfo {
 	for _, name := range p.order {
 		si := p.sourceInfo[name]
 		si.Name = name
+		for _, src := range p.sources {
+			if src.Name() != name {
+				continue
+			}
+			if r, ok := src.(SyncReporter); ok {
+				synced := r.Synced()
+				si.Synced, si.LastEvent = &synced, r.LastEvent()
+			}
+			if r, ok := src.(LeaderReporter); ok {
+				leader := r.Leader()
+				si.Leader, si.Identity = &leader, r.Identity()
+			}
+		}
 		s.Sources = append(s.Sources, si)
 	}
 	s.Conflicts = append(s.Conflicts, p.conflicts...)
