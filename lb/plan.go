@@ -82,7 +82,7 @@ type SlotMove struct {
 // BackendPlan is one backend of a VIP after the change.
 type BackendPlan struct {
 	Addr     netip.AddrPort
-	ID       uint32 // 0 for a removed backend
+	ID       uint32
 	Weight   uint32
 	Healthy  bool
 	OldSlots int
@@ -145,7 +145,7 @@ func (r *Reconciler) Plan(ctx context.Context, state State, health Health) Plan 
 		v := VIPPlan{Key: k, Service: a.service, Action: ActionRemove, OldSize: len(a.table), old: a.table, oldAddr: a.addrByID()}
 		for _, ap := range sortedAddrs(a.backends) {
 			b := a.backends[ap]
-			v.Backends = append(v.Backends, BackendPlan{Addr: ap, Weight: b.weight, Healthy: b.healthy, OldSlots: b.slots, Change: "removed"})
+			v.Backends = append(v.Backends, BackendPlan{Addr: ap, ID: b.id, Weight: b.weight, Healthy: b.healthy, OldSlots: b.slots, Change: "removed"})
 		}
 		v.Moved, v.SlotsMoved = 1, len(a.table)
 		v.Moves = moves(&v)
@@ -242,7 +242,7 @@ func (r *Reconciler) planVIP(ctx context.Context, d *desiredVIP, health Health, 
 			if !seen[ap] {
 				ob := old.backends[ap]
 				v.Changes = append(v.Changes, fmt.Sprintf("backend %s removed", backendString(ap)))
-				v.Backends = append(v.Backends, BackendPlan{Addr: ap, Weight: ob.weight, Healthy: ob.healthy, OldSlots: ob.slots, Change: "removed"})
+				v.Backends = append(v.Backends, BackendPlan{Addr: ap, ID: ob.id, Weight: ob.weight, Healthy: ob.healthy, OldSlots: ob.slots, Change: "removed"})
 			}
 		}
 	}

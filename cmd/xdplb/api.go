@@ -12,7 +12,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload.
+	// reload, plan.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -21,6 +21,10 @@ type Request struct {
 	From string `json:"from,omitempty"`
 	// SYN makes explain run a TCP SYN rather than an ACK.
 	SYN bool `json:"syn,omitempty"`
+	// Name and Config are the candidate file of plan: its name (for
+	// errors) and content. No Config plans the daemon's own file.
+	Name   string `json:"name,omitempty"`
+	Config []byte `json:"config,omitempty"`
 }
 
 // Response is a control-socket response: Data on success, Error otherwise.
@@ -39,28 +43,36 @@ type controlAPI interface {
 	Maglev(vip string) (MaglevInfo, error)
 	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
+	Plan(name string, config []byte) (PlanInfo, error)
 }
 
 // The answers are the control plane's types.
 type (
-	StatusInfo     = controlplane.StatusInfo
-	AnnounceInfo   = controlplane.AnnounceInfo
-	SourceInfo     = controlplane.SourceInfo
-	ConflictInfo   = controlplane.ConflictInfo
-	InterfaceInfo  = controlplane.InterfaceInfo
-	ConfigInfo     = controlplane.ConfigInfo
-	ReloadInfo     = controlplane.ReloadInfo
-	ApplyInfo      = controlplane.ApplyInfo
-	Counts         = controlplane.Counts
-	VIPInfo        = controlplane.VIPInfo
-	VIPBackendInfo = controlplane.VIPBackendInfo
-	BackendInfo    = controlplane.BackendInfo
-	HealthInfo     = controlplane.HealthInfo
-	FlowInfo       = controlplane.FlowInfo
-	MaglevInfo     = controlplane.MaglevInfo
-	SlotsShare     = controlplane.SlotsShare
-	ExplainInfo    = controlplane.ExplainInfo
-	ProgramRun     = controlplane.ProgramRun
-	VIPMetric      = controlplane.VIPMetric
-	BackendMetric  = controlplane.BackendMetric
+	StatusInfo      = controlplane.StatusInfo
+	AnnounceInfo    = controlplane.AnnounceInfo
+	SourceInfo      = controlplane.SourceInfo
+	ConflictInfo    = controlplane.ConflictInfo
+	InterfaceInfo   = controlplane.InterfaceInfo
+	ConfigInfo      = controlplane.ConfigInfo
+	ReloadInfo      = controlplane.ReloadInfo
+	ApplyInfo       = controlplane.ApplyInfo
+	Counts          = controlplane.Counts
+	VIPInfo         = controlplane.VIPInfo
+	VIPBackendInfo  = controlplane.VIPBackendInfo
+	BackendInfo     = controlplane.BackendInfo
+	HealthInfo      = controlplane.HealthInfo
+	FlowInfo        = controlplane.FlowInfo
+	MaglevInfo      = controlplane.MaglevInfo
+	SlotsShare      = controlplane.SlotsShare
+	ExplainInfo     = controlplane.ExplainInfo
+	ProgramRun      = controlplane.ProgramRun
+	VIPMetric       = controlplane.VIPMetric
+	BackendMetric   = controlplane.BackendMetric
+	PlanInfo        = controlplane.PlanInfo
+	ServicePlan     = controlplane.ServicePlan
+	VIPPlanInfo     = controlplane.VIPPlanInfo
+	MoveInfo        = controlplane.MoveInfo
+	BackendPlanInfo = controlplane.BackendPlanInfo
+	PinEstimate     = controlplane.PinEstimate
+	AnnouncePlan    = controlplane.AnnouncePlan
 )

@@ -27,8 +27,9 @@ const defaultSocket = "/run/xdplb/xdplb.sock"
 // controlTimeout bounds one exchange on the control socket, on both sides.
 const controlTimeout = 10 * time.Second
 
-// maxRequestSize bounds a request; real ones are under a hundred bytes.
-const maxRequestSize = 64 << 10
+// maxRequestSize bounds a request; real ones are under a hundred bytes, but
+// a plan carries a configuration file.
+const maxRequestSize = 16 << 20
 
 var (
 	// errAnotherRunning is returned by serveControl when a live daemon
@@ -205,6 +206,8 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return api.Explain(req.From, req.VIP, req.SYN)
 	case "reload":
 		return api.Reload(), nil
+	case "plan":
+		return api.Plan(req.Name, req.Config)
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Command)
 }

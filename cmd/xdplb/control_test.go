@@ -33,6 +33,8 @@ type fakeAPI struct {
 	maglev   map[string]MaglevInfo
 	explain  map[string]ExplainInfo // by "FROM VIP"
 	reload   ReloadInfo
+	plan     PlanInfo // of a file sent
+	planOwn  PlanInfo // of the daemon's own file
 
 	mu    sync.Mutex
 	calls []string

@@ -29,6 +29,11 @@ type appliance struct {
 // Reload answers `xdplb reload`.
 func (a appliance) Reload() ReloadInfo { return a.Plane.Reload(context.Background(), "socket") }
 
+// Plan answers `xdplb plan` and `xdplb reload --plan`.
+func (a appliance) Plan(name string, data []byte) (PlanInfo, error) {
+	return a.Plane.Plan(context.Background(), name, data)
+}
+
 func runDaemon(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfig, "configuration file")

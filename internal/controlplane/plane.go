@@ -113,6 +113,9 @@ type Plane struct {
 	seedFile   string   // the generated seed's file, once read or made
 	flows4     int
 	flows6     int
+
+	samplesMu sync.Mutex
+	samples   []flowSample // VIPs' new-flow counters, for plans
 }
 
 type reloadRequest struct {
@@ -594,6 +597,7 @@ func (p *Plane) maintainLoop(ctx context.Context) error {
 			if res.Expired+res.Stale > 0 || res.TablesFreed > 0 {
 				p.log.Debug("maintenance", "expired", res.Expired, "stale", res.Stale, "remaining", res.Remaining, "tables_freed", res.TablesFreed)
 			}
+			p.sampleFlows(time.Now(), idle+maintainEvery)
 			n4, n6 := p.dp.FlowCounts()
 			p.mu.Lock()
 			p.flows4, p.flows6 = n4, n6
