@@ -91,6 +91,7 @@ type Datapath struct {
 	freed      []uint32       // maglev_tables slots to release at the next flush
 	zeroStats  []lbLbStats
 	closed     bool
+	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
 	bench      *benchObjects // the bench wrappers, loaded by the first benchmark run
 
@@ -197,6 +198,14 @@ func Open(opts Options) (*Datapath, error) {
 		d.closeTables()
 		d.objs.Close()
 		return nil, fmt.Errorf("reading settings: %w", err)
+	}
+	// A daemon that died while someone listened left the monitor on.
+	if err := d.SetMonitor(false); err != nil {
+		d.unmapPinFilter()
+		d.unmapIndex()
+		d.closeTables()
+		d.objs.Close()
+		return nil, err
 	}
 	if err := d.recover(); err != nil {
 		d.unmapPinFilter()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 
 	"github.com/xdplb/xdplb/internal/controlplane"
@@ -12,7 +13,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload, plan.
+	// reload, plan, monitor.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -25,6 +26,8 @@ type Request struct {
 	// errors) and content. No Config plans the daemon's own file.
 	Name   string `json:"name,omitempty"`
 	Config []byte `json:"config,omitempty"`
+	// Filter selects the events of monitor.
+	Filter *MonitorFilter `json:"filter,omitempty"`
 }
 
 // Response is a control-socket response: Data on success, Error otherwise.
@@ -44,6 +47,9 @@ type controlAPI interface {
 	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
 	Plan(name string, config []byte) (PlanInfo, error)
+	// Monitor streams the datapath's events to send until ctx ends or send
+	// fails; the first is of type "start".
+	Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error
 }
 
 // The answers are the control plane's types.
@@ -68,6 +74,8 @@ type (
 	ProgramRun      = controlplane.ProgramRun
 	VIPMetric       = controlplane.VIPMetric
 	BackendMetric   = controlplane.BackendMetric
+	MonitorFilter   = controlplane.MonitorFilter
+	MonitorEvent    = controlplane.MonitorEvent
 	PlanInfo        = controlplane.PlanInfo
 	ServicePlan     = controlplane.ServicePlan
 	VIPPlanInfo     = controlplane.VIPPlanInfo

@@ -35,6 +35,8 @@ type fakeAPI struct {
 	reload   ReloadInfo
 	plan     PlanInfo // of a file sent
 	planOwn  PlanInfo // of the daemon's own file
+	// monitorDone, when set, is closed once Monitor has sent its events.
+	monitorDone chan struct{}
 
 	mu    sync.Mutex
 	calls []string

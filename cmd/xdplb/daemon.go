@@ -34,6 +34,11 @@ func (a appliance) Plan(name string, data []byte) (PlanInfo, error) {
 	return a.Plane.Plan(context.Background(), name, data)
 }
 
+// Monitor answers `xdplb monitor`.
+func (a appliance) Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error {
+	return a.Plane.Monitor(ctx, f, send)
+}
+
 func runDaemon(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfig, "configuration file")

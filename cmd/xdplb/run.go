@@ -49,6 +49,7 @@ var commands = map[string]command{
 	"maglev":    {"show a VIP's Maglev table: slots per backend", runMaglev},
 	"explain":   {"say which backend a client's packet goes to, and why", runExplain},
 	"reload":    {"make the daemon reload its configuration file (--plan: only say what would change)", runReload},
+	"monitor":   {"stream the datapath's events: drops with their reason, pins, ICMP", runMonitor},
 	"plan":      {"say what applying a configuration file would change, without applying it", runPlan},
 }
 

@@ -313,6 +313,37 @@ type AnnouncePlan struct {
 	Stop      []string `json:"stop,omitempty"`
 }
 
+// MonitorEvent is one event of `xdplb monitor`.
+type MonitorEvent struct {
+	Time time.Time `json:"time"`
+	// Type is drop, pin, icmp-error, echo-reply or icmp-sent; "start" opens
+	// the stream, "lost" reports events missed.
+	Type string `json:"type"`
+	// Reason is the counter of the packet's verdict (action/reason, as the
+	// metrics name it: drop/no_backend), or event/pin_created for a pin.
+	Reason    string `json:"reason,omitempty"`
+	Interface string `json:"interface,omitempty"` // the packet came in on
+	// Flow is "SRC -> DST" as the program saw it (for an ICMP error, the
+	// quoted flow, seen from the client), Protocol its protocol.
+	Flow     string `json:"flow,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	SYN      bool   `json:"syn,omitempty"`
+	VIP      string `json:"vip,omitempty"` // the VIP the flow matches
+	Service  string `json:"service,omitempty"`
+	// Backend is the backend it went (or is pinned) to.
+	Backend   string `json:"backend,omitempty"`
+	BackendID uint32 `json:"backendId,omitempty"`
+	// FrameLen is the frame's length; Headers its headers, decoded from
+	// its first 128 bytes as the program left it (a drop: as received).
+	FrameLen int    `json:"frameLen,omitempty"`
+	Headers  string `json:"headers,omitempty"`
+	// Lost (type lost) is how many events this listener missed since the
+	// last report because it read too slowly; DatapathLost how many every
+	// listener missed because the datapath's ring was full.
+	Lost         uint64 `json:"lost,omitempty"`
+	DatapathLost uint64 `json:"datapathLost,omitempty"`
+}
+
 // VIPMetric is one VIP of a service and its counters, for /metrics.
 type VIPMetric struct {
 	Service  string // service name

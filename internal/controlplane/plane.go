@@ -116,6 +116,8 @@ type Plane struct {
 
 	samplesMu sync.Mutex
 	samples   []flowSample // VIPs' new-flow counters, for plans
+
+	monitor monitorHub // the listeners of `xdplb monitor`
 }
 
 type reloadRequest struct {
