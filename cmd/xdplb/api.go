@@ -13,7 +13,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload, plan, monitor.
+	// reload, plan, monitor, top.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -47,6 +47,7 @@ type controlAPI interface {
 	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
 	Plan(name string, config []byte) (PlanInfo, error)
+	Top() (TopInfo, error)
 	// Monitor streams the datapath's events to send until ctx ends or send
 	// fails; the first is of type "start".
 	Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error
@@ -74,6 +75,8 @@ type (
 	ProgramRun      = controlplane.ProgramRun
 	VIPMetric       = controlplane.VIPMetric
 	BackendMetric   = controlplane.BackendMetric
+	TopInfo         = controlplane.TopInfo
+	CounterInfo     = controlplane.CounterInfo
 	MonitorFilter   = controlplane.MonitorFilter
 	MonitorEvent    = controlplane.MonitorEvent
 	PlanInfo        = controlplane.PlanInfo

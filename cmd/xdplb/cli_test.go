@@ -307,7 +307,7 @@ func TestCLIErrors(t *testing.T) {
 }
 
 func TestCLIHelp(t *testing.T) {
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top"} {
 		t.Run(cmd, func(t *testing.T) {
 			got, err := runCLI(t, cmd, "-h")
 			if err != nil {
@@ -380,7 +380,7 @@ func TestCLIDocumented(t *testing.T) {
 			t.Errorf("docs/cli.md does not show %s verbatim", g)
 		}
 	}
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top"} {
 		if !bytes.Contains(doc, []byte("## xdplb "+cmd+"\n")) {
 			t.Errorf("docs/cli.md has no section for xdplb %s", cmd)
 		}

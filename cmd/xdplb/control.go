@@ -293,6 +293,8 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return api.Reload(), nil
 	case "plan":
 		return api.Plan(req.Name, req.Config)
+	case "top":
+		return api.Top()
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Command)
 }

@@ -37,6 +37,7 @@ type fakeAPI struct {
 	planOwn  PlanInfo // of the daemon's own file
 	// monitorDone, when set, is closed once Monitor has sent its events.
 	monitorDone chan struct{}
+	topCalls    int // Top calls so far
 
 	mu    sync.Mutex
 	calls []string

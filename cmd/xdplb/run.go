@@ -50,6 +50,7 @@ var commands = map[string]command{
 	"explain":   {"say which backend a client's packet goes to, and why", runExplain},
 	"reload":    {"make the daemon reload its configuration file (--plan: only say what would change)", runReload},
 	"monitor":   {"stream the datapath's events: drops with their reason, pins, ICMP", runMonitor},
+	"top":       {"a live view of packets, bits, new flows and drops per second, per VIP and backend", runTop},
 	"plan":      {"say what applying a configuration file would change, without applying it", runPlan},
 }
 

@@ -313,6 +313,22 @@ type AnnouncePlan struct {
 	Stop      []string `json:"stop,omitempty"`
 }
 
+// TopInfo answers `xdplb top`: one sample of every counter it shows.
+type TopInfo struct {
+	At       time.Time     `json:"at"`
+	VIPs     []VIPInfo     `json:"vips"`
+	Backends []BackendInfo `json:"backends"`
+	// Counters are the datapath's verdict counters (action, reason, value).
+	Counters []CounterInfo `json:"counters"`
+}
+
+// CounterInfo is one of the datapath's global counters.
+type CounterInfo struct {
+	Action string `json:"action"`
+	Reason string `json:"reason"`
+	Value  uint64 `json:"value"`
+}
+
 // MonitorEvent is one event of `xdplb monitor`.
 type MonitorEvent struct {
 	Time time.Time `json:"time"`
