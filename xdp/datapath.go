@@ -324,7 +324,7 @@ func (d *Datapath) Unpin() error {
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
 		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
-		d.objs.Frags,
+		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
