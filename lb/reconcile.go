@@ -28,6 +28,9 @@ type Datapath interface {
 	// longer references.
 	Sync() error
 	UpsertBackend(id uint32, b xdp.Backend) error
+	// DeleteBackend removes an entry that no current table names (after
+	// the swap and a Sync); packets that still reach it through a previous
+	// table or a pin find no backend there.
 	DeleteBackend(id uint32) error
 }
 
@@ -334,8 +337,11 @@ func (r *Reconciler) Apply(ctx context.Context, state State, health Health) Stat
 		}
 		r.leftBackends = nil
 	}
-	// Phase 4: entries no table or VIP references any more, once no packet
-	// that saw the old tables is still running.
+	// Phase 4: entries no current table references any more, once no packet
+	// that read the old tables is still running (Sync). Previous tables and
+	// pins may still name them until the grace period ends: a packet that
+	// finds a deleted entry through them follows the current table, and the
+	// datapath never zeroes an entry a packet may be reading.
 	if len(gone) > 0 {
 		if err := r.dp.Sync(); err != nil {
 			errs = append(errs, ServiceError{Err: err.Error()})

@@ -69,17 +69,27 @@ func backendFrom(v lbBackend) Backend {
 }
 
 // backendState is what the datapath holds for a backend id: the entry in
-// use, its half, and when the other half stopped being in use.
+// use (invalid once deleted), its half, and when the other half stopped
+// being in use.
 type backendState struct {
 	entry   lbBackend
 	gen     uint32
 	flipped use
 }
 
+// A packet reads a backend entry long after it found it valid: the next hop,
+// the MACs and the interface are read when it is forwarded. Whatever names
+// an id (a table, the previous table of a transition, a pin) may lead a
+// packet to its entry at any time, so the half packets read is never written:
+// a new, changed or deleted entry is written into the other half, which then
+// becomes the one in use, and that other half is written again only once no
+// packet can still be reading it (after a Sync, or a second later). A packet
+// therefore sees the entry before a change or after it, a backend or none,
+// never one half written or half zeroed.
+
 // UpsertBackend writes backend id (1..MaxBackends-1). A packet sees the old
-// entry or the new one, never a mix: a changed backend is written into the
-// half of its slot not in use, which then becomes the one in use. A new id's
-// counters start from zero (DeleteBackend zeroed them).
+// entry (or none) or the new one, never a mix. A new id's counters start
+// from zero (DeleteBackend zeroed them).
 func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	if id == 0 || int(id) >= d.opts.MaxBackends {
 		return fmt.Errorf("backend id %d out of range 1-%d", id, d.opts.MaxBackends-1)
@@ -92,15 +102,27 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 	defer d.mu.Unlock()
 	st, live := d.backends[id]
 	if !live {
-		// Nothing references a new id: one write.
-		slot := lbBackendSlot{}
-		slot.B[0] = v
-		if err := d.objs.Backends.Put(id, &slot); err != nil {
-			return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+		// A deleted id, or one never written (all zero): its entry in use
+		// is invalid, and may still be read through a stale pin or a
+		// previous table.
+		if st = d.retired[id]; st == nil {
+			st = &backendState{}
 		}
-		d.backends[id] = &backendState{entry: v}
-		return nil
 	}
+	if err := d.flipBackend(id, st, v); err != nil {
+		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+	}
+	if !live {
+		delete(d.retired, id)
+		d.backends[id] = st
+	}
+	return nil
+}
+
+// flipBackend makes v the entry of id in use: it writes v into the half not
+// in use (once no packet can still read that half), then flips the
+// generation.
+func (d *Datapath) flipBackend(id uint32, st *backendState, v lbBackend) error {
 	if st.entry == v {
 		return nil
 	}
@@ -112,31 +134,38 @@ func (d *Datapath) UpsertBackend(id uint32, b Backend) error {
 		}
 	}
 	slot := lbBackendSlot{Gen: st.gen}
-	slot.B[st.gen&1] = st.entry
+	slot.B[st.gen&1] = st.entry // the half in use, rewritten as it is
 	slot.B[(st.gen+1)&1] = v
 	if err := d.objs.Backends.Put(id, &slot); err != nil {
-		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+		return err
 	}
 	slot.Gen = st.gen + 1
 	if err := d.objs.Backends.Put(id, &slot); err != nil {
-		return fmt.Errorf("writing backend %d (%s): %w", id, b.Addr, err)
+		return err
 	}
 	st.entry, st.gen, st.flipped = v, slot.Gen, d.now()
 	return nil
 }
 
-// DeleteBackend removes backend id (tables must no longer reference it) and
-// zeroes its counters, so that a backend given the id later starts from zero.
+// DeleteBackend removes backend id and zeroes its counters, so that a backend
+// given the id later starts from zero. The entry becomes invalid as a change
+// does (the other half, then a flip): a packet that still reaches the id
+// through a previous table or a pin finds no backend and follows the current
+// table, and one that read the entry just before keeps reading it whole. The
+// caller must make sure that no packet can still take the id from a current
+// table: swap the tables, then Sync, then delete.
 func (d *Datapath) DeleteBackend(id uint32) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.backends[id]; !ok {
+	st, ok := d.backends[id]
+	if !ok {
 		return fmt.Errorf("deleting backend %d: %w", id, ErrNotFound)
 	}
-	if err := d.objs.Backends.Put(id, &lbBackendSlot{}); err != nil {
+	if err := d.flipBackend(id, st, lbBackend{}); err != nil {
 		return fmt.Errorf("deleting backend %d: %w", id, err)
 	}
 	delete(d.backends, id)
+	d.retired[id] = st
 	if err := d.objs.BackendStats.Put(id, d.zeroStats); err != nil {
 		return fmt.Errorf("deleting backend %d: resetting counters: %w", id, err)
 	}
@@ -154,15 +183,21 @@ func (d *Datapath) Backends() (map[uint32]Backend, error) {
 	return out, nil
 }
 
-// recoverBackends reads the backend entries of an earlier instance.
+// recoverBackends reads the backend entries of an earlier instance, which
+// may have changed them moments ago: their halves not in use are written
+// only after a Sync.
 func (d *Datapath) recoverBackends() error {
 	var id uint32
 	var slot lbBackendSlot
 	it := d.objs.Backends.Iterate()
 	for it.Next(&id, &slot) {
 		e := slot.B[slot.Gen&1]
-		if e.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
-			d.backends[id] = &backendState{entry: e, gen: slot.Gen}
+		switch {
+		case e.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0:
+			d.backends[id] = &backendState{entry: e, gen: slot.Gen, flipped: d.now()}
+		case slot != lbBackendSlot{}:
+			// Deleted by the earlier instance.
+			d.retired[id] = &backendState{entry: e, gen: slot.Gen, flipped: d.now()}
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -376,6 +376,8 @@ const (
 // backend id n is 198.18.128.0 + n.
 var (
 	benchVIPBase     = netip.MustParseAddr("198.18.1.0")
+	benchVIP6        = netip.MustParseAddr("2001:db8:1::20")
+	benchClient6     = netip.MustParseAddr("2001:db8:ff::1")
 	benchNonVIP      = netip.MustParseAddr("198.18.2.1")
 	benchBackendBase = netip.MustParseAddr("198.18.128.0")
 	benchClient      = netip.MustParseAddr("198.19.1.1")
@@ -395,6 +397,7 @@ const (
 	benchVIPMixed       = 31 // transition_mixed: one backend drained
 	benchVIPFlood       = 35 // new_flow_flood: all its backends replaced, flow state full
 	benchPort           = 80
+	benchUDPPort        = 53
 	benchSrcPort        = 40000
 	benchLBIfindex      = 1 // BPF_PROG_TEST_RUN's ingress interface (lo): XDP_TX
 )
@@ -413,21 +416,25 @@ type benchVIP struct {
 // case checks the verdict, the output and the counters of every run it
 // measures. Datapaths are built when a case first needs them.
 type BenchSuite struct {
-	cfg      BenchConfig
-	vips     []benchVIP
-	backends map[uint32]Backend
-	models   map[bool]*ModelState // by full: what the checks expect of steady and full
-	steady   *Datapath            // no pins; VIPs remap and mixed in transition
-	full     *Datapath            // flow state full: 1M pinned cold flows, VIP flood in transition
-	empty    *ebpf.Program
-	cases    []*BenchCase
+	cfg  BenchConfig
+	vips []benchVIP
+	// The VIPs after cfg.VIPs: an IPv6 DSR L2 and an IPv6 DSR IPIP one (to
+	// IPv4 backends: 6in4) on port 80, and UDP port 53 of VIP
+	// benchVIPEstablished's address; indices into vips.
+	vip6L2, vip6IPIP, vipUDP int
+	backends                 map[uint32]Backend
+	models                   map[bool]*ModelState // by full: what the checks expect of steady and full
+	steady                   *Datapath            // no pins; VIPs remap and mixed in transition
+	full                     *Datapath            // flow state full: 1M pinned cold flows, VIP flood in transition
+	empty                    *ebpf.Program
+	cases                    []*BenchCase
 }
 
 // NewBenchSuite computes the configuration (tables included) and the cases.
 // It loads nothing yet.
 func NewBenchSuite(cfg BenchConfig) (*BenchSuite, error) {
 	cfg.setDefaults()
-	if cfg.VIPs < 40 || cfg.VIPs > 250 {
+	if cfg.VIPs < 40 || cfg.VIPs > 250 { // and 3 more: IPv6 and UDP, within the datapath's 256
 		return nil, fmt.Errorf("bench: %d VIPs, want 40 to 250", cfg.VIPs)
 	}
 	if cfg.MinBackends < 2 || cfg.MaxBackends < cfg.MinBackends || cfg.MaxBackends > 1000 {
@@ -453,6 +460,22 @@ func NewBenchSuite(cfg BenchConfig) (*BenchSuite, error) {
 		}
 		s.vips = append(s.vips, v)
 	}
+	// The IPv6 and UDP VIPs have the backends of VIP benchVIPEstablished
+	// (and its table, for UDP; their own seeds).
+	est := s.vips[benchVIPEstablished]
+	for i, v := range []benchVIP{
+		{key: VIPKey{Addr: benchVIP6, Port: benchPort, Proto: TCP}, mode: ModeDSRL2},
+		{key: VIPKey{Addr: benchVIP6.Next(), Port: benchPort, Proto: TCP}, mode: ModeDSRIPIP},
+		{key: VIPKey{Addr: est.key.Addr, Port: benchUDPPort, Proto: UDP}, mode: ModeDSRL2},
+	} {
+		v.seed, v.backends = uint32(cfg.VIPs+i+1)*0x9E3779B1, est.backends
+		var err error
+		if v.table, err = s.buildTable(v.backends); err != nil {
+			return nil, err
+		}
+		s.vips = append(s.vips, v)
+	}
+	s.vip6L2, s.vip6IPIP, s.vipUDP = cfg.VIPs, cfg.VIPs+1, cfg.VIPs+2
 	s.redeploy(benchVIPRemap) // defines their backends before any datapath is configured
 	s.redeploy(benchVIPFlood)
 	s.cases = s.newCases()
@@ -908,43 +931,74 @@ var (
 	benchAckOptions = []byte{1, 1, 8, 10, 0, 0, 0, 2, 0, 0, 0, 1}
 )
 
+// benchTCPFrame is a TCP segment from src to dst, IPv4 or IPv6.
 func benchTCPFrame(src, dst netip.AddrPort, syn bool) []byte {
 	opts, flags := benchAckOptions, byte(0x10)
 	if syn {
 		opts, flags = benchSynOptions, 0x02
 	}
-	tcpLen := 20 + len(opts)
-	b := make([]byte, 14+20+tcpLen)
-	copy(b[0:6], benchLBMAC)
-	copy(b[6:12], benchClientMAC)
-	binary.BigEndian.PutUint16(b[12:], 0x0800)
-	ip := b[14:34]
-	ip[0], ip[1] = 0x45, 0
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+tcpLen))
-	binary.BigEndian.PutUint16(ip[4:], 0x1234)
-	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
-	ip[8], ip[9] = 64, byte(TCP)
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], inetChecksum(0, ip))
-	tcp := b[34:]
+	tcp := make([]byte, 20+len(opts))
 	binary.BigEndian.PutUint16(tcp[0:], src.Port())
 	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
 	binary.BigEndian.PutUint32(tcp[4:], 0x01020304)
 	if !syn {
 		binary.BigEndian.PutUint32(tcp[8:], 0x0a0b0c0d)
 	}
-	tcp[12], tcp[13] = byte(tcpLen/4)<<4, flags
+	tcp[12], tcp[13] = byte(len(tcp)/4)<<4, flags
 	binary.BigEndian.PutUint16(tcp[14:], 64240)
 	copy(tcp[20:], opts)
-	var pseudo [12]byte
-	copy(pseudo[0:], s4[:])
-	copy(pseudo[4:], d4[:])
-	pseudo[9] = byte(TCP)
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(tcpLen))
-	binary.BigEndian.PutUint16(tcp[16:], inetChecksum(onesSum(0, pseudo[:]), tcp))
-	return b
+	return benchIPFrame(src.Addr(), dst.Addr(), TCP, tcp, 16)
+}
+
+// benchUDPFrame is a UDP datagram of 40 bytes of payload (a small DNS
+// query's size) from src to dst.
+func benchUDPFrame(src, dst netip.AddrPort) []byte {
+	udp := make([]byte, 8+40)
+	binary.BigEndian.PutUint16(udp[0:], src.Port())
+	binary.BigEndian.PutUint16(udp[2:], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	for i := range udp[8:] {
+		udp[8+i] = byte(i)
+	}
+	return benchIPFrame(src.Addr(), dst.Addr(), UDP, udp, 6)
+}
+
+// benchIPFrame wraps the transport segment l4 (its checksum field at
+// offset csum, zero) in an IPv4 (DF, TTL 64) or IPv6 (hop limit 64) header
+// and an Ethernet header, and fills in the checksums.
+func benchIPFrame(src, dst netip.Addr, proto Proto, l4 []byte, csum int) []byte {
+	var ip, pseudo []byte
+	if src.Is4() {
+		ip = make([]byte, 20)
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+		binary.BigEndian.PutUint16(ip[4:], 0x1234)
+		binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+		ip[8], ip[9] = 64, byte(proto)
+		s4, d4 := src.As4(), dst.As4()
+		copy(ip[12:], s4[:])
+		copy(ip[16:], d4[:])
+		binary.BigEndian.PutUint16(ip[10:], inetChecksum(0, ip))
+		pseudo = append(append(append([]byte{}, s4[:]...), d4[:]...), 0, byte(proto), byte(len(l4)>>8), byte(len(l4)))
+	} else {
+		ip = make([]byte, 40)
+		ip[0] = 0x60
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+		ip[6], ip[7] = byte(proto), 64
+		s6, d6 := src.As16(), dst.As16()
+		copy(ip[8:], s6[:])
+		copy(ip[24:], d6[:])
+		pseudo = append(append(append([]byte{}, s6[:]...), d6[:]...), 0, 0, byte(len(l4)>>8), byte(len(l4)), 0, 0, 0, byte(proto))
+	}
+	binary.BigEndian.PutUint16(l4[csum:], inetChecksum(onesSum(0, pseudo), l4))
+	b := make([]byte, 14, 14+len(ip)+len(l4))
+	copy(b[0:6], benchLBMAC)
+	copy(b[6:12], benchClientMAC)
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	if src.Is6() {
+		binary.BigEndian.PutUint16(b[12:], 0x86dd)
+	}
+	return append(append(b, ip...), l4...)
 }
 
 func onesSum(sum uint32, b []byte) uint32 {
@@ -965,11 +1019,21 @@ func inetChecksum(sum uint32, b []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// benchTuple reads the addresses and ports of an IPv4 TCP frame.
-func benchTuple(pkt []byte) (src, dst netip.AddrPort) {
-	s := netip.AddrFrom4([4]byte(pkt[benchOffSaddr:]))
-	d := netip.AddrFrom4([4]byte(pkt[benchOffDaddr:]))
-	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(pkt[34:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(pkt[36:]))
+// benchParse reads the addresses, ports and protocol of a benchmark frame
+// (IPv4 or IPv6, TCP or UDP), and whether it is a SYN.
+func benchParse(pkt []byte) (src, dst netip.AddrPort, proto Proto, syn bool) {
+	l3 := pkt[14:]
+	var s, d netip.Addr
+	var l4 []byte
+	if binary.BigEndian.Uint16(pkt[12:]) == 0x86dd {
+		s, d = netip.AddrFrom16([16]byte(l3[8:])), netip.AddrFrom16([16]byte(l3[24:]))
+		proto, l4 = Proto(l3[6]), l3[40:]
+	} else {
+		s, d = netip.AddrFrom4([4]byte(l3[12:])), netip.AddrFrom4([4]byte(l3[16:]))
+		proto, l4 = Proto(l3[9]), l3[20:]
+	}
+	syn = proto == TCP && l4[13]&0x12 == 0x02
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(l4[0:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(l4[2:])), proto, syn
 }
 
 // The checks: what the program should make of a packet, from the model
@@ -1007,6 +1071,8 @@ func (s *BenchSuite) model(full bool) (*ModelState, error) {
 			return nil, err
 		}
 		transition(benchVIPFlood, flood)
+		// The flow table is full: no pin can be made.
+		m.PinFails = true
 		// The cold flows are pinned, each to the backend after its slot's.
 		for i := range benchColdVIPs {
 			v := m.VIPs[s.vips[i].key]
@@ -1029,15 +1095,14 @@ func (s *BenchSuite) model(full bool) (*ModelState, error) {
 	return m, nil
 }
 
-// decide is the model's decision for a frame of the benchmark (IPv4, TCP).
+// decide is the model's decision for a frame of the benchmark.
 func (s *BenchSuite) decide(full bool, pkt []byte) (Decision, *ModelState, error) {
 	m, err := s.model(full)
 	if err != nil {
 		return Decision{}, nil, err
 	}
-	src, dst := benchTuple(pkt)
-	syn := pkt[14+20+13]&0x12 == 0x02
-	return m.Decide(Packet{Src: src, Dst: dst, Proto: TCP, SYN: syn}), m, nil
+	src, dst, proto, syn := benchParse(pkt)
+	return m.Decide(Packet{Src: src, Dst: dst, Proto: proto, SYN: syn}), m, nil
 }
 
 // byModel expects a frame to be forwarded where the model of the steady or
@@ -1070,20 +1135,30 @@ func (s *BenchSuite) forward(mode Mode, hash uint32, pkt []byte, id uint32) ([]b
 	}
 	// IPIP: a new outer IPv4 header; the outer source's host bits carry
 	// the flow hash.
-	// The inner packet is routed: its TTL is one lower.
+	// The inner packet is routed: its TTL or hop limit is one lower.
 	inner := slices.Clone(pkt[14:])
-	inner[8]--
-	binary.BigEndian.PutUint16(inner[10:], 0)
-	binary.BigEndian.PutUint16(inner[10:], inetChecksum(0, inner[:20]))
+	innerProto := byte(4)
+	if inner[0]>>4 == 6 {
+		inner[7]--
+		innerProto = 41
+	} else {
+		inner[8]--
+		binary.BigEndian.PutUint16(inner[10:], 0)
+		binary.BigEndian.PutUint16(inner[10:], inetChecksum(0, inner[:20]))
+	}
 	out := make([]byte, 14+20+len(inner))
 	copy(out[0:6], b.NextHopMAC)
 	copy(out[6:12], b.SrcMAC)
 	binary.BigEndian.PutUint16(out[12:], 0x0800)
 	o := out[14:34]
-	o[0], o[1] = 0x45, inner[1]
+	tos := inner[1]
+	if innerProto == 41 {
+		tos = inner[0]<<4 | inner[1]>>4
+	}
+	o[0], o[1] = 0x45, tos
 	binary.BigEndian.PutUint16(o[2:], uint16(20+len(inner)))
 	binary.BigEndian.PutUint16(o[6:], 0x4000)
-	o[8], o[9] = 64, 4
+	o[8], o[9] = 64, innerProto
 	es := benchEncapSrc.Addr().As4()
 	bits := 32 - benchEncapSrc.Bits()
 	mask := uint32(1)<<bits - 1
@@ -1123,7 +1198,9 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	// The model of each datapath says where each frame goes: the flood VIP
 	// and the remap VIP moved every slot to new backends while the old ones
 	// stay up, so a non-SYN goes to the old backend (pinned or not), a SYN
-	// to the new one; the cold flows of the full datapath follow their pins.
+	// to the new one when it can be pinned there, else (the full datapath)
+	// to the old one too; the cold flows of the full datapath follow their
+	// pins.
 	steadyModel, fullModel := s.byModel(false), s.byModel(true)
 	// pinAll runs every flow of a case once, so that those whose slot
 	// moved are pinned, and checks how many were.
@@ -1238,7 +1315,7 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	})
 	floodSyn := &BenchCase{
 		Name:   "new_flow_flood_syn",
-		About:  "new_flow_flood with SYNs: they take the new table, and their pin attempts fail too",
+		About:  "new_flow_flood with SYNs: their pin attempts to the new backend fail too, so they go to the old one, as their flows' next packets will",
 		Budget: 150 * time.Nanosecond,
 		dp:     full, frame: flood(true),
 		verdict: XDPTx, expect: fullModel,
@@ -1252,7 +1329,32 @@ func (s *BenchSuite) newCases() []*BenchCase {
 		verdict: XDPTx, expect: fullModel,
 		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 1},
 	}
-	cs := []*BenchCase{nonVIP, l2, ipipCase, syn, floodCase, remapCase, coldCase, floodSyn, coldPinned, mixed}
+	client6 := netip.AddrPortFrom(benchClient6, benchSrcPort)
+	l2v6 := &BenchCase{
+		Name:   "established_l2_ipv6",
+		About:  "established_l2 over IPv6: a TCP ACK to a DSR L2 IPv6 VIP (budget: IPv4's + 5)",
+		Budget: l2.Budget + 5*time.Nanosecond,
+		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client6, vipPort(s.vips[s.vip6L2].key), false)},
+		verdict: XDPTx, expect: steadyModel,
+		counters: map[string]uint64{"tx/dsr_l2": 1, "event/pin_hit": 0},
+	}
+	ipipV6 := &BenchCase{
+		Name:   "established_ipip_ipv6",
+		About:  "established_ipip over IPv6: a TCP ACK to a DSR IPIP IPv6 VIP, encapsulated in IPv4 to its backend (6in4; budget: IPv4's + 5)",
+		Budget: ipipCase.Budget + 5*time.Nanosecond,
+		dp:     steady, frame: BenchFrame{Data: benchTCPFrame(client6, vipPort(s.vips[s.vip6IPIP].key), false)},
+		verdict: XDPTx, expect: steadyModel,
+		counters: map[string]uint64{"tx/dsr_ipip": 1},
+	}
+	udp := &BenchCase{
+		Name:   "established_udp",
+		About:  "a UDP datagram (48 bytes) to a DSR L2 VIP, no pins: as established_l2 (budget: TCP's)",
+		Budget: l2.Budget,
+		dp:     steady, frame: BenchFrame{Data: benchUDPFrame(client, vipPort(s.vips[s.vipUDP].key))},
+		verdict: XDPTx, expect: steadyModel,
+		counters: map[string]uint64{"tx/dsr_l2": 1},
+	}
+	cs := []*BenchCase{nonVIP, l2, ipipCase, syn, floodCase, remapCase, coldCase, floodSyn, coldPinned, mixed, l2v6, ipipV6, udp}
 	for _, c := range cs {
 		c.suite = s
 	}

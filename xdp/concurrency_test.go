@@ -85,7 +85,14 @@ func ccFrames() [][]byte {
 	return frames
 }
 
-// ccRun runs traffic for dur while update runs in a loop, then checks.
+// ccMinRounds is the fewest update rounds ccRun runs, however long they take:
+// a round waits for RCU grace periods (Sync, SetTable during a transition,
+// rewriting a half in use moments ago), tens of milliseconds each on a loaded
+// machine.
+const ccMinRounds = 20
+
+// ccRun runs traffic while update runs in a loop, for dur and at least
+// ccMinRounds rounds, then checks.
 func ccRun(t *testing.T, d *Datapath, dur time.Duration, allowedIDs []uint32, update func(i int) error) {
 	t.Helper()
 	allowed := map[string]bool{}
@@ -94,7 +101,7 @@ func ccRun(t *testing.T, d *Datapath, dur time.Duration, allowedIDs []uint32, up
 	}
 	before, _ := fxCounters(t, d)
 	frames := ccFrames()
-	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var tr ccTraffic
 	var wg sync.WaitGroup
@@ -104,14 +111,12 @@ func ccRun(t *testing.T, d *Datapath, dur time.Duration, allowedIDs []uint32, up
 
 	updates := 0
 	var updateErr error
-	for ctx.Err() == nil {
-		if err := update(updates); err != nil {
-			updateErr = err
-			cancel()
+	for end := time.Now().Add(dur); updates < ccMinRounds || time.Now().Before(end); updates++ {
+		if updateErr = update(updates); updateErr != nil {
 			break
 		}
-		updates++
 	}
+	cancel()
 	wg.Wait()
 	if updateErr != nil {
 		t.Fatalf("update %d: %v", updates, updateErr)
@@ -126,10 +131,8 @@ func ccRun(t *testing.T, d *Datapath, dur time.Duration, allowedIDs []uint32, up
 	if n := after["drop/no_backend"] - before["drop/no_backend"]; n != 0 {
 		t.Errorf("drop/no_backend moved by %d", n)
 	}
-	// A round waits for RCU grace periods (Sync, and SetTable during a
-	// transition), tens of milliseconds under this load: a round is slow.
-	if updates < 10 || tr.runs.Load() < 1000 {
-		t.Errorf("only %d update rounds and %d packets: the test proves little", updates, tr.runs.Load())
+	if tr.runs.Load() < 1000 {
+		t.Errorf("only %d packets in %d update rounds: the test proves little", tr.runs.Load(), updates)
 	}
 }
 
@@ -232,7 +235,9 @@ func TestUpdatesUnderTraffic(t *testing.T) {
 // every slot moving each time and a grace period longer than the test, while
 // packets of never-seen flows run. A packet sees the VIP's state before or
 // after a swap, never a table being written: a non-SYN packet of a new flow
-// goes to the previous table's backend, a SYN to the current one's. A table
+// goes to the previous table's backend, a SYN to the current one's if it was
+// pinned there, else (the flow table is small and fills up) to the previous
+// one's, where its flow's next packets will go. A table
 // that is rewritten in place while packets still read it as the previous
 // table shows up as a packet sent to the backend being written.
 func TestTransitionsUnderTraffic(t *testing.T) {
@@ -291,13 +296,20 @@ func TestTransitionsUnderTraffic(t *testing.T) {
 					tr.fail("%s: verdict %s, %v", client, fxVerdict(ret), err)
 					continue
 				}
+				pinned := false
+				if flags == packet.TCPSyn {
+					if _, pinned, err = d.LookupFlow(client, fxAP(vip.Addr, vip.Port), TCP); err != nil {
+						tr.fail("%s: %v", client, err)
+						continue
+					}
+				}
 				if to-from >= 2 {
 					continue // every backend is possible
 				}
 				// The packet saw one of the states from..to.
 				allowed := map[uint32]bool{}
 				for s := from; s <= to; s++ {
-					if flags == packet.TCPSyn {
+					if pinned {
 						allowed[backendOf(s)] = true
 					} else {
 						allowed[backendOf(s-1)] = true
@@ -306,7 +318,7 @@ func TestTransitionsUnderTraffic(t *testing.T) {
 				got := macs[net.HardwareAddr(opts.DataOut[:6]).String()]
 				checked.Add(1)
 				if !allowed[got] {
-					tr.fail("%s (%v) during swaps %d..%d went to backend %d, want one of %v", client, flags, from, to, got, allowed)
+					tr.fail("%s (%v, pinned %v) during swaps %d..%d went to backend %d, want one of %v", client, flags, pinned, from, to, got, allowed)
 				}
 			}
 		}()
@@ -326,5 +338,75 @@ func TestTransitionsUnderTraffic(t *testing.T) {
 	}
 	if g-2 < 10 || checked.Load() < 1000 {
 		t.Errorf("only %d swaps and %d checked packets: the test proves little", g-2, checked.Load())
+	}
+}
+
+// TestBackendEntryWritesUnderTraffic deletes and re-creates a backend entry
+// in a loop while packets keep reading it: during a transition whose previous
+// table names it in every slot, every non-SYN packet of a flow without a pin
+// looks the entry up (and pins to it, or follows its pin while the table has
+// room). A packet must go to that backend or, when it finds no usable entry,
+// to the current table's: never read an entry half deleted or half written.
+func TestBackendEntryWritesUnderTraffic(t *testing.T) {
+	d := fxOpen(t, Options{TransitionGrace: time.Hour, MaxFlows: 64})
+	vip := VIPKey{Addr: netip.MustParseAddr("198.19.10.1"), Port: 80, Proto: TCP}
+	if err := d.UpsertVIP(vip, VIP{Mode: ModeDSRL2, HashSeed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	const x, y = uint32(1), uint32(2)
+	allowed := map[string]bool{}
+	for _, id := range []uint32{x, y} {
+		b := ccBackend(id, 0)
+		allowed[b.NextHopMAC.String()] = true
+		if err := d.UpsertBackend(id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every slot moved from x to y moments ago.
+	if err := d.SetTable(vip, fxFill(251, x)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetTable(vip, fxFill(251, y)); err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	for i := range 200 {
+		client := fxAP(netip.AddrFrom4([4]byte{198, 18, 10, byte(i)}), uint16(20000+i))
+		frames = append(frames, fxIn(fxIP(client, fxAP(vip.Addr, vip.Port), packet.TCPAck, nil), nil))
+	}
+	before, _ := fxCounters(t, d)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var tr ccTraffic
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go tr.run(ctx, &wg, d, frames, allowed)
+	rounds := 0
+	for end := time.Now().Add(2 * time.Second); rounds < ccMinRounds || time.Now().Before(end); rounds++ {
+		err := d.DeleteBackend(x)
+		if err == nil {
+			err = d.UpsertBackend(x, ccBackend(x, 0))
+		}
+		if err != nil {
+			cancel()
+			wg.Wait()
+			t.Fatalf("round %d: %v", rounds, err)
+		}
+	}
+	cancel()
+	wg.Wait()
+	after, _ := fxCounters(t, d)
+	t.Logf("%d packets, %d rounds of delete and re-create, %d pin hits, %d stale pins", tr.runs.Load(), rounds,
+		after["event/pin_hit"]-before["event/pin_hit"], after["event/pin_stale"]-before["event/pin_stale"])
+	if n := tr.bad.Load(); n > 0 {
+		t.Errorf("%d of %d packets went wrong, first ones: %v", n, tr.runs.Load(), tr.errors)
+	}
+	for _, c := range []string{"drop/no_backend", "drop/redirect_failed"} {
+		if n := after[c] - before[c]; n != 0 {
+			t.Errorf("%s moved by %d", c, n)
+		}
+	}
+	if tr.runs.Load() < 1000 {
+		t.Errorf("only %d packets in %d rounds: the test proves little", tr.runs.Load(), rounds)
 	}
 }

@@ -24,6 +24,11 @@ func port(p uint16) uint16 { return bits.ReverseBytes16(p) }
 
 // Flows calls fn for every pinned flow, IPv4 then IPv6, until fn returns false.
 func (d *Datapath) Flows(fn func(Flow) bool) error {
+	return d.walkFlows(func(f Flow, _ uint64) bool { return fn(f) })
+}
+
+// walkFlows is Flows with each flow's last-seen stamp as the map holds it.
+func (d *Datapath) walkFlows(fn func(f Flow, lastSeen uint64) bool) error {
 	now := d.nowMono()
 	var k4 lbFlow4
 	var v lbCtValue
@@ -36,7 +41,7 @@ func (d *Datapath) Flows(fn func(Flow) bool) error {
 			Src: netip.AddrPortFrom(netip.AddrFrom4(s), port(k4.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom4(t), port(k4.Dport)),
 			Proto: Proto(k4.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
 		}
-		if !fn(f) {
+		if !fn(f, v.LastSeen) {
 			return nil
 		}
 	}
@@ -50,7 +55,7 @@ func (d *Datapath) Flows(fn func(Flow) bool) error {
 			Src: netip.AddrPortFrom(netip.AddrFrom16(k6.Saddr), port(k6.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom16(k6.Daddr), port(k6.Dport)),
 			Proto: Proto(k6.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
 		}
-		if !fn(f) {
+		if !fn(f, v.LastSeen) {
 			return nil
 		}
 	}
@@ -120,6 +125,30 @@ func (d *Datapath) deleteFlow(f Flow) error {
 	return err
 }
 
+// expireFlow deletes a flow the walk found expired or stale, unless the
+// program pinned it again since (a stale pin is replaced by the next packet
+// of its flow): then it is left, and renewed is true. A flow pinned again
+// between this lookup and the delete is still lost; that window is a
+// syscall long, where the walk's is the whole table's.
+func (d *Datapath) expireFlow(f Flow, lastSeen uint64) (renewed bool, err error) {
+	var v lbCtValue
+	if f.Src.Addr().Is4() {
+		err = d.objs.Ct4.Lookup(f.key4(), &v)
+	} else {
+		err = d.objs.Ct6.Lookup(f.key6(), &v)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if v.BackendId != f.BackendID || v.LastSeen != lastSeen {
+		return true, nil
+	}
+	return false, d.deleteFlow(f)
+}
+
 // FlowCounts returns the pinned flows of each family as the last Maintain
 // left them.
 func (d *Datapath) FlowCounts() (v4, v6 int) {
@@ -131,8 +160,11 @@ func (d *Datapath) FlowCounts() (v4, v6 int) {
 // MaintainResult says what Maintain did.
 type MaintainResult struct {
 	Expired, Stale int // pins removed for idleness, for a gone or down backend
-	Remaining      int
-	TablesFreed    int // previous tables released after their grace period
+	// Renewed counts the pins found expired or stale that the program made
+	// again before they were removed: they stay (in Remaining).
+	Renewed     int
+	Remaining   int
+	TablesFreed int // previous tables released after their grace period
 }
 
 // Maintain expires pins idle longer than idle or pointing to a backend that is
@@ -144,18 +176,23 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	hasPins := map[VIPKey]bool{}
-	var del []Flow
+	type seenFlow struct {
+		Flow
+		lastSeen uint64
+	}
+	var del []seenFlow
 	var hashes []uint32 // of the pins that stay
 	remaining4 := 0
-	err := d.Flows(func(f Flow) bool {
+	d.clearPinFilter() // before the walk, so no pin made meanwhile loses its bit
+	err := d.walkFlows(func(f Flow, lastSeen uint64) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
 		case !ok || b.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) == 0:
 			res.Stale++
-			del = append(del, f)
+			del = append(del, seenFlow{f, lastSeen})
 		case f.Idle > idle:
 			res.Expired++
-			del = append(del, f)
+			del = append(del, seenFlow{f, lastSeen})
 		default:
 			res.Remaining++
 			if f.Src.Addr().Is4() {
@@ -175,12 +212,25 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	if err != nil {
 		return res, err
 	}
+	if d.afterFlowWalk != nil {
+		d.afterFlowWalk()
+	}
 	for _, f := range del {
-		if err := d.deleteFlow(f); err != nil {
+		renewed, err := d.expireFlow(f.Flow, f.lastSeen)
+		if err != nil {
 			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
+		if renewed {
+			res.Renewed++
+			res.Remaining++
+			k := VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}
+			if _, ok := d.vips[k]; !ok {
+				k.Port = 0
+			}
+			hasPins[k] = true
+		}
 	}
-	if err := d.rebuildPinFilter(hashes); err != nil {
+	if err := d.switchPinFilter(hashes); err != nil {
 		return res, err
 	}
 	d.flows4, d.flows6 = remaining4, res.Remaining-remaining4

@@ -72,6 +72,7 @@ type Datapath struct {
 	mu         sync.Mutex
 	vips       map[VIPKey]*vipState
 	backends   map[uint32]*backendState
+	retired    map[uint32]*backendState // deleted ids whose slot is not all zero
 	vipIDs     idAllocator
 	tables     idAllocator
 	filter     map[uint32]int // filter bit -> number of VIP addresses on it
@@ -98,6 +99,9 @@ type Datapath struct {
 	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
 	dry       *dryObjects
 	dryClosed bool
+	// afterFlowWalk, if set, is called by Maintain once it has walked the
+	// flow tables (with d.mu held): tests make pins there.
+	afterFlowWalk func()
 }
 
 type vipState struct {
@@ -148,6 +152,7 @@ func Open(opts Options) (*Datapath, error) {
 		zeroStats:  make([]lbLbStats, ebpf.MustPossibleCPU()),
 		vips:       map[VIPKey]*vipState{},
 		backends:   map[uint32]*backendState{},
+		retired:    map[uint32]*backendState{},
 		indexOwner: map[uint32]VIPKey{},
 		slotsUsed:  map[uint32]use{},
 		filter:     map[uint32]int{},

@@ -6,10 +6,13 @@ package xdp
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/xdplb/xdplb/internal/packet"
 )
@@ -347,11 +350,13 @@ func TestFloodOfNewFlowsKeepsPinnedFlows(t *testing.T) {
 	}
 
 	// A SYN flood of new tuples during the transition evicts nothing either
-	// (SYNs whose slot moved try to pin to the current table).
+	// (SYNs whose slot moved try to pin to the current table). A SYN whose
+	// pin fails goes where its flow's next packets, finding no pin, will
+	// go: the previous table's backend.
 	before, _ = fxCounters(t, w.d)
 	for i := range uint16(500) {
-		if got := w.send(t, vip, 50000+i, packet.TCPSyn); got != fsB {
-			t.Fatalf("SYN %d went to %d, want the current table's %d", i, got, fsB)
+		if got := w.send(t, vip, 50000+i, packet.TCPSyn); got != fsA {
+			t.Fatalf("SYN %d went to %d, want the previous table's %d", i, got, fsA)
 		}
 	}
 	after, _ = fxCounters(t, w.d)
@@ -420,4 +425,97 @@ func TestMaintainExpiresOnlyIdlePins(t *testing.T) {
 	w.expect(t, vip, 2, packet.TCPAck, fsC, "event/pin_hit")
 	w.expect(t, vip, 4, packet.TCPAck, fsA)
 	w.expect(t, vip, 6, packet.TCPAck, fsA)
+}
+
+// TestHandshakeAgreesWithoutPin: during a transition a SYN whose slot moved
+// is pinned to the current backend. When the pin cannot be made (flow table
+// full, or this CPU backing off after a failure), the flow's next packets
+// find no pin: the SYN must go where they go, the previous backend while it
+// is up, or the handshake is split between two backends.
+func TestHandshakeAgreesWithoutPin(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fam      string
+		full     bool // fill the flow table; else set every CPU's backoff
+		prevDown bool
+		want     uint32
+	}{
+		{name: "flow table full", fam: "IPv4", full: true, want: fsA},
+		{name: "flow table full", fam: "IPv6", full: true, want: fsA},
+		{name: "backoff", fam: "IPv4", want: fsA},
+		{name: "backoff", fam: "IPv6", want: fsA},
+		{name: "flow table full, previous backend down", fam: "IPv4", full: true, prevDown: true, want: fsB},
+	} {
+		t.Run(tc.name+"/"+tc.fam, func(t *testing.T) {
+			const maxFlows = 8
+			w := newFSWorld(t, Options{MaxFlows: maxFlows})
+			vip := w.vip4
+			if tc.fam == "IPv6" {
+				vip = w.vip6
+			}
+			w.setAll(t, vip, fsA)
+			if tc.full {
+				for port := range uint16(maxFlows) {
+					in := fsFrame(vip, 1000+port, packet.TCPAck)
+					src := netip.AddrFrom4([4]byte(in[26:30]))
+					if vip.Addr.Is6() {
+						src = netip.AddrFrom16([16]byte(in[22:38]))
+					}
+					f := Flow{Src: fxAP(src, 1000+port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
+					if err := w.d.PinFlow(f); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				until := make([]uint64, ebpf.MustPossibleCPU())
+				for i := range until {
+					until[i] = math.MaxUint64
+				}
+				if err := w.d.objs.PinBackoff.Put(uint32(0), until); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.prevDown {
+				if err := w.d.UpsertBackend(fsA, fsBackend(fsA, false)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w.setAll(t, vip, fsB) // every slot moved from A to B
+			before, _ := fxCounters(t, w.d)
+			statsBefore := map[uint32]Stats{}
+			for _, id := range []uint32{fsA, fsB} {
+				statsBefore[id], _ = w.d.BackendStats(id)
+			}
+
+			const f = 40001
+			w.expect(t, vip, f, packet.TCPSyn, tc.want, "event/pin_table_full")
+			w.expect(t, vip, f, packet.TCPAck, tc.want, "event/pin_table_full")
+			w.expect(t, vip, f, packet.TCPAck|packet.TCPPsh, tc.want, "event/pin_table_full")
+
+			after, _ := fxCounters(t, w.d)
+			if d := after["event/tcp_syn"] - before["event/tcp_syn"]; d != 1 {
+				t.Errorf("event/tcp_syn moved by %d, want 1", d)
+			}
+			if d := after["tx/dsr_l2"] - before["tx/dsr_l2"]; d != 3 {
+				t.Errorf("tx/dsr_l2 moved by %d, want 3", d)
+			}
+			for _, id := range []uint32{fsA, fsB} {
+				s, err := w.d.BackendStats(id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := Stats{}
+				if id == tc.want {
+					want = Stats{Packets: 3, NewFlows: 1}
+				}
+				got := Stats{Packets: s.Packets - statsBefore[id].Packets, NewFlows: s.NewFlows - statsBefore[id].NewFlows}
+				if got != want {
+					t.Errorf("backend %d counted %d packets and %d new flows, want %d and %d", id, got.Packets, got.NewFlows, want.Packets, want.NewFlows)
+				}
+			}
+			if pins := w.pins(t); len(pins) != map[bool]int{true: maxFlows}[tc.full] {
+				t.Errorf("%d pins, want only the %d that filled the table", len(pins), map[bool]int{true: maxFlows}[tc.full])
+			}
+		})
+	}
 }

@@ -55,6 +55,9 @@ type ModelState struct {
 	// is. Datapath.ModelState's reads the flow tables, and a lookup that
 	// fails reads as no pin (Explain then shows a disagreement).
 	Pin func(src, dst netip.AddrPort, proto Proto) (id uint32, ok bool)
+	// PinFails says no new pin can be made: the flow table is full (the
+	// program's per-CPU backoff after a failure is not modelled).
+	PinFails bool
 }
 
 // The rules of a Decision.
@@ -194,6 +197,13 @@ func (s *ModelState) Decide(p Packet) Decision {
 				return d
 			}
 			pin()
+			// A SYN whose pin cannot be made goes where its flow's next
+			// packets, finding no pin, will go: the previous backend while
+			// it is up. The handshake is never split.
+			if p.SYN && !p.ICMPError && s.PinFails && s.up(prev) {
+				d.Rule, d.BackendID = RulePrevious, prev
+				return d
+			}
 		}
 	}
 	if _, ok := s.Backends[d.BackendID]; !ok || d.BackendID == 0 {

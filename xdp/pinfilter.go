@@ -49,14 +49,26 @@ func (d *Datapath) markPin(hash uint32) {
 	}
 }
 
-// rebuildPinFilter clears the half packets do not read, sets the bits of the
-// given flow hashes in it, and makes it the one packets read. Pins the
-// program makes meanwhile set their bit in both halves, so none is lost.
-func (d *Datapath) rebuildPinFilter(hashes []uint32) error {
+// clearPinFilter zeroes the half of the filter packets do not read, the
+// first step of its rebuild: Maintain calls it before it walks the flow
+// tables. The program sets a pin's bit after it inserts the pin, so a bit
+// set before the zeroing reached its word belongs to a pin already in the
+// flow tables when the walk starts: the walk finds it and sets the bit again
+// (switchPinFilter). A pin made later sets its bit in the cleared half
+// itself. No pin loses its bit; clearing after the walk would erase the bits
+// of pins made while it ran.
+func (d *Datapath) clearPinFilter() {
 	next := 1 - d.settings.PinFilter&1
 	for i := 0; i < pinFilterWords; i++ {
 		atomic.StoreUint64(d.pinWord(next, uint32(i)<<6), 0)
 	}
+}
+
+// switchPinFilter sets the bits of the given flow hashes (of every pin the
+// walk found) in the half clearPinFilter cleared, and makes it the one
+// packets read.
+func (d *Datapath) switchPinFilter(hashes []uint32) error {
+	next := 1 - d.settings.PinFilter&1
 	for _, h := range hashes {
 		bit := h >> (32 - pinFilterShift)
 		atomic.OrUint64(d.pinWord(next, bit), 1<<(bit&63))

@@ -12,8 +12,9 @@
  * Flow state is lazy: a VIP keeps its previous table for a grace period after
  * a change; a non-SYN packet whose backend differs between the previous and
  * current table is pinned to the previous backend (if still up), a SYN to the
- * current one. Steady-state traffic creates no state; see
- * docs/architecture.md.
+ * current one (or, when that pin cannot be made, sent to the previous one,
+ * where its next packets will go). Steady-state traffic creates no state;
+ * see docs/architecture.md.
  *
  * The code is in lb.h, shared with the benchmark wrappers (bench.bpf.c, an
  * object of their own that the daemon never loads). */

@@ -230,7 +230,9 @@ static __always_inline int pin_maybe(__u32 hash)
 	return !w || (*w & (1ULL << (bit & 63)));
 }
 
-/* pin_mark sets a new pin's bit in both halves of the filter. */
+/* pin_mark sets a new pin's bit in both halves of the filter, once the pin
+ * is in the flow table: Maintain relies on that order when it rebuilds a
+ * half (xdp/pinfilter.go). */
 static __always_inline void pin_mark(__u32 hash)
 {
 	__u32 bit = hash >> (32 - PIN_FILTER_SHIFT);
@@ -272,7 +274,10 @@ struct {
 	__type(value, __u64);
 } pin_backoff SEC(".maps");
 
-static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace, __u32 hash)
+/* ct_pin pins the flow to backend_id; it returns 0 if the flow is pinned
+ * (by this packet or, moments before, by another CPU), -1 if it is not. A
+ * dry run pins nothing and reports the pin as made. */
+static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace, __u32 hash)
 {
 	struct ct_value v = { .backend_id = backend_id, .last_seen = now };
 	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
@@ -285,11 +290,11 @@ static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, i
 
 		if (r)
 			r->pin = replace ? DRY_PIN_REPLACE : DRY_PIN_CREATE;
-		return;
+		return 0;
 	}
 	if (until && now < *until) {
 		count(CNT_EV_PIN_FULL);
-		return;
+		return -1;
 	}
 
 	if (p->family == 4) {
@@ -319,7 +324,9 @@ static __always_inline void ct_pin(struct pkt *p, __u32 backend_id, __u64 now, i
 		count(CNT_EV_PIN_FULL);
 		if (until)
 			*until = now + PIN_BACKOFF_NS;
+		return -1;
 	}
+	return 0;
 }
 
 /* backend_lookup returns the entry of backend id in use, or NULL. */
@@ -384,8 +391,17 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 					return pb;
 				}
 			}
-			if (!p->icmp_err)
-				ct_pin(p, cur, now, stale, hash);
+			if (!p->icmp_err && ct_pin(p, cur, now, stale, hash) && p->syn) {
+				/* A SYN whose pin cannot be made goes where the next
+				 * packets of its flow, finding no pin, will go: the
+				 * previous backend while it is up. The handshake is
+				 * never split. */
+				pb = backend_lookup(prev);
+				if (backend_up(pb)) {
+					*id = prev;
+					return pb;
+				}
+			}
 		}
 	}
 	return backend_lookup(*id);
