@@ -85,5 +85,6 @@ type (
 	MoveInfo        = controlplane.MoveInfo
 	BackendPlanInfo = controlplane.BackendPlanInfo
 	PinEstimate     = controlplane.PinEstimate
+	LaterInfo       = controlplane.LaterInfo
 	AnnouncePlan    = controlplane.AnnouncePlan
 )

@@ -136,6 +136,10 @@ func writePlan(w io.Writer, p PlanInfo) error {
 		default:
 			fmt.Fprintf(&b, "  table: %d -> %d slots, %s of flows move\n", v.OldTableSize, v.TableSize, percent2(v.Moved))
 		}
+		if l := v.Later; l != nil {
+			fmt.Fprintf(&b, "  once %s %s its health check: %d of %d slots move (%s of flows)\n",
+				strings.Join(l.Pending, ", "), plural(len(l.Pending), "passes", "pass"), l.SlotsMoved, v.TableSize, percent2(l.Moved))
+		}
 		if len(v.Moves) > 0 && v.Action == "change" {
 			t := newTable()
 			t.row("", "FROM", "TO", "SLOTS", "FLOWS")
@@ -153,8 +157,12 @@ func writePlan(w io.Writer, p PlanInfo) error {
 			pe := v.Pins
 			fmt.Fprintf(&b, "  pinned flows: %d now, %d would lose their pin\n", pe.Pinned, pe.PinsLost)
 			if pe.Window > 0 && v.Action == "change" && strings.HasPrefix(pe.Basis, "TCP") {
+				moved := v.Moved
+				if v.Later != nil {
+					moved = v.Later.Moved
+				}
 				fmt.Fprintf(&b, "  flows to pin: ~%d (estimated: %d TCP SYNs in the last %s, times the %s of flows that move)\n",
-					pe.Estimate, pe.NewFlows, roundDuration(time.Duration(pe.Window*float64(time.Second))), percent2(v.Moved))
+					pe.Estimate, pe.NewFlows, roundDuration(time.Duration(pe.Window*float64(time.Second))), percent2(moved))
 			} else if pe.Basis != "" {
 				fmt.Fprintf(&b, "  flows to pin: %s\n", pe.Basis)
 			}
@@ -166,8 +174,11 @@ func writePlan(w io.Writer, p PlanInfo) error {
 		}
 		fmt.Fprintf(&b, "\nAnnouncer %s: start %s; stop %s\n", a.Announcer, listOrDash(a.Start), listOrDash(a.Stop))
 	}
-	for _, o := range p.Other {
-		fmt.Fprintf(&b, "\n%s\n", o)
+	if len(p.Other) > 0 {
+		b.WriteString("\nOther changes:\n")
+		for _, o := range p.Other {
+			fmt.Fprintf(&b, "  %s\n", o)
+		}
 	}
 	if len(p.ApplyErrors) > 0 {
 		fmt.Fprintf(&b, "\nThe apply would leave out:\n")

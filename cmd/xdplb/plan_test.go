@@ -44,8 +44,13 @@ func fakePlan() PlanInfo {
 			{VIP: "198.18.10.12:443/tcp", Service: "old", Action: "remove", OldTableSize: 251, SlotsMoved: 251, Moved: 1,
 				Pins: PinEstimate{Pinned: 1, PinsLost: 1, Basis: "the VIP is removed: its flows end"}},
 			{VIP: "198.18.10.10:443/tcp", Service: "web", Action: "same", OldTableSize: 251, TableSize: 251},
+			{VIP: "198.18.10.10:8443/tcp", Service: "web", Action: "change", Changes: []string{"backend 198.18.1.15 added"},
+				OldTableSize: 251, TableSize: 251, Later: &LaterInfo{Pending: []string{"198.18.1.15"}, SlotsMoved: 63, Moved: 0.2498},
+				Pins: PinEstimate{Pinned: 0, NewFlows: 400, Window: 900, Estimate: 100,
+					Basis: "TCP SYNs to the VIP in the last 15m0s (flows younger than conntrack.idleTimeout count as live) × 24.98% of the hash space moving"}},
 		},
 		Announce: []AnnouncePlan{{Announcer: "eth0", Start: []string{"198.18.10.11"}, Stop: []string{"198.18.10.12"}}},
+		Other:    []string{"service web: health check tcp -> http /healthz (a backend keeps whether it is up until the new check decides)"},
 	}
 }
 

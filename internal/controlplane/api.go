@@ -263,9 +263,19 @@ type VIPPlanInfo struct {
 	Moved      float64           `json:"moved"`
 	Moves      []MoveInfo        `json:"moves,omitempty"`
 	Backends   []BackendPlanInfo `json:"backends,omitempty"`
+	// Later is the table once the backends whose health check has not
+	// decided yet (new ones start down) pass it, when that moves more.
+	Later *LaterInfo `json:"later,omitempty"`
 	// Pins estimates the flows the change would pin, for a VIP that stays
-	// and changes.
+	// and changes (with Later, once the pending backends are up).
 	Pins PinEstimate `json:"pins"`
+}
+
+// LaterInfo is a VIP's table change once its pending backends are up.
+type LaterInfo struct {
+	Pending    []string `json:"pending"`
+	SlotsMoved int      `json:"slotsMoved"`
+	Moved      float64  `json:"moved"`
 }
 
 // MoveInfo is a part of a table going from one backend to another ("none":

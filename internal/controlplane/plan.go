@@ -89,8 +89,13 @@ func (p *Plane) Plan(ctx context.Context, name string, data []byte) (PlanInfo, e
 	for _, s := range services {
 		state.Services = append(state.Services, lbService(s))
 	}
-	healthy := p.checker.PlannedHealth(health.Targets(services))
-	plan := p.rec.Plan(ctx, state, healthy)
+	targets := health.Targets(services)
+	plan := p.rec.Plan(ctx, state, p.checker.PlannedHealth(targets, false))
+	// The tables once the new backends' checks pass, when that differs.
+	later := map[xdp.VIPKey]lb.VIPPlan{}
+	for _, v := range p.rec.Plan(ctx, state, p.checker.PlannedHealth(targets, true)).VIPs {
+		later[v.Key] = v
+	}
 	for _, e := range plan.Errors {
 		info.ApplyErrors = append(info.ApplyErrors, fmt.Sprintf("%s %s: %s", e.Service, e.VIP, e.Err))
 	}
@@ -109,8 +114,21 @@ func (p *Plane) Plan(ctx context.Context, name string, data []byte) (PlanInfo, e
 		for _, b := range v.Backends {
 			vi.Backends = append(vi.Backends, BackendPlanInfo{Address: backendAddr(b.Addr), ID: b.ID, Weight: b.Weight, Healthy: b.Healthy, OldSlots: b.OldSlots, Slots: b.Slots, Change: b.Change, Error: b.Error})
 		}
-		if v.Action != lb.ActionSame && v.Action != lb.ActionAdd {
-			vi.Pins = estimatePins(v, pins[v.Key], window, syns)
+		est := v
+		if l, ok := later[v.Key]; ok && (l.SlotsMoved != v.SlotsMoved || l.Moved != v.Moved) {
+			vi.Later = &LaterInfo{SlotsMoved: l.SlotsMoved, Moved: l.Moved}
+			for _, b := range l.Backends {
+				if b.Healthy && !healthyIn(v, b.Addr) && b.Change != "removed" {
+					vi.Later.Pending = append(vi.Later.Pending, backendAddr(b.Addr))
+				}
+			}
+			if v.Action == lb.ActionSame {
+				vi.Action = lb.ActionChange
+			}
+			est = l
+		}
+		if vi.Action != lb.ActionSame && vi.Action != lb.ActionAdd {
+			vi.Pins = estimatePins(est, pins[v.Key], window, syns)
 		}
 		info.VIPs = append(info.VIPs, vi)
 	}
@@ -145,8 +163,23 @@ func (p *Plane) Plan(ctx context.Context, name string, data []byte) (PlanInfo, e
 	for _, a := range p.announcers {
 		info.Announce = append(info.Announce, AnnouncePlan{Announcer: a.Name(), Start: start, Stop: stop})
 	}
-	info.Changed = plan.Changed() || len(info.Other) > 0 || len(start)+len(stop) > 0
+	for _, v := range info.VIPs {
+		if v.Later != nil {
+			info.Changed = true
+		}
+	}
+	info.Changed = info.Changed || plan.Changed() || len(info.Other) > 0 || len(start)+len(stop) > 0
 	return info, nil
+}
+
+// healthyIn says whether the plan has the backend at ap healthy.
+func healthyIn(v lb.VIPPlan, ap netip.AddrPort) bool {
+	for _, b := range v.Backends {
+		if b.Addr == ap {
+			return b.Healthy
+		}
+	}
+	return false
 }
 
 func moveEnd(ap netip.AddrPort) string {
@@ -209,10 +242,39 @@ func configChanges(old, next *config.Config) []string {
 	if old.Encap != next.Encap {
 		out = append(out, fmt.Sprintf("encap sources %s, %s -> %s, %s", old.Encap.SourceIPv4, old.Encap.SourceIPv6, next.Encap.SourceIPv4, next.Encap.SourceIPv6))
 	}
+	for _, n := range next.ServiceSpecs {
+		for _, o := range old.ServiceSpecs {
+			if o.Name != n.Name {
+				continue
+			}
+			if !o.HealthCheck.Equal(n.HealthCheck) {
+				out = append(out, fmt.Sprintf("service %s: health check %s -> %s (a backend keeps whether it is up until the new check decides)", n.Name, checkString(o.HealthCheck), checkString(n.HealthCheck)))
+			}
+			if o.MinHealthyBackends != n.MinHealthyBackends || o.Announce != n.Announce {
+				out = append(out, fmt.Sprintf("service %s: announce %v, minHealthyBackends %d -> announce %v, minHealthyBackends %d", n.Name, o.Announce, o.MinHealthyBackends, n.Announce, n.MinHealthyBackends))
+			}
+		}
+	}
 	if old.Conntrack.IdleTimeout != next.Conntrack.IdleTimeout {
 		out = append(out, fmt.Sprintf("conntrack.idleTimeout %v -> %v", old.Conntrack.IdleTimeout, next.Conntrack.IdleTimeout))
 	}
 	return out
+}
+
+// checkString names a health check in a line: its type, and its port and
+// path when set.
+func checkString(h config.HealthCheck) string {
+	s := string(h.Type)
+	if s == "" {
+		s = "none"
+	}
+	if h.Port != 0 {
+		s += fmt.Sprintf(" port %d", h.Port)
+	}
+	if h.Path != "" {
+		s += " " + h.Path
+	}
+	return s
 }
 
 // peekSeed reads the appliance's own seed without making one: fresh says

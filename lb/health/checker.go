@@ -218,7 +218,10 @@ func (c *Checker) SetTargets(targets []Target) {
 // SetTargets(targets), for a plan; nothing changes. Like SetTargets: a
 // target already checked keeps whether it is up, a new one is down until
 // its check passes, a backend without a check is healthy.
-func (c *Checker) PlannedHealth(targets []Target) lb.Health {
+//
+// With pendingUp, backends whose check has not decided yet (new ones) count
+// as up: the table once their checks pass.
+func (c *Checker) PlannedHealth(targets []Target, pendingUp bool) lb.Health {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	up := make(map[lb.BackendKey]bool, len(targets))
@@ -233,7 +236,7 @@ func (c *Checker) PlannedHealth(targets []Target) lb.Health {
 		case ok:
 			up[t.Key] = saved.state(&t).Up
 		default:
-			up[t.Key] = false
+			up[t.Key] = pendingUp
 		}
 	}
 	return func(k lb.BackendKey) bool {
