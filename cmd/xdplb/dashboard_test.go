@@ -127,44 +127,72 @@ func TestDashboardNames(t *testing.T) {
 // Prometheus scraping the real daemon, with traffic through two VIPs,
 // health checks, L2 announcements and a reload: each must parse and return
 // data.
-func TestDashboardQueries(t *testing.T) {
+// opsDaemon is the real daemon of the ops tests, in the namespace topology
+// with its servers: two VIPs (web4, web6) over three backends with TCP
+// health checks, L2 announcements on eth0, metrics scraped by a real
+// Prometheus.
+type opsDaemon struct {
+	bin, socket, cfgPath, config string
+	addrs                        []string
+	topo                         *testnet.Topology
+	srv                          *scenario.Servers
+	prom                         *promtest.Server
+	d                            *runningDaemon
+}
+
+func opsConfig(f testFiles, addrs []string, weight string) string {
+	check := "    healthCheck: {type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 2}\n"
+	web4 := serviceYAML("web4", "198.18.100.1", addrs, check)
+	if weight != "" {
+		web4 = strings.Replace(web4, "{address: "+addrs[0]+"}", "{address: "+addrs[0]+", weight: "+weight+"}", 1)
+	}
+	return applianceYAML(f, "198.18.0.2", "2001:db8::2", "announce:\n  l2:\n    interfaces: [eth0]\nservices:\n"+
+		web4+serviceYAML("web6", "2001:db8:100::1", addrs, check))
+}
+
+func startOpsDaemon(t *testing.T) *opsDaemon {
+	t.Helper()
 	testnet.RequirePrivileged(t)
-	queries := dashboardQueries(t)
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	topo := testnet.NewTestTopology(t, testnet.TopologyConfig{Backends: 3})
-	srv, err := scenario.StartServers(topo, false)
+	o := &opsDaemon{bin: bin}
+	o.topo = testnet.NewTestTopology(t, testnet.TopologyConfig{Backends: 3})
+	o.srv, err = scenario.StartServers(o.topo, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { o.srv.Close() })
 	dir := t.TempDir()
 	bpf := filepath.Join(testnet.MountBPFFS(t), "xdplb")
-	cfgPath := filepath.Join(dir, "xdplb.yaml")
-	socket := filepath.Join(dir, "xdplb.sock")
-	var addrs []string
-	for _, b := range topo.Backends {
-		addrs = append(addrs, b.IPv4.String())
+	o.cfgPath = filepath.Join(dir, "xdplb.yaml")
+	o.socket = filepath.Join(dir, "xdplb.sock")
+	for _, b := range o.topo.Backends {
+		o.addrs = append(o.addrs, b.IPv4.String())
 	}
-	check := "    healthCheck: {type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 2}\n"
-	f := testFiles{Socket: socket, State: dir + "/state", BPF: bpf, Metrics: "127.0.0.1:9650"}
-	config := applianceYAML(f, "198.18.0.2", "2001:db8::2", "announce:\n  l2:\n    interfaces: [eth0]\nservices:\n"+
-		serviceYAML("web4", "198.18.100.1", addrs, check)+serviceYAML("web6", "2001:db8:100::1", addrs, check))
-	writeAtomically(t, cfgPath, config)
-	d := startTestDaemon(t, bin, topo.LB.NS, cfgPath, socket)
+	o.config = opsConfig(testFiles{Socket: o.socket, State: dir + "/state", BPF: bpf, Metrics: "127.0.0.1:9650"}, o.addrs, "")
+	writeAtomically(t, o.cfgPath, o.config)
+	o.d = startTestDaemon(t, bin, o.topo.LB.NS, o.cfgPath, o.socket)
 	t.Cleanup(func() {
-		d.stop(t)
+		o.d.stop(t)
 		if out, err := cli(t, bin, "detach", "--pin-path", bpf); err != nil {
 			t.Errorf("xdplb detach: %v\n%s", err, out)
 		}
 		if t.Failed() {
-			t.Logf("log of xdplb run:\n%s", d.log)
+			t.Logf("log of xdplb run:\n%s", o.d.log)
 		}
 	})
-	prom := promtest.StartWith(t, "127.0.0.1:9650", promtest.Options{NS: topo.LB.NS})
+	o.prom = promtest.StartWith(t, "127.0.0.1:9650", promtest.Options{NS: o.topo.LB.NS})
+	return o
+}
+
+func TestDashboardQueries(t *testing.T) {
+	queries := dashboardQueries(t)
+	o := startOpsDaemon(t)
+	ctx := context.Background()
+	bin, socket, cfgPath, config, srv, prom := o.bin, o.socket, o.cfgPath, o.config, o.srv, o.prom
+	var err error
 
 	// Traffic, until the queries are done: rates need two scrapes of it.
 	tctx, stopTraffic := context.WithCancel(ctx)
