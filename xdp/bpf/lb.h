@@ -105,12 +105,17 @@ static __always_inline void monitor_verdict(struct xdp_md *ctx, struct pkt *p, _
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* is_monitored says whether a verdict's reason is an event of the monitor:
- * one compare or two for the verdicts of most packets. */
+/* is_monitored says whether a verdict's reason is an event of the monitor
+ * (a drop, an ICMP message sent or forwarded, an echo reply): one bit of a
+ * constant mask, a shift and a test for the verdicts of most packets. */
+#define MON_REASONS(lo, hi) (((1ULL << (hi)) - 1) & ~((1ULL << (lo)) - 1))
+_Static_assert(COUNTER_EVENTS <= 64, "the monitor's reason mask holds 64 reasons");
+
 static __always_inline int is_monitored(__u32 reason)
 {
-	return (reason >= CNT_DROP_FRAGMENT && reason < CNT_TX_L2) ||
-	       (reason >= CNT_TX_ICMP_ECHO && reason < COUNTER_EVENTS);
+	const __u64 mask = MON_REASONS(CNT_DROP_FRAGMENT, CNT_TX_L2) | MON_REASONS(CNT_TX_ICMP_ECHO, COUNTER_EVENTS);
+
+	return (mask >> (reason & 63)) & 1;
 }
 
 static __always_inline void count(__u32 idx)
