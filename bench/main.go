@@ -2,12 +2,19 @@
 // the results.
 //
 //	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+//	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
 // in the same runs, and checks every run's verdict, output and counters. It
 // needs root. A missed budget is reported, not an error: the exit status is
 // non-zero only when the benchmark could not run or a check failed.
+//
+// fuzz runs a differential fuzzing campaign: configurations and frames made
+// from a pseudo-random seed, each frame through the XDP program and through
+// the frame model (xdp.FrameModel), comparing verdict, output and counters.
+// It prints the packets run, the configurations, the divergences and the
+// throughput, and exits non-zero on any divergence. It needs root.
 package main
 
 import (
@@ -40,11 +47,17 @@ func main() {
 }
 
 const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+       bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
+fuzz      differential fuzzing of the XDP program against its Go model: packets
+          run, configurations, divergences (must be 0) and packets/s (needs root)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "fuzz" {
+		return fuzz(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "datapath" {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no benchmark named")

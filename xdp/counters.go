@@ -79,16 +79,21 @@ func (d *Datapath) Counters() ([]Counter, error) {
 	return out, nil
 }
 
-// Counter reads one counter by action and reason; unknown names read 0.
+// Counter reads one counter by action and reason, summed over CPUs.
 func (d *Datapath) Counter(action, reason string) (uint64, error) {
-	cs, err := d.Counters()
-	if err != nil {
-		return 0, err
-	}
-	for _, c := range cs {
-		if c.Action == action && c.Reason == reason {
-			return c.Value, nil
+	for i, n := range counterNames {
+		if n.action != action || n.reason != reason {
+			continue
 		}
+		var perCPU []uint64
+		if err := d.objs.Stats.Lookup(i, &perCPU); err != nil {
+			return 0, fmt.Errorf("reading counter %s/%s: %w", action, reason, err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		return sum, nil
 	}
 	return 0, fmt.Errorf("no counter %s/%s", action, reason)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdplb/xdplb/internal/gpcheck"
 	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
@@ -952,6 +953,11 @@ func checkFixture(t *testing.T, d *Datapath, f fixture) {
 		// A fragment's transport checksum covers the whole datagram.
 		if err := packet.VerifyFrame(out); err != nil && !errors.Is(err, packet.ErrFragment) {
 			t.Errorf("output frame: %v", err)
+		}
+		// And gopacket, which shares no code with the builder of the
+		// expected frames, reads it too (fragments: no transport header).
+		for _, p := range gpcheck.Problems(out) {
+			t.Errorf("output frame: %s", p)
 		}
 	}
 	if _, ok := after[f.wantCounter]; !ok || !slices.Contains(verdicts, f.wantCounter) {

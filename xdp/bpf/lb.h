@@ -572,6 +572,27 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 	return xmit(ctx, b, CNT_TX_IPIP, CNT_REDIRECT_IPIP);
 }
 
+/* icmp_sum adds the len bytes at w (an ICMP message, at most
+ * ICMP_HLEN + ICMP6_QUOTE long, ending at data_end) to sum, as 16-bit
+ * words in memory order; an odd last byte counts as a word padded with
+ * zero. */
+static __always_inline __u64 icmp_sum(__u16 *w, void *data_end, __u32 len, __u64 sum)
+{
+#pragma unroll
+	for (int i = 0; i < (ICMP_HLEN + ICMP6_QUOTE) / 2; i++) {
+		if ((__u32)(2 * i + 2) > len || (void *)(w + i + 1) > data_end)
+			break;
+		sum += w[i];
+	}
+	if (len & 1 && len <= ICMP_HLEN + ICMP6_QUOTE) {
+		__u8 *last = (__u8 *)w + len - 1;
+
+		if ((void *)(last + 1) <= data_end)
+			sum += *last;
+	}
+	return sum;
+}
+
 /* icmp_back answers the client with an ICMP error quoting the start of its
  * packet, sent back out of the interface it came in on: "fragmentation
  * needed" / "packet too big" (too_big, rest is the MTU) or "time exceeded"
@@ -600,8 +621,10 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		hdr = IPV6_HLEN + ICMP_HLEN;
 		quote = ICMP6_QUOTE;
 	}
-	/* The quote is the original IP header and 8 bytes: TCP and UDP headers
-	 * are at least that long, and were checked to be there. */
+	/* The quote is the original IP header and 8 bytes, or the whole packet
+	 * when it is shorter (the last fragment of a datagram can be). */
+	if (p->l3_len < (__u32)quote)
+		quote = p->l3_len;
 	if (bpf_xdp_adjust_head(ctx, -hdr))
 		return CNT_DROP_ADJUST;
 	data = (void *)(long)ctx->data;
@@ -618,11 +641,11 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		struct icmp_common *ic = data + l2 + IPV4_HLEN;
 		__u16 *w = (void *)ic;
 
-		if (data + l2 + IPV4_HLEN + ICMP_HLEN + ICMP4_QUOTE > data_end)
+		if (data + l2 + IPV4_HLEN + ICMP_HLEN > data_end)
 			return CNT_DROP_ADJUST;
 		struct iphdr o = {
 			.version = 4, .ihl = 5, .tos = 0xc0,
-			.tot_len = bpf_htons(IPV4_HLEN + ICMP_HLEN + ICMP4_QUOTE),
+			.tot_len = bpf_htons(IPV4_HLEN + ICMP_HLEN + quote),
 			.ttl = cfg_ttl, .protocol = IPPROTO_ICMP_,
 			.saddr = p->daddr[0], .daddr = p->saddr[0],
 		};
@@ -632,17 +655,15 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		ic->code = too_big ? ICMP_FRAG_NEEDED : 0;
 		ic->checksum = 0;
 		ic->rest = bpf_htonl(mtu & 0xffff);
-#pragma unroll
-		for (int i = 0; i < (ICMP_HLEN + ICMP4_QUOTE) / 2; i++)
-			sum += w[i];
+		sum = icmp_sum(w, data_end, ICMP_HLEN + quote, 0);
 		ic->checksum = csum_fold(sum);
 	} else {
 		struct ipv6hdr *ip6 = data + l2;
 		struct icmp_common *ic = data + l2 + IPV6_HLEN;
 		__u16 *w = (void *)ic;
-		__u32 len = ICMP_HLEN + ICMP6_QUOTE;
+		__u32 len = ICMP_HLEN + quote;
 
-		if (data + l2 + IPV6_HLEN + ICMP_HLEN + ICMP6_QUOTE > data_end)
+		if (data + l2 + IPV6_HLEN + ICMP_HLEN > data_end)
 			return CNT_DROP_ADJUST;
 		struct ipv6hdr o = {
 			.version = 6, .payload_len = bpf_htons(len),
@@ -659,9 +680,7 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		for (int i = 0; i < 4; i++)
 			sum += (__u64)p->saddr[i] + p->daddr[i];
 		sum += (__u64)bpf_htonl(len) + bpf_htonl(IPPROTO_ICMPV6_);
-#pragma unroll
-		for (int i = 0; i < (ICMP_HLEN + ICMP6_QUOTE) / 2; i++)
-			sum += w[i];
+		sum = icmp_sum(w, data_end, len, sum);
 		ic->checksum = csum_fold(sum);
 	}
 	return too_big ? CNT_TX_ICMP_TOO_BIG : CNT_TX_ICMP_TIME_EXCEEDED;
@@ -845,7 +864,7 @@ static __always_inline void echo_reply_type(struct icmp_common *ic, __u8 type)
  * answered; errors quoting a TCP/UDP flow of a VIP go to that flow's backend;
  * everything else is dropped. */
 static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, struct pkt *p,
-					 struct icmp_common *ic, struct vip_addr_info *info)
+					 struct icmp_common *ic, struct vip_addr_info *info, __u32 l4_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -879,13 +898,14 @@ static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, s
 			return CNT_DROP_ICMP;
 		struct iphdr *in = c->pos;
 
-		if ((void *)(in + 1) > c->end)
+		/* The quote ends with the ICMP message (l4_len), not the frame. */
+		if ((void *)(in + 1) > c->end || l4_len < ICMP_HLEN + IPV4_HLEN)
 			return CNT_DROP_TRUNCATED;
 		if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr[0] ||
 		    (in->protocol != IPPROTO_TCP_ && in->protocol != IPPROTO_UDP_))
 			return CNT_DROP_ICMP;
 		ports = (void *)(in + 1);
-		if ((void *)(ports + 2) > c->end)
+		if ((void *)(ports + 2) > c->end || l4_len < ICMP_HLEN + IPV4_HLEN + 4)
 			return CNT_DROP_TRUNCATED;
 		q.saddr[0] = in->daddr;
 		q.daddr[0] = in->saddr;
@@ -910,13 +930,13 @@ static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, s
 			return CNT_DROP_ICMP;
 		struct ipv6hdr *in = c->pos;
 
-		if ((void *)(in + 1) > c->end)
+		if ((void *)(in + 1) > c->end || l4_len < ICMP_HLEN + IPV6_HLEN)
 			return CNT_DROP_TRUNCATED;
 		if (in->version != 6 || __builtin_memcmp(&in->saddr, p->daddr, 16) != 0 ||
 		    (in->nexthdr != IPPROTO_TCP_ && in->nexthdr != IPPROTO_UDP_))
 			return CNT_DROP_ICMP;
 		ports = (void *)(in + 1);
-		if ((void *)(ports + 2) > c->end)
+		if ((void *)(ports + 2) > c->end || l4_len < ICMP_HLEN + IPV6_HLEN + 4)
 			return CNT_DROP_TRUNCATED;
 		__builtin_memcpy(q.saddr, &in->daddr, 16);
 		__builtin_memcpy(q.daddr, &in->saddr, 16);
@@ -978,7 +998,7 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 		 * advertisements, redirects) is the announcer's. */
 		if (p->family == 6 && r >= 133 && r <= 137)
 			return CNT_PASS_NDP;
-		return icmp_to_vip(ctx, c, p, ic, info);
+		return icmp_to_vip(ctx, c, p, ic, info, l4_len);
 	} else {
 		return addr_verdict(p, CNT_DROP_PROTOCOL, CNT_PASS_NOT_VIP);
 	}

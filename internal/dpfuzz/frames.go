@@ -1,0 +1,372 @@
+package dpfuzz
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/xdplb/xdplb/internal/packet"
+	"github.com/xdplb/xdplb/xdp"
+)
+
+// Frames makes frames for a configuration: valid TCP and UDP to its
+// services and to other ports and addresses, fragments (first, later,
+// unknown), ICMP (echo, errors quoting VIP flows, neighbour discovery,
+// others), odd headers (IPv4 options, IPv6 extension headers, other
+// protocols and EtherTypes), VLAN tags (one or two), and mutations of all of
+// these (cut short, bytes flipped, lengths wrong, padding).
+type Frames struct {
+	s   *Source
+	cfg *Config
+}
+
+// NewFrames makes frames for cfg from s.
+func NewFrames(s *Source, cfg *Config) *Frames { return &Frames{s: s, cfg: cfg} }
+
+// target is a destination for a frame: an address and port of a service,
+// or near one.
+func (g *Frames) target() (dst netip.AddrPort, proto xdp.Proto) {
+	s := g.s
+	v := Pick(s, g.cfg.VIPs...)
+	port := v.Key.Port
+	if port == 0 || s.Chance(10) {
+		port = Pick[uint16](s, 80, 53, 22, 443, s.U16())
+	}
+	proto = v.Key.Proto
+	if s.Chance(10) {
+		proto = Pick(s, xdp.TCP, xdp.UDP)
+	}
+	return netip.AddrPortFrom(v.Key.Addr, port), proto
+}
+
+func (g *Frames) client(v4 bool) netip.AddrPort {
+	if v4 {
+		return netip.AddrPortFrom(Pick(g.s, client4...), Pick(g.s, clientPorts...))
+	}
+	return netip.AddrPortFrom(Pick(g.s, client6...), Pick(g.s, clientPorts...))
+}
+
+func (g *Frames) payload() []byte {
+	s := g.s
+	switch n := s.N(10); {
+	case n < 7:
+		return s.Bytes(s.N(40))
+	case n < 9:
+		return s.Bytes(s.N(300))
+	default:
+		return make([]byte, 1200+s.N(400))
+	}
+}
+
+func (g *Frames) ttl() uint8 {
+	switch n := g.s.N(10); {
+	case n < 7:
+		return 64
+	case n < 8:
+		return 1
+	case n < 9:
+		return 2
+	}
+	return g.s.Byte()
+}
+
+func (g *Frames) tos() uint8 {
+	if g.s.Chance(60) {
+		return 0
+	}
+	return g.s.Byte()
+}
+
+// transport is a TCP or UDP header and payload from src to dst.
+func (g *Frames) transport(src, dst netip.AddrPort, proto xdp.Proto) packet.Layer {
+	s := g.s
+	if proto == xdp.UDP {
+		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload()}
+	}
+	flags := Pick(s, packet.TCPSyn, packet.TCPAck, packet.TCPSyn|packet.TCPAck, packet.TCPAck|packet.TCPPsh,
+		packet.TCPFin|packet.TCPAck, packet.TCPRst, 0, packet.TCPFlags(s.U16()&0x1ff))
+	return packet.TCP{SrcPort: src.Port(), DstPort: dst.Port(), Seq: s.U32(), Ack: s.U32(), Flags: flags, Window: 512, Payload: g.payload()}
+}
+
+// ip is an IP header from src to dst around l.
+func (g *Frames) ip(src, dst netip.Addr, l packet.Layer) packet.Layer {
+	s := g.s
+	if dst.Is4() {
+		ip := packet.IPv4{Src: src, Dst: dst, TOS: g.tos(), ID: s.U16(), TTL: g.ttl(), Payload: l}
+		if s.Chance(70) {
+			ip.Flags = packet.IPv4DontFragment
+		}
+		return ip
+	}
+	return packet.IPv6{Src: src, Dst: dst, TrafficClass: g.tos(), FlowLabel: s.U32() & 0xfffff, HopLimit: g.ttl(), Payload: l}
+}
+
+// Frame is the next frame; it is at least an Ethernet header long.
+func (g *Frames) Frame() []byte {
+	ip := g.ipPacket()
+	f := g.ether(ip)
+	return g.mutate(f)
+}
+
+// ipPacket is an IP packet (or, rarely, another EtherType's payload, with
+// the EtherType in its first two bytes after a 0xff marker).
+func (g *Frames) ipPacket() []byte {
+	s := g.s
+	dst, proto := g.target()
+	src := g.client(dst.Addr().Is4())
+	var l packet.Layer
+	switch n := s.N(100); {
+	case n < 40: // a packet of a flow to a service
+		l = g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto))
+	case n < 52:
+		return g.fragment(src, dst, proto)
+	case n < 64:
+		l = g.icmpError(src, dst, proto)
+	case n < 72:
+		l = g.icmp(src.Addr(), dst.Addr())
+	case n < 82: // not a VIP: another address, or a filter twin
+		other := other4
+		if !dst.Addr().Is4() {
+			other = other6
+		}
+		if s.Chance(50) {
+			other = twin(dst.Addr())
+		}
+		d := netip.AddrPortFrom(other, dst.Port())
+		if s.Chance(70) {
+			l = g.ip(src.Addr(), other, g.transport(src, d, proto))
+		} else {
+			l = g.icmp(src.Addr(), other)
+		}
+	case n < 92:
+		l = g.odd(src, dst, proto)
+	default:
+		b := packet.MustBuild(g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)))
+		for range 1 + s.N(4) {
+			b[s.N(len(b))] = s.Byte()
+		}
+		return b
+	}
+	b, err := packet.Build(l)
+	if err != nil {
+		return packet.MustBuild(g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)))
+	}
+	return b
+}
+
+// fragment is a first or later fragment of a datagram to dst.
+func (g *Frames) fragment(src, dst netip.AddrPort, proto xdp.Proto) []byte {
+	s := g.s
+	id := Pick[uint32](s, 1, 2, 3, 0x4d2)
+	first := s.Chance(50)
+	p := uint8(proto)
+	if s.Chance(8) {
+		p = Pick[uint8](s, 1, 58, 47)
+	}
+	if dst.Addr().Is4() {
+		if first {
+			ip := g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)).(packet.IPv4)
+			ip.Flags, ip.ID = packet.IPv4MoreFragments, uint16(id)
+			if p != uint8(proto) {
+				ip.Protocol = p
+			}
+			return packet.MustBuild(ip)
+		}
+		ip := packet.IPv4{Src: src.Addr(), Dst: dst.Addr(), TOS: g.tos(), ID: uint16(id), TTL: g.ttl(), Protocol: p,
+			FragmentOffset: Pick[uint16](s, 1, 185, 1+uint16(s.N(8190))), Payload: packet.Raw(g.payload())}
+		if s.Chance(50) {
+			ip.Flags = packet.IPv4MoreFragments
+		}
+		return packet.MustBuild(ip)
+	}
+	// IPv6: a fragment header spliced in after the fixed header.
+	var whole, rest []byte
+	var off uint16
+	more := s.Chance(50)
+	if first {
+		whole = packet.MustBuild(g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)))
+		rest, more = whole[40:], s.Chance(90)
+	} else {
+		whole = packet.MustBuild(g.ip(src.Addr(), dst.Addr(), packet.UDP{SrcPort: 1, DstPort: 2}))
+		rest, off = g.payload(), Pick[uint16](s, 1, 185, 1+uint16(s.N(8190)))
+	}
+	fh := make([]byte, 8)
+	fh[0] = p
+	m := off << 3
+	if more {
+		m |= 1
+	}
+	binary.BigEndian.PutUint16(fh[2:], m)
+	binary.BigEndian.PutUint32(fh[4:], id)
+	out := append(append(append([]byte{}, whole[:40]...), fh...), rest...)
+	out[6] = 44
+	binary.BigEndian.PutUint16(out[4:], uint16(len(out)-40))
+	return out
+}
+
+// icmpError is an ICMP error from a router to the VIP quoting a packet the
+// VIP's backend sent to the client (sometimes not quite).
+func (g *Frames) icmpError(client, vip netip.AddrPort, proto xdp.Proto) packet.Layer {
+	s := g.s
+	qsrc := vip.Addr()
+	if s.Chance(8) {
+		qsrc = client.Addr()
+	}
+	quoted := g.ip(qsrc, client.Addr(), g.transport(vip, client, proto))
+	if s.Chance(5) {
+		if ip, ok := quoted.(packet.IPv4); ok {
+			ip.Options = []byte{1, 1, 1, 1}
+			quoted = ip
+		}
+	}
+	q := packet.MustBuild(quoted)
+	if vip.Addr().Is4() {
+		n := min(len(q), Pick(s, 28, 28, 28, 20, 23, 26, 64))
+		m := packet.ICMPv4{Type: Pick[uint8](s, 3, 3, 11, 12, 5), Code: Pick[uint8](s, 4, 0, 1), Rest: packet.FragNeededRest(1200), Body: q[:n]}
+		return packet.IPv4{Src: router4, Dst: vip.Addr(), TOS: g.tos(), TTL: g.ttl(), Payload: m}
+	}
+	n := min(len(q), Pick(s, 48, 48, 48, 40, 43, 46, 72))
+	m := packet.ICMPv6{Type: Pick[uint8](s, 2, 2, 1, 3, 4, 5), Rest: packet.PacketTooBigRest(1280), Body: q[:n]}
+	return packet.IPv6{Src: router6, Dst: vip.Addr(), TrafficClass: g.tos(), HopLimit: g.ttl(), Payload: m}
+}
+
+// icmp is an echo request, a neighbour discovery message or another ICMP
+// message to dst.
+func (g *Frames) icmp(src, dst netip.Addr) packet.Layer {
+	s := g.s
+	if dst.Is4() {
+		typ := Pick[uint8](s, 8, 8, 8, 0, 13, s.Byte())
+		m := packet.ICMPv4{Type: typ, Rest: packet.EchoRest(s.U16(), s.U16()), Body: g.payload(), BadChecksum: s.Chance(5)}
+		return packet.IPv4{Src: src, Dst: dst, TOS: g.tos(), TTL: g.ttl(), Payload: m}
+	}
+	typ := Pick[uint8](s, 128, 128, 128, 129, 133, 134, 135, 136, 137, 130, s.Byte())
+	m := packet.ICMPv6{Type: typ, Rest: packet.EchoRest(s.U16(), s.U16()), Body: g.payload(), BadChecksum: s.Chance(5)}
+	return packet.IPv6{Src: src, Dst: dst, TrafficClass: g.tos(), HopLimit: g.ttl(), Payload: m}
+}
+
+// odd is a packet with headers the program does not handle: IPv4 options,
+// IPv6 extension headers, other protocols.
+func (g *Frames) odd(src, dst netip.AddrPort, proto xdp.Proto) packet.Layer {
+	s := g.s
+	if dst.Addr().Is4() {
+		ip := g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)).(packet.IPv4)
+		if s.Chance(50) {
+			ip.Options = s.Bytes(4 * (1 + s.N(10)))
+		} else {
+			ip.Protocol, ip.Payload = Pick[uint8](s, 47, 132, 0, 58, 41, 4), packet.Raw(g.payload())
+		}
+		return ip
+	}
+	ip := g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto)).(packet.IPv6)
+	switch s.N(3) {
+	case 0:
+		ip.ExtHeaders = []packet.IPv6ExtHeader{packet.HopByHopHeader([]byte{1, 2, 0, 0})}
+	case 1:
+		ip.ExtHeaders = []packet.IPv6ExtHeader{packet.DstOptsHeader([]byte{1, 0})}
+	default:
+		ip.NextHeader, ip.Payload = Pick[uint8](s, 59, 47, 132, 1, 51, 135), packet.Raw(g.payload())
+	}
+	return ip
+}
+
+// ether puts ip in an Ethernet frame to the appliance, with a tag or two
+// now and then, or makes a frame of another EtherType.
+func (g *Frames) ether(ip []byte) []byte {
+	s := g.s
+	e := packet.Ethernet{Dst: lbMAC, Src: routerMAC, Payload: packet.RawIP(ip)}
+	if s.Chance(4) {
+		e.EtherType, e.Payload = Pick[uint16](s, 0x0806, 0x88cc, 0x8847, 0x0800, 0x86dd), packet.Raw(s.Bytes(s.N(80)))
+	}
+	tags := 0
+	switch n := s.N(20); {
+	case n < 3:
+		tags = 1
+	case n < 4:
+		tags = 2
+	}
+	if tags > 0 {
+		e.VLAN = &packet.VLAN{TPID: Pick[uint16](s, 0x8100, 0x88a8), ID: s.U16() & 0xfff, Priority: uint8(s.N(8))}
+	}
+	f, err := packet.Build(e)
+	if err != nil {
+		f = packet.MustBuild(packet.Ethernet{Dst: lbMAC, Src: routerMAC, EtherType: 0x0806})
+	}
+	if tags == 2 && len(f) >= 16 {
+		tag := []byte{0x81, 0x00, byte(s.N(16)), s.Byte()}
+		f = append(append(append([]byte{}, f[:16]...), tag...), f[16:]...)
+	}
+	return f
+}
+
+// mutate changes a frame now and then: cut short, bytes flipped, a length
+// field wrong, padding after the packet.
+func (g *Frames) mutate(f []byte) []byte {
+	s := g.s
+	l2 := 14
+	if et := binary.BigEndian.Uint16(f[12:]); (et == 0x8100 || et == 0x88a8) && len(f) >= 18 {
+		l2 = 18
+	}
+	if s.Chance(10) {
+		f = append(f, s.Bytes(1+s.N(24))...)
+	}
+	if s.Chance(6) && len(f) >= l2+6 {
+		switch f[l2] >> 4 {
+		case 4:
+			binary.BigEndian.PutUint16(f[l2+2:], binary.BigEndian.Uint16(f[l2+2:])+uint16(int16(s.N(9)-4)))
+		case 6:
+			binary.BigEndian.PutUint16(f[l2+4:], binary.BigEndian.Uint16(f[l2+4:])+uint16(int16(s.N(9)-4)))
+		}
+	}
+	if s.Chance(4) && len(f) > l2 {
+		f[l2] = Pick(s, 0x46, 0x44, 0x4f, 0x65, 0x55, s.Byte())
+	}
+	if s.Chance(8) {
+		for range 1 + s.N(3) {
+			i := 12 + s.N(min(len(f), 110)-12)
+			f[i] ^= 1 << s.N(8)
+		}
+	}
+	if s.Chance(8) {
+		f = f[:14+s.N(len(f)-13)]
+	}
+	return f
+}
+
+// twins are, for each VIP address of the pools, an address that is no VIP
+// but sets the same bit of the program's prefilter.
+var twins = func() map[netip.Addr]netip.Addr {
+	m := map[netip.Addr]netip.Addr{}
+	isVIP := func(c netip.Addr) bool {
+		for _, v := range append(append([]netip.Addr{}, vip4Pool...), vip6Pool...) {
+			if v == c {
+				return true
+			}
+		}
+		return false
+	}
+	for _, a := range append(append([]netip.Addr{}, vip4Pool...), vip6Pool...) {
+		bit := xdp.FilterBit(a)
+		limit := uint32(1 << 17) // 198.18.0.0/15
+		if a.Is6() {
+			limit = 1 << 31
+		}
+		m[a] = other4
+		if a.Is6() {
+			m[a] = other6
+		}
+		for i := uint32(1); i < limit; i++ {
+			var c netip.Addr
+			if a.Is4() {
+				c = netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
+			} else {
+				c = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+			}
+			if xdp.FilterBit(c) == bit && !isVIP(c) {
+				m[a] = c
+				break
+			}
+		}
+	}
+	return m
+}()
+
+func twin(a netip.Addr) netip.Addr { return twins[a] }
