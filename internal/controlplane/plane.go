@@ -279,6 +279,10 @@ func (p *Plane) Run(ctx context.Context) error {
 	if serr := p.checker.Save(p.healthFile(last)); serr != nil {
 		p.log.Warn("saving health state", "err", serr)
 	}
+	// The monitor's reader turns the program's flag off before the maps go.
+	p.monitor.mu.Lock()
+	p.monitor.stopLocked()
+	p.monitor.mu.Unlock()
 	// The datapath stays attached with its state: a restarted daemon takes
 	// it over without dropping a flow.
 	if cerr := p.dp.Close(); cerr != nil && err == nil {
