@@ -3,6 +3,7 @@ package xdp
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -166,5 +167,44 @@ func TestMonitorLosesWhenFull(t *testing.T) {
 	t.Logf("%d of %d events lost with nobody reading", lost, sent)
 	if err := d.SetMonitor(false); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMonitorPin: a flow pinned during a table transition is an event with
+// its flow and the backend it is pinned to, and the packet's verdict is an
+// event of no kind (it is forwarded).
+func TestMonitorPin(t *testing.T) {
+	d := fxOpen(t, Options{TransitionGrace: time.Hour})
+	vip := netip.MustParseAddr("198.19.7.1")
+	k := VIPKey{Addr: vip, Port: 80, Proto: TCP}
+	for id, addr := range map[uint32]string{1: "198.18.7.11", 2: "198.18.7.12"} {
+		if err := d.UpsertBackend(id, fxBackend(addr, fmt.Sprintf("02:00:00:00:07:%02x", id), 1500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetTable(k, fxFill(251, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Every slot moves to backend 2: an established flow's next packet is
+	// pinned to backend 1, where it began.
+	if err := d.SetTable(k, fxFill(251, 2)); err != nil {
+		t.Fatal(err)
+	}
+	m := startMonitor(t, d)
+	src := fxAP(fxClient4, 41000)
+	if ret, _ := fxRun(t, d.Program(), fxIn(fxIP(src, fxAP(vip, 80), packet.TCPAck, nil), nil)); ret != fxTX {
+		t.Fatalf("verdict %s, want XDP_TX", fxVerdict(ret))
+	}
+	got := m.wait(t, 1)
+	var lines []string
+	for _, e := range got {
+		lines = append(lines, eventLine(e))
+	}
+	want := []string{"pin event/pin_created 198.18.1.10:41000 -> 198.19.7.1:80/tcp backend 1 frame 0/0"}
+	if diff := cmp.Diff(want, lines); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
 	}
 }
