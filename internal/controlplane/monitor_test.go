@@ -63,6 +63,7 @@ func TestMonitorListeners(t *testing.T) {
 	}
 	run(fast, MonitorFilter{Reason: "no_service", Types: []string{"drop"}})
 	run(stuck, MonitorFilter{})
+	waitFor(t, "both listeners", func() bool { return len(p.monitor.list()) == 2 })
 	waitFor(t, "the monitor flag", func() bool { on, _ := p.dp.MonitorOn(); return on })
 
 	// Drops: TCP SYNs to the VIP's address on a port without a service.
