@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,6 +49,24 @@ func fakeMonitorEvents() []MonitorEvent {
 	}
 }
 
+// lockedBuffer is an output the command writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // runMonitorCLI runs xdplb monitor until the fake has sent its events.
 func runMonitorCLI(t *testing.T, api *fakeAPI, args ...string) (string, error) {
 	t.Helper()
@@ -55,7 +74,7 @@ func runMonitorCLI(t *testing.T, api *fakeAPI, args ...string) (string, error) {
 	c := commands["monitor"]
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out strings.Builder
+	var out lockedBuffer
 	done := make(chan error, 1)
 	go func() { done <- c.run(ctx, args, &out) }()
 	select {

@@ -63,7 +63,7 @@ func runTop(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("top: %w", err)
 		}
-		return topScreen(ctx, screen, fetch, *interval, *sortBy, c.socket)
+		return topScreen(ctx, screen, fetch, *interval, *sortBy, c.socket, nil)
 	}
 	return topPlain(ctx, out, fetch, *interval, *sortBy, *once)
 }
@@ -112,7 +112,8 @@ func topPlain(ctx context.Context, out io.Writer, fetch func(context.Context) (T
 }
 
 // topScreen runs the full-screen view on screen until a quit key or ctx.
-func topScreen(ctx context.Context, screen tcell.Screen, fetch func(context.Context) (TopInfo, error), interval time.Duration, sortBy, socket string) error {
+// drawn, when set (tests), is called after each drawing.
+func topScreen(ctx context.Context, screen tcell.Screen, fetch func(context.Context) (TopInfo, error), interval time.Duration, sortBy, socket string, drawn func()) error {
 	if err := screen.Init(); err != nil {
 		return fmt.Errorf("top: %w", err)
 	}
@@ -148,6 +149,9 @@ func topScreen(ctx context.Context, screen tcell.Screen, fetch func(context.Cont
 			}
 		}
 		screen.Show()
+		if drawn != nil {
+			drawn()
+		}
 	}
 	draw()
 	t := time.NewTicker(interval)

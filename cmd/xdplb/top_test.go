@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,14 +99,37 @@ func TestTopScreen(t *testing.T) {
 	s := tcell.NewSimulationScreen("")
 	fetch := func(context.Context) (TopInfo, error) { return api.Top() }
 	done := make(chan error, 1)
+	drawn := make(chan struct{}, 1)
+	// The screen is read on the view's goroutine, right after each drawing
+	// (tcell's simulation screen hands out its cells without a copy).
+	var mu sync.Mutex
+	var last string
+	signal := func() {
+		text := screenText(s)
+		mu.Lock()
+		last = text
+		mu.Unlock()
+		select {
+		case drawn <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
-		done <- topScreen(context.Background(), s, fetch, 20*time.Millisecond, "packets", "/run/xdplb/xdplb.sock")
+		done <- topScreen(context.Background(), s, fetch, 20*time.Millisecond, "packets", "/run/xdplb/xdplb.sock", signal)
 	}()
+	// The screen is read only once it has been drawn (after its Init).
+	select {
+	case <-drawn:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing drawn in 5 s")
+	}
 	waitScreen := func(what string, cond func(string) bool) string {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			text := screenText(s)
+			mu.Lock()
+			text := last
+			mu.Unlock()
 			if cond(text) {
 				return text
 			}
