@@ -8,7 +8,7 @@ GO         ?= go
 BIN        ?= bin/xdplb
 PREFIX     ?= /usr/local
 TEST_FLAGS ?= -count=1 -timeout 20m
-DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool prometheus systemd
+DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool prometheus systemd frr keepalived
 
 export BPF_CLANG BPF_CFLAGS
 

@@ -1,8 +1,9 @@
-// Command bench runs xdplb's benchmarks; docs/bench.md has the method and
-// the results.
+// Command bench runs xdplb's benchmarks and its soak; docs/bench.md has the
+// method and the results.
 //
 //	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
+//	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
@@ -15,6 +16,12 @@
 // the frame model (xdp.FrameModel), comparing verdict, output and counters.
 // It prints the packets run, the configurations, the divergences and the
 // throughput, and exits non-zero on any divergence. It needs root.
+//
+// soak runs the real daemon (cmd/xdplb, built for the run) in network
+// namespaces with long-lived and new TCP connections through four VIPs while
+// it changes backends, services, health, restarts the daemon and sends bad
+// reloads, and classifies every connection that broke (internal/soak). It
+// needs root. The exit status is non-zero when it found a defect.
 package main
 
 import (
@@ -30,15 +37,17 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/xdplb/xdplb/internal/soak"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/xdp"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -48,19 +57,25 @@ func main() {
 
 const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
+       bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
 fuzz      differential fuzzing of the XDP program against its Go model: packets
           run, configurations, divergences (must be 0) and packets/s (needs root)
+soak      the real daemon under connections and changes; every broken
+          connection classified, exit status 1 on any defect (needs root)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "fuzz" {
 		return fuzz(ctx, args[1:], stdout, stderr)
 	}
-	if len(args) == 0 || args[0] != "datapath" {
+	if len(args) == 0 || (args[0] != "datapath" && args[0] != "soak") {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no benchmark named")
+	}
+	if args[0] == "soak" {
+		return runSoak(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("datapath", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -230,4 +245,60 @@ func machine() string {
 		kernel = "Linux " + strings.TrimSpace(string(b))
 	}
 	return fmt.Sprintf("%s, %d CPUs, %s", model, runtime.NumCPU(), kernel)
+}
+
+// runSoak runs `bench soak`.
+func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: bench soak [flags]\n\n"+
+			"Runs xdplb run in network namespaces (198.18.0.0/15, 2001:db8::/32) with long-lived\n"+
+			"and new TCP connections through four VIPs (IPv4 and IPv6, DSR L2 and IPIP) while it\n"+
+			"adds, removes, reweights and drains backends, adds and removes services, flaps\n"+
+			"backends' health, restarts the daemon and sends bad reloads. Every connection that\n"+
+			"broke is classified: on a backend removed or down before the break (and reset\n"+
+			"within 8 s) it is expected, anything else is a defect. Progress goes to stderr, the\n"+
+			"summary to stdout; the exit status is 1 when there are defects. Needs root.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	duration := fs.Duration("duration", 10*time.Minute, "how long to soak, after the set-up")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	long := fs.Int("long", 200, "long-lived connections, spread over the four VIPs")
+	rate := fs.Float64("rate", 20, "new short connections a second")
+	pause := fs.Duration("pause", 4*time.Second, "pause between two changes (more than the 1 s echo interval)")
+	bin := fs.String("xdplb", "", "a built xdplb binary (default: build ./cmd/xdplb for the run)")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	kinds := fs.String("changes", strings.Join(soak.ChangeKinds, ","), "the kinds of change to make, comma-separated")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("soak: unexpected arguments %q", fs.Args())
+	}
+	opts := soak.Options{Duration: *duration, Long: *long, ShortRate: *rate, Pause: *pause, Binary: *bin, Progress: stderr,
+		Kinds: strings.Split(*kinds, ",")}
+	if *quiet {
+		opts.Progress = nil
+	}
+	r, err := soak.Run(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		r.Print(stdout)
+	}
+	if n := len(r.Defects); n > 0 {
+		return fmt.Errorf("soak: %d defects", n)
+	}
+	return nil
 }

@@ -459,6 +459,56 @@ var errorCases = []struct {
 		want: []string{`announce.l2.interfaces[1]: "eth1" is not listed in interfaces (line 7, column 24)`},
 	},
 	{
+		name: "announce l2 mode",
+		file: head + "announce:\n  l2:\n    mode: sometimes\n",
+		want: []string{`announce.l2.mode: "sometimes" is not one of always, external (line 7, column 11)`},
+	},
+	{
+		name: "announce bgp and external l2 mode without a seed",
+		file: "interfaces:\n  - name: eth0\nannounce:\n  l2:\n    mode: external\n  bgp:\n    localASN: 65010\n    routerID: 198.18.0.1\n",
+		want: []string{
+			`announce.l2.mode: needs maglev.seed: appliances that share VIPs must share the seed, or a flow that moves between them reaches another backend; make one with: head -c 16 /dev/urandom | base64 (line 5, column 11)`,
+			`announce.bgp: needs maglev.seed: appliances that share VIPs must share the seed, or a flow that moves between them reaches another backend; make one with: head -c 16 /dev/urandom | base64 (line 7, column 5)`,
+		},
+	},
+	{
+		name: "announce bgp missing keys",
+		file: head + "announce:\n  bgp:\n    peers:\n      - {asn: 65000}\n",
+		want: []string{
+			`announce.bgp.localASN: missing (line 7, column 5)`,
+			`announce.bgp.routerID: missing (line 7, column 5)`,
+			`announce.bgp.peers[0].address: missing (line 8, column 9)`,
+		},
+	},
+	{
+		name: "announce bgp bad values",
+		file: head + `announce:
+  bgp:
+    localASN: 0
+    routerID: "2001:db8::1"
+    listenPort: 0
+    peers:
+      - {address: 198.18.0.254, asn: 4294967296, holdTime: 2s}
+      - {address: 198.18.0.254, asn: 65000, holdTime: 9500ms}
+    communities: ["65010:100", "65536:1", "no"]
+    gracefulRestart: {restartTime: 2h}
+    drain: later
+`,
+		want: []string{
+			`announce.bgp.localASN: 0 is out of range (1 to 4294967295) (line 7, column 15)`,
+			`announce.bgp.routerID: "2001:db8::1" is not an IPv4 address (a router ID is written as one) (line 8, column 15)`,
+			`announce.bgp.listenPort: 0 is out of range (1 to 65535, or -1 to only dial out) (line 9, column 17)`,
+			`announce.bgp.peers[0].asn: 4294967296 is out of range (1 to 4294967295) (line 11, column 38)`,
+			`announce.bgp.peers[0].holdTime: "2s" is shorter than 3s (line 11, column 60)`,
+			`announce.bgp.peers[1].address: "198.18.0.254" is already listed as announce.bgp.peers[0] (line 12, column 19)`,
+			`announce.bgp.peers[1].holdTime: "9500ms" is not a whole number of seconds (line 12, column 55)`,
+			`announce.bgp.communities[1]: "65536:1" is not a community (such as "65010:100", each half 0 to 65535) (line 13, column 32)`,
+			`announce.bgp.communities[2]: "no" is not a community (such as "65010:100", each half 0 to 65535) (line 13, column 43)`,
+			`announce.bgp.gracefulRestart.restartTime: "2h" is longer than 4095s, the most BGP can carry (line 14, column 36)`,
+			`announce.bgp.drain: "later" is not one of withdraw, gracefulShutdown (line 15, column 12)`,
+		},
+	},
+	{
 		name: "announce gratuitous count and intervals out of range",
 		file: head + "announce:\n  l2:\n    gratuitousCount: 0\n    gratuitousInterval: 1ms\n    refreshInterval: 100ms\n",
 		want: []string{

@@ -35,7 +35,41 @@ func TestDefaults(t *testing.T) {
 		{"conntrack", minimal, func(c *Config) any { return c.Conntrack }, Conntrack{MaxFlows: 1048576, IdleTimeout: 15 * time.Minute}},
 		{"encap", minimal, func(c *Config) any { return c.Encap }, EncapSources{}},
 		{"pools", minimal, func(c *Config) any { return c.Pools }, []Pool(nil)},
-		{"announce", minimal, func(c *Config) any { return c.Announce }, Announce{L2: L2Announce{GratuitousCount: 3, GratuitousInterval: time.Second}}},
+		{"announce", minimal, func(c *Config) any { return c.Announce }, Announce{L2: L2Announce{GratuitousCount: 3, GratuitousInterval: time.Second, Mode: L2ModeAlways}}},
+		{
+			"announce.bgp",
+			minimal + "announce:\n  bgp:\n    localASN: 65010\n    routerID: 198.18.0.1\n    peers:\n      - {address: 198.18.0.254, asn: 65000}\n",
+			func(c *Config) any { return c.Announce.BGP },
+			&BGPAnnounce{
+				LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.1"), ListenPort: 179,
+				Peers:           []BGPPeer{{Address: netip.MustParseAddr("198.18.0.254"), ASN: 65000, HoldTime: 90 * time.Second}},
+				GracefulRestart: GracefulRestart{Enabled: true, RestartTime: 120 * time.Second},
+				Drain:           DrainWithdraw,
+			},
+		},
+		{
+			"announce.bgp as the issue writes it",
+			minimal + `announce:
+  bgp:
+    localASN: 65010
+    routerID: 198.18.0.1
+    listenPort: -1
+    peers:
+      - {address: 198.18.0.254, asn: 65000, holdTime: 9s, password: "s3cret"}
+    communities: ["65010:100"]
+    gracefulRestart: {restartTime: 30s}
+    drain: gracefulShutdown
+`,
+			func(c *Config) any { return c.Announce.BGP },
+			&BGPAnnounce{
+				LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.1"), ListenPort: -1,
+				Peers:           []BGPPeer{{Address: netip.MustParseAddr("198.18.0.254"), ASN: 65000, HoldTime: 9 * time.Second, Password: "s3cret"}},
+				Communities:     []string{"65010:100"},
+				CommunityValues: []uint32{65010<<16 | 100},
+				GracefulRestart: GracefulRestart{Enabled: true, RestartTime: 30 * time.Second},
+				Drain:           DrainGracefulShutdown,
+			},
+		},
 		{"metrics.listen", minimal, func(c *Config) any { return c.Metrics.Listen }, "127.0.0.1:9650"},
 		{"paths", minimal, func(c *Config) any { return c.Paths }, Paths{Socket: "/run/xdplb/xdplb.sock", State: "/var/lib/xdplb", BPF: "/sys/fs/bpf/xdplb"}},
 		{"service", minimal, func(c *Config) any { return c.ServiceSpecs[0] }, ServiceSpec{

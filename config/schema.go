@@ -23,7 +23,7 @@ var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "
 func (d *decoder) config(c *Config, n *yaml.Node) {
 	c.Maglev.TableSize = DefaultTableSize
 	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout}
-	c.Announce.L2 = L2Announce{GratuitousCount: DefaultGratuitousCount, GratuitousInterval: DefaultGratuitousInterval}
+	c.Announce.L2 = L2Announce{GratuitousCount: DefaultGratuitousCount, GratuitousInterval: DefaultGratuitousInterval, Mode: L2ModeAlways}
 	c.Metrics.Listen = DefaultMetricsListen
 	c.Paths = Paths{Socket: DefaultSocketPath, State: DefaultStateDir, BPF: DefaultBPFDir}
 
@@ -731,39 +731,194 @@ func (d *decoder) backend(path string, n *yaml.Node) BackendSpec {
 	return b
 }
 
-var announceKeys = []string{"l2"}
-var l2Keys = []string{"interfaces", "gratuitousCount", "gratuitousInterval", "refreshInterval"}
+var announceKeys = []string{"l2", "bgp"}
+var l2Keys = []string{"interfaces", "gratuitousCount", "gratuitousInterval", "refreshInterval", "mode"}
 
 func (d *decoder) announce(a *Announce, path string, n *yaml.Node) {
-	d.fields(path, n, announceKeys, func(_, path string, v *yaml.Node) {
-		d.fields(path, v, l2Keys, func(key, path string, v *yaml.Node) {
-			switch key {
-			case "interfaces":
-				d.list(path, v, func(_ int, path string, item *yaml.Node) {
-					if s, ok := d.str(path, item); ok {
-						a.L2.Interfaces = append(a.L2.Interfaces, s)
-					}
-				})
-			case "gratuitousCount":
-				if c, ok := d.integer(path, v, 1, 100, "1 to 100"); ok {
-					a.L2.GratuitousCount = int(c)
+	d.fields(path, n, announceKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "l2":
+			d.l2(&a.L2, path, v)
+		case "bgp":
+			a.BGP = d.bgp(path, v)
+		}
+	})
+}
+
+func (d *decoder) l2(l2 *L2Announce, path string, n *yaml.Node) {
+	d.fields(path, n, l2Keys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "interfaces":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				if s, ok := d.str(path, item); ok {
+					l2.Interfaces = append(l2.Interfaces, s)
 				}
-			case "gratuitousInterval":
-				if t, ok := d.duration(path, v, 10*time.Millisecond); ok {
-					a.L2.GratuitousInterval = t
-				}
-			case "refreshInterval":
-				// 0s turns refreshes off; otherwise at least a second.
-				if t, ok := d.duration(path, v, 0); ok {
-					if t != 0 && t < time.Second {
-						d.errorf(path, v, "%s is shorter than 1s (0s turns refreshes off)", value(v))
-					} else {
-						a.L2.RefreshInterval = t
-					}
+			})
+		case "gratuitousCount":
+			if c, ok := d.integer(path, v, 1, 100, "1 to 100"); ok {
+				l2.GratuitousCount = int(c)
+			}
+		case "gratuitousInterval":
+			if t, ok := d.duration(path, v, 10*time.Millisecond); ok {
+				l2.GratuitousInterval = t
+			}
+		case "refreshInterval":
+			// 0s turns refreshes off; otherwise at least a second.
+			if t, ok := d.duration(path, v, 0); ok {
+				if t != 0 && t < time.Second {
+					d.errorf(path, v, "%s is shorter than 1s (0s turns refreshes off)", value(v))
+				} else {
+					l2.RefreshInterval = t
 				}
 			}
-		})
+		case "mode":
+			if s, ok := d.oneOf(path, v, string(L2ModeAlways), string(L2ModeExternal)); ok {
+				l2.Mode = L2Mode(s)
+			}
+		}
 	})
+}
+
+var bgpKeys = []string{"localASN", "routerID", "listenPort", "peers", "communities", "gracefulRestart", "drain"}
+var bgpPeerKeys = []string{"address", "asn", "holdTime", "password"}
+var gracefulRestartKeys = []string{"enabled", "restartTime"}
+
+// maxASN is the largest four-octet AS number.
+const maxASN = 1<<32 - 1
+
+func (d *decoder) bgp(path string, n *yaml.Node) *BGPAnnounce {
+	b := &BGPAnnounce{
+		ListenPort:      DefaultBGPListenPort,
+		GracefulRestart: GracefulRestart{Enabled: true, RestartTime: DefaultBGPRestartTime},
+		Drain:           DrainWithdraw,
+	}
+	present := d.fields(path, n, bgpKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "localASN":
+			if a, ok := d.integer(path, v, 1, maxASN, "1 to 4294967295"); ok {
+				b.LocalASN = uint32(a)
+			}
+		case "routerID":
+			if a, ok := d.addr(path, v, false); ok {
+				if !a.Is4() {
+					d.errorf(path, v, "%s is not an IPv4 address (a router ID is written as one)", value(v))
+				} else {
+					b.RouterID = a
+				}
+			}
+		case "listenPort":
+			if p, ok := d.integer(path, v, -1, 65535, "1 to 65535, or -1 to only dial out"); ok {
+				if p == 0 {
+					d.errorf(path, v, "0 is out of range (1 to 65535, or -1 to only dial out)")
+				} else {
+					b.ListenPort = int(p)
+				}
+			}
+		case "peers":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				b.Peers = append(b.Peers, d.bgpPeer(path, item))
+			})
+		case "communities":
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				s, ok := d.str(path, item)
+				if !ok {
+					return
+				}
+				c, ok := parseCommunity(s)
+				if !ok {
+					d.errorf(path, item, `%s is not a community (such as "65010:100", each half 0 to 65535)`, value(item))
+					return
+				}
+				b.Communities = append(b.Communities, s)
+				b.CommunityValues = append(b.CommunityValues, c)
+			})
+		case "gracefulRestart":
+			d.fields(path, v, gracefulRestartKeys, func(key, path string, v *yaml.Node) {
+				switch key {
+				case "enabled":
+					if e, ok := d.boolean(path, v); ok {
+						b.GracefulRestart.Enabled = e
+					}
+				case "restartTime":
+					if t, ok := d.duration(path, v, time.Second); ok {
+						if t > 4095*time.Second {
+							d.errorf(path, v, "%s is longer than 4095s, the most BGP can carry", value(v))
+						} else {
+							b.GracefulRestart.RestartTime = t
+						}
+					}
+				}
+			})
+		case "drain":
+			if s, ok := d.oneOf(path, v, string(DrainWithdraw), string(DrainGracefulShutdown)); ok {
+				b.Drain = DrainMode(s)
+			}
+		}
+	})
+	if present == nil {
+		return b
+	}
+	for _, key := range []string{"localASN", "routerID"} {
+		if !present[key] {
+			d.missing(join(path, key), n, "missing")
+		}
+	}
+	return b
+}
+
+func (d *decoder) bgpPeer(path string, n *yaml.Node) BGPPeer {
+	p := BGPPeer{HoldTime: DefaultBGPHoldTime}
+	present := d.fields(path, n, bgpPeerKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "address":
+			p.Address, _ = d.addr(path, v, true)
+		case "asn":
+			if a, ok := d.integer(path, v, 1, maxASN, "1 to 4294967295"); ok {
+				p.ASN = uint32(a)
+			}
+		case "holdTime":
+			// RFC 4271: zero (no keepalives) or at least three seconds.
+			if t, ok := d.duration(path, v, 3*time.Second); ok {
+				if t > 65535*time.Second {
+					d.errorf(path, v, "%s is longer than 65535s, the most BGP can carry", value(v))
+				} else if t%time.Second != 0 {
+					d.errorf(path, v, "%s is not a whole number of seconds", value(v))
+				} else {
+					p.HoldTime = t
+				}
+			}
+		case "password":
+			if s, ok := d.str(path, v); ok {
+				if len(s) > 80 {
+					d.errorf(path, v, "is longer than 80 bytes, the most TCP MD5 takes")
+				} else {
+					p.Password = s
+				}
+			}
+		}
+	})
+	if present != nil {
+		for _, key := range []string{"address", "asn"} {
+			if !present[key] {
+				d.missing(join(path, key), n, "missing")
+			}
+		}
+	}
+	return p
+}
+
+// parseCommunity reads a standard community written "ASN:VALUE".
+func parseCommunity(s string) (uint32, bool) {
+	hi, lo, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, false
+	}
+	h, err1 := strconv.ParseUint(hi, 10, 16)
+	l, err2 := strconv.ParseUint(lo, 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return uint32(h)<<16 | uint32(l), true
 }
 
 var metricsKeys = []string{"listen"}

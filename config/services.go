@@ -23,7 +23,8 @@ type Service struct {
 	// MinHealthyBackends is the number of healthy backends below which the
 	// service counts as down.
 	MinHealthyBackends int
-	// Announce says whether the VIP is announced on the L2 interfaces.
+	// Announce says whether the VIP is announced, on the L2 interfaces and
+	// by BGP.
 	Announce bool
 	// HealthCheck is how the backends are checked. Its Port is 0 when the
 	// file does not set it: each backend is then checked on its own port,

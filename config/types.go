@@ -19,6 +19,9 @@ const (
 	DefaultIdleTimeout        = 15 * time.Minute
 	DefaultGratuitousCount    = 3
 	DefaultGratuitousInterval = time.Second
+	DefaultBGPListenPort      = 179
+	DefaultBGPHoldTime        = 90 * time.Second
+	DefaultBGPRestartTime     = 120 * time.Second
 	DefaultMetricsListen      = "127.0.0.1:9650"
 	DefaultSocketPath         = "/run/xdplb/xdplb.sock"
 	DefaultStateDir           = "/var/lib/xdplb"
@@ -247,7 +250,8 @@ type ServiceSpec struct {
 	// MinHealthyBackends is the number of healthy backends below which the
 	// service counts as down.
 	MinHealthyBackends int
-	// Announce says whether the VIP is announced on announce.l2.interfaces.
+	// Announce says whether the VIP is announced: on
+	// announce.l2.interfaces and by announce.bgp.
 	Announce bool
 	// HealthCheck is how the service's backends are checked.
 	HealthCheck HealthCheck
@@ -351,6 +355,71 @@ func (r StatusRanges) String() string {
 // Announce holds how VIPs are made known to the network.
 type Announce struct {
 	L2 L2Announce
+	// BGP is the BGP speaker; nil when the file has no announce.bgp.
+	BGP *BGPAnnounce
+}
+
+// L2Mode says when the L2 announcers answer.
+type L2Mode string
+
+// The L2 modes.
+const (
+	// L2ModeAlways answers for the announceable VIPs at all times.
+	L2ModeAlways L2Mode = "always"
+	// L2ModeExternal answers only while an outside election (keepalived)
+	// says this appliance is the active one: `xdplb announce --state`.
+	L2ModeExternal L2Mode = "external"
+)
+
+// DrainMode is what `xdplb drain` does to the BGP routes.
+type DrainMode string
+
+// The drain modes.
+const (
+	// DrainWithdraw withdraws every route.
+	DrainWithdraw DrainMode = "withdraw"
+	// DrainGracefulShutdown keeps the routes and tags them with the
+	// GRACEFUL_SHUTDOWN community (RFC 8326, 65535:0), so routers that
+	// honour it prefer the other appliances first.
+	DrainGracefulShutdown DrainMode = "gracefulShutdown"
+)
+
+// BGPAnnounce is the embedded BGP speaker: it announces a host route for
+// every announceable VIP to each peer.
+type BGPAnnounce struct {
+	// LocalASN is the appliance's AS number.
+	LocalASN uint32
+	// RouterID is the BGP identifier, an IPv4 address.
+	RouterID netip.Addr
+	// ListenPort is the TCP port the speaker accepts sessions on (default
+	// 179); -1 means it does not listen and only dials out.
+	ListenPort int
+	// Peers are the routers to peer with.
+	Peers []BGPPeer
+	// Communities are added to every route, as "ASN:VALUE" in
+	// Communities and as a number each in CommunityValues.
+	Communities     []string
+	CommunityValues []uint32
+	// GracefulRestart is on unless the file turns it off; RestartTime is
+	// how long peers keep the routes while the daemon restarts (default
+	// 120s).
+	GracefulRestart GracefulRestart
+	// Drain is what `xdplb drain` does (default withdraw).
+	Drain DrainMode
+}
+
+// BGPPeer is one BGP neighbour.
+type BGPPeer struct {
+	Address  netip.Addr
+	ASN      uint32
+	HoldTime time.Duration // default 90s; keepalives every third of it
+	Password string        // TCP MD5 signature; empty for none
+}
+
+// GracefulRestart is BGP graceful restart (RFC 4724).
+type GracefulRestart struct {
+	Enabled     bool
+	RestartTime time.Duration
 }
 
 // L2Announce is ARP and NDP announcement of VIPs.
@@ -366,6 +435,8 @@ type L2Announce struct {
 	// RefreshInterval repeats an announcement that often while a VIP is
 	// active; 0 (the default) turns refreshes off.
 	RefreshInterval time.Duration
+	// Mode is always (the default) or external.
+	Mode L2Mode
 }
 
 // Metrics holds where Prometheus metrics are served.

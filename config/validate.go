@@ -42,6 +42,34 @@ func (c *Config) validate(d *decoder) {
 		}
 	}
 
+	// Appliances that share VIPs (behind ECMP, or active and standby) must
+	// share the seed: a generated one differs on each.
+	const shareSeed = "needs maglev.seed: appliances that share VIPs must share the seed, or a flow that moves between them reaches another backend; make one with: head -c 16 /dev/urandom | base64"
+	if !c.Maglev.SeedSet {
+		if c.Announce.BGP != nil {
+			at("announce.bgp", shareSeed)
+		}
+		if c.Announce.L2.Mode == L2ModeExternal {
+			at("announce.l2.mode", shareSeed)
+		}
+	}
+
+	// BGP peers: one session per address.
+	if b := c.Announce.BGP; b != nil {
+		peers := make(map[netip.Addr]int)
+		for i, p := range b.Peers {
+			if !p.Address.IsValid() {
+				continue
+			}
+			path := index("announce.bgp.peers", i) + ".address"
+			if first, ok := peers[p.Address]; ok {
+				at(path, "%q is already listed as announce.bgp.peers[%d]", p.Address, first)
+				continue
+			}
+			peers[p.Address] = i
+		}
+	}
+
 	// Pools: unique names, blocks that do not overlap within or across pools.
 	pools := make(map[string]int)
 	type block struct {

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -517,5 +518,90 @@ func TestHandshakeAgreesWithoutPin(t *testing.T) {
 				t.Errorf("%d pins, want only the %d that filled the table", len(pins), map[bool]int{true: maxFlows}[tc.full])
 			}
 		})
+	}
+}
+
+// TestSetTableAgainKeepsTransition: writing the table a VIP has already (a
+// restarted reconciler writes every table it wants once) does not end the
+// running transition: the previous table stays consulted for the flows
+// that have not sent their next packet yet.
+func TestSetTableAgainKeepsTransition(t *testing.T) {
+	d := fxOpen(t, Options{TransitionGrace: time.Hour})
+	k := VIPKey{Addr: netip.MustParseAddr("198.19.12.1"), Port: 80, Proto: TCP}
+	for id := uint32(1); id <= 2; id++ {
+		if err := d.UpsertBackend(id, ccBackend(id, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	first, second := fxFill(251, 1), fxFill(251, 2)
+	for _, table := range [][]uint32{first, second, second} {
+		if err := d.SetTable(k, table); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, prev, left, err := d.Tables(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cur, second) || !slices.Equal(prev, first) || left <= 0 {
+		t.Errorf("after writing the same table again: current %v…, previous %v…, %v left; want the second table, the first as previous, the grace period running",
+			cur[:3], prev[:min(3, len(prev))], left)
+	}
+}
+
+// TestSYNRemovesStalePin: a new connection that reuses the addresses and
+// ports of an earlier one, whose pin names a backend that is down, goes by
+// the table and removes that pin, so the backend coming back up does not
+// take the new connection over.
+func TestSYNRemovesStalePin(t *testing.T) {
+	d := fxOpen(t, Options{TransitionGrace: time.Hour})
+	k := VIPKey{Addr: netip.MustParseAddr("198.19.13.1"), Port: 80, Proto: TCP}
+	macs := map[string]uint32{}
+	for id := uint32(1); id <= 2; id++ {
+		b := ccBackend(id, 0)
+		macs[b.NextHopMAC.String()] = id
+		if err := d.UpsertBackend(id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.UpsertVIP(k, VIP{Mode: ModeDSRL2, HashSeed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetTable(k, fxFill(251, 2)); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := fxAP(netip.MustParseAddr("198.18.13.1"), 40000), fxAP(k.Addr, 80)
+	// The earlier connection was pinned to backend 1, which went down.
+	if err := d.PinFlow(Flow{Src: src, Dst: dst, Proto: TCP, BackendID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	down := ccBackend(1, 0)
+	down.Up = false
+	if err := d.UpsertBackend(1, down); err != nil {
+		t.Fatal(err)
+	}
+	send := func(flags packet.TCPFlags) uint32 {
+		t.Helper()
+		ret, out := fxRun(t, d.Program(), fxIn(fxIP(src, dst, flags, nil), nil))
+		if ret != fxTX {
+			t.Fatalf("verdict %s", fxVerdict(ret))
+		}
+		return macs[net.HardwareAddr(out[:6]).String()]
+	}
+	if got := send(packet.TCPSyn); got != 2 {
+		t.Fatalf("the new connection's SYN went to %d, want 2 (the table's)", got)
+	}
+	if _, ok, err := d.LookupFlow(src, dst, TCP); err != nil || ok {
+		t.Errorf("after the SYN the stale pin is still there (%v, %v)", ok, err)
+	}
+	// Backend 1 comes back up: the new connection stays on 2.
+	if err := d.UpsertBackend(1, ccBackend(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := send(packet.TCPAck); got != 2 {
+		t.Errorf("once backend 1 is up again the connection's ACK went to %d, want 2", got)
 	}
 }

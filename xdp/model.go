@@ -104,6 +104,10 @@ type Decision struct {
 	// StalePinID is the backend of a pin that was not followed because
 	// that backend is down or gone (0: none).
 	StalePinID uint32
+	// DropsPin: the packet, a SYN, removes the stale pin it met (a new
+	// connection of the same addresses and ports); a pin it makes is then
+	// a new one ("create").
+	DropsPin bool
 	// Pin is the pin the program writes for the packet: "" (none),
 	// "create" (a new pin, which fails if one exists) or "replace" (over a
 	// stale pin). ICMP errors never pin.
@@ -160,7 +164,8 @@ func (s *ModelState) Decide(p Packet) Decision {
 	}
 
 	// A pin to a backend that is up decides; one to a backend down or
-	// gone is passed over, and a new pin replaces it.
+	// gone is passed over, and a new pin replaces it, or, for a SYN, it is
+	// removed first.
 	stale := false
 	if v.HasPins && s.Pin != nil {
 		if id, ok := s.Pin(p.Src, p.Dst, p.Proto); ok {
@@ -168,7 +173,12 @@ func (s *ModelState) Decide(p Packet) Decision {
 				d.Rule, d.BackendID = RulePinned, id
 				return d
 			}
-			stale, d.StalePinID = true, id
+			d.StalePinID = id
+			if p.SYN {
+				d.DropsPin = true
+			} else {
+				stale = true
+			}
 		}
 	}
 	pin := func() {

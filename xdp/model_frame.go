@@ -550,9 +550,17 @@ func (r *frameRun) forward(f *mflow) string {
 		r.event(evPinHit)
 	}
 	// A stale pin: StalePinID, or a pin to id 0 (no backend), which only
-	// shows as a pin to replace.
-	if d.StalePinID != 0 || (d.Rule != RulePinned && d.Pin == "replace") {
+	// shows as a pin to replace or to remove.
+	if d.StalePinID != 0 || d.DropsPin || (d.Rule != RulePinned && d.Pin == "replace") {
 		r.event(evPinStale)
+	}
+	if d.DropsPin {
+		// A SYN removes the stale pin; then it goes as a flow without one
+		// (a pin it makes fits where the stale one was).
+		delete(r.m.Pins, FlowKey{p.Src, p.Dst, p.Proto})
+		*n--
+		r.m.State.PinFails = r.m.MaxFlows > 0 && *n >= r.m.MaxFlows
+		d = r.m.State.Decide(p)
 	}
 	if d.Pin != "" {
 		k := FlowKey{p.Src, p.Dst, p.Proto}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -210,6 +211,11 @@ func (d *Datapath) SetTables(tables map[VIPKey][]uint32) map[VIPKey]error {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 
+	// A table the VIP has already is not written again: a swap would start
+	// a new transition and end the running one, whose previous table keeps
+	// the flows not pinned yet on their backends (a restarted reconciler
+	// writes every table it wants once).
+	same := map[VIPKey]bool{}
 	// New inner maps, put into maglev_tables in one batch.
 	fresh := map[VIPKey]*innerTable{}
 	var idxs, fds []uint32
@@ -222,6 +228,10 @@ func (d *Datapath) SetTables(tables map[VIPKey][]uint32) map[VIPKey]error {
 			continue
 		case len(table) == 0:
 			fail(k, errors.New("empty table"))
+			continue
+		case st.table != nil && st.meta.TableSize == uint32(len(table)) && st.meta.TableIdx == st.table.idx &&
+			slices.Equal(st.table.read(st.meta.TableHalf&1), table):
+			same[k] = true
 			continue
 		case st.table != nil && st.table.size == uint32(len(table)):
 			continue
@@ -260,6 +270,16 @@ func (d *Datapath) SetTables(tables map[VIPKey][]uint32) map[VIPKey]error {
 			continue
 		}
 		st := d.vips[k]
+		if same[k] {
+			// Nothing to swap; a VIP not indexed yet may be now (its
+			// entry was taken when it got its table).
+			if !st.indexed {
+				if err := d.writeMeta(k, st, st.meta); err != nil {
+					fail(k, err)
+				}
+			}
+			continue
+		}
 		if err := d.swapTable(st, k, tables[k], fresh[k], now); err != nil {
 			if t := fresh[k]; t != nil {
 				d.releaseTable(t)

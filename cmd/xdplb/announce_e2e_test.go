@@ -69,6 +69,7 @@ type annAppliance struct {
 	cfgPath string
 	socket  string
 	metrics string // host:port inside host's namespace
+	l2Mode  string // announce.l2.mode, "" for the default
 	d       *runningDaemon
 }
 
@@ -79,9 +80,16 @@ type annAppliance struct {
 // that it is unmounted after the detach.
 func startAppliance(t *testing.T, bin string, host *testnet.Host, bpfRoot, metrics string, services ...annService) *annAppliance {
 	t.Helper()
+	return startApplianceL2(t, bin, host, bpfRoot, metrics, "", services...)
+}
+
+// startApplianceL2 is startAppliance with announce.l2.mode set to l2Mode
+// ("" leaves it out).
+func startApplianceL2(t *testing.T, bin string, host *testnet.Host, bpfRoot, metrics, l2Mode string, services ...annService) *annAppliance {
+	t.Helper()
 	dir := t.TempDir()
 	a := &annAppliance{
-		t: t, bin: bin, host: host, dir: dir,
+		t: t, bin: bin, host: host, dir: dir, l2Mode: l2Mode,
 		bpf:     filepath.Join(bpfRoot, host.Name),
 		cfgPath: filepath.Join(dir, "xdplb.yaml"),
 		socket:  filepath.Join(dir, "xdplb.sock"),
@@ -115,6 +123,9 @@ func startAppliance(t *testing.T, bin string, host *testnet.Host, bpfRoot, metri
 func (a *annAppliance) config(services ...annService) string {
 	var body strings.Builder
 	body.WriteString("announce:\n  l2:\n    interfaces: [eth0]\n")
+	if a.l2Mode != "" {
+		body.WriteString("    mode: " + a.l2Mode + "\n")
+	}
 	if len(services) > 0 {
 		body.WriteString("services:\n")
 	}

@@ -13,7 +13,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload, plan, monitor, top.
+	// reload, plan, monitor, top, bgp, drain, undrain, announce.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -28,6 +28,8 @@ type Request struct {
 	Config []byte `json:"config,omitempty"`
 	// Filter selects the events of monitor.
 	Filter *MonitorFilter `json:"filter,omitempty"`
+	// State is active or standby for announce; empty asks for the state.
+	State string `json:"state,omitempty"`
 }
 
 // Response is a control-socket response: Data on success, Error otherwise.
@@ -51,6 +53,11 @@ type controlAPI interface {
 	// Monitor streams the datapath's events to send until ctx ends or send
 	// fails; the first is of type "start".
 	Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error
+	BGP() (BGPInfo, error)
+	SetDrained(drained bool) (DrainInfo, error)
+	// L2State sets the state of the L2 announcers (active, standby) or,
+	// with "", returns it.
+	L2State(state string) (L2StateInfo, error)
 }
 
 // The answers are the control plane's types.
@@ -87,4 +94,8 @@ type (
 	PinEstimate     = controlplane.PinEstimate
 	LaterInfo       = controlplane.LaterInfo
 	AnnouncePlan    = controlplane.AnnouncePlan
+	BGPInfo         = controlplane.BGPInfo
+	BGPPeerInfo     = controlplane.BGPPeerInfo
+	DrainInfo       = controlplane.DrainInfo
+	L2StateInfo     = controlplane.L2StateInfo
 )

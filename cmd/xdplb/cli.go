@@ -476,7 +476,11 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 		if len(a.VIPs) > 0 {
 			vips = strings.Join(a.VIPs, ", ")
 		}
-		t.row(key, a.Interface, vips)
+		name := a.Interface
+		if a.State != "" {
+			name += " (" + a.State + ")"
+		}
+		t.row(key, name, vips)
 	}
 	// The sources of services, when there are others than the file.
 	if len(s.Sources) > 1 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +61,13 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// sortedBGP is the fake's BGP answer as the CLI sorts it.
+func sortedBGP() BGPInfo {
+	b := newFakeAPI().bgp
+	b.Peers = []BGPPeerInfo{b.Peers[1], b.Peers[0]}
+	return b
+}
+
 func TestCLIGolden(t *testing.T) {
 	setCLIClock(t)
 	api := newFakeAPI()
@@ -103,6 +111,11 @@ func TestCLIGolden(t *testing.T) {
 		{"explain_pinned", []string{"explain", "--from", "[2001:db8::10]:40001", "--to", "[2001:db8:10::1]:53/udp"}, new(ExplainInfo),
 			ptrTo(ex["[2001:db8::10]:40001 [2001:db8:10::1]:53/udp"]), []string{`Explain("[2001:db8::10]:40001", "[2001:db8:10::1]:53/udp", false)`}},
 		{"reload", []string{"reload"}, new(ReloadInfo), ptrTo(newFakeAPI().reload), []string{"Reload()", "Status()"}},
+		{"bgp", []string{"bgp"}, new(BGPInfo), ptrTo(sortedBGP()), []string{"BGP()"}},
+		{"drain", []string{"drain", "--no-wait"}, new(DrainInfo), &DrainInfo{Drained: true, Mode: "withdraw", Routes: []string{}}, []string{"SetDrained(true)"}},
+		{"undrain", []string{"undrain"}, new(DrainInfo), &DrainInfo{Mode: "withdraw", Routes: newFakeAPI().bgp.Routes}, []string{"SetDrained(false)"}},
+		{"announce", []string{"announce"}, new(L2StateInfo), ptrTo(newFakeAPI().l2), []string{`L2State("")`}},
+		{"announce_standby", []string{"announce", "--state", "standby"}, new(L2StateInfo), &L2StateInfo{Mode: "external", State: "standby", VIPs: []string{}}, []string{`L2State("standby")`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -127,6 +140,39 @@ func TestCLIGolden(t *testing.T) {
 				t.Errorf("xdplb %s -o json (-want +got):\n%s", strings.Join(tt.args, " "), diff)
 			}
 		})
+	}
+}
+
+// TestCLIDrainWaits: drain waits until the new-flow counters stop, and
+// exits 1 when they do not stop within --timeout.
+func TestCLIDrainWaits(t *testing.T) {
+	api := newFakeAPI()
+	var mu sync.Mutex
+	calls, stopAfter := 0, 4
+	api.newFlows = func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return uint64(min(calls, stopAfter)) * 10
+	}
+	sock := startControl(t, api)
+	out, err := runCLI(t, "drain", "--socket", sock, "--quiet", "1s")
+	if err != nil {
+		t.Fatalf("xdplb drain: %v\n%s", err, out)
+	}
+	if !strings.HasPrefix(out, "drained: every route withdrawn\nno new flows for 1s: drained ") || !strings.HasSuffix(out, " after the drain (30 new flows meanwhile)\n") {
+		t.Errorf("xdplb drain printed %q", out)
+	}
+
+	mu.Lock()
+	calls, stopAfter = 0, 1<<30
+	mu.Unlock()
+	out, err = runCLI(t, "drain", "--socket", sock, "--quiet", "1s", "--timeout", "1500ms")
+	if err == nil || err.Error() != "drain: new flows still arrive after 1.5s" {
+		t.Errorf("xdplb drain with flows that never stop: %v, want the timeout error\n%s", err, out)
+	}
+	if !strings.HasPrefix(out, "drained: every route withdrawn\nnew flows still arrive after ") {
+		t.Errorf("xdplb drain with flows that never stop printed %q", out)
 	}
 }
 
@@ -307,7 +353,7 @@ func TestCLIErrors(t *testing.T) {
 }
 
 func TestCLIHelp(t *testing.T) {
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top", "bgp", "drain", "undrain", "announce"} {
 		t.Run(cmd, func(t *testing.T) {
 			got, err := runCLI(t, cmd, "-h")
 			if err != nil {
@@ -380,7 +426,7 @@ func TestCLIDocumented(t *testing.T) {
 			t.Errorf("docs/cli.md does not show %s verbatim", g)
 		}
 	}
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top", "bgp", "drain", "undrain", "announce"} {
 		if !bytes.Contains(doc, []byte("## xdplb "+cmd+"\n")) {
 			t.Errorf("docs/cli.md has no section for xdplb %s", cmd)
 		}

@@ -295,6 +295,18 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return api.Plan(req.Name, req.Config)
 	case "top":
 		return api.Top()
+	case "bgp":
+		return api.BGP()
+	case "drain":
+		return api.SetDrained(true)
+	case "undrain":
+		return api.SetDrained(false)
+	case "announce":
+		switch req.State {
+		case "", "active", "standby":
+			return api.L2State(req.State)
+		}
+		return nil, fmt.Errorf("announce: state %q: want active or standby", req.State)
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Command)
 }

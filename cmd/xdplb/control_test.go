@@ -38,6 +38,12 @@ type fakeAPI struct {
 	// monitorDone, when set, is closed once Monitor has sent its events.
 	monitorDone chan struct{}
 	topCalls    int // Top calls so far
+	bgp         BGPInfo
+	drain       DrainInfo
+	l2          L2StateInfo
+	// newFlows, when set, makes VIPs answer one VIP with this many new
+	// flows (drain's waiting reads them).
+	newFlows func() uint64
 
 	mu    sync.Mutex
 	calls []string
@@ -55,10 +61,42 @@ func (f *fakeAPI) recorded() []string {
 	return append([]string(nil), f.calls...)
 }
 
-func (f *fakeAPI) Status() StatusInfo      { f.record("Status()"); return f.status }
-func (f *fakeAPI) VIPs() []VIPInfo         { f.record("VIPs()"); return f.vips }
+func (f *fakeAPI) Status() StatusInfo { f.record("Status()"); return f.status }
+func (f *fakeAPI) VIPs() []VIPInfo {
+	f.record("VIPs()")
+	if f.newFlows != nil {
+		v := VIPInfo{Service: "web", VIP: fakeVIP}
+		v.Stats.NewFlows = f.newFlows()
+		return []VIPInfo{v}
+	}
+	return f.vips
+}
 func (f *fakeAPI) Backends() []BackendInfo { f.record("Backends()"); return f.backends }
 func (f *fakeAPI) Reload() ReloadInfo      { f.record("Reload()"); return f.reload }
+
+func (f *fakeAPI) BGP() (BGPInfo, error) { f.record("BGP()"); return f.bgp, nil }
+
+func (f *fakeAPI) SetDrained(drained bool) (DrainInfo, error) {
+	f.record(fmt.Sprintf("SetDrained(%v)", drained))
+	d := f.drain
+	d.Drained = drained
+	if !drained {
+		d.Routes = f.bgp.Routes
+	}
+	return d, nil
+}
+
+func (f *fakeAPI) L2State(state string) (L2StateInfo, error) {
+	f.record(fmt.Sprintf("L2State(%q)", state))
+	s := f.l2
+	if state != "" {
+		s.State = state
+	}
+	if s.State == "standby" {
+		s.VIPs = nil
+	}
+	return s, nil
+}
 
 func (f *fakeAPI) Flows(vip string) ([]FlowInfo, error) {
 	f.record(fmt.Sprintf("Flows(%q)", vip))
@@ -102,6 +140,16 @@ var (
 // order so that the CLI's sorting shows.
 func newFakeAPI() *fakeAPI {
 	return &fakeAPI{
+		bgp: BGPInfo{
+			LocalASN: 65010, RouterID: "198.18.0.1",
+			Routes: []string{"198.18.10.10/32", "2001:db8:10::1/128"},
+			Peers: []BGPPeerInfo{
+				{Address: "2001:db8::fe", ASN: 65000, State: "active"},
+				{Address: "198.18.0.254", ASN: 65000, State: "established", Since: fakeNow.Add(-(3*time.Hour + 4*time.Minute)), HoldTime: 9 * time.Second, Sent: 1, Received: 3},
+			},
+		},
+		drain: DrainInfo{Mode: "withdraw", Routes: []string{}},
+		l2:    L2StateInfo{Mode: "external", State: "active", VIPs: []string{"198.18.10.10", "2001:db8:10::1"}},
 		status: StatusInfo{
 			Version: "v0.3.0 1a2b3c4d",
 			Started: fakeStarted,

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
@@ -37,6 +38,35 @@ func (a appliance) Plan(name string, data []byte) (PlanInfo, error) {
 // Monitor answers `xdplb monitor`.
 func (a appliance) Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error {
 	return a.Plane.Monitor(ctx, f, send)
+}
+
+// BGP answers `xdplb bgp`.
+func (a appliance) BGP() (BGPInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout/2)
+	defer cancel()
+	return a.Plane.BGP(ctx)
+}
+
+// BGPMetrics is the speaker's status for the metrics, or false without one.
+func (a appliance) BGPMetrics() (BGPInfo, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	b, err := a.Plane.BGP(ctx)
+	return b, err == nil
+}
+
+// L2StateMetrics is the L2 announcers' state for the metrics.
+func (a appliance) L2StateMetrics() L2StateInfo { return a.Plane.L2State() }
+
+// L2State answers `xdplb announce`.
+func (a appliance) L2State(state string) (L2StateInfo, error) {
+	switch state {
+	case "active":
+		return a.Plane.SetL2Active(true)
+	case "standby":
+		return a.Plane.SetL2Active(false)
+	}
+	return a.Plane.L2State(), nil
 }
 
 func runDaemon(ctx context.Context, args []string, out io.Writer) error {

@@ -256,6 +256,9 @@ func newMetricsRegistry(src metricsSource) *prometheus.Registry {
 	if cs, ok := src.(sourceConflicts); ok {
 		reg.MustRegister(conflictCollector{cs})
 	}
+	if bs, ok := src.(bgpSource); ok {
+		reg.MustRegister(bgpCollector{bs})
+	}
 	return reg
 }
 

@@ -116,6 +116,12 @@ func (f *fakeMetrics) AnnounceStats() []announce.Stats {
 
 func (f *fakeMetrics) HealthTransitions() (toUp, toDown uint64) { return 3, 2 }
 
+func (f *fakeMetrics) BGPMetrics() (BGPInfo, bool) { return newFakeAPI().bgp, true }
+
+func (f *fakeMetrics) L2StateMetrics() L2StateInfo {
+	return L2StateInfo{Mode: "external", State: "standby", VIPs: []string{}}
+}
+
 func (f *fakeMetrics) Conflicts() map[string]int { return map[string]int{"file": 0, "kubernetes": 1} }
 
 func newFakeMetrics() *fakeMetrics {
@@ -287,6 +293,12 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"xdplb_announce_received_total":          {"interface", "protocol"},
 		"xdplb_announce_drops_total":             {"interface", "protocol", "reason"},
 		"xdplb_announce_send_errors_total":       {"interface", "protocol"},
+		"xdplb_announce_l2_active":               {"mode"},
+		"xdplb_bgp_session_state":                {"peer", "state"},
+		"xdplb_bgp_prefixes_sent":                {"peer"},
+		"xdplb_bgp_prefixes_received":            {"peer"},
+		"xdplb_bgp_routes_advertised":            nil,
+		"xdplb_bgp_drained":                      nil,
 	}
 	// The only values some labels may take, whatever the state.
 	closed := map[string][]string{
@@ -295,6 +307,10 @@ func TestMetricsLabelsBounded(t *testing.T) {
 		"protocol": {"tcp", "udp"},
 		"result":   {"failure", "success"},
 		"to":       {"down", "up"},
+		"state":    bgpStates,
+		"mode":     {"always", "external"},
+		// Peers are configured addresses: the fake's.
+		"peer": {"198.18.0.254", "2001:db8::fe"},
 	}
 	// The announcers' protocol label names the packets they answer.
 	announceProtocols := []string{"arp", "ndp"}

@@ -52,6 +52,10 @@ var commands = map[string]command{
 	"monitor":   {"stream the datapath's events: drops with their reason, pins, ICMP", runMonitor},
 	"top":       {"a live view of packets, bits, new flows and drops per second, per VIP and backend", runTop},
 	"plan":      {"say what applying a configuration file would change, without applying it", runPlan},
+	"bgp":       {"show the BGP speaker: routes, peers, session states, prefixes", runBGP},
+	"drain":     {"withdraw (or tag) the BGP routes and wait until no new flows arrive", runDrain},
+	"undrain":   {"announce the BGP routes again after a drain", runUndrain},
+	"announce":  {"set or show the L2 announcers' state (active or standby) in external mode", runAnnounce},
 }
 
 func run(ctx context.Context, args []string) error {

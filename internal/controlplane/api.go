@@ -52,6 +52,9 @@ type ConflictInfo struct {
 type AnnounceInfo struct {
 	Interface string   `json:"interface"`
 	VIPs      []string `json:"vips"`
+	// State is active or standby for an L2 announcer in external mode,
+	// drained for a drained BGP speaker, and empty otherwise.
+	State string `json:"state,omitempty"`
 }
 
 // InterfaceInfo is one interface the datapath runs on.

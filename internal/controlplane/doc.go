@@ -5,7 +5,9 @@
 // line with them through the reconciler (package lb), given the backends'
 // health (package lb/health) and their next hops as the kernel's neighbours
 // and routes say. From what is applied it decides once which VIPs are
-// announceable and hands them to every Announcer. It answers the status
-// that the control socket and the metrics collector of cmd/xdplb serve, and
-// kicks systemd's watchdog from its loop.
+// announceable and hands them to every Announcer: the L2 announcers of
+// announce.l2 (silent on standby when an outside election drives them) and
+// the BGP speaker of announce.bgp, which it drains and undrains on request.
+// It answers the status that the control socket and the metrics collector
+// of cmd/xdplb serve, and kicks systemd's watchdog from its loop.
 package controlplane

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/xdplb/xdplb/announce"
+	"github.com/xdplb/xdplb/announce/bgp"
 	"github.com/xdplb/xdplb/config"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/lb/health"
@@ -36,9 +38,10 @@ const maintainEvery = 10 * time.Second
 const routeSettle = 100 * time.Millisecond
 
 // Announcer tells the network where VIPs live: the L2 announcer of an
-// interface (ARP/NDP) today, a BGP speaker next. The control plane decides
-// which addresses are announceable and hands the same set to every
-// announcer.
+// interface (ARP/NDP, package announce) and the BGP speaker (package
+// announce/bgp). The control plane decides which addresses are announceable
+// and hands the same set to every announcer; only the L2 announcers on
+// standby (announce.l2.mode external) get none.
 type Announcer interface {
 	// Name names the announcer in the status: the interface for L2.
 	Name() string
@@ -81,6 +84,8 @@ type Plane struct {
 	alloc      *config.Allocator
 	checker    *health.Checker
 	announcers []Announcer
+	l2         map[Announcer]bool // the L2 announcers announce.l2 asks for
+	bgp        *bgp.Speaker       // nil without announce.bgp
 	sources    []Source
 	order      []string // source names, the file first
 	merger     *merger
@@ -109,6 +114,8 @@ type Plane struct {
 	attached   map[string]*xdp.Attachment
 	lastReload ReloadInfo
 	announced  []netip.Addr
+	l2Active   bool     // the L2 announcers answer (always, or told by `xdplb announce`)
+	drained    bool     // `xdplb drain`: the BGP routes are withdrawn or tagged
 	allocErrs  []string // services a pool could not give an address
 	seedFile   string   // the generated seed's file, once read or made
 	flows4     int
@@ -164,6 +171,15 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		offers:        map[string][]config.Service{},
 		sourceInfo:    map[string]SourceInfo{},
 		attached:      map[string]*xdp.Attachment{},
+		l2:            map[Announcer]bool{},
+		l2Active:      cfg.Announce.L2.Mode != config.L2ModeExternal,
+	}
+	if !p.l2Active {
+		// Told active before a restart: answer again at once.
+		if _, err := os.Stat(filepath.Join(cfg.Paths.State, l2ActiveFileName)); err == nil {
+			p.l2Active = true
+			log.Info("the L2 announcers were active before the restart: active until told otherwise")
+		}
 	}
 	p.checker = health.New(health.Options{Logger: log, OnChange: func(lb.BackendKey, bool) {
 		select {
@@ -183,6 +199,7 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 			return nil, fmt.Errorf("announcing on %q: %w", name, err)
 		}
 		p.announcers = append(p.announcers, a)
+		p.l2[a] = true
 	}
 	p.announcers = append(p.announcers, opts.Announcers...)
 	p.dp, err = xdp.Open(xdp.Options{PinPath: cfg.Paths.BPF, MaxFlows: int(cfg.Conntrack.MaxFlows)})
@@ -205,6 +222,23 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		leftVIPs = append(leftVIPs, v.Key)
 	}
 	p.rec.Recover(leftVIPs, left)
+	if b := cfg.Announce.BGP; b != nil {
+		// A datapath taken over from an earlier instance forwarded all
+		// along: the peers hear so (graceful restart's forwarding state).
+		p.bgp, err = bgp.New(bgpOptions(b, len(leftVIPs) > 0), log)
+		if err != nil {
+			p.closeAnnouncers()
+			p.dp.Close()
+			return nil, err
+		}
+		p.announcers = append(p.announcers, p.bgp)
+		// A drain outlives a restart: maintenance often needs one.
+		if _, err := os.Stat(p.drainFile(cfg)); err == nil {
+			p.drained = true
+			p.bgp.SetDrained(true)
+			log.Info("drained before the restart: the BGP routes stay withdrawn until `xdplb undrain`")
+		}
+	}
 	if err := p.applyConfig(ctx, cfg, "start"); err != nil {
 		p.closeAnnouncers()
 		p.dp.Close()
@@ -378,6 +412,14 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	if p.cfg != nil && cfg.Conntrack.MaxFlows != p.cfg.Conntrack.MaxFlows {
 		return fmt.Errorf("conntrack.maxFlows changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", p.cfg.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows)
 	}
+	if p.cfg != nil && cfg.Announce.L2.Mode != p.cfg.Announce.L2.Mode {
+		// A change of mode starts from what the new mode says at start:
+		// always answers, external waits to be told.
+		p.l2Active = cfg.Announce.L2.Mode != config.L2ModeExternal
+	}
+	if p.cfg != nil && !reflect.DeepEqual(cfg.Announce.BGP, p.cfg.Announce.BGP) {
+		return errors.New("announce.bgp changed: the BGP speaker takes its settings at start; restart xdplb to apply them (graceful restart keeps the routes meanwhile)")
+	}
 	for _, ifc := range cfg.Interfaces {
 		if _, ok := p.attached[ifc.Name]; ok {
 			continue
@@ -505,10 +547,35 @@ func (p *Plane) announce(services []config.Service, st lb.Status) {
 			p.log.Debug("not announced: too few healthy backends", "service", s.Name, "vip", s.Addr, "healthy", healthy[s.Name], "min", s.MinHealthyBackends)
 		}
 	}
-	for _, a := range p.announcers {
-		a.SetVIPs(active)
-	}
 	p.announced = active
+	p.handOut()
+}
+
+// handOut gives every announcer the announceable addresses, but none to
+// the L2 announcers while they are on standby. p.mu is held.
+func (p *Plane) handOut() {
+	for _, a := range p.announcers {
+		if p.l2[a] && !p.l2Active {
+			a.SetVIPs(nil)
+			continue
+		}
+		a.SetVIPs(p.announced)
+	}
+}
+
+// bgpOptions are the speaker's options from the configuration.
+func bgpOptions(b *config.BGPAnnounce, restarting bool) bgp.Options {
+	o := bgp.Options{
+		LocalASN: b.LocalASN, RouterID: b.RouterID, ListenPort: b.ListenPort,
+		Communities:     b.CommunityValues,
+		GracefulRestart: b.GracefulRestart.Enabled, RestartTime: b.GracefulRestart.RestartTime,
+		Restarting:            restarting && b.GracefulRestart.Enabled,
+		DrainGracefulShutdown: b.Drain == config.DrainGracefulShutdown,
+	}
+	for _, peer := range b.Peers {
+		o.Peers = append(o.Peers, bgp.Peer{Address: peer.Address, ASN: peer.ASN, HoldTime: peer.HoldTime, Password: peer.Password})
+	}
+	return o
 }
 
 func hasInterface(cfg *config.Config, name string) bool {

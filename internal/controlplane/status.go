@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xdplb/xdplb/announce"
+	"github.com/xdplb/xdplb/config"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/lb/health"
 	"github.com/xdplb/xdplb/xdp"
@@ -41,7 +42,20 @@ func (p *Plane) Status() StatusInfo {
 	}
 	for _, a := range p.announcers {
 		ai := AnnounceInfo{Interface: a.Name(), VIPs: []string{}}
-		for _, v := range p.announced {
+		vips := p.announced
+		switch {
+		case p.bgp != nil && a == Announcer(p.bgp):
+			vips = p.bgp.Advertised()
+			if p.drained {
+				ai.State = "drained"
+			}
+		case p.l2[a] && p.cfg.Announce.L2.Mode == config.L2ModeExternal:
+			ai.State = l2StateName(p.l2Active)
+			if !p.l2Active {
+				vips = nil
+			}
+		}
+		for _, v := range vips {
 			ai.VIPs = append(ai.VIPs, v.String())
 		}
 		s.Announced = append(s.Announced, ai)

@@ -90,7 +90,8 @@ type Topology struct {
 	LB       *Host
 	Backends []*Host
 
-	namespaces []*NS // every namespace created, for Close
+	id         string // the random part of the namespaces' names
+	namespaces []*NS  // every namespace created, for Close
 	xdpPass    *ebpf.Program
 	xdpLinks   []link.Link
 }
@@ -151,6 +152,7 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 	}()
 
 	id := randomHex(2)
+	t.id = id
 	if t.Switch, err = newNamedNS("xt" + id + "-sw"); err != nil {
 		return t, err
 	}

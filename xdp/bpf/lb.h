@@ -269,6 +269,24 @@ static __always_inline struct ct_value *ct_lookup(struct pkt *p)
 	return bpf_map_lookup_elem(&ct6, &k);
 }
 
+/* ct_delete removes the flow's pin. */
+static __always_inline void ct_delete(struct pkt *p)
+{
+	if (p->family == 4) {
+		struct flow4 k = {
+			.saddr = p->saddr[0], .daddr = p->daddr[0],
+			.sport = p->sport, .dport = p->dport, .proto = p->proto,
+		};
+		bpf_map_delete_elem(&ct4, &k);
+		return;
+	}
+	struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+	bpf_map_delete_elem(&ct6, &k);
+}
+
 /* When the flow table is full, every insert walks a full bucket before it
  * fails: after a failure this CPU stops trying for PIN_BACKOFF_NS (pins then
  * fail at once, counted the same). */
@@ -372,9 +390,17 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 					ct->last_seen = now;
 				return b;
 			}
-			/* A pin to a removed or down backend is not used. */
+			/* A pin to a removed or down backend is not used. A SYN
+			 * starts a new connection: the stale pin is an earlier one's
+			 * of the same addresses and ports, whose backend, back up,
+			 * would take this one over. It goes (a dry run keeps it). */
 			count(CNT_EV_PIN_STALE);
-			stale = 1;
+			if (p->syn) {
+				if (!cfg_dry_run)
+					ct_delete(p);
+			} else {
+				stale = 1;
+			}
 		}
 	}
 
