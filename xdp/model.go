@@ -259,18 +259,13 @@ func (d *Datapath) ModelState() (*ModelState, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading VIPs: %w", err)
 	}
-	var (
-		id   uint32
-		slot lbBackendSlot
-		bit  = d.objs.Backends.Iterate()
-	)
-	for bit.Next(&id, &slot) {
-		if e := slot.B[slot.Gen&1]; e.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
-			s.Backends[id] = backendFrom(e)
+	// The backend entries as written (the process is their only writer,
+	// and Open read them back from the map): walking the array would cost
+	// two syscalls per possible id, 65536 of them, with d.mu held.
+	for id, st := range d.backends {
+		if st.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_VALID) != 0 {
+			s.Backends[id] = backendFrom(st.entry)
 		}
-	}
-	if err := bit.Err(); err != nil {
-		return nil, fmt.Errorf("reading backends: %w", err)
 	}
 	s.Pin = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
 		id, ok, err := d.LookupFlow(src, dst, proto)

@@ -19,6 +19,9 @@ import (
 // few to remove one) is skipped. Each change runs to its end under ctx (the
 // caller's), even when runCtx ends during it, so that nothing is left half
 // done.
+// settle is the end of a soak without changes.
+const settle = 8 * time.Second
+
 func (s *soak) changes(runCtx, ctx context.Context) error {
 	order := slices.Clone(s.opts.Kinds)
 	for round := 0; ; round++ {
@@ -29,6 +32,13 @@ func (s *soak) changes(runCtx, ctx context.Context) error {
 		}
 		for _, kind := range order {
 			if !sleep(runCtx, s.opts.Pause) {
+				return nil
+			}
+			// No change in the soak's last settle: what a change sets off
+			// (a health check taking a backend down, resets) must be seen
+			// by the monitor before the outcomes are classified.
+			if time.Until(s.tl.Start.Add(s.opts.Duration)) < settle {
+				<-runCtx.Done()
 				return nil
 			}
 			if err := s.change(ctx, kind); err != nil {
