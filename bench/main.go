@@ -1,7 +1,7 @@
 // Command bench runs xdplb's benchmarks and its soak; docs/bench.md has the
 // method and the results.
 //
-//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
+//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //
@@ -55,7 +55,7 @@ func main() {
 	}
 }
 
-const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP]
+const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
 
@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	runs := fs.Int("runs", 7, "runs per case (the median is reported; at least 5)")
 	repeat := fs.Int("repeat", 1<<20, "packets per run (one BPF_PROG_TEST_RUN call)")
 	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
+	monitor := fs.Bool("monitor", false, "measure with the monitor flag on, as while `xdplb monitor` runs")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -99,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if uid := os.Geteuid(); uid != 0 {
 		return fmt.Errorf("datapath needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN); running as uid %d: try sudo", uid)
 	}
-	return datapath(ctx, *runs, *repeat, re, *asJSON, stdout, stderr)
+	return datapath(ctx, *runs, *repeat, re, *asJSON, *monitor, stdout, stderr)
 }
 
 // result is one case in the JSON output. A run is one BPF_PROG_TEST_RUN call
@@ -126,8 +127,8 @@ type result struct {
 
 func ns(d time.Duration) float64 { return float64(d) / float64(time.Nanosecond) }
 
-func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON bool, stdout, stderr io.Writer) error {
-	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev})
+func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON, monitor bool, stdout, stderr io.Writer) error {
+	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev, Monitor: monitor})
 	if err != nil {
 		return err
 	}

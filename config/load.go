@@ -44,6 +44,24 @@ func Check(path string) error {
 	if err != nil {
 		return err
 	}
+	return checkPools(c)
+}
+
+// CheckData is [Check] of a file's content: name is what errors call it. It
+// returns the Config when there is no error.
+func CheckData(name string, data []byte) (*Config, error) {
+	c, err := Parse(name, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPools(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkPools reports the services whose pool has no address left for them.
+func checkPools(c *Config) error {
 	_, errs := allocate(c, nil)
 	var list ErrorList
 	for i, s := range c.ServiceSpecs {

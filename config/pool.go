@@ -86,6 +86,19 @@ func (a *Allocator) Assign(cfg *Config) (map[string]netip.Addr, map[string]error
 	return addrs, errs, nil
 }
 
+// Preview is [Allocator.Assign] without saving: the addresses the services
+// of cfg would get, for a plan.
+func (a *Allocator) Preview(cfg *Config) (map[string]netip.Addr, map[string]error, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	prev, err := a.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	addrs, errs := allocate(cfg, prev)
+	return addrs, errs, nil
+}
+
 // load reads the allocations; a missing file holds none.
 func (a *Allocator) load() (map[string]allocation, error) {
 	data, err := os.ReadFile(a.path)

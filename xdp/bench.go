@@ -325,6 +325,10 @@ type BenchConfig struct {
 	// e.g. with lb.BuildMaglev. Nil deals the slots out round robin and
 	// shuffles them, which costs the datapath the same.
 	BuildTable func(m int, backends []BenchBackend) ([]uint32, error)
+	// Monitor turns the monitor flag on in the datapaths, as while
+	// `xdplb monitor` runs (nobody reads the ring here: an event finds it
+	// full after a while and is lost, as with a listener too slow).
+	Monitor bool
 }
 
 func (c *BenchConfig) setDefaults() {
@@ -558,6 +562,12 @@ func (s *BenchSuite) open() (*Datapath, error) {
 	if err := s.configure(d); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("bench: configuring the datapath: %w", err)
+	}
+	if s.cfg.Monitor {
+		if err := d.SetMonitor(true); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	return d, nil
 }

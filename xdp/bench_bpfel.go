@@ -214,6 +214,9 @@ const (
 	benchMapDryResult        = "dry_result"
 	benchMapFrags            = "frags"
 	benchMapMaglevTables     = "maglev_tables"
+	benchMapMonitorEvents    = "monitor_events"
+	benchMapMonitorLost      = "monitor_lost"
+	benchMapMonitorOn        = "monitor_on"
 	benchMapPinBackoff       = "pin_backoff"
 	benchMapPinFilter        = "pin_filter"
 	benchMapSettingsMap      = "settings_map"
@@ -282,25 +285,28 @@ type benchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchMapSpecs struct {
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	BenchFrames  *ebpf.MapSpec `ebpf:"bench_frames"`
-	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
-	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
-	SettingsMap  *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex     *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots     *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips         *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	BenchFrames   *ebpf.MapSpec `ebpf:"bench_frames"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
+	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
+	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // benchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -332,25 +338,28 @@ func (o *benchObjects) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchMaps struct {
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	BenchFrames  *ebpf.Map `ebpf:"bench_frames"`
-	Ct4          *ebpf.Map `ebpf:"ct4"`
-	Ct6          *ebpf.Map `ebpf:"ct6"`
-	DryResult    *ebpf.Map `ebpf:"dry_result"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
-	SettingsMap  *ebpf.Map `ebpf:"settings_map"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex     *ebpf.Map `ebpf:"vip_index"`
-	VipSlots     *ebpf.Map `ebpf:"vip_slots"`
-	VipStats     *ebpf.Map `ebpf:"vip_stats"`
-	Vips         *ebpf.Map `ebpf:"vips"`
+	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	BenchFrames   *ebpf.Map `ebpf:"bench_frames"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Ct6           *ebpf.Map `ebpf:"ct6"`
+	DryResult     *ebpf.Map `ebpf:"dry_result"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
+	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex      *ebpf.Map `ebpf:"vip_index"`
+	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
+	VipStats      *ebpf.Map `ebpf:"vip_stats"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *benchMaps) Close() error {
@@ -363,6 +372,9 @@ func (m *benchMaps) Close() error {
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
+		m.MonitorEvents,
+		m.MonitorLost,
+		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
 		m.SettingsMap,

@@ -92,6 +92,7 @@ type Datapath struct {
 	freed      []uint32       // maglev_tables slots to release at the next flush
 	zeroStats  []lbLbStats
 	closed     bool
+	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
 	bench      *benchObjects // the bench wrappers, loaded by the first benchmark run
 
@@ -202,6 +203,14 @@ func Open(opts Options) (*Datapath, error) {
 		d.closeTables()
 		d.objs.Close()
 		return nil, fmt.Errorf("reading settings: %w", err)
+	}
+	// A daemon that died while someone listened left the monitor on.
+	if err := d.SetMonitor(false); err != nil {
+		d.unmapPinFilter()
+		d.unmapIndex()
+		d.closeTables()
+		d.objs.Close()
+		return nil, err
 	}
 	if err := d.recover(); err != nil {
 		d.unmapPinFilter()
@@ -320,7 +329,7 @@ func (d *Datapath) Unpin() error {
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
 		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
-		d.objs.Frags,
+		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

@@ -96,6 +96,25 @@ type lbLbStats struct {
 	NewFlows uint64
 }
 
+type lbMonitorEvent struct {
+	_         structs.HostLayout
+	Type      uint32
+	Reason    uint32
+	Ifindex   uint32
+	BackendId uint32
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	Family    uint8
+	Proto     uint8
+	Syn       uint8
+	Pad       uint8
+	FrameLen  uint32
+	CapLen    uint32
+	Data      [128]uint8
+}
+
 type lbSettings struct {
 	_               structs.HostLayout
 	EncapSrc4       uint32
@@ -224,6 +243,16 @@ const (
 	lbXdplbModeMODE_SNAT     lbXdplbMode = 2
 )
 
+type lbXdplbMonitorType uint32
+
+const (
+	lbXdplbMonitorTypeMON_DROP       lbXdplbMonitorType = 1
+	lbXdplbMonitorTypeMON_PIN        lbXdplbMonitorType = 2
+	lbXdplbMonitorTypeMON_ICMP_ERROR lbXdplbMonitorType = 3
+	lbXdplbMonitorTypeMON_ECHO_REPLY lbXdplbMonitorType = 4
+	lbXdplbMonitorTypeMON_ICMP_SENT  lbXdplbMonitorType = 5
+)
+
 type lbXdplbVipFlags uint32
 
 const (
@@ -241,6 +270,9 @@ const (
 	lbMapDryResult       = "dry_result"
 	lbMapFrags           = "frags"
 	lbMapMaglevTables    = "maglev_tables"
+	lbMapMonitorEvents   = "monitor_events"
+	lbMapMonitorLost     = "monitor_lost"
+	lbMapMonitorOn       = "monitor_on"
 	lbMapPinBackoff      = "pin_backoff"
 	lbMapPinFilter       = "pin_filter"
 	lbMapSettingsMap     = "settings_map"
@@ -257,6 +289,8 @@ const (
 	lbVarBtfBackendFlags = "btf_backend_flags"
 	lbVarBtfDryPin       = "btf_dry_pin"
 	lbVarBtfMode         = "btf_mode"
+	lbVarBtfMonitorEvent = "btf_monitor_event"
+	lbVarBtfMonitorType  = "btf_monitor_type"
 	lbVarBtfVipFlags     = "btf_vip_flags"
 	lbVarCfgDryRun       = "cfg_dry_run"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
@@ -312,24 +346,27 @@ type lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6          *ebpf.MapSpec `ebpf:"ct6"`
-	DryResult    *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags        *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	PinBackoff   *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter    *ebpf.MapSpec `ebpf:"pin_filter"`
-	SettingsMap  *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex     *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots     *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips         *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
+	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
+	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -340,6 +377,8 @@ type lbVariableSpecs struct {
 	BtfBackendFlags *ebpf.VariableSpec `ebpf:"btf_backend_flags"`
 	BtfDryPin       *ebpf.VariableSpec `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
+	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
+	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgDryRun       *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
@@ -366,24 +405,27 @@ func (o *lbObjects) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Ct4          *ebpf.Map `ebpf:"ct4"`
-	Ct6          *ebpf.Map `ebpf:"ct6"`
-	DryResult    *ebpf.Map `ebpf:"dry_result"`
-	Frags        *ebpf.Map `ebpf:"frags"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	PinBackoff   *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter    *ebpf.Map `ebpf:"pin_filter"`
-	SettingsMap  *ebpf.Map `ebpf:"settings_map"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex     *ebpf.Map `ebpf:"vip_index"`
-	VipSlots     *ebpf.Map `ebpf:"vip_slots"`
-	VipStats     *ebpf.Map `ebpf:"vip_stats"`
-	Vips         *ebpf.Map `ebpf:"vips"`
+	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Ct6           *ebpf.Map `ebpf:"ct6"`
+	DryResult     *ebpf.Map `ebpf:"dry_result"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
+	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex      *ebpf.Map `ebpf:"vip_index"`
+	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
+	VipStats      *ebpf.Map `ebpf:"vip_stats"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *lbMaps) Close() error {
@@ -395,6 +437,9 @@ func (m *lbMaps) Close() error {
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
+		m.MonitorEvents,
+		m.MonitorLost,
+		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
 		m.SettingsMap,
@@ -417,6 +462,8 @@ type lbVariables struct {
 	BtfBackendFlags *ebpf.Variable `ebpf:"btf_backend_flags"`
 	BtfDryPin       *ebpf.Variable `ebpf:"btf_dry_pin"`
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
+	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
+	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgDryRun       *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 
 	"github.com/xdplb/xdplb/internal/controlplane"
@@ -12,7 +13,7 @@ import (
 // Request is a control-socket request.
 type Request struct {
 	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload, bgp, drain, undrain, announce.
+	// reload, plan, monitor, top, bgp, drain, undrain, announce.
 	Command string `json:"command"`
 	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
 	// it): a filter for conntrack, the subject of maglev and explain.
@@ -21,6 +22,12 @@ type Request struct {
 	From string `json:"from,omitempty"`
 	// SYN makes explain run a TCP SYN rather than an ACK.
 	SYN bool `json:"syn,omitempty"`
+	// Name and Config are the candidate file of plan: its name (for
+	// errors) and content. No Config plans the daemon's own file.
+	Name   string `json:"name,omitempty"`
+	Config []byte `json:"config,omitempty"`
+	// Filter selects the events of monitor.
+	Filter *MonitorFilter `json:"filter,omitempty"`
 	// State is active or standby for announce; empty asks for the state.
 	State string `json:"state,omitempty"`
 }
@@ -41,6 +48,11 @@ type controlAPI interface {
 	Maglev(vip string) (MaglevInfo, error)
 	Explain(from, vip string, syn bool) (ExplainInfo, error)
 	Reload() ReloadInfo
+	Plan(name string, config []byte) (PlanInfo, error)
+	Top() (TopInfo, error)
+	// Monitor streams the datapath's events to send until ctx ends or send
+	// fails; the first is of type "start".
+	Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error
 	BGP() (BGPInfo, error)
 	SetDrained(drained bool) (DrainInfo, error)
 	// L2State sets the state of the L2 announcers (active, standby) or,
@@ -50,28 +62,40 @@ type controlAPI interface {
 
 // The answers are the control plane's types.
 type (
-	StatusInfo     = controlplane.StatusInfo
-	AnnounceInfo   = controlplane.AnnounceInfo
-	SourceInfo     = controlplane.SourceInfo
-	ConflictInfo   = controlplane.ConflictInfo
-	InterfaceInfo  = controlplane.InterfaceInfo
-	ConfigInfo     = controlplane.ConfigInfo
-	ReloadInfo     = controlplane.ReloadInfo
-	ApplyInfo      = controlplane.ApplyInfo
-	Counts         = controlplane.Counts
-	VIPInfo        = controlplane.VIPInfo
-	VIPBackendInfo = controlplane.VIPBackendInfo
-	BackendInfo    = controlplane.BackendInfo
-	HealthInfo     = controlplane.HealthInfo
-	FlowInfo       = controlplane.FlowInfo
-	MaglevInfo     = controlplane.MaglevInfo
-	SlotsShare     = controlplane.SlotsShare
-	ExplainInfo    = controlplane.ExplainInfo
-	ProgramRun     = controlplane.ProgramRun
-	VIPMetric      = controlplane.VIPMetric
-	BackendMetric  = controlplane.BackendMetric
-	BGPInfo        = controlplane.BGPInfo
-	BGPPeerInfo    = controlplane.BGPPeerInfo
-	DrainInfo      = controlplane.DrainInfo
-	L2StateInfo    = controlplane.L2StateInfo
+	StatusInfo      = controlplane.StatusInfo
+	AnnounceInfo    = controlplane.AnnounceInfo
+	SourceInfo      = controlplane.SourceInfo
+	ConflictInfo    = controlplane.ConflictInfo
+	InterfaceInfo   = controlplane.InterfaceInfo
+	ConfigInfo      = controlplane.ConfigInfo
+	ReloadInfo      = controlplane.ReloadInfo
+	ApplyInfo       = controlplane.ApplyInfo
+	Counts          = controlplane.Counts
+	VIPInfo         = controlplane.VIPInfo
+	VIPBackendInfo  = controlplane.VIPBackendInfo
+	BackendInfo     = controlplane.BackendInfo
+	HealthInfo      = controlplane.HealthInfo
+	FlowInfo        = controlplane.FlowInfo
+	MaglevInfo      = controlplane.MaglevInfo
+	SlotsShare      = controlplane.SlotsShare
+	ExplainInfo     = controlplane.ExplainInfo
+	ProgramRun      = controlplane.ProgramRun
+	VIPMetric       = controlplane.VIPMetric
+	BackendMetric   = controlplane.BackendMetric
+	TopInfo         = controlplane.TopInfo
+	CounterInfo     = controlplane.CounterInfo
+	MonitorFilter   = controlplane.MonitorFilter
+	MonitorEvent    = controlplane.MonitorEvent
+	PlanInfo        = controlplane.PlanInfo
+	ServicePlan     = controlplane.ServicePlan
+	VIPPlanInfo     = controlplane.VIPPlanInfo
+	MoveInfo        = controlplane.MoveInfo
+	BackendPlanInfo = controlplane.BackendPlanInfo
+	PinEstimate     = controlplane.PinEstimate
+	LaterInfo       = controlplane.LaterInfo
+	AnnouncePlan    = controlplane.AnnouncePlan
+	BGPInfo         = controlplane.BGPInfo
+	BGPPeerInfo     = controlplane.BGPPeerInfo
+	DrainInfo       = controlplane.DrainInfo
+	L2StateInfo     = controlplane.L2StateInfo
 )

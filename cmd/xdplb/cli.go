@@ -286,16 +286,26 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runReload(ctx context.Context, args []string, out io.Writer) error {
-	c := newCLICommand("reload", "xdplb reload [--socket PATH] [-o table|json]",
+	c := newCLICommand("reload", "xdplb reload [--plan] [--socket PATH] [-o table|json]",
 		"Asks the daemon to read its configuration file again and apply what changed.\n"+
 			"A file with errors is refused as a whole: the running configuration stays, and\n"+
-			"the errors are printed (exit status 1).")
+			"the errors are printed (exit status 1). With --plan nothing is applied: it says\n"+
+			"what the reload would change, as 'xdplb plan' does (exit status 0 nothing, 1\n"+
+			"changes, 2 errors).")
+	plan := c.fs.Bool("plan", false, "only say what the reload would change (see 'xdplb plan')")
 	pos, err := c.parse(args, out)
 	if err != nil {
 		return helpIsNoError(err)
 	}
 	if err := c.noArgs(pos); err != nil {
 		return err
+	}
+	if *plan {
+		var p PlanInfo
+		if err := callControl(ctx, c.socket, Request{Command: "plan"}, &p); err != nil {
+			return exitStatus{planTrouble, err.Error()}
+		}
+		return printPlan(c, out, p)
 	}
 	var r ReloadInfo
 	if err := c.call(ctx, Request{}, &r); err != nil {

@@ -353,7 +353,7 @@ func TestCLIErrors(t *testing.T) {
 }
 
 func TestCLIHelp(t *testing.T) {
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "bgp", "drain", "undrain", "announce"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top", "bgp", "drain", "undrain", "announce"} {
 		t.Run(cmd, func(t *testing.T) {
 			got, err := runCLI(t, cmd, "-h")
 			if err != nil {
@@ -426,7 +426,7 @@ func TestCLIDocumented(t *testing.T) {
 			t.Errorf("docs/cli.md does not show %s verbatim", g)
 		}
 	}
-	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "bgp", "drain", "undrain", "announce"} {
+	for _, cmd := range []string{"status", "vips", "backends", "conntrack", "maglev", "explain", "reload", "plan", "monitor", "top", "bgp", "drain", "undrain", "announce"} {
 		if !bytes.Contains(doc, []byte("## xdplb "+cmd+"\n")) {
 			t.Errorf("docs/cli.md has no section for xdplb %s", cmd)
 		}

@@ -27,8 +27,9 @@ const defaultSocket = "/run/xdplb/xdplb.sock"
 // controlTimeout bounds one exchange on the control socket, on both sides.
 const controlTimeout = 10 * time.Second
 
-// maxRequestSize bounds a request; real ones are under a hundred bytes.
-const maxRequestSize = 64 << 10
+// maxRequestSize bounds a request; real ones are under a hundred bytes, but
+// a plan carries a configuration file.
+const maxRequestSize = 16 << 20
 
 var (
 	// errAnotherRunning is returned by serveControl when a live daemon
@@ -171,7 +172,12 @@ func serveControlConn(ctx context.Context, c *net.UnixConn, api controlAPI, log 
 	dec := json.NewDecoder(io.LimitReader(c, maxRequestSize))
 	dec.DisallowUnknownFields()
 	var resp Response
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil && req.Command == "monitor" {
+		serveMonitor(ctx, c, api, req, log)
+		return
+	}
+	if err != nil {
 		resp.Error = fmt.Sprintf("decoding the request: %v", err)
 	} else if data, err := dispatchControl(api, req); err != nil {
 		resp.Error = err.Error()
@@ -185,6 +191,86 @@ func serveControlConn(ctx context.Context, c *net.UnixConn, api controlAPI, log 
 	}
 	if err := json.NewEncoder(c).Encode(resp); err != nil && ctx.Err() == nil {
 		log.Warn("control socket: writing an answer", "command", req.Command, "err", err)
+	}
+}
+
+// monitorWriteTimeout bounds the write of one event to a monitor client: a
+// client that reads nothing for that long is gone. (A slow one loses events
+// meanwhile; nothing waits for it but its own stream.)
+const monitorWriteTimeout = time.Minute
+
+// serveMonitor streams events on c: one Response per line, each with one
+// MonitorEvent, until the client closes the connection or ctx is done. A
+// request the daemon refuses gets one Response with the error.
+func serveMonitor(ctx context.Context, c *net.UnixConn, api controlAPI, req Request, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.SetDeadline(time.Time{})
+	// The client sends nothing more: a read that ends means it left.
+	go func() {
+		io.Copy(io.Discard, c)
+		cancel()
+	}()
+	enc := json.NewEncoder(c)
+	var f MonitorFilter
+	if req.Filter != nil {
+		f = *req.Filter
+	}
+	err := api.Monitor(ctx, f, func(e MonitorEvent) error {
+		data, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		c.SetWriteDeadline(time.Now().Add(monitorWriteTimeout))
+		return enc.Encode(Response{OK: true, Data: data})
+	})
+	if err != nil && ctx.Err() == nil {
+		c.SetWriteDeadline(time.Now().Add(controlTimeout))
+		if werr := enc.Encode(Response{Error: err.Error()}); werr != nil {
+			log.Debug("monitor: writing the error", "err", werr)
+		}
+	}
+}
+
+// streamControl sends req to the daemon at path and calls fn with the data
+// of each Response it streams back, until the daemon closes the stream, ctx
+// ends (nil) or fn fails. A Response with an error ends it with that error.
+func streamControl(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
+		case errors.Is(err, fs.ErrPermission):
+			return fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
+		}
+		return fmt.Errorf("connecting to the control socket %s: %w", path, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return controlIOError(ctx, path, "sending the request", err)
+	}
+	dec := json.NewDecoder(c)
+	for {
+		var resp Response
+		if err := dec.Decode(&resp); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("xdplb on %s ended the stream", path)
+			}
+			return fmt.Errorf("control socket %s: reading the stream: %w", path, err)
+		}
+		if !resp.OK {
+			return errors.New(resp.Error)
+		}
+		if err := fn(resp.Data); err != nil {
+			return err
+		}
 	}
 }
 
@@ -205,6 +291,10 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return api.Explain(req.From, req.VIP, req.SYN)
 	case "reload":
 		return api.Reload(), nil
+	case "plan":
+		return api.Plan(req.Name, req.Config)
+	case "top":
+		return api.Top()
 	case "bgp":
 		return api.BGP()
 	case "drain":

@@ -33,9 +33,14 @@ type fakeAPI struct {
 	maglev   map[string]MaglevInfo
 	explain  map[string]ExplainInfo // by "FROM VIP"
 	reload   ReloadInfo
-	bgp      BGPInfo
-	drain    DrainInfo
-	l2       L2StateInfo
+	plan     PlanInfo // of a file sent
+	planOwn  PlanInfo // of the daemon's own file
+	// monitorDone, when set, is closed once Monitor has sent its events.
+	monitorDone chan struct{}
+	topCalls    int // Top calls so far
+	bgp         BGPInfo
+	drain       DrainInfo
+	l2          L2StateInfo
 	// newFlows, when set, makes VIPs answer one VIP with this many new
 	// flows (drain's waiting reads them).
 	newFlows func() uint64

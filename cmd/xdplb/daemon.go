@@ -38,6 +38,16 @@ func (a appliance) Collectors() []prometheus.Collector { return a.collectors }
 // Reload answers `xdplb reload`.
 func (a appliance) Reload() ReloadInfo { return a.Plane.Reload(context.Background(), "socket") }
 
+// Plan answers `xdplb plan` and `xdplb reload --plan`.
+func (a appliance) Plan(name string, data []byte) (PlanInfo, error) {
+	return a.Plane.Plan(context.Background(), name, data)
+}
+
+// Monitor answers `xdplb monitor`.
+func (a appliance) Monitor(ctx context.Context, f MonitorFilter, send func(MonitorEvent) error) error {
+	return a.Plane.Monitor(ctx, f, send)
+}
+
 // BGP answers `xdplb bgp`.
 func (a appliance) BGP() (BGPInfo, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout/2)

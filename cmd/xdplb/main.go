@@ -15,8 +15,17 @@ func main() {
 	err := run(ctx, os.Args[1:])
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "xdplb:", err)
+		if !errors.As(err, new(exitStatus)) {
+			fmt.Fprintln(os.Stderr, "xdplb:", err)
+		}
 		var u usageError
+		var x exitStatus
+		if errors.As(err, &x) {
+			if x.msg != "" {
+				fmt.Fprintln(os.Stderr, "xdplb:", x.msg)
+			}
+			os.Exit(x.code)
+		}
 		if errors.As(err, &u) {
 			os.Exit(2)
 		}

@@ -15,6 +15,20 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
+// exitStatus ends the command with an exit status of its own, printing msg
+// (when not empty) to stderr: plan says with it whether anything changes.
+type exitStatus struct {
+	code int
+	msg  string
+}
+
+func (e exitStatus) Error() string {
+	if e.msg == "" {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.msg
+}
+
 type command struct {
 	summary string
 	run     func(ctx context.Context, args []string, out io.Writer) error
@@ -34,7 +48,10 @@ var commands = map[string]command{
 	"conntrack": {"list the pinned flows (--vip VIP to filter)", runConntrack},
 	"maglev":    {"show a VIP's Maglev table: slots per backend", runMaglev},
 	"explain":   {"say which backend a client's packet goes to, and why", runExplain},
-	"reload":    {"make the daemon reload its configuration file", runReload},
+	"reload":    {"make the daemon reload its configuration file (--plan: only say what would change)", runReload},
+	"monitor":   {"stream the datapath's events: drops with their reason, pins, ICMP", runMonitor},
+	"top":       {"a live view of packets, bits, new flows and drops per second, per VIP and backend", runTop},
+	"plan":      {"say what applying a configuration file would change, without applying it", runPlan},
 	"bgp":       {"show the BGP speaker: routes, peers, session states, prefixes", runBGP},
 	"drain":     {"withdraw (or tag) the BGP routes and wait until no new flows arrive", runDrain},
 	"undrain":   {"announce the BGP routes again after a drain", runUndrain},

@@ -227,6 +227,160 @@ type ProgramRun struct {
 	Output string `json:"output,omitempty"`
 }
 
+// PlanInfo answers `xdplb plan`: what applying a candidate configuration
+// would change, worked out without applying it.
+type PlanInfo struct {
+	File string `json:"file"`
+	// Running and Candidate are the SHA-256 of the running and the planned
+	// file.
+	Running   string `json:"running,omitempty"`
+	Candidate string `json:"candidate,omitempty"`
+	// Errors are the candidate's configuration errors, as `xdplb check`
+	// reports them, or why a reload would refuse it as a whole. A plan with
+	// errors plans nothing else.
+	Errors []string `json:"errors,omitempty"`
+	// Changed says whether applying it would change anything.
+	Changed  bool          `json:"changed"`
+	Services []ServicePlan `json:"services,omitempty"`
+	VIPs     []VIPPlanInfo `json:"vips"`
+	// Announce is, per announcer, the addresses it would start and stop
+	// announcing.
+	Announce []AnnouncePlan `json:"announce,omitempty"`
+	// Other are changes outside the services (interfaces, encapsulation).
+	Other []string `json:"other,omitempty"`
+	// ApplyErrors are services the apply would leave out, as the status
+	// would report them.
+	ApplyErrors []string `json:"applyErrors,omitempty"`
+}
+
+// ServicePlan is what happens to a service: add, remove, change or same.
+type ServicePlan struct {
+	Name   string `json:"name"`
+	Action string `json:"action"`
+}
+
+// VIPPlanInfo is what happens to one VIP.
+type VIPPlanInfo struct {
+	VIP     string   `json:"vip"`
+	Service string   `json:"service"`
+	Action  string   `json:"action"` // add, remove, change, same
+	Changes []string `json:"changes,omitempty"`
+	// OldTableSize and TableSize are the table sizes before and after.
+	OldTableSize int `json:"oldTableSize"`
+	TableSize    int `json:"tableSize"`
+	// SlotsMoved counts the slots whose backend changes (same table size);
+	// Moved is the share of the flow-hash space whose backend changes.
+	SlotsMoved int               `json:"slotsMoved"`
+	Moved      float64           `json:"moved"`
+	Moves      []MoveInfo        `json:"moves,omitempty"`
+	Backends   []BackendPlanInfo `json:"backends,omitempty"`
+	// Later is the table once the backends whose health check has not
+	// decided yet (new ones start down) pass it, when that moves more.
+	Later *LaterInfo `json:"later,omitempty"`
+	// Pins estimates the flows the change would pin, for a VIP that stays
+	// and changes (with Later, once the pending backends are up).
+	Pins PinEstimate `json:"pins"`
+}
+
+// LaterInfo is a VIP's table change once its pending backends are up.
+type LaterInfo struct {
+	Pending    []string `json:"pending"`
+	SlotsMoved int      `json:"slotsMoved"`
+	Moved      float64  `json:"moved"`
+}
+
+// MoveInfo is a part of a table going from one backend to another ("none":
+// no backend).
+type MoveInfo struct {
+	From  string  `json:"from"`
+	To    string  `json:"to"`
+	Slots int     `json:"slots"`
+	Share float64 `json:"share"`
+}
+
+// BackendPlanInfo is one backend of a VIP after the change.
+type BackendPlanInfo struct {
+	Address  string `json:"address"`
+	ID       uint32 `json:"id"`
+	Weight   uint32 `json:"weight"`
+	Healthy  bool   `json:"healthy"`
+	OldSlots int    `json:"oldSlots"`
+	Slots    int    `json:"slots"`
+	Change   string `json:"change,omitempty"` // added, removed
+	Error    string `json:"error,omitempty"`
+}
+
+// PinEstimate is how many live flows of a VIP a change would pin. The
+// datapath keeps no state for flows that were never pinned, so it is an
+// estimate: the TCP SYNs counted for the VIP over the last
+// conntrack.idleTimeout (sampled every 10 s; a flow that began earlier and
+// is still open is not counted, a flow that began and ended in the window
+// is), times the share of the flow-hash space that moves. Flows already
+// pinned keep their pins; PinsLost counts the pins to backends that go
+// away or down, whose flows follow the new table.
+type PinEstimate struct {
+	Pinned   int     `json:"pinned"`
+	PinsLost int     `json:"pinsLost"`
+	NewFlows uint64  `json:"newFlows"`
+	Window   float64 `json:"windowSeconds"`
+	Estimate uint64  `json:"estimate"`
+	Basis    string  `json:"basis,omitempty"`
+}
+
+// AnnouncePlan is what one announcer would start and stop announcing.
+type AnnouncePlan struct {
+	Announcer string   `json:"announcer"`
+	Start     []string `json:"start,omitempty"`
+	Stop      []string `json:"stop,omitempty"`
+}
+
+// TopInfo answers `xdplb top`: one sample of every counter it shows.
+type TopInfo struct {
+	At       time.Time     `json:"at"`
+	VIPs     []VIPInfo     `json:"vips"`
+	Backends []BackendInfo `json:"backends"`
+	// Counters are the datapath's verdict counters (action, reason, value).
+	Counters []CounterInfo `json:"counters"`
+}
+
+// CounterInfo is one of the datapath's global counters.
+type CounterInfo struct {
+	Action string `json:"action"`
+	Reason string `json:"reason"`
+	Value  uint64 `json:"value"`
+}
+
+// MonitorEvent is one event of `xdplb monitor`.
+type MonitorEvent struct {
+	Time time.Time `json:"time"`
+	// Type is drop, pin, icmp-error, echo-reply or icmp-sent; "start" opens
+	// the stream, "lost" reports events missed.
+	Type string `json:"type"`
+	// Reason is the counter of the packet's verdict (action/reason, as the
+	// metrics name it: drop/no_backend), or event/pin_created for a pin.
+	Reason    string `json:"reason,omitempty"`
+	Interface string `json:"interface,omitempty"` // the packet came in on
+	// Flow is "SRC -> DST" as the program saw it (for an ICMP error, the
+	// quoted flow, seen from the client), Protocol its protocol.
+	Flow     string `json:"flow,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	SYN      bool   `json:"syn,omitempty"`
+	VIP      string `json:"vip,omitempty"` // the VIP the flow matches
+	Service  string `json:"service,omitempty"`
+	// Backend is the backend it went (or is pinned) to.
+	Backend   string `json:"backend,omitempty"`
+	BackendID uint32 `json:"backendId,omitempty"`
+	// FrameLen is the frame's length; Headers its headers, decoded from
+	// its first 128 bytes as the program left it (a drop: as received).
+	FrameLen int    `json:"frameLen,omitempty"`
+	Headers  string `json:"headers,omitempty"`
+	// Lost (type lost) is how many events this listener missed since the
+	// last report because it read too slowly; DatapathLost how many every
+	// listener missed because the datapath's ring was full.
+	Lost         uint64 `json:"lost,omitempty"`
+	DatapathLost uint64 `json:"datapathLost,omitempty"`
+}
+
 // VIPMetric is one VIP of a service and its counters, for /metrics.
 type VIPMetric struct {
 	Service  string // service name

@@ -120,6 +120,11 @@ type Plane struct {
 	seedFile   string   // the generated seed's file, once read or made
 	flows4     int
 	flows6     int
+
+	samplesMu sync.Mutex
+	samples   []flowSample // VIPs' new-flow counters, for plans
+
+	monitor monitorHub // the listeners of `xdplb monitor`
 }
 
 type reloadRequest struct {
@@ -308,6 +313,10 @@ func (p *Plane) Run(ctx context.Context) error {
 	if serr := p.checker.Save(p.healthFile(last)); serr != nil {
 		p.log.Warn("saving health state", "err", serr)
 	}
+	// The monitor's reader turns the program's flag off before the maps go.
+	p.monitor.mu.Lock()
+	p.monitor.stopLocked()
+	p.monitor.mu.Unlock()
 	// The datapath stays attached with its state: a restarted daemon takes
 	// it over without dropping a flow.
 	if cerr := p.dp.Close(); cerr != nil && err == nil {
@@ -683,6 +692,7 @@ func (p *Plane) maintainLoop(ctx context.Context) error {
 			if res.Expired+res.Stale > 0 || res.TablesFreed > 0 {
 				p.log.Debug("maintenance", "expired", res.Expired, "stale", res.Stale, "remaining", res.Remaining, "tables_freed", res.TablesFreed)
 			}
+			p.sampleFlows(time.Now(), idle+maintainEvery)
 			n4, n6 := p.dp.FlowCounts()
 			p.mu.Lock()
 			p.flows4, p.flows6 = n4, n6

@@ -343,6 +343,9 @@ func TestWatchdogKickedByLoop(t *testing.T) {
 	if n := kicks(500 * time.Millisecond); n != 0 {
 		t.Errorf("%d watchdog kicks while the loop was stuck for 500 ms (5 timeouts), want 0", n)
 	}
+	// Later applies (a route change settling late, on a busy host) must
+	// not block: one would wait forever on entered, and the loop with it.
+	block.Store(false)
 	close(release)
 	if r := <-reloaded; r.Result != "success" {
 		t.Errorf("reload after the stall: %+v", r)

@@ -319,6 +319,20 @@ func verdictName(v uint32) string {
 	return fmt.Sprintf("verdict %d", v)
 }
 
+// Top answers `xdplb top`: the VIPs and backends with their counters, and
+// the datapath's verdict counters, read at one moment.
+func (p *Plane) Top() (TopInfo, error) {
+	t := TopInfo{At: time.Now(), VIPs: p.VIPs(), Backends: p.Backends()}
+	cs, err := p.dp.Counters()
+	if err != nil {
+		return TopInfo{}, err
+	}
+	for _, c := range cs {
+		t.Counters = append(t.Counters, CounterInfo{Action: c.Action, Reason: c.Reason, Value: c.Value})
+	}
+	return t, nil
+}
+
 // What the metrics collector reads.
 
 // DatapathCounters returns the program's verdict and event counters.

@@ -214,6 +214,37 @@ func (c *Checker) SetTargets(targets []Target) {
 	}
 }
 
+// PlannedHealth is the health backends would have right after
+// SetTargets(targets), for a plan; nothing changes. Like SetTargets: a
+// target already checked keeps whether it is up, a new one is down until
+// its check passes, a backend without a check is healthy.
+//
+// With pendingUp, backends whose check has not decided yet (new ones) count
+// as up: the table once their checks pass.
+func (c *Checker) PlannedHealth(targets []Target, pendingUp bool) lb.Health {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	up := make(map[lb.BackendKey]bool, len(targets))
+	for _, t := range targets {
+		if t.Check.Type == config.HealthCheckNone || t.Check.Type == "" {
+			delete(up, t.Key)
+			continue
+		}
+		switch saved, ok := c.restored[t.Key]; {
+		case c.targets[t.Key] != nil:
+			up[t.Key] = c.targets[t.Key].st.Up
+		case ok:
+			up[t.Key] = saved.state(&t).Up
+		default:
+			up[t.Key] = pendingUp
+		}
+	}
+	return func(k lb.BackendKey) bool {
+		v, ok := up[k]
+		return !ok || v
+	}
+}
+
 // withDefaults fills in the timing a check built by hand may lack, as the
 // configuration would.
 func withDefaults(h config.HealthCheck) config.HealthCheck {

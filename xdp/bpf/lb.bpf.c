@@ -28,6 +28,8 @@ const enum xdplb_vip_flags *btf_vip_flags __attribute__((unused));
 const enum xdplb_addr_flags *btf_addr_flags __attribute__((unused));
 const enum xdplb_backend_flags *btf_backend_flags __attribute__((unused));
 const enum xdplb_dry_pin *btf_dry_pin __attribute__((unused));
+const enum xdplb_monitor_type *btf_monitor_type __attribute__((unused));
+const struct monitor_event *btf_monitor_event __attribute__((unused));
 
 SEC("xdp")
 int xdplb(struct xdp_md *ctx)

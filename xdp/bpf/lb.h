@@ -17,6 +17,7 @@
 #include "maps.h"
 #include "parsing.h"
 #include "hash.h"
+#include "monitor.h"
 
 /* Knobs, set by the loader before the program is loaded. */
 volatile const __u8 cfg_ttl = 64;       /* TTL/hop limit of headers the program writes */
@@ -57,7 +58,65 @@ struct pkt {
 	__u8 frag_first; /* the first fragment of a datagram (more follow) */
 	__u8 pad[3];
 	__u32 frag_id;  /* IPv4 ID or IPv6 fragment identification, for fragments */
+	__u32 backend_id; /* the backend it is sent to, for the monitor */
 };
+
+/* monitor_tuple copies the flow of p into a monitor event. */
+static __always_inline void monitor_tuple(struct monitor_event *e, struct pkt *p)
+{
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->family = p->family;
+	e->proto = p->proto;
+	e->syn = p->syn;
+}
+
+/* monitor_verdict sends an event about a packet whose verdict is an event
+ * (a drop, an ICMP error forwarded, an echo reply, an ICMP error sent). */
+static __always_inline void monitor_verdict(struct xdp_md *ctx, struct pkt *p, __u32 reason)
+{
+	__u32 type = MON_DROP;
+	struct monitor_event *e;
+	__u32 len;
+
+	if (reason == CNT_TX_ICMP_ECHO)
+		type = MON_ECHO_REPLY;
+	else if (reason == CNT_TX_ICMP_ERROR || reason == CNT_REDIRECT_ICMP_ERROR)
+		type = MON_ICMP_ERROR;
+	else if (reason == CNT_TX_ICMP_TOO_BIG || reason == CNT_TX_ICMP_TIME_EXCEEDED)
+		type = MON_ICMP_SENT;
+	e = monitor_start(type, reason);
+	if (!e)
+		return;
+	monitor_tuple(e, p);
+	e->ifindex = ctx->ingress_ifindex;
+	e->backend_id = p->backend_id;
+	len = ctx->data_end - ctx->data;
+	e->frame_len = len;
+	/* A scalar from here on: clang would otherwise test data == data_end,
+	 * which leaves the verifier without a lower bound on len. */
+	asm volatile("" : "+r"(len));
+	if (len > MONITOR_CAP)
+		len = MONITOR_CAP;
+	if (len >= 1 && bpf_xdp_load_bytes(ctx, 0, e->data, len) == 0)
+		e->cap_len = len;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* is_monitored says whether a verdict's reason is an event of the monitor
+ * (a drop, an ICMP message sent or forwarded, an echo reply): one bit of a
+ * constant mask, a shift and a test for the verdicts of most packets. */
+#define MON_REASONS(lo, hi) (((1ULL << (hi)) - 1) & ~((1ULL << (lo)) - 1))
+_Static_assert(COUNTER_EVENTS <= 64, "the monitor's reason mask holds 64 reasons");
+
+static __always_inline int is_monitored(__u32 reason)
+{
+	const __u64 mask = MON_REASONS(CNT_DROP_FRAGMENT, CNT_TX_L2) | MON_REASONS(CNT_TX_ICMP_ECHO, COUNTER_EVENTS);
+
+	return (mask >> (reason & 63)) & 1;
+}
 
 static __always_inline void count(__u32 idx)
 {
@@ -275,6 +334,13 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 		err = bpf_map_update_elem(&ct6, &k, &v, flags);
 	}
 	if (!err) {
+		struct monitor_event *e = monitor_start(MON_PIN, CNT_EV_PIN_CREATED);
+
+		if (e) {
+			monitor_tuple(e, p);
+			e->backend_id = backend_id;
+			bpf_ringbuf_submit(e, 0);
+		}
 		pin_mark(hash);
 		count(CNT_EV_PIN_CREATED);
 	} else if (err != -EEXIST_) { /* EEXIST: another CPU pinned it first */
@@ -746,6 +812,7 @@ static __always_inline __u32 lb_send(struct xdp_md *ctx, struct pkt *p, struct v
 	count_lb(&backend_stats, id, p);
 	if (p->syn)
 		count(CNT_EV_NEW_FLOW);
+	p->backend_id = id;
 
 	if (mode == MODE_DSR_L2)
 		return fwd_l2(ctx, p, b);
@@ -1075,12 +1142,11 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	return process_l4(ctx, c, p, plen);
 }
 
-static __always_inline __u32 lb_process(struct xdp_md *ctx)
+static __always_inline __u32 lb_process(struct xdp_md *ctx, struct pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
-	struct pkt p = {};
 	struct ethhdr *eth;
 	int proto, vlan;
 
@@ -1091,18 +1157,19 @@ static __always_inline __u32 lb_process(struct xdp_md *ctx)
 		return CNT_PASS_TRUNCATED;
 	if (vlan)
 		count(CNT_EV_VLAN);
-	p.vlan = vlan;
-	p.frame_len = data_end - data;
+	p->vlan = vlan;
+	p->frame_len = data_end - data;
 	if (proto == ETH_P_IP)
-		return process_ipv4(ctx, &c, &p);
+		return process_ipv4(ctx, &c, p);
 	if (proto == ETH_P_IPV6)
-		return process_ipv6(ctx, &c, &p);
+		return process_ipv6(ctx, &c, p);
 	return CNT_PASS_NOT_IP;
 }
 
 static __always_inline int lb_main(struct xdp_md *ctx)
 {
-	__u32 reason = lb_process(ctx);
+	struct pkt p = {};
+	__u32 reason = lb_process(ctx, &p);
 
 	if (cfg_dry_run) {
 		struct dry_outcome *r = dry();
@@ -1113,6 +1180,8 @@ static __always_inline int lb_main(struct xdp_md *ctx)
 		}
 	}
 	count(reason);
+	if (!cfg_dry_run && is_monitored(reason))
+		monitor_verdict(ctx, &p, reason);
 	return verdict_of(reason);
 }
 
