@@ -232,20 +232,30 @@ func serveMonitor(ctx context.Context, c *net.UnixConn, api controlAPI, req Requ
 	}
 }
 
-// streamControl sends req to the daemon at path and calls fn with the data
-// of each Response it streams back, until the daemon closes the stream, ctx
-// ends (nil) or fn fails. A Response with an error ends it with that error.
-func streamControl(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
+// dialControl connects to the daemon's control socket at path; its errors
+// say what to do: errNotRunning, errControlPermission.
+func dialControl(ctx context.Context, path string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-			return fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
+			return nil, fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
 		case errors.Is(err, fs.ErrPermission):
-			return fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
+			return nil, fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
 		}
-		return fmt.Errorf("connecting to the control socket %s: %w", path, err)
+		return nil, fmt.Errorf("connecting to the control socket %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// streamControl sends req to the daemon at path and calls fn with the data
+// of each Response it streams back, until the daemon closes the stream, ctx
+// ends (nil) or fn fails. A Response with an error ends it with that error.
+func streamControl(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
+	c, err := dialControl(ctx, path)
+	if err != nil {
+		return err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
@@ -316,16 +326,9 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 // with the daemon's text; connection errors say what to do: errNotRunning,
 // errControlPermission.
 func callControl(ctx context.Context, path string, req Request, out any) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialControl(ctx, path)
 	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-			return fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
-		case errors.Is(err, fs.ErrPermission):
-			return fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
-		}
-		return fmt.Errorf("connecting to the control socket %s: %w", path, err)
+		return err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })

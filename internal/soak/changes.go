@@ -387,10 +387,18 @@ func (s *soak) removeService(ctx context.Context) error {
 // second, and starts it again: it must take over the pinned datapath.
 func (s *soak) restart(ctx context.Context) error {
 	defer s.begin(ChangeRestart, "SIGTERM, 1 s without a daemon, start")()
+	return s.restartDaemon(ctx, time.Second)
+}
+
+// restartDaemon stops the daemon with SIGTERM, waits pause and starts it
+// again; the new one must take over the pinned attachment.
+func (s *soak) restartDaemon(ctx context.Context, pause time.Duration) error {
 	if err := s.d.stop(); err != nil {
 		s.problem(fmt.Sprintf("stopping the daemon: %v", err))
 	}
-	sleep(ctx, time.Second)
+	if pause > 0 {
+		sleep(ctx, pause)
+	}
 	if err := s.d.start(ctx); err != nil {
 		return fmt.Errorf("soak: restarting the daemon: %w", err)
 	}
@@ -415,19 +423,7 @@ func (s *soak) reloadRestart(ctx context.Context) error {
 	}
 	defer s.begin(ChangeReloadRestart, fmt.Sprintf("reweight %s %d->%d, then at once SIGTERM and start", m.name, m.weight, w))()
 	s.apply(ctx, func() { s.setMain(setWeight(m.name, w)) })
-	if err := s.d.stop(); err != nil {
-		s.problem(fmt.Sprintf("stopping the daemon: %v", err))
-	}
-	if err := s.d.start(ctx); err != nil {
-		return fmt.Errorf("soak: restarting the daemon: %w", err)
-	}
-	if !s.d.logContains("reused=true") {
-		s.problem("the restarted daemon did not take over the pinned attachment (no reused=true in its log)")
-	}
-	s.mu.Lock()
-	s.report.Restarts++
-	s.mu.Unlock()
-	return nil
+	return s.restartDaemon(ctx, 0)
 }
 
 // badReload writes a configuration the daemon must refuse and asks it to
