@@ -91,6 +91,11 @@ func TestProbeTCP(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNREFUSED) || err.Error() != "dial tcp "+closed+": connect: connection refused" {
 		t.Errorf("TCP check of a closed port: %v, want connection refused", err)
 	}
+	// The check's connection may still wait in the accept queue: give the
+	// accept loop time to take it before closing the listener.
+	for deadline := time.Now().Add(5 * time.Second); accepted.Load() < 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	l.Close()
 	wg.Wait()
 	if accepted.Load() != 1 {
