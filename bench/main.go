@@ -1,7 +1,7 @@
 // Command bench runs xdplb's benchmarks and its soak; docs/bench.md has the
 // method and the results.
 //
-//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //
@@ -9,7 +9,9 @@
 // by case, next to the frame-restore floor and an empty XDP program measured
 // in the same runs, and checks every run's verdict, output and counters. It
 // needs root. A missed budget is reported, not an error: the exit status is
-// non-zero only when the benchmark could not run or a check failed.
+// non-zero only when the benchmark could not run or a check failed. With
+// -ablate, every run also measures, right beside the case, the program
+// without the stages named (xdp.Ablations), and reports what they cost.
 //
 // fuzz runs a differential fuzzing campaign: configurations and frames made
 // from a pseudo-random seed, each frame through the XDP program and through
@@ -31,11 +33,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"os/signal"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -55,7 +59,7 @@ func main() {
 	}
 }
 
-const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
 
@@ -84,8 +88,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	repeat := fs.Int("repeat", 1<<20, "packets per run (one BPF_PROG_TEST_RUN call)")
 	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
 	monitor := fs.Bool("monitor", false, "measure with the monitor flag on, as while `xdplb monitor` runs")
+	ablateList := fs.String("ablate", "", "also measure, beside each run, the program without these stages (comma-separated: "+strings.Join(ablationNames(), ", ")+")")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	var ablate xdp.Ablation
+	for name := range strings.SplitSeq(*ablateList, ",") {
+		if name == "" {
+			continue
+		}
+		a, ok := xdp.Ablations[name]
+		if !ok {
+			return fmt.Errorf("-ablate: no stage %q (stages: %s)", name, strings.Join(ablationNames(), ", "))
+		}
+		ablate |= a
 	}
 	if *runs < 5 {
 		return fmt.Errorf("-runs %d: at least 5 runs, for a median worth the name", *runs)
@@ -100,7 +116,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if uid := os.Geteuid(); uid != 0 {
 		return fmt.Errorf("datapath needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN); running as uid %d: try sudo", uid)
 	}
-	return datapath(ctx, *runs, *repeat, re, *asJSON, *monitor, stdout, stderr)
+	return datapath(ctx, *runs, *repeat, re, *asJSON, *monitor, ablate, stdout, stderr)
+}
+
+func ablationNames() []string {
+	names := slices.Collect(maps.Keys(xdp.Ablations))
+	slices.Sort(names)
+	return names
 }
 
 // result is one case in the JSON output. A run is one BPF_PROG_TEST_RUN call
@@ -123,12 +145,20 @@ type result struct {
 	BudgetNs     float64   `json:"budget_ns,omitempty"`
 	OverFloor    bool      `json:"budget_over_floor,omitempty"`
 	WithinBudget bool      `json:"within_budget"`
+	// With -ablate: the stages left out, the cost of the ablation build
+	// without them (as ns_per_packet), and what they cost: the median over
+	// the runs of the ablation build with nothing left out minus the same
+	// build without the stages, run beside it.
+	Ablated   string    `json:"ablated,omitempty"`
+	AblatedNs float64   `json:"ablated_ns_per_packet,omitempty"`
+	StageNs   float64   `json:"stage_ns,omitempty"`
+	StageRuns []float64 `json:"stage_runs,omitempty"`
 }
 
 func ns(d time.Duration) float64 { return float64(d) / float64(time.Nanosecond) }
 
-func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON, monitor bool, stdout, stderr io.Writer) error {
-	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev, Monitor: monitor})
+func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON, monitor bool, ablate xdp.Ablation, stdout, stderr io.Writer) error {
+	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev, Monitor: monitor, Ablate: ablate})
 	if err != nil {
 		return err
 	}
@@ -164,6 +194,13 @@ func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON
 			out.Runs = append(out.Runs, ns(s.Cost()))
 			out.WrapperRuns = append(out.WrapperRuns, ns(s.Case))
 			out.RestoreRuns = append(out.RestoreRuns, ns(s.Floor))
+		}
+		if ablate != 0 {
+			out.Ablated, out.AblatedNs, out.StageNs = ablate.String(), ns(r.AblatedCost), ns(r.StageCost)
+			for _, s := range r.Samples {
+				out.StageRuns = append(out.StageRuns, ns(s.StageCost()))
+			}
+			fmt.Fprintf(stderr, "%-28s %6.1f ns/packet without %s: they cost %.1f ns (runs %v)\n", "", out.AblatedNs, out.Ablated, out.StageNs, out.StageRuns)
 		}
 		results = append(results, out)
 		cases = append(cases, c)

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -83,9 +84,66 @@ func (f BenchFrame) Varied(seq uint32) []byte {
 // varies, BenchRun checks afterwards that the wrapper ran exactly repeat
 // times.
 func (d *Datapath) BenchRun(f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
-	b, err := d.benchObjects()
+	return d.BenchRunAblated(f, repeat, 0)
+}
+
+// Ablation is a set of stages of the program that a bench wrapper leaves out
+// (enum xdplb_ablation of xdp/bpf/lb.h), to measure what they cost.
+type Ablation uint32
+
+// The stages a benchmark can leave out.
+const (
+	AblateMonitor = Ablation(benchXdplbAblationABLATE_MONITOR)  // the monitor's test of each verdict
+	AblateStats   = Ablation(benchXdplbAblationABLATE_STATS)    // the global verdict and event counters
+	AblateLBStats = Ablation(benchXdplbAblationABLATE_LB_STATS) // the per-VIP and per-backend counters
+	AblateIndex   = Ablation(benchXdplbAblationABLATE_INDEX)    // the vip_index cache (services from the vips hash)
+	AblateHash    = Ablation(benchXdplbAblationABLATE_HASH)     // the flow hash (a constant: the backend changes)
+)
+
+// Ablations names the stages, for flags and reports.
+var Ablations = map[string]Ablation{
+	"monitor": AblateMonitor, "stats": AblateStats, "lbstats": AblateLBStats, "index": AblateIndex, "hash": AblateHash,
+}
+
+// ablationBuild, with stages or alone, asks benchObjects for the ablation
+// build (benchablate): bench_ablate's tests are in its code, so a stage's
+// cost is the build with the stage left out beside the same build without.
+const ablationBuild Ablation = 1 << 31
+
+// String lists the stages left out, comma-separated.
+func (a Ablation) String() string {
+	var names []string
+	for name, s := range Ablations {
+		if a&s != 0 {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
+
+// BenchRunAblated is BenchRun with the stages of ablate left out of the
+// program (none: BenchRun). The ablation build that leaves them out carries
+// a test of each stage that the program does not: compare its runs with
+// BenchRunAblationBuild's, not with BenchRun's.
+func (d *Datapath) BenchRunAblated(f BenchFrame, repeat int, ablate Ablation) (perPacket time.Duration, verdict uint32, out []byte, err error) {
+	perPacket, verdict, out, _, err = d.benchRunAblated(f, repeat, ablate)
+	return perPacket, verdict, out, err
+}
+
+// BenchRunAblationBuild runs the ablation build with nothing left out: the
+// reference for BenchRunAblated.
+func (d *Datapath) BenchRunAblationBuild(f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
+	return d.BenchRunAblated(f, repeat, ablationBuild)
+}
+
+// benchRunAblated is BenchRunAblated that also says whether a call was
+// interrupted (EINTR) and made again: then the counters moved by the packets
+// of the interrupted call too.
+func (d *Datapath) benchRunAblated(f BenchFrame, repeat int, ablate Ablation) (time.Duration, uint32, []byte, bool, error) {
+	b, err := d.benchObjects(ablate)
 	if err != nil {
-		return 0, 0, nil, err
+		return 0, 0, nil, false, err
 	}
 	return d.benchRun(b, b.XdplbBench, f, repeat)
 }
@@ -94,11 +152,11 @@ func (d *Datapath) BenchRun(f BenchFrame, repeat int) (perPacket time.Duration, 
 // runs the whole program: the difference between the two is the program's
 // own cost. Its verdict is XDP_PASS.
 func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
-	b, err := d.benchObjects()
+	b, err := d.benchObjects(0)
 	if err != nil {
 		return 0, err
 	}
-	dur, verdict, _, err := d.benchRun(b, b.XdplbBenchFloor, f, repeat)
+	dur, verdict, _, _, err := d.benchRun(b, b.XdplbBenchFloor, f, repeat)
 	if err != nil {
 		return 0, err
 	}
@@ -108,23 +166,32 @@ func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
 	return dur, nil
 }
 
-// benchObjects loads the bench wrappers on the datapath's maps, once; Close
-// releases them.
-func (d *Datapath) benchObjects() (*benchObjects, error) {
+// benchObjects loads the bench wrappers on the datapath's maps, once per
+// ablation; Close releases them.
+func (d *Datapath) benchObjects(ablate Ablation) (*benchObjects, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil, errors.New("loading the bench wrappers: datapath closed")
 	}
-	if d.bench != nil {
-		return d.bench, nil
+	if b := d.bench[ablate]; b != nil {
+		return b, nil
 	}
-	spec, err := loadBench()
+	load := loadBench
+	if ablate != 0 {
+		load = loadBenchablate
+	}
+	spec, err := load()
 	if err != nil {
 		return nil, err
 	}
-	if err := d.opts.configure(spec, false); err != nil {
+	if err := d.opts.configure(spec); err != nil {
 		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
+	}
+	if ablate != 0 {
+		if err := spec.Variables[benchablateVarBenchAblate].Set(uint32(ablate &^ ablationBuild)); err != nil {
+			return nil, fmt.Errorf("loading the bench wrappers: setting bench_ablate: %w", err)
+		}
 	}
 	var b benchObjects
 	if err := spec.LoadAndAssign(&b, &ebpf.CollectionOptions{MapReplacements: d.maps()}); err != nil {
@@ -134,20 +201,23 @@ func (d *Datapath) benchObjects() (*benchObjects, error) {
 		}
 		return nil, fmt.Errorf("loading the bench wrappers: %w", err)
 	}
-	d.bench = &b
-	return d.bench, nil
+	if d.bench == nil {
+		d.bench = make(map[Ablation]*benchObjects)
+	}
+	d.bench[ablate] = &b
+	return &b, nil
 }
 
-func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, repeat int) (time.Duration, uint32, []byte, error) {
+func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, repeat int) (_ time.Duration, _ uint32, _ []byte, interrupted bool, _ error) {
 	if err := f.check(); err != nil {
-		return 0, 0, nil, err
+		return 0, 0, nil, false, err
 	}
 	if repeat < 1 || repeat > 1<<31 {
-		return 0, 0, nil, fmt.Errorf("repeat %d out of range", repeat)
+		return 0, 0, nil, false, fmt.Errorf("repeat %d out of range", repeat)
 	}
 	cpu, unpin, err := pinToCurrentCPU()
 	if err != nil {
-		return 0, 0, nil, err
+		return 0, 0, nil, false, err
 	}
 	defer unpin()
 	var v benchBenchFrame
@@ -166,27 +236,28 @@ func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, r
 	for attempt := 0; ; attempt++ {
 		// Every attempt starts from seq 0 on every CPU.
 		if err := b.BenchFrames.Put(uint32(0), all); err != nil {
-			return 0, 0, nil, fmt.Errorf("writing the bench frame: %w", err)
+			return 0, 0, nil, false, fmt.Errorf("writing the bench frame: %w", err)
 		}
 		dur, verdict, out, err = testRun(prog, f.Data, repeat)
 		if errors.Is(err, unix.EINTR) && attempt < 5 {
+			interrupted = true
 			continue
 		}
 		if err != nil {
-			return 0, 0, nil, err
+			return 0, 0, nil, false, err
 		}
 		break
 	}
 	if f.VaryCount > 0 {
 		var got []benchBenchFrame
 		if err := b.BenchFrames.Lookup(uint32(0), &got); err != nil {
-			return 0, 0, nil, fmt.Errorf("reading the bench frame: %w", err)
+			return 0, 0, nil, false, fmt.Errorf("reading the bench frame: %w", err)
 		}
 		if cpu >= len(got) || got[cpu].Seq != uint32(repeat) {
-			return 0, 0, nil, fmt.Errorf("bench wrapper on CPU %d ran %d times, want %d", cpu, got[cpu].Seq, repeat)
+			return 0, 0, nil, false, fmt.Errorf("bench wrapper on CPU %d ran %d times, want %d", cpu, got[cpu].Seq, repeat)
 		}
 	}
-	return dur, verdict, out, nil
+	return dur, verdict, out, interrupted, nil
 }
 
 // NewEmptyXDP loads an XDP program that returns XDP_PASS and does nothing
@@ -329,6 +400,9 @@ type BenchConfig struct {
 	// `xdplb monitor` runs (nobody reads the ring here: an event finds it
 	// full after a while and is lost, as with a listener too slow).
 	Monitor bool
+	// Ablate, when not 0, measures in every sample, right beside the case,
+	// the program without these stages (BenchSample.Ablated).
+	Ablate Ablation
 }
 
 func (c *BenchConfig) setDefaults() {
@@ -737,6 +811,10 @@ func (c *BenchCase) Within(r BenchResult) bool {
 // program, each over repeat packets, one right after the other.
 type BenchSample struct {
 	Case, Floor, Empty time.Duration
+	// With BenchConfig.Ablate: Reference is the case run by the ablation
+	// build with nothing left out, Ablated by the same build without the
+	// stages; the two run side by side.
+	Reference, Ablated time.Duration
 }
 
 // BenchResult is the outcome of measuring a case.
@@ -753,7 +831,16 @@ type BenchResult struct {
 	// minus its floor plus its empty program, i.e. the program's cost per
 	// packet as an XDP program, without the benchmark's restore.
 	Cost time.Duration
+	// With an ablation: AblatedCost is Cost for the ablation build without
+	// the stages, and StageCost the median of each sample's StageCost, what
+	// the stages cost.
+	AblatedCost, StageCost time.Duration
 }
+
+// StageCost is what the stages left out cost in the sample: the ablation
+// build's run with them minus its run without them, side by side, so that
+// noise that hit both cancels.
+func (s BenchSample) StageCost() time.Duration { return s.Reference - s.Ablated }
 
 // Cost is a sample's program cost: the case without the restore, with what
 // any XDP program costs.
@@ -788,6 +875,10 @@ func (c *BenchCase) Measure(runs, repeat int) (BenchResult, error) {
 	r.EmptyMedian = pick(func(s BenchSample) time.Duration { return s.Empty })
 	r.OverFloor = pick(func(s BenchSample) time.Duration { return s.Case - s.Floor })
 	r.Cost = pick(BenchSample.Cost)
+	if c.suite.cfg.Ablate != 0 {
+		r.AblatedCost = pick(func(s BenchSample) time.Duration { return s.Ablated - s.Floor + s.Empty })
+		r.StageCost = pick(BenchSample.StageCost)
+	}
 	return r, nil
 }
 
@@ -855,8 +946,29 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 		}
 		return nil
 	}
+	ablated := func() error {
+		if c.suite.cfg.Ablate == 0 {
+			return nil
+		}
+		a := c.suite.cfg.Ablate
+		if floorFirst { // which goes first alternates too
+			if smp.Ablated, err = c.runAblated(d, repeat, a|ablationBuild); err != nil {
+				return err
+			}
+		}
+		if smp.Reference, err = c.runAblated(d, repeat, ablationBuild); err != nil {
+			return err
+		}
+		if !floorFirst {
+			smp.Ablated, err = c.runAblated(d, repeat, a|ablationBuild)
+		}
+		return err
+	}
 	if floorFirst {
 		if err := ref(); err != nil {
+			return smp, err
+		}
+		if err := ablated(); err != nil {
 			return smp, err
 		}
 	}
@@ -864,6 +976,9 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 		return smp, err
 	}
 	if !floorFirst {
+		if err := ablated(); err != nil {
+			return smp, err
+		}
 		if err := ref(); err != nil {
 			return smp, err
 		}
@@ -874,16 +989,40 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 // run runs the case over repeat packets and checks the verdict, the output
 // of the last packet and the counters.
 func (c *BenchCase) run(d *Datapath, repeat int) (time.Duration, error) {
-	before, err := benchCounters(d)
-	if err != nil {
-		return 0, err
-	}
-	dur, verdict, out, err := d.BenchRun(c.frame, repeat)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", c.Name, err)
+	return c.runAblated(d, repeat, 0)
+}
+
+// runAblated is run by the program without the stages of ablate. What the
+// stages left out would change is not checked: the counters without the
+// counting stages, the output without the flow hash (another backend).
+func (c *BenchCase) runAblated(d *Datapath, repeat int, ablate Ablation) (time.Duration, error) {
+	var (
+		before  map[string]uint64
+		dur     time.Duration
+		verdict uint32
+		out     []byte
+	)
+	for attempt := 0; ; attempt++ {
+		var err error
+		if before, err = benchCounters(d); err != nil {
+			return 0, err
+		}
+		var interrupted bool
+		dur, verdict, out, interrupted, err = d.benchRunAblated(c.frame, repeat, ablate)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", c.Name, err)
+		}
+		// An interrupted call moved the counters by its packets too: the
+		// counters are checked on a run that went through in one call.
+		if !interrupted || attempt == 5 {
+			break
+		}
 	}
 	if verdict != c.verdict {
 		return 0, fmt.Errorf("%s: verdict %d after %d packets, want %d", c.Name, verdict, repeat, c.verdict)
+	}
+	if ablate&AblateHash != 0 {
+		return dur, nil
 	}
 	last := c.frame.Varied(uint32(repeat - 1))
 	want, err := c.expect(last)
@@ -896,6 +1035,9 @@ func (c *BenchCase) run(d *Datapath, repeat int) (time.Duration, error) {
 	after, err := benchCounters(d)
 	if err != nil {
 		return 0, err
+	}
+	if ablate&AblateStats != 0 {
+		return dur, nil
 	}
 	for name, per := range c.counters {
 		if got, want := after[name]-before[name], per*uint64(repeat); got != want {
