@@ -132,19 +132,24 @@ func ablationNames() []string {
 // program); floor_ns is the median empty XDP program, the least any program
 // costs. The wrapper's and the restore's own figures follow.
 type result struct {
-	Case         string    `json:"case"`
-	NsPerPacket  float64   `json:"ns_per_packet"`
-	FloorNs      float64   `json:"floor_ns"`
-	Runs         []float64 `json:"runs"`
-	WrapperNs    float64   `json:"wrapper_ns"`
-	WrapperRuns  []float64 `json:"wrapper_runs"`
-	RestoreNs    float64   `json:"restore_ns"`
-	RestoreRuns  []float64 `json:"restore_runs"`
-	OverFloorNs  float64   `json:"over_restore_ns"`
-	Repeat       int       `json:"repeat"`
-	BudgetNs     float64   `json:"budget_ns,omitempty"`
-	OverFloor    bool      `json:"budget_over_floor,omitempty"`
-	WithinBudget bool      `json:"within_budget"`
+	Case        string    `json:"case"`
+	NsPerPacket float64   `json:"ns_per_packet"`
+	FloorNs     float64   `json:"floor_ns"`
+	Runs        []float64 `json:"runs"`
+	WrapperNs   float64   `json:"wrapper_ns"`
+	WrapperRuns []float64 `json:"wrapper_runs"`
+	RestoreNs   float64   `json:"restore_ns"`
+	RestoreRuns []float64 `json:"restore_runs"`
+	OverFloorNs float64   `json:"over_restore_ns"`
+	Repeat      int       `json:"repeat"`
+	BudgetNs    float64   `json:"budget_ns,omitempty"`
+	OverFloor   bool      `json:"budget_over_floor,omitempty"`
+	// A case whose budget is relative to another case's cost: that case,
+	// run beside it in every run, and the median over the runs of this
+	// case's wrapper minus that case's.
+	Baseline       string  `json:"baseline,omitempty"`
+	OverBaselineNs float64 `json:"over_baseline_ns,omitempty"`
+	WithinBudget   bool    `json:"within_budget"`
 	// With -ablate: the stages left out, the cost of the ablation build
 	// without them (as ns_per_packet), and what they cost: the median over
 	// the runs of the ablation build with nothing left out minus the same
@@ -190,6 +195,10 @@ func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON
 			WrapperNs: ns(r.Median), RestoreNs: ns(r.FloorMedian), OverFloorNs: ns(r.OverFloor),
 			Repeat: repeat, BudgetNs: ns(c.Budget), OverFloor: c.OverFloor, WithinBudget: c.Within(r),
 		}
+		if c.Baseline != nil {
+			out.Baseline, out.OverBaselineNs = c.Baseline.Name, ns(r.OverBaseline)
+			fmt.Fprintf(stderr, "%-28s %+6.1f ns over %s, run beside it\n", "", out.OverBaselineNs, out.Baseline)
+		}
 		for _, s := range r.Samples {
 			out.Runs = append(out.Runs, ns(s.Cost()))
 			out.WrapperRuns = append(out.WrapperRuns, ns(s.Case))
@@ -228,13 +237,15 @@ func printTable(w io.Writer, results []result, cases []*xdp.BenchCase, runs, rep
 		}
 		budget, verdict := "-", "info"
 		switch {
+		case r.Baseline != "":
+			budget = fmt.Sprintf("%s%+.0f (%+.0f)", r.Baseline, r.BudgetNs, r.OverBaselineNs)
 		case r.BudgetNs == 0:
 		case r.OverFloor:
 			budget = fmt.Sprintf("floor+%.0f", r.BudgetNs)
 		default:
 			budget = fmt.Sprintf("%.0f", r.BudgetNs)
 		}
-		if r.BudgetNs != 0 {
+		if r.BudgetNs != 0 || r.Baseline != "" {
 			verdict = "pass"
 			if !r.WithinBudget {
 				verdict = "MISS"
