@@ -98,11 +98,13 @@ const (
 	AblateLBStats = Ablation(benchXdplbAblationABLATE_LB_STATS) // the per-VIP and per-backend counters
 	AblateIndex   = Ablation(benchXdplbAblationABLATE_INDEX)    // the vip_index cache (services from the vips hash)
 	AblateHash    = Ablation(benchXdplbAblationABLATE_HASH)     // the flow hash (a constant: the backend changes)
+	AblateTable   = Ablation(benchXdplbAblationABLATE_TABLE)    // the Maglev slot's read (slot 0: the backend changes)
 )
 
 // Ablations names the stages, for flags and reports.
 var Ablations = map[string]Ablation{
 	"monitor": AblateMonitor, "stats": AblateStats, "lbstats": AblateLBStats, "index": AblateIndex, "hash": AblateHash,
+	"table": AblateTable,
 }
 
 // ablationBuild, with stages or alone, asks benchObjects for the ablation
@@ -1046,7 +1048,7 @@ func (c *BenchCase) runAblated(d *Datapath, repeat int, ablate Ablation) (time.D
 	if verdict != c.verdict {
 		return 0, fmt.Errorf("%s: verdict %d after %d packets, want %d", c.Name, verdict, repeat, c.verdict)
 	}
-	if ablate&AblateHash != 0 {
+	if ablate&(AblateHash|AblateTable) != 0 {
 		return dur, nil
 	}
 	last := c.frame.Varied(uint32(repeat - 1))

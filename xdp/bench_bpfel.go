@@ -164,6 +164,7 @@ const (
 	benchXdplbAblationABLATE_LB_STATS benchXdplbAblation = 4
 	benchXdplbAblationABLATE_INDEX    benchXdplbAblation = 8
 	benchXdplbAblationABLATE_HASH     benchXdplbAblation = 16
+	benchXdplbAblationABLATE_TABLE    benchXdplbAblation = 32
 )
 
 type benchXdplbCounter uint32

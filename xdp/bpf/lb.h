@@ -48,6 +48,7 @@ enum xdplb_ablation {
 	ABLATE_LB_STATS = 4, /* the per-VIP and per-backend counters (count_lb) */
 	ABLATE_INDEX = 8,    /* the vip_index cache: every service from the vips hash */
 	ABLATE_HASH = 16,    /* the flow hash: a constant instead (changes the backend) */
+	ABLATE_TABLE = 32,   /* the Maglev slot read: the table's first slot instead (changes the backend) */
 };
 #ifdef XDPLB_ABLATE
 volatile const __u32 bench_ablate = 0;
@@ -244,6 +245,8 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
 	if (!table || !size)
 		return 0;
 	slot = ((__u64)hash * size) >> 32; /* hash % size, without a division */
+	if (ablated(ABLATE_TABLE))
+		slot = 0;
 	s = bpf_map_lookup_elem(table, &slot);
 	return s ? s->id[half & 1] : 0;
 }
