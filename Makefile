@@ -48,8 +48,9 @@ kubetest: ## find or build kube-apiserver and etcd for the Kubernetes tests (col
 test: ensure-deps kubetest ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
 	$(GO) test $(TEST_FLAGS) ./...
 
-bench: ## datapath and Maglev benchmarks (root)
+bench: ## datapath, forwarding and Maglev benchmarks (root)
 	$(GO) run ./bench datapath
+	$(GO) run ./bench forward
 	$(GO) test -run '^$$' -bench Maglev -benchmem -count 6 ./lb
 
 demo: ensure-deps build ## run the appliance in a namespace topology with traffic and counters (root)
