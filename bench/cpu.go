@@ -149,6 +149,36 @@ func threadsRuntime(threads []napiThread) (time.Duration, error) {
 	return sum, nil
 }
 
+// processRuntime sums the CPU time of every thread of process pid.
+func processRuntime(pid int) (time.Duration, error) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+		if err != nil {
+			continue // the thread ended
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("task %d: %w", tid, err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, nil
+}
+
 // cpuBusy is the time CPU cpu was busy (user, nice, system, irq, softirq)
 // and the time stolen from it by the hypervisor, from /proc/stat.
 func cpuBusy(cpu int) (busy, steal time.Duration, err error) {
@@ -200,4 +230,58 @@ func onCPU(cpu int, fn func() error) error {
 		err = errors.Join(err, fmt.Errorf("restoring the thread's CPU affinity: %w", rerr))
 	}
 	return err
+}
+
+// pinProcess pins every thread of this process to cpu (new threads inherit
+// the affinity of the thread that makes them) and returns a function that
+// puts back the affinity each had.
+func pinProcess(cpu int) (restore func() error, err error) {
+	if !canPin() {
+		return func() error { return nil }, nil
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var procMask unix.CPUSet
+	if err := unix.SchedGetaffinity(os.Getpid(), &procMask); err != nil {
+		return nil, fmt.Errorf("reading the process's CPU affinity: %w", err)
+	}
+	old := map[int]unix.CPUSet{}
+	var set unix.CPUSet
+	set.Set(cpu)
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		var m unix.CPUSet
+		if unix.SchedGetaffinity(tid, &m) != nil {
+			continue // ended
+		}
+		if unix.SchedSetaffinity(tid, &set) == nil {
+			old[tid] = m
+		}
+	}
+	return func() error {
+		var errs []error
+		for tid, m := range old {
+			if err := unix.SchedSetaffinity(tid, &m); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("restoring the CPU affinity of thread %d: %w", tid, err))
+			}
+		}
+		// Threads made while pinned have CPU cpu only: give them the
+		// affinity the process had.
+		all := procMask
+		if tasks, err := os.ReadDir("/proc/self/task"); err == nil {
+			for _, t := range tasks {
+				if tid, err := strconv.Atoi(t.Name()); err == nil {
+					if _, ok := old[tid]; !ok {
+						_ = unix.SchedSetaffinity(tid, &all)
+					}
+				}
+			}
+		}
+		return errors.Join(errs...)
+	}, nil
 }

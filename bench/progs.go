@@ -147,6 +147,12 @@ func hairpinProgram() (*ebpf.Program, error) {
 	return newXDP("bench_hairpin", asm.Instructions{asm.Mov.Imm(asm.R0, xdpTX), asm.Return()})
 }
 
+// passProgram passes every frame; on a veth it makes the device receive in
+// NAPI (see internal/testnet).
+func passProgram() (*ebpf.Program, error) {
+	return newXDP("bench_pass", asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()})
+}
+
 // redirectProgram is the trivial XDP_REDIRECT: every frame, untouched, to
 // ifindex through a device map, as xdplb redirects through its tx ports.
 func redirectProgram(devmap *ebpf.Map, ifindex int) (*ebpf.Program, error) {
