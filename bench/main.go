@@ -4,6 +4,8 @@
 //	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
+//	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-q]
+//	go run ./bench e2e [-json] [-rounds N] [-duration D] [-workers N] [-modes LIST] [-q]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
@@ -18,6 +20,21 @@
 // the frame model (xdp.FrameModel), comparing verdict, output and counters.
 // It prints the packets run, the configurations, the divergences and the
 // throughput, and exits non-zero on any divergence. It needs root.
+//
+// forward measures the forwarding rate on a real transmit path: frames sent
+// with BPF_F_TEST_XDP_LIVE_FRAMES into the appliance's veth in a namespace,
+// forwarded by the attached program (xdplb in DSR L2 and IPIP, a trivial
+// XDP_TX hairpin, a trivial XDP_REDIRECT) to a backend namespace that counts
+// and drops them; Mpps per vCPU of the appliance's NAPI thread. It checks
+// sample frames at the backend and that the counts match xdplb's counters.
+// It needs root and two CPUs.
+//
+// e2e balances one VIP over the same backends three ways in one namespace
+// topology: xdplb (DSR), the kernel's nftables DNAT and HAProxy in TCP mode,
+// and measures for each the UDP datagrams delivered per second from a
+// live-frames generator (not for HAProxy), TCP connections per second from a
+// Go load generator, and the appliance's CPU per packet and per connection,
+// the appliance pinned to one CPU. It needs root, two CPUs, nft and haproxy.
 //
 // soak runs the real daemon (cmd/xdplb, built for the run) in network
 // namespaces with long-lived and new TCP connections through four VIPs while
@@ -62,17 +79,32 @@ func main() {
 const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
+       bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-q]
+       bench e2e [-json] [-rounds 5] [-duration 2s] [-workers 32] [-modes xdplb,nftables,haproxy] [-q]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
 fuzz      differential fuzzing of the XDP program against its Go model: packets
           run, configurations, divergences (must be 0) and packets/s (needs root)
 soak      the real daemon under connections and changes; every broken
           connection classified, exit status 1 on any defect (needs root)
+forward   forwarding rate of the attached program on veths, frames sent with
+          live frames: xdplb DSR L2 and IPIP beside a trivial XDP_TX hairpin and
+          XDP_REDIRECT, Mpps per vCPU (needs root and two CPUs)
+e2e       xdplb against nftables DNAT and HAProxy on the same VIP and backends:
+          UDP packets/s, TCP connections/s, appliance CPU (needs root, two CPUs,
+          nft and haproxy)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "fuzz" {
-		return fuzz(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "fuzz":
+			return fuzz(ctx, args[1:], stdout, stderr)
+		case "forward":
+			return forward(ctx, args[1:], stdout, stderr)
+		case "e2e":
+			return e2e(ctx, args[1:], stdout, stderr)
+		}
 	}
 	if len(args) == 0 || (args[0] != "datapath" && args[0] != "soak") {
 		fmt.Fprint(stderr, usage)
