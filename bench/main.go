@@ -1,7 +1,7 @@
 // Command bench runs xdplb's benchmarks and its soak; docs/bench.md has the
 // method and the results.
 //
-//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
+//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-q]
@@ -13,7 +13,9 @@
 // needs root. A missed budget is reported, not an error: the exit status is
 // non-zero only when the benchmark could not run or a check failed. With
 // -ablate, every run also measures, right beside the case, the program
-// without the stages named (xdp.Ablations), and reports what they cost.
+// without the stages named (xdp.Ablations), and reports what they cost. With
+// -versus, every run also measures, right beside the case, the bench wrapper
+// of another build (its xdp/bench_bpfel.o), and reports the difference.
 //
 // fuzz runs a differential fuzzing campaign: configurations and frames made
 // from a pseudo-random seed, each frame through the XDP program and through
@@ -76,7 +78,7 @@ func main() {
 	}
 }
 
-const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES]
+const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
        bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-q]
@@ -120,6 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	repeat := fs.Int("repeat", 1<<20, "packets per run (one BPF_PROG_TEST_RUN call)")
 	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
 	monitor := fs.Bool("monitor", false, "measure with the monitor flag on, as while `xdplb monitor` runs")
+	versus := fs.String("versus", "", "also measure, beside each run, the bench wrapper of another build: its xdp/bench_bpfel.o (e.g. from `git show REV:xdp/bench_bpfel.o`)")
 	ablateList := fs.String("ablate", "", "also measure, beside each run, the program without these stages (comma-separated: "+strings.Join(ablationNames(), ", ")+")")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -148,7 +151,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if uid := os.Geteuid(); uid != 0 {
 		return fmt.Errorf("datapath needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN); running as uid %d: try sudo", uid)
 	}
-	return datapath(ctx, *runs, *repeat, re, *asJSON, *monitor, ablate, stdout, stderr)
+	return datapath(ctx, *runs, *repeat, re, *asJSON, xdp.BenchConfig{BuildTable: maglev, Monitor: *monitor, Ablate: ablate, Versus: *versus}, stdout, stderr)
 }
 
 func ablationNames() []string {
@@ -186,16 +189,22 @@ type result struct {
 	// without them (as ns_per_packet), and what they cost: the median over
 	// the runs of the ablation build with nothing left out minus the same
 	// build without the stages, run beside it.
-	Ablated   string    `json:"ablated,omitempty"`
-	AblatedNs float64   `json:"ablated_ns_per_packet,omitempty"`
-	StageNs   float64   `json:"stage_ns,omitempty"`
-	StageRuns []float64 `json:"stage_runs,omitempty"`
+	// With -versus: the other build's cost (as ns_per_packet) and the
+	// median over the runs of this build's wrapper minus the other's, run
+	// beside it (negative: this build is faster).
+	VersusNs     float64   `json:"versus_ns_per_packet,omitempty"`
+	OverVersusNs float64   `json:"over_versus_ns,omitempty"`
+	Ablated      string    `json:"ablated,omitempty"`
+	AblatedNs    float64   `json:"ablated_ns_per_packet,omitempty"`
+	StageNs      float64   `json:"stage_ns,omitempty"`
+	StageRuns    []float64 `json:"stage_runs,omitempty"`
 }
 
 func ns(d time.Duration) float64 { return float64(d) / float64(time.Nanosecond) }
 
-func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON, monitor bool, ablate xdp.Ablation, stdout, stderr io.Writer) error {
-	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev, Monitor: monitor, Ablate: ablate})
+func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON bool, cfg xdp.BenchConfig, stdout, stderr io.Writer) error {
+	ablate := cfg.Ablate
+	suite, err := xdp.NewBenchSuite(cfg)
 	if err != nil {
 		return err
 	}
@@ -235,6 +244,10 @@ func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON
 			out.Runs = append(out.Runs, ns(s.Cost()))
 			out.WrapperRuns = append(out.WrapperRuns, ns(s.Case))
 			out.RestoreRuns = append(out.RestoreRuns, ns(s.Floor))
+		}
+		if cfg.Versus != "" {
+			out.VersusNs, out.OverVersusNs = ns(r.VersusCost), ns(r.OverVersus)
+			fmt.Fprintf(stderr, "%-28s %6.1f ns/packet in %s: this build %+.1f ns, run beside it\n", "", out.VersusNs, cfg.Versus, out.OverVersusNs)
 		}
 		if ablate != 0 {
 			out.Ablated, out.AblatedNs, out.StageNs = ablate.String(), ns(r.AblatedCost), ns(r.StageCost)

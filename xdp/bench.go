@@ -139,6 +139,67 @@ func (d *Datapath) BenchRunAblationBuild(f BenchFrame, repeat int) (perPacket ti
 	return d.BenchRunAblated(f, repeat, ablationBuild)
 }
 
+// BenchRunFile is BenchRun with the bench wrapper of another build: the
+// bench object at path (xdp/bench_bpfel.o of another commit, say), loaded on
+// the datapath's maps once and kept until Close. Its maps must be the same
+// as this build's.
+func (d *Datapath) BenchRunFile(path string, f BenchFrame, repeat int) (perPacket time.Duration, verdict uint32, out []byte, err error) {
+	perPacket, verdict, out, _, err = d.benchRunFile(path, f, repeat)
+	return perPacket, verdict, out, err
+}
+
+func (d *Datapath) benchRunFile(path string, f BenchFrame, repeat int) (time.Duration, uint32, []byte, bool, error) {
+	b, err := d.benchFile(path)
+	if err != nil {
+		return 0, 0, nil, false, err
+	}
+	return d.benchRun(b.BenchFrames, b.XdplbBench, f, repeat)
+}
+
+// benchFileObjects are what BenchRunFile uses of another build's bench
+// object, whose variables may differ from this build's.
+type benchFileObjects struct {
+	XdplbBench  *ebpf.Program `ebpf:"xdplb_bench"`
+	BenchFrames *ebpf.Map     `ebpf:"bench_frames"`
+}
+
+func (o *benchFileObjects) Close() error {
+	return errors.Join(o.XdplbBench.Close(), o.BenchFrames.Close())
+}
+
+func (d *Datapath) benchFile(path string) (*benchFileObjects, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("loading the bench wrappers: datapath closed")
+	}
+	if b := d.benchFiles[path]; b != nil {
+		return b, nil
+	}
+	spec, err := ebpf.LoadCollectionSpec(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
+	}
+	if err := d.opts.configure(spec); err != nil {
+		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
+	}
+	maps := d.maps()
+	for name := range maps {
+		if _, ok := spec.Maps[name]; !ok {
+			return nil, fmt.Errorf("loading the bench wrappers of %s: it has no map %s: another datapath", path, name)
+		}
+	}
+	var b benchFileObjects
+	if err := spec.LoadAndAssign(&b, &ebpf.CollectionOptions{MapReplacements: maps}); err != nil {
+		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
+	}
+	if d.benchFiles == nil {
+		d.benchFiles = make(map[string]*benchFileObjects)
+	}
+	d.benchFiles[path] = &b
+	return &b, nil
+}
+
 // benchRunAblated is BenchRunAblated that also says whether a call was
 // interrupted (EINTR) and made again: then the counters moved by the packets
 // of the interrupted call too.
@@ -147,7 +208,7 @@ func (d *Datapath) benchRunAblated(f BenchFrame, repeat int, ablate Ablation) (t
 	if err != nil {
 		return 0, 0, nil, false, err
 	}
-	return d.benchRun(b, b.XdplbBench, f, repeat)
+	return d.benchRun(b.BenchFrames, b.XdplbBench, f, repeat)
 }
 
 // BenchFloor runs only the frame restore of the bench wrapper, as BenchRun
@@ -158,7 +219,7 @@ func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	dur, verdict, _, _, err := d.benchRun(b, b.XdplbBenchFloor, f, repeat)
+	dur, verdict, _, _, err := d.benchRun(b.BenchFrames, b.XdplbBenchFloor, f, repeat)
 	if err != nil {
 		return 0, err
 	}
@@ -210,7 +271,7 @@ func (d *Datapath) benchObjects(ablate Ablation) (*benchObjects, error) {
 	return &b, nil
 }
 
-func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, repeat int) (_ time.Duration, _ uint32, _ []byte, interrupted bool, _ error) {
+func (d *Datapath) benchRun(frames *ebpf.Map, prog *ebpf.Program, f BenchFrame, repeat int) (_ time.Duration, _ uint32, _ []byte, interrupted bool, _ error) {
 	if err := f.check(); err != nil {
 		return 0, 0, nil, false, err
 	}
@@ -237,7 +298,7 @@ func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, r
 	)
 	for attempt := 0; ; attempt++ {
 		// Every attempt starts from seq 0 on every CPU.
-		if err := b.BenchFrames.Put(uint32(0), all); err != nil {
+		if err := frames.Put(uint32(0), all); err != nil {
 			return 0, 0, nil, false, fmt.Errorf("writing the bench frame: %w", err)
 		}
 		dur, verdict, out, err = testRun(prog, f.Data, repeat)
@@ -252,7 +313,7 @@ func (d *Datapath) benchRun(b *benchObjects, prog *ebpf.Program, f BenchFrame, r
 	}
 	if f.VaryCount > 0 {
 		var got []benchBenchFrame
-		if err := b.BenchFrames.Lookup(uint32(0), &got); err != nil {
+		if err := frames.Lookup(uint32(0), &got); err != nil {
 			return 0, 0, nil, false, fmt.Errorf("reading the bench frame: %w", err)
 		}
 		if cpu >= len(got) || got[cpu].Seq != uint32(repeat) {
@@ -405,6 +466,10 @@ type BenchConfig struct {
 	// Ablate, when not 0, measures in every sample, right beside the case,
 	// the program without these stages (BenchSample.Ablated).
 	Ablate Ablation
+	// Versus, when set, is the bench object of another build
+	// (BenchRunFile), measured in every sample right beside the case
+	// (BenchSample.Versus).
+	Versus string
 }
 
 func (c *BenchConfig) setDefaults() {
@@ -824,6 +889,8 @@ type BenchSample struct {
 	AblationBuild, Ablated time.Duration
 	// Baseline is the case's Baseline case run beside it (0: none).
 	Baseline time.Duration
+	// Versus is the case run by BenchConfig.Versus's build (0: none).
+	Versus time.Duration
 }
 
 // BenchResult is the outcome of measuring a case.
@@ -847,6 +914,10 @@ type BenchResult struct {
 	// OverBaseline, for a case with a Baseline, is the median of each
 	// sample's case minus its baseline's run.
 	OverBaseline time.Duration
+	// With BenchConfig.Versus: VersusCost is Cost for the other build, and
+	// OverVersus the median of each sample's case minus the other build's
+	// run beside it (negative: this build is faster).
+	VersusCost, OverVersus time.Duration
 }
 
 // StageCost is what the stages left out cost in the sample: the ablation
@@ -893,6 +964,10 @@ func (c *BenchCase) Measure(runs, repeat int) (BenchResult, error) {
 	}
 	if c.Baseline != nil {
 		r.OverBaseline = pick(func(s BenchSample) time.Duration { return s.Case - s.Baseline })
+	}
+	if c.suite.cfg.Versus != "" {
+		r.VersusCost = pick(func(s BenchSample) time.Duration { return s.Versus - s.Floor + s.Empty })
+		r.OverVersus = pick(func(s BenchSample) time.Duration { return s.Case - s.Versus })
 	}
 	return r, nil
 }
@@ -967,15 +1042,15 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 		}
 		a := c.suite.cfg.Ablate
 		if floorFirst { // which goes first alternates too
-			if smp.Ablated, err = c.runAblated(d, repeat, a|ablationBuild); err != nil {
+			if smp.Ablated, err = c.runVariant(d, repeat, benchVariant{ablate: a | ablationBuild}); err != nil {
 				return err
 			}
 		}
-		if smp.AblationBuild, err = c.runAblated(d, repeat, ablationBuild); err != nil {
+		if smp.AblationBuild, err = c.runVariant(d, repeat, benchVariant{ablate: ablationBuild}); err != nil {
 			return err
 		}
 		if !floorFirst {
-			smp.Ablated, err = c.runAblated(d, repeat, a|ablationBuild)
+			smp.Ablated, err = c.runVariant(d, repeat, benchVariant{ablate: a | ablationBuild})
 		}
 		return err
 	}
@@ -987,8 +1062,25 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 			return smp, err
 		}
 	}
+	versus := func() error {
+		if c.suite.cfg.Versus == "" {
+			return nil
+		}
+		smp.Versus, err = c.runVariant(d, repeat, benchVariant{file: c.suite.cfg.Versus})
+		return err
+	}
+	if floorFirst {
+		if err := versus(); err != nil {
+			return smp, err
+		}
+	}
 	if smp.Case, err = c.run(d, repeat); err != nil {
 		return smp, err
+	}
+	if !floorFirst {
+		if err := versus(); err != nil {
+			return smp, err
+		}
 	}
 	if b := c.Baseline; b != nil {
 		bd, err := b.dp()
@@ -1016,13 +1108,22 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 // run runs the case over repeat packets and checks the verdict, the output
 // of the last packet and the counters.
 func (c *BenchCase) run(d *Datapath, repeat int) (time.Duration, error) {
-	return c.runAblated(d, repeat, 0)
+	return c.runVariant(d, repeat, benchVariant{})
 }
 
-// runAblated is run by the program without the stages of ablate. What the
-// stages left out would change is not checked: the counters without the
-// counting stages, the output without the flow hash (another backend).
-func (c *BenchCase) runAblated(d *Datapath, repeat int, ablate Ablation) (time.Duration, error) {
+// benchVariant is a build of the bench wrappers other than this one's: the
+// ablation build leaving stages out, or the object of another build.
+type benchVariant struct {
+	ablate Ablation
+	file   string
+}
+
+// runVariant is run by another build of the program. What the stages an
+// ablation leaves out would change is not checked: the counters without the
+// counting stages, the output without the flow hash or the table (another
+// backend).
+func (c *BenchCase) runVariant(d *Datapath, repeat int, v benchVariant) (time.Duration, error) {
+	ablate := v.ablate
 	var (
 		before  map[string]uint64
 		dur     time.Duration
@@ -1035,7 +1136,11 @@ func (c *BenchCase) runAblated(d *Datapath, repeat int, ablate Ablation) (time.D
 			return 0, err
 		}
 		var interrupted bool
-		dur, verdict, out, interrupted, err = d.benchRunAblated(c.frame, repeat, ablate)
+		if v.file != "" {
+			dur, verdict, out, interrupted, err = d.benchRunFile(v.file, c.frame, repeat)
+		} else {
+			dur, verdict, out, interrupted, err = d.benchRunAblated(c.frame, repeat, ablate)
+		}
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", c.Name, err)
 		}

@@ -94,7 +94,8 @@ type Datapath struct {
 	closed     bool
 	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
-	bench      map[Ablation]*benchObjects // the bench wrappers by ablation, loaded by the first benchmark run of each
+	bench      map[Ablation]*benchObjects   // the bench wrappers by ablation, loaded by the first benchmark run of each
+	benchFiles map[string]*benchFileObjects // bench wrappers of other builds (BenchRunFile), by path
 
 	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
 	dry       *dryObjects
@@ -290,6 +291,9 @@ func (d *Datapath) Close() error {
 		errs = append(errs, a.link.Close())
 	}
 	for _, b := range d.bench {
+		errs = append(errs, b.Close())
+	}
+	for _, b := range d.benchFiles {
 		errs = append(errs, b.Close())
 	}
 	d.closeTables()
