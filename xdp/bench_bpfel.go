@@ -156,6 +156,17 @@ type benchVipSlot struct {
 	Meta benchVipMeta
 }
 
+type benchXdplbAblation uint32
+
+const (
+	benchXdplbAblationABLATE_MONITOR  benchXdplbAblation = 1
+	benchXdplbAblationABLATE_STATS    benchXdplbAblation = 2
+	benchXdplbAblationABLATE_LB_STATS benchXdplbAblation = 4
+	benchXdplbAblationABLATE_INDEX    benchXdplbAblation = 8
+	benchXdplbAblationABLATE_HASH     benchXdplbAblation = 16
+	benchXdplbAblationABLATE_TABLE    benchXdplbAblation = 32
+)
+
 type benchXdplbCounter uint32
 
 const (
@@ -230,7 +241,7 @@ const (
 	benchMapVips             = "vips"
 	benchProgXdplbBench      = "xdplb_bench"
 	benchProgXdplbBenchFloor = "xdplb_bench_floor"
-	benchVarCfgDryRun        = "cfg_dry_run"
+	benchVarBtfAblation      = "btf_ablation"
 	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
 	benchVarCfgTtl           = "cfg_ttl"
 )
@@ -313,7 +324,7 @@ type benchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
-	CfgDryRun   *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
+	BtfAblation *ebpf.VariableSpec `ebpf:"btf_ablation"`
 	CfgIcmpEcho *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgTtl      *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
@@ -393,7 +404,7 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
-	CfgDryRun   *ebpf.Variable `ebpf:"cfg_dry_run"`
+	BtfAblation *ebpf.Variable `ebpf:"btf_ablation"`
 	CfgIcmpEcho *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgTtl      *ebpf.Variable `ebpf:"cfg_ttl"`
 }

@@ -292,7 +292,6 @@ const (
 	lbVarBtfMonitorEvent = "btf_monitor_event"
 	lbVarBtfMonitorType  = "btf_monitor_type"
 	lbVarBtfVipFlags     = "btf_vip_flags"
-	lbVarCfgDryRun       = "cfg_dry_run"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
 	lbVarCfgTtl          = "cfg_ttl"
 )
@@ -380,7 +379,6 @@ type lbVariableSpecs struct {
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
-	CfgDryRun       *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
@@ -465,7 +463,6 @@ type lbVariables struct {
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
-	CfgDryRun       *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`
 }
