@@ -8,7 +8,7 @@ GO         ?= go
 BIN        ?= bin/xdplb
 PREFIX     ?= /usr/local
 TEST_FLAGS ?= -count=1 -timeout 20m
-DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool prometheus systemd frr keepalived
+DEBIAN_PACKAGES = clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool prometheus systemd frr keepalived haproxy nftables
 
 export BPF_CLANG BPF_CFLAGS
 
@@ -48,8 +48,10 @@ kubetest: ## find or build kube-apiserver and etcd for the Kubernetes tests (col
 test: ensure-deps kubetest ## run every test; as root the privileged ones too (XDPLB_REQUIRE_PRIVILEGED=1 makes a skip fail)
 	$(GO) test $(TEST_FLAGS) ./...
 
-bench: ## datapath and Maglev benchmarks (root)
+bench: ensure-deps ## datapath, forwarding, end-to-end and Maglev benchmarks (root)
 	$(GO) run ./bench datapath
+	$(GO) run ./bench forward
+	$(GO) run ./bench e2e
 	$(GO) test -run '^$$' -bench Maglev -benchmem -count 6 ./lb
 
 demo: ensure-deps build ## run the appliance in a namespace topology with traffic and counters (root)

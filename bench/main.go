@@ -1,21 +1,42 @@
 // Command bench runs xdplb's benchmarks and its soak; docs/bench.md has the
 // method and the results.
 //
-//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+//	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
+//	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-q]
+//	go run ./bench e2e [-json] [-rounds N] [-duration D] [-workers N] [-modes LIST] [-q]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
 // in the same runs, and checks every run's verdict, output and counters. It
 // needs root. A missed budget is reported, not an error: the exit status is
-// non-zero only when the benchmark could not run or a check failed.
+// non-zero only when the benchmark could not run or a check failed. With
+// -ablate, every run also measures, right beside the case, the program
+// without the stages named (xdp.Ablations), and reports what they cost. With
+// -versus, every run also measures, right beside the case, the bench wrapper
+// of another build (its xdp/bench_bpfel.o), and reports the difference.
 //
 // fuzz runs a differential fuzzing campaign: configurations and frames made
 // from a pseudo-random seed, each frame through the XDP program and through
 // the frame model (xdp.FrameModel), comparing verdict, output and counters.
 // It prints the packets run, the configurations, the divergences and the
 // throughput, and exits non-zero on any divergence. It needs root.
+//
+// forward measures the forwarding rate on a real transmit path: frames sent
+// with BPF_F_TEST_XDP_LIVE_FRAMES into the appliance's veth in a namespace,
+// forwarded by the attached program (xdplb in DSR L2 and IPIP, a trivial
+// XDP_TX hairpin, a trivial XDP_REDIRECT) to a backend namespace that counts
+// and drops them; Mpps per vCPU of the appliance's NAPI thread. It checks
+// sample frames at the backend and that the counts match xdplb's counters.
+// It needs root and two CPUs.
+//
+// e2e balances one VIP over the same backends three ways in one namespace
+// topology: xdplb (DSR), the kernel's nftables DNAT and HAProxy in TCP mode,
+// and measures for each the UDP datagrams delivered per second from a
+// live-frames generator (not for HAProxy), TCP connections per second from a
+// Go load generator, and the appliance's CPU per packet and per connection,
+// the appliance pinned to one CPU. It needs root, two CPUs, nft and haproxy.
 //
 // soak runs the real daemon (cmd/xdplb, built for the run) in network
 // namespaces with long-lived and new TCP connections through four VIPs while
@@ -31,11 +52,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"os/signal"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -55,20 +78,35 @@ func main() {
 	}
 }
 
-const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor]
+const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
+       bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-q]
+       bench e2e [-json] [-rounds 5] [-duration 2s] [-workers 32] [-modes xdplb,nftables,haproxy] [-q]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
 fuzz      differential fuzzing of the XDP program against its Go model: packets
           run, configurations, divergences (must be 0) and packets/s (needs root)
 soak      the real daemon under connections and changes; every broken
           connection classified, exit status 1 on any defect (needs root)
+forward   forwarding rate of the attached program on veths, frames sent with
+          live frames: xdplb DSR L2 and IPIP beside a trivial XDP_TX hairpin and
+          XDP_REDIRECT, Mpps per vCPU (needs root and two CPUs)
+e2e       xdplb against nftables DNAT and HAProxy on the same VIP and backends:
+          UDP packets/s, TCP connections/s, appliance CPU (needs root, two CPUs,
+          nft and haproxy)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "fuzz" {
-		return fuzz(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "fuzz":
+			return fuzz(ctx, args[1:], stdout, stderr)
+		case "forward":
+			return forward(ctx, args[1:], stdout, stderr)
+		case "e2e":
+			return e2e(ctx, args[1:], stdout, stderr)
+		}
 	}
 	if len(args) == 0 || (args[0] != "datapath" && args[0] != "soak") {
 		fmt.Fprint(stderr, usage)
@@ -84,8 +122,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	repeat := fs.Int("repeat", 1<<20, "packets per run (one BPF_PROG_TEST_RUN call)")
 	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
 	monitor := fs.Bool("monitor", false, "measure with the monitor flag on, as while `xdplb monitor` runs")
+	versus := fs.String("versus", "", "also measure, beside each run, the bench wrapper of another build: its xdp/bench_bpfel.o (e.g. from `git show REV:xdp/bench_bpfel.o`)")
+	ablateList := fs.String("ablate", "", "also measure, beside each run, the program without these stages (comma-separated: "+strings.Join(ablationNames(), ", ")+")")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	var ablate xdp.Ablation
+	for name := range strings.SplitSeq(*ablateList, ",") {
+		if name == "" {
+			continue
+		}
+		a, ok := xdp.Ablations[name]
+		if !ok {
+			return fmt.Errorf("-ablate: no stage %q (stages: %s)", name, strings.Join(ablationNames(), ", "))
+		}
+		ablate |= a
 	}
 	if *runs < 5 {
 		return fmt.Errorf("-runs %d: at least 5 runs, for a median worth the name", *runs)
@@ -100,7 +151,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if uid := os.Geteuid(); uid != 0 {
 		return fmt.Errorf("datapath needs root (it loads XDP programs and runs them with BPF_PROG_TEST_RUN); running as uid %d: try sudo", uid)
 	}
-	return datapath(ctx, *runs, *repeat, re, *asJSON, *monitor, stdout, stderr)
+	return datapath(ctx, *runs, *repeat, re, *asJSON, xdp.BenchConfig{BuildTable: maglev, Monitor: *monitor, Ablate: ablate, Versus: *versus}, stdout, stderr)
+}
+
+func ablationNames() []string {
+	names := slices.Collect(maps.Keys(xdp.Ablations))
+	slices.Sort(names)
+	return names
 }
 
 // result is one case in the JSON output. A run is one BPF_PROG_TEST_RUN call
@@ -110,25 +167,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // program); floor_ns is the median empty XDP program, the least any program
 // costs. The wrapper's and the restore's own figures follow.
 type result struct {
-	Case         string    `json:"case"`
-	NsPerPacket  float64   `json:"ns_per_packet"`
-	FloorNs      float64   `json:"floor_ns"`
-	Runs         []float64 `json:"runs"`
-	WrapperNs    float64   `json:"wrapper_ns"`
-	WrapperRuns  []float64 `json:"wrapper_runs"`
-	RestoreNs    float64   `json:"restore_ns"`
-	RestoreRuns  []float64 `json:"restore_runs"`
-	OverFloorNs  float64   `json:"over_restore_ns"`
-	Repeat       int       `json:"repeat"`
-	BudgetNs     float64   `json:"budget_ns,omitempty"`
-	OverFloor    bool      `json:"budget_over_floor,omitempty"`
-	WithinBudget bool      `json:"within_budget"`
+	Case        string    `json:"case"`
+	NsPerPacket float64   `json:"ns_per_packet"`
+	FloorNs     float64   `json:"floor_ns"`
+	Runs        []float64 `json:"runs"`
+	WrapperNs   float64   `json:"wrapper_ns"`
+	WrapperRuns []float64 `json:"wrapper_runs"`
+	RestoreNs   float64   `json:"restore_ns"`
+	RestoreRuns []float64 `json:"restore_runs"`
+	OverFloorNs float64   `json:"over_restore_ns"`
+	Repeat      int       `json:"repeat"`
+	BudgetNs    float64   `json:"budget_ns,omitempty"`
+	OverFloor   bool      `json:"budget_over_floor,omitempty"`
+	// A case whose budget is relative to another case's cost: that case,
+	// run beside it in every run, and the median over the runs of this
+	// case's wrapper minus that case's.
+	Baseline       string  `json:"baseline,omitempty"`
+	OverBaselineNs float64 `json:"over_baseline_ns,omitempty"`
+	WithinBudget   bool    `json:"within_budget"`
+	// With -ablate: the stages left out, the cost of the ablation build
+	// without them (as ns_per_packet), and what they cost: the median over
+	// the runs of the ablation build with nothing left out minus the same
+	// build without the stages, run beside it.
+	// With -versus: the other build's cost (as ns_per_packet) and the
+	// median over the runs of this build's wrapper minus the other's, run
+	// beside it (negative: this build is faster).
+	VersusNs     float64   `json:"versus_ns_per_packet,omitempty"`
+	OverVersusNs float64   `json:"over_versus_ns,omitempty"`
+	Ablated      string    `json:"ablated,omitempty"`
+	AblatedNs    float64   `json:"ablated_ns_per_packet,omitempty"`
+	StageNs      float64   `json:"stage_ns,omitempty"`
+	StageRuns    []float64 `json:"stage_runs,omitempty"`
 }
 
 func ns(d time.Duration) float64 { return float64(d) / float64(time.Nanosecond) }
 
-func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON, monitor bool, stdout, stderr io.Writer) error {
-	suite, err := xdp.NewBenchSuite(xdp.BenchConfig{BuildTable: maglev, Monitor: monitor})
+func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON bool, cfg xdp.BenchConfig, stdout, stderr io.Writer) error {
+	ablate := cfg.Ablate
+	suite, err := xdp.NewBenchSuite(cfg)
 	if err != nil {
 		return err
 	}
@@ -160,10 +236,25 @@ func datapath(ctx context.Context, runs, repeat int, only *regexp.Regexp, asJSON
 			WrapperNs: ns(r.Median), RestoreNs: ns(r.FloorMedian), OverFloorNs: ns(r.OverFloor),
 			Repeat: repeat, BudgetNs: ns(c.Budget), OverFloor: c.OverFloor, WithinBudget: c.Within(r),
 		}
+		if c.Baseline != nil {
+			out.Baseline, out.OverBaselineNs = c.Baseline.Name, ns(r.OverBaseline)
+			fmt.Fprintf(stderr, "%-28s %+6.1f ns over %s, run beside it\n", "", out.OverBaselineNs, out.Baseline)
+		}
 		for _, s := range r.Samples {
 			out.Runs = append(out.Runs, ns(s.Cost()))
 			out.WrapperRuns = append(out.WrapperRuns, ns(s.Case))
 			out.RestoreRuns = append(out.RestoreRuns, ns(s.Floor))
+		}
+		if cfg.Versus != "" {
+			out.VersusNs, out.OverVersusNs = ns(r.VersusCost), ns(r.OverVersus)
+			fmt.Fprintf(stderr, "%-28s %6.1f ns/packet in %s: this build %+.1f ns, run beside it\n", "", out.VersusNs, cfg.Versus, out.OverVersusNs)
+		}
+		if ablate != 0 {
+			out.Ablated, out.AblatedNs, out.StageNs = ablate.String(), ns(r.AblatedCost), ns(r.StageCost)
+			for _, s := range r.Samples {
+				out.StageRuns = append(out.StageRuns, ns(s.StageCost()))
+			}
+			fmt.Fprintf(stderr, "%-28s %6.1f ns/packet without %s: they cost %.1f ns (runs %v)\n", "", out.AblatedNs, out.Ablated, out.StageNs, out.StageRuns)
 		}
 		results = append(results, out)
 		cases = append(cases, c)
@@ -191,13 +282,15 @@ func printTable(w io.Writer, results []result, cases []*xdp.BenchCase, runs, rep
 		}
 		budget, verdict := "-", "info"
 		switch {
+		case r.Baseline != "":
+			budget = fmt.Sprintf("%s%+.0f (%+.0f)", r.Baseline, r.BudgetNs, r.OverBaselineNs)
 		case r.BudgetNs == 0:
 		case r.OverFloor:
 			budget = fmt.Sprintf("floor+%.0f", r.BudgetNs)
 		default:
 			budget = fmt.Sprintf("%.0f", r.BudgetNs)
 		}
-		if r.BudgetNs != 0 {
+		if r.BudgetNs != 0 || r.Baseline != "" {
 			verdict = "pass"
 			if !r.WithinBudget {
 				verdict = "MISS"

@@ -180,6 +180,17 @@ type benchVipSlot struct {
 	Meta benchVipMeta
 }
 
+type benchXdplbAblation uint32
+
+const (
+	benchXdplbAblationABLATE_MONITOR  benchXdplbAblation = 1
+	benchXdplbAblationABLATE_STATS    benchXdplbAblation = 2
+	benchXdplbAblationABLATE_LB_STATS benchXdplbAblation = 4
+	benchXdplbAblationABLATE_INDEX    benchXdplbAblation = 8
+	benchXdplbAblationABLATE_HASH     benchXdplbAblation = 16
+	benchXdplbAblationABLATE_TABLE    benchXdplbAblation = 32
+)
+
 type benchXdplbCounter uint32
 
 const (
@@ -254,7 +265,7 @@ const (
 	benchMapVips             = "vips"
 	benchProgXdplbBench      = "xdplb_bench"
 	benchProgXdplbBenchFloor = "xdplb_bench_floor"
-	benchVarCfgDryRun        = "cfg_dry_run"
+	benchVarBtfAblation      = "btf_ablation"
 	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
 	benchVarCfgPins4Mask     = "cfg_pins4_mask"
 	benchVarCfgPins6Mask     = "cfg_pins6_mask"
@@ -339,7 +350,7 @@ type benchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
-	CfgDryRun    *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
+	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
@@ -421,7 +432,7 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
-	CfgDryRun    *ebpf.Variable `ebpf:"cfg_dry_run"`
+	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`

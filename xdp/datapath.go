@@ -96,7 +96,8 @@ type Datapath struct {
 	closed     bool
 	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
-	bench      *benchObjects // the bench wrappers, loaded by the first benchmark run
+	bench      map[Ablation]*benchObjects   // the bench wrappers by ablation, loaded by the first benchmark run of each
+	benchFiles map[string]*benchFileObjects // bench wrappers of other builds (BenchRunFile), by path
 
 	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
 	dry       *dryObjects
@@ -125,7 +126,7 @@ func Open(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := opts.configure(spec, false); err != nil {
+	if err := opts.configure(spec); err != nil {
 		return nil, err
 	}
 	var copts ebpf.CollectionOptions
@@ -227,16 +228,13 @@ func Open(opts Options) (*Datapath, error) {
 
 // configure sets the knobs of a collection that runs lb_main (the program,
 // its dry-run build, the bench wrappers) and the sizes of its maps from o.
-func (o *Options) configure(spec *ebpf.CollectionSpec, dryRun bool) error {
-	echo, dry := uint8(1), uint8(0)
+func (o *Options) configure(spec *ebpf.CollectionSpec) error {
+	echo := uint8(1)
 	if o.DisableEcho {
 		echo = 0
 	}
-	if dryRun {
-		dry = 1
-	}
 	for name, v := range map[string]any{
-		lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo, lbVarCfgDryRun: dry,
+		lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo,
 		lbVarCfgPins4Mask: uint32(ftBuckets(o.MaxFlows, pin4Geom) - 1),
 		lbVarCfgPins6Mask: uint32(ftBuckets(o.MaxFlows, pin6Geom) - 1),
 	} {
@@ -299,8 +297,11 @@ func (d *Datapath) Close() error {
 	for _, a := range d.links {
 		errs = append(errs, a.link.Close())
 	}
-	if d.bench != nil {
-		errs = append(errs, d.bench.Close())
+	for _, b := range d.bench {
+		errs = append(errs, b.Close())
+	}
+	for _, b := range d.benchFiles {
+		errs = append(errs, b.Close())
 	}
 	d.closeTables()
 	d.unmapIndex()

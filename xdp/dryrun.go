@@ -7,8 +7,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// The dry-run build is the load-balancer object loaded with cfg_dry_run set
-// (bpf/lb.h): the same code, which counts nothing, pins nothing and
+// The dry-run build is the load-balancer program compiled with cfg_dry_run
+// set (bpf/lb.h, object dryrun): the same code, which counts nothing, pins nothing and
 // transmits nothing, and notes what it would have done in its own map
 // dry_result. It is loaded with the datapath's maps (MapReplacements), so it
 // sees the live tables, backends and pins, pinned by this process or by an
@@ -112,11 +112,11 @@ func (d *Datapath) loadDryRun() (*dryObjects, error) {
 	if d.dry != nil {
 		return d.dry, nil
 	}
-	spec, err := loadLb()
+	spec, err := loadDryrun()
 	if err != nil {
 		return nil, err
 	}
-	if err := d.opts.configure(spec, true); err != nil {
+	if err := d.opts.configure(spec); err != nil {
 		return nil, fmt.Errorf("loading the dry-run build: %w", err)
 	}
 	var o dryObjects

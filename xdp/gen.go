@@ -3,7 +3,13 @@ package xdp
 // The BPF objects are built by bpf2go with the clang the Makefile pins and are
 // committed; CI regenerates them and fails on any difference.
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -type xdplb_counter -type xdplb_mode -type xdplb_vip_flags -type xdplb_addr_flags -type xdplb_backend_flags -type vip_key -type vip_meta -type vip_slot -type vip_addr -type vip_addr_info -type backend -type backend_slot -type flow4 -type flow6 -type ct_value -type ft_head -type pin4 -type pin6 -type pin4_bucket -type pin6_bucket -type lb_stats -type settings -type dry_outcome -type xdplb_dry_pin -type monitor_event -type xdplb_monitor_type lb bpf/lb.bpf.c
+// The dry-run build (dryrun) is the same program with XDPLB_DRY_RUN (bpf/lb.h):
+// it counts, pins and sends nothing; xdp/dryrun.go loads it with a datapath's
+// maps.
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DXDPLB_DRY_RUN" -target bpfel dryrun bpf/lb.bpf.c
 // The benchmark wrappers are an object of their own (bench), which the daemon
-// never loads; xdp/bench.go loads it with a datapath's maps.
-//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -type bench_frame bench bpf/bench.bpf.c
+// never loads; xdp/bench.go loads it with a datapath's maps. The ablation
+// build of them (benchablate) can leave stages out (bench_ablate).
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -type bench_frame -type xdplb_ablation bench bpf/bench.bpf.c
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DXDPLB_ABLATE" -target bpfel benchablate bpf/bench.bpf.c
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -type xdplb_decap_counter -type decap_allow_key decap bpf/decap.bpf.c

@@ -339,7 +339,6 @@ const (
 	lbVarBtfMonitorEvent = "btf_monitor_event"
 	lbVarBtfMonitorType  = "btf_monitor_type"
 	lbVarBtfVipFlags     = "btf_vip_flags"
-	lbVarCfgDryRun       = "cfg_dry_run"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
 	lbVarCfgPins4Mask    = "cfg_pins4_mask"
 	lbVarCfgPins6Mask    = "cfg_pins6_mask"
@@ -432,7 +431,6 @@ type lbVariableSpecs struct {
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
-	CfgDryRun       *ebpf.VariableSpec `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
@@ -522,7 +520,6 @@ type lbVariables struct {
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
-	CfgDryRun       *ebpf.Variable `ebpf:"cfg_dry_run"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.Variable `ebpf:"cfg_pins6_mask"`

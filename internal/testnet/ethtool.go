@@ -113,3 +113,10 @@ func readOffloads(fd int, ifname string) ([]string, error) {
 	}
 	return on, nil
 }
+
+// DisableOffloads turns transmit checksum offload, TSO, GSO and GRO off on
+// ifname, as NewTopology does on every veth: call it inside NS.Do, in the
+// interface's namespace. Topologies built elsewhere (the benchmarks') need it
+// for the same reason: a frame that XDP forwards keeps the partial checksum
+// its sender left.
+func DisableOffloads(ifname string) error { return disableOffloads(ifname) }

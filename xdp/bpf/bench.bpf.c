@@ -10,6 +10,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* For bpf2go: the enum of the ablations, into BTF. */
+const enum xdplb_ablation *btf_ablation __attribute__((unused));
+
 /* BPF_PROG_TEST_RUN with repeat runs a program again on the frame its
  * previous run rewrote; xdplb_bench first restores the original frame
  * (optionally varying one 32-bit field per run, for many flows), then runs

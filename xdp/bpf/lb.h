@@ -23,15 +23,43 @@
 /* Knobs, set by the loader before the program is loaded. */
 volatile const __u8 cfg_ttl = 64;       /* TTL/hop limit of headers the program writes */
 volatile const __u8 cfg_icmp_echo = 1;  /* answer echo requests to VIP addresses */
-/* The dry-run build, for explaining a packet: it counts nothing (global,
- * per-VIP and per-backend counters), creates no pin, leaves the last_seen
- * stamp of the pin it follows as it is and transmits nothing (no
- * bpf_redirect_map: it returns the verdict it would have); it notes the
- * outcome in dry_result instead. The verifier prunes these paths when 0. */
-volatile const __u8 cfg_dry_run = 0;
+/* The dry-run build (lb.bpf.c compiled with XDPLB_DRY_RUN, object "dryrun"), for
+ * explaining a packet: it counts nothing (global, per-VIP and per-backend
+ * counters), creates no pin, leaves the last_seen stamp of the pin it follows
+ * as it is and transmits nothing (no bpf_redirect_map: it returns the verdict
+ * it would have); it notes the outcome in dry_result instead. A constant, not
+ * a knob the loader sets: the verifier cannot prune a test of a read-only
+ * value whose skipped code other paths reach, so each test cost the
+ * forwarding program a load and a branch (docs/bench.md). */
+#ifdef XDPLB_DRY_RUN
+#define cfg_dry_run 1
+#else
+#define cfg_dry_run 0
+#endif
 /* Buckets of pins4 and pins6 minus one (their sizes are powers of two). */
 volatile const __u32 cfg_pins4_mask = DEFAULT_MAX_FLOWS - 1;
 volatile const __u32 cfg_pins6_mask = DEFAULT_MAX_FLOWS - 1;
+
+/* Ablations, for the benchmark only: in the ablation build (bench.bpf.c
+ * compiled with XDPLB_ABLATE, object "benchablate") each bit of bench_ablate
+ * leaves one stage out, so that `bench datapath -ablate` can measure what the
+ * stage costs: the build with the bits set beside the same build without.
+ * Elsewhere ablated() is the constant 0: the forwarding program and the
+ * bench build of it carry no test. */
+enum xdplb_ablation {
+	ABLATE_MONITOR = 1,  /* the monitor's test of a verdict (is_monitored) */
+	ABLATE_STATS = 2,    /* the global verdict and event counters (count) */
+	ABLATE_LB_STATS = 4, /* the per-VIP and per-backend counters (count_lb) */
+	ABLATE_INDEX = 8,    /* the vip_index cache: every service from the vips hash */
+	ABLATE_HASH = 16,    /* the flow hash: a constant instead (changes the backend) */
+	ABLATE_TABLE = 32,   /* the Maglev slot read: the table's first slot instead (changes the backend) */
+};
+#ifdef XDPLB_ABLATE
+volatile const __u32 bench_ablate = 0;
+#define ablated(stage) (bench_ablate & (stage))
+#else
+#define ablated(stage) 0
+#endif
 
 #define EEXIST_ 17
 
@@ -124,7 +152,7 @@ static __always_inline int is_monitored(__u32 reason)
 
 static __always_inline void count(__u32 idx)
 {
-	if (cfg_dry_run)
+	if (cfg_dry_run || ablated(ABLATE_STATS))
 		return;
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 
@@ -134,7 +162,7 @@ static __always_inline void count(__u32 idx)
 
 static __always_inline void count_lb(void *map, __u32 idx, struct pkt *p)
 {
-	if (cfg_dry_run)
+	if (cfg_dry_run || ablated(ABLATE_LB_STATS))
 		return;
 	struct lb_stats *s = bpf_map_lookup_elem(map, &idx);
 
@@ -190,7 +218,7 @@ static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 	struct vip_meta *m;
 	__u32 *slot;
 
-	slot = bpf_map_lookup_elem(&vip_index, &idx);
+	slot = ablated(ABLATE_INDEX) ? NULL : bpf_map_lookup_elem(&vip_index, &idx);
 	if (slot && *slot) {
 		s = bpf_map_lookup_elem(&vip_slots, slot);
 		if (s && s->key.port == p->dport && s->key.proto == p->proto && s->key.family == p->family) {
@@ -221,6 +249,8 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
 	if (!table || !size)
 		return 0;
 	slot = ((__u64)hash * size) >> 32; /* hash % size, without a division */
+	if (ablated(ABLATE_TABLE))
+		slot = 0;
 	s = bpf_map_lookup_elem(table, &slot);
 	return s ? s->id[half & 1] : 0;
 }
@@ -856,7 +886,9 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 	struct backend *b;
 	__u32 hash, id = 0;
 
-	if (p->family == 4)
+	if (ablated(ABLATE_HASH))
+		hash = 0x9E3779B1u;
+	else if (p->family == 4)
 		hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
 	else
 		hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
@@ -1210,7 +1242,7 @@ static __always_inline int lb_main(struct xdp_md *ctx)
 		}
 	}
 	count(reason);
-	if (!cfg_dry_run && is_monitored(reason))
+	if (!cfg_dry_run && !ablated(ABLATE_MONITOR) && is_monitored(reason))
 		monitor_verdict(ctx, &p, reason);
 	return verdict_of(reason);
 }
