@@ -24,7 +24,7 @@ import (
 func TestFlowTableBuckets(t *testing.T) {
 	tb := newFlowTable(16, pin4Geom)
 	key := func(i uint32) []uint32 { return []uint32{i, 2, 3} }
-	const home = 14 // its window wraps: 14, 15, 0, ..., 5
+	const home = 14 // its window of ftProbe buckets wraps: 14, 15, 0, ...
 	for i := uint32(0); i < 2*ftProbe; i++ {
 		if err := tb.insert(home, key(i), 6, []uint32{100 + i, 0}, false); err != nil {
 			t.Fatalf("key %d: %v", i, err)

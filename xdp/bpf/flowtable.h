@@ -53,10 +53,10 @@
 #define FT_GEN_ONE 0x10000u
 #define FT_GEN_MASK 0xffff0000u
 /* Buckets a key may live in: its home and the next FT_PROBE - 1. */
-#define FT_PROBE 8
+#define FT_PROBE 12
 /* Tries to take a bucket's insert lock before giving up (another CPU holds
  * it for the few stores of one insert). */
-#define FT_LOCK_TRIES 256
+#define FT_LOCK_TRIES 16
 /* Words of struct ft_head before the first entry of a bucket. */
 #define FT_HEAD_WORDS 2
 #define FT_LOCKED (1ULL << 32) /* struct ft_head.lock, as part of its u64 */
