@@ -56,7 +56,7 @@
 #define FT_PROBE 12
 /* Tries to take a bucket's insert lock before giving up (another CPU holds
  * it for the few stores of one insert). */
-#define FT_LOCK_TRIES 16
+#define FT_LOCK_TRIES 64
 /* Words of struct ft_head before the first entry of a bucket. */
 #define FT_HEAD_WORDS 2
 #define FT_LOCKED (1ULL << 32) /* struct ft_head.lock, as part of its u64 */
