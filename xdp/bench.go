@@ -505,12 +505,17 @@ func shuffledTable(m int, backends []BenchBackend) ([]uint32, error) {
 
 // Sizes of the benchmark's datapaths and flow sets.
 const (
-	benchMaxFlows    = 1 << 20 // Options.MaxFlows: the default
-	benchColdFlows   = 1 << 20 // established_cold_1m: fills the flow state exactly
-	benchColdVIPs    = 16      // ... spread over VIPs 0-15 (65536 source ports each)
-	benchRemapFlows  = 10000   // transition_remap, transition_mixed
-	benchFloodSrcs   = 1 << 17 // new_flow_flood: every source of 198.18.0.0/15
-	benchRedeployIDs = 2000    // ids of the backends that replace a VIP's in a redeploy
+	benchMaxFlows = 1 << 20 // Options.MaxFlows: the default
+	// benchFullMaxFlows sizes the full datapath's flow state: the 1M cold
+	// flows are not random keys (source ports of 16 VIPs), and a table sized
+	// for 2^20 (2^21 entries) leaves a few of them without room in their
+	// window; sized for 2^21, every one is pinned, and fillers fill the rest.
+	benchFullMaxFlows = 2 * benchMaxFlows
+	benchColdFlows    = 1 << 20 // established_cold_1m: MaxFlows
+	benchColdVIPs     = 16      // ... spread over VIPs 0-15 (65536 source ports each)
+	benchRemapFlows   = 10000   // transition_remap, transition_mixed
+	benchFloodSrcs    = 1 << 17 // new_flow_flood: every source of 198.18.0.0/15
+	benchRedeployIDs  = 2000    // ids of the backends that replace a VIP's in a redeploy
 )
 
 // Addresses of the benchmark (198.18.0.0/15 only). VIP i is 198.18.1.i:80;
@@ -540,7 +545,8 @@ const (
 	benchPort           = 80
 	benchUDPPort        = 53
 	benchSrcPort        = 40000
-	benchLBIfindex      = 1 // BPF_PROG_TEST_RUN's ingress interface (lo): XDP_TX
+	benchFillPort       = 50000 // fullDP's filler pins: ports 50000-50063
+	benchLBIfindex      = 1     // BPF_PROG_TEST_RUN's ingress interface (lo): XDP_TX
 )
 
 type benchVIP struct {
@@ -695,8 +701,8 @@ func (s *BenchSuite) Close() error {
 }
 
 // open loads a datapath with the whole configuration, every table set once.
-func (s *BenchSuite) open() (*Datapath, error) {
-	d, err := Open(Options{PinPath: NoPin, MaxVIPs: 256, MaxBackends: 1 << 14, MaxFlows: benchMaxFlows, TransitionGrace: 24 * time.Hour})
+func (s *BenchSuite) open(maxFlows int) (*Datapath, error) {
+	d, err := Open(Options{PinPath: NoPin, MaxVIPs: 256, MaxBackends: 1 << 14, MaxFlows: maxFlows, TransitionGrace: 24 * time.Hour})
 	if err != nil {
 		return nil, err
 	}
@@ -745,7 +751,7 @@ func (s *BenchSuite) steadyDP() (*Datapath, error) {
 	if s.steady != nil {
 		return s.steady, nil
 	}
-	d, err := s.open()
+	d, err := s.open(benchMaxFlows)
 	if err != nil {
 		return nil, err
 	}
@@ -777,7 +783,7 @@ func (s *BenchSuite) fullDP() (*Datapath, error) {
 	if s.full != nil {
 		return s.full, nil
 	}
-	d, err := s.open()
+	d, err := s.open(benchFullMaxFlows)
 	if err != nil {
 		return nil, err
 	}
@@ -791,33 +797,41 @@ func (s *BenchSuite) fullDP() (*Datapath, error) {
 
 func (s *BenchSuite) fill(d *Datapath) error {
 	// PinFlow once per VIP (it marks the VIP as having pins), then the
-	// same keys in batches, which is quicker than a million calls.
+	// same keys straight into the table, without the lock of d.mu.
 	for i := range benchColdVIPs {
 		f := s.coldFlow(uint32(i) << 16)
 		if err := d.PinFlow(f); err != nil {
 			return err
 		}
 	}
-	const batch = 1 << 14
-	keys := make([]lbFlow4, 0, batch)
-	vals := make([]lbCtValue, 0, batch)
-	now := uint64(d.nowMono())
+	now := d.nowMono()
 	for i := uint32(0); i < benchColdFlows; i++ {
 		f := s.coldFlow(i)
 		d.markPinFlow(f)
-		keys = append(keys, f.key4())
-		vals = append(vals, lbCtValue{BackendId: f.BackendID, LastSeen: now})
-		if len(keys) == batch || i == benchColdFlows-1 {
-			if _, err := d.objs.Ct4.BatchUpdate(keys, vals, nil); err != nil {
-				return fmt.Errorf("pinning the cold flows: %w", err)
-			}
-			keys, vals = keys[:0], vals[:0]
+		if err := d.putPin(f, now, true); err != nil {
+			return fmt.Errorf("pinning the cold flows: %w", err)
 		}
 	}
-	// The flow state is full: another pin fails.
+	// The table has room for about twice MaxFlows: fill it up with pins of
+	// flows no frame belongs to (from every source of 198.18.0.0/15, port
+	// benchFillPort, to VIP 0's port 81) until it takes no more, so that
+	// new pins fail as in a table at capacity.
 	extra := Flow{Src: netip.AddrPortFrom(benchClient, 1), Dst: netip.AddrPortFrom(s.vips[0].key.Addr, benchPort), Proto: TCP, BackendID: s.vips[0].backends[0].ID}
-	if err := d.PinFlow(extra); err == nil {
-		return errors.New("pinning the cold flows: the flow state has room left; want it full")
+	filler := Flow{Dst: netip.AddrPortFrom(s.vips[0].key.Addr, benchPort+1), Proto: TCP, BackendID: extra.BackendID}
+	for i, fails := uint32(0), 0; fails < 1<<14 || d.pinRoom(extra); i++ {
+		if i == 64<<17 {
+			return errors.New("pinning the cold flows: the flow state still has room after every filler")
+		}
+		a := binary.BigEndian.AppendUint32(nil, 198<<24|18<<16|i&(1<<17-1))
+		filler.Src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(a)), benchFillPort+uint16(i>>17))
+		switch err := d.putPin(filler, now, false); {
+		case err == nil:
+			fails = 0
+		case errors.Is(err, ErrFull):
+			fails++
+		default:
+			return fmt.Errorf("filling the flow state: %w", err)
+		}
 	}
 	redeployed, err := s.buildTable(s.redeploy(benchVIPFlood))
 	if err != nil {

@@ -41,39 +41,12 @@ type benchBenchFrame struct {
 	Data       [256]uint8
 }
 
-type benchCtValue struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Flags     uint32
-	LastSeen  uint64
-}
-
 type benchDryOutcome struct {
 	_         structs.HostLayout
 	Reason    uint32
 	BackendId uint32
 	Pin       uint32
 	Done      uint32
-}
-
-type benchFlow4 struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type benchFlow6 struct {
-	_     structs.HostLayout
-	Saddr [16]uint8
-	Daddr [16]uint8
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
 }
 
 type benchFragKey struct {
@@ -101,6 +74,57 @@ type benchLbStats struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+}
+
+type benchPin4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E [2]struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [2]uint32
+}
+
+type benchPin6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Gap [2]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [4]uint32
 }
 
 type benchSettings struct {
@@ -220,8 +244,6 @@ const (
 	benchMapBackendStats     = "backend_stats"
 	benchMapBackends         = "backends"
 	benchMapBenchFrames      = "bench_frames"
-	benchMapCt4              = "ct4"
-	benchMapCt6              = "ct6"
 	benchMapDryResult        = "dry_result"
 	benchMapFrags            = "frags"
 	benchMapMaglevTables     = "maglev_tables"
@@ -230,6 +252,8 @@ const (
 	benchMapMonitorOn        = "monitor_on"
 	benchMapPinBackoff       = "pin_backoff"
 	benchMapPinFilter        = "pin_filter"
+	benchMapPins4            = "pins4"
+	benchMapPins6            = "pins6"
 	benchMapSettingsMap      = "settings_map"
 	benchMapStats            = "stats"
 	benchMapTxPorts          = "tx_ports"
@@ -243,6 +267,8 @@ const (
 	benchProgXdplbBenchFloor = "xdplb_bench_floor"
 	benchVarBtfAblation      = "btf_ablation"
 	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
+	benchVarCfgPins4Mask     = "cfg_pins4_mask"
+	benchVarCfgPins6Mask     = "cfg_pins6_mask"
 	benchVarCfgTtl           = "cfg_ttl"
 )
 
@@ -299,8 +325,6 @@ type benchMapSpecs struct {
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	BenchFrames   *ebpf.MapSpec `ebpf:"bench_frames"`
-	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
@@ -309,6 +333,8 @@ type benchMapSpecs struct {
 	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
 	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -324,9 +350,11 @@ type benchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
-	BtfAblation *ebpf.VariableSpec `ebpf:"btf_ablation"`
-	CfgIcmpEcho *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
-	CfgTtl      *ebpf.VariableSpec `ebpf:"cfg_ttl"`
+	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
+	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
+	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
 // benchObjects contains all objects after they have been loaded into the kernel.
@@ -352,8 +380,6 @@ type benchMaps struct {
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	BenchFrames   *ebpf.Map `ebpf:"bench_frames"`
-	Ct4           *ebpf.Map `ebpf:"ct4"`
-	Ct6           *ebpf.Map `ebpf:"ct6"`
 	DryResult     *ebpf.Map `ebpf:"dry_result"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
@@ -362,6 +388,8 @@ type benchMaps struct {
 	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	Pins4         *ebpf.Map `ebpf:"pins4"`
+	Pins6         *ebpf.Map `ebpf:"pins6"`
 	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
@@ -378,8 +406,6 @@ func (m *benchMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.BenchFrames,
-		m.Ct4,
-		m.Ct6,
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
@@ -388,6 +414,8 @@ func (m *benchMaps) Close() error {
 		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
+		m.Pins4,
+		m.Pins6,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,
@@ -404,9 +432,11 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
-	BtfAblation *ebpf.Variable `ebpf:"btf_ablation"`
-	CfgIcmpEcho *ebpf.Variable `ebpf:"cfg_icmp_echo"`
-	CfgTtl      *ebpf.Variable `ebpf:"cfg_ttl"`
+	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
+	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
+	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 
 // benchPrograms contains all programs after they have been loaded into the kernel.

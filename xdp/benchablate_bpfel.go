@@ -41,39 +41,12 @@ type benchablateBenchFrame struct {
 	Data       [256]uint8
 }
 
-type benchablateCtValue struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Flags     uint32
-	LastSeen  uint64
-}
-
 type benchablateDryOutcome struct {
 	_         structs.HostLayout
 	Reason    uint32
 	BackendId uint32
 	Pin       uint32
 	Done      uint32
-}
-
-type benchablateFlow4 struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type benchablateFlow6 struct {
-	_     structs.HostLayout
-	Saddr [16]uint8
-	Daddr [16]uint8
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
 }
 
 type benchablateFragKey struct {
@@ -101,6 +74,57 @@ type benchablateLbStats struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+}
+
+type benchablatePin4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E [2]struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [2]uint32
+}
+
+type benchablatePin6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Gap [2]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [4]uint32
 }
 
 type benchablateSettings struct {
@@ -209,8 +233,6 @@ const (
 	benchablateMapBackendStats     = "backend_stats"
 	benchablateMapBackends         = "backends"
 	benchablateMapBenchFrames      = "bench_frames"
-	benchablateMapCt4              = "ct4"
-	benchablateMapCt6              = "ct6"
 	benchablateMapDryResult        = "dry_result"
 	benchablateMapFrags            = "frags"
 	benchablateMapMaglevTables     = "maglev_tables"
@@ -219,6 +241,8 @@ const (
 	benchablateMapMonitorOn        = "monitor_on"
 	benchablateMapPinBackoff       = "pin_backoff"
 	benchablateMapPinFilter        = "pin_filter"
+	benchablateMapPins4            = "pins4"
+	benchablateMapPins6            = "pins6"
 	benchablateMapSettingsMap      = "settings_map"
 	benchablateMapStats            = "stats"
 	benchablateMapTxPorts          = "tx_ports"
@@ -233,6 +257,8 @@ const (
 	benchablateVarBenchAblate      = "bench_ablate"
 	benchablateVarBtfAblation      = "btf_ablation"
 	benchablateVarCfgIcmpEcho      = "cfg_icmp_echo"
+	benchablateVarCfgPins4Mask     = "cfg_pins4_mask"
+	benchablateVarCfgPins6Mask     = "cfg_pins6_mask"
 	benchablateVarCfgTtl           = "cfg_ttl"
 )
 
@@ -289,8 +315,6 @@ type benchablateMapSpecs struct {
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	BenchFrames   *ebpf.MapSpec `ebpf:"bench_frames"`
-	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
@@ -299,6 +323,8 @@ type benchablateMapSpecs struct {
 	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
 	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -314,10 +340,12 @@ type benchablateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchablateVariableSpecs struct {
-	BenchAblate *ebpf.VariableSpec `ebpf:"bench_ablate"`
-	BtfAblation *ebpf.VariableSpec `ebpf:"btf_ablation"`
-	CfgIcmpEcho *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
-	CfgTtl      *ebpf.VariableSpec `ebpf:"cfg_ttl"`
+	BenchAblate  *ebpf.VariableSpec `ebpf:"bench_ablate"`
+	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
+	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
+	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
 // benchablateObjects contains all objects after they have been loaded into the kernel.
@@ -343,8 +371,6 @@ type benchablateMaps struct {
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	BenchFrames   *ebpf.Map `ebpf:"bench_frames"`
-	Ct4           *ebpf.Map `ebpf:"ct4"`
-	Ct6           *ebpf.Map `ebpf:"ct6"`
 	DryResult     *ebpf.Map `ebpf:"dry_result"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
@@ -353,6 +379,8 @@ type benchablateMaps struct {
 	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	Pins4         *ebpf.Map `ebpf:"pins4"`
+	Pins6         *ebpf.Map `ebpf:"pins6"`
 	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
@@ -369,8 +397,6 @@ func (m *benchablateMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.BenchFrames,
-		m.Ct4,
-		m.Ct6,
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
@@ -379,6 +405,8 @@ func (m *benchablateMaps) Close() error {
 		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
+		m.Pins4,
+		m.Pins6,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,
@@ -395,10 +423,12 @@ func (m *benchablateMaps) Close() error {
 //
 // It can be passed to loadBenchablateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchablateVariables struct {
-	BenchAblate *ebpf.Variable `ebpf:"bench_ablate"`
-	BtfAblation *ebpf.Variable `ebpf:"btf_ablation"`
-	CfgIcmpEcho *ebpf.Variable `ebpf:"cfg_icmp_echo"`
-	CfgTtl      *ebpf.Variable `ebpf:"cfg_ttl"`
+	BenchAblate  *ebpf.Variable `ebpf:"bench_ablate"`
+	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
+	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
+	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 
 // benchablatePrograms contains all programs after they have been loaded into the kernel.

@@ -1,13 +1,10 @@
 package xdp
 
 import (
-	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // Flow is a pinned flow: the datapath keeps it on BackendID while that
@@ -24,62 +21,39 @@ func port(p uint16) uint16 { return bits.ReverseBytes16(p) }
 
 // Flows calls fn for every pinned flow, IPv4 then IPv6, until fn returns false.
 func (d *Datapath) Flows(fn func(Flow) bool) error {
-	return d.walkFlows(func(f Flow, _ uint64) bool { return fn(f) })
+	return d.walkFlows(func(f Flow, _ pinEntry) bool { return fn(f) })
 }
 
-// walkFlows is Flows with each flow's last-seen stamp as the map holds it.
-func (d *Datapath) walkFlows(fn func(f Flow, lastSeen uint64) bool) error {
+// pinEntry is where walkFlows found a pin, for expireFlow.
+type pinEntry struct {
+	ref  ftRef
+	v6   bool
+	seen uint32 // the entry's timestamp (ns >> ftTickShift, modulo 2^32)
+}
+
+// walkFlows is Flows with where each pin is and its timestamp.
+func (d *Datapath) walkFlows(fn func(f Flow, e pinEntry) bool) error {
 	now := d.nowMono()
-	var k4 lbFlow4
-	var v lbCtValue
-	it := d.objs.Ct4.Iterate()
-	for it.Next(&k4, &v) {
-		var s, t [4]byte
-		putLE32(s[:], k4.Saddr)
-		putLE32(t[:], k4.Daddr)
-		f := Flow{
-			Src: netip.AddrPortFrom(netip.AddrFrom4(s), port(k4.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom4(t), port(k4.Dport)),
-			Proto: Proto(k4.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
+	for _, v6 := range []bool{false, true} {
+		t := d.pinTable(v6)
+		more := true
+		t.walk(func(r ftRef, tag uint32, words []uint32) bool {
+			f, hash, seen := pinFrom(v6, tag, words)
+			f.Idle = idleSince(now, seen)
+			r.home = hash & t.mask
+			more = fn(f, pinEntry{ref: r, v6: v6, seen: seen})
+			return more
+		})
+		if !more {
+			break
 		}
-		if !fn(f, v.LastSeen) {
-			return nil
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading IPv4 flows: %w", err)
-	}
-	var k6 lbFlow6
-	it = d.objs.Ct6.Iterate()
-	for it.Next(&k6, &v) {
-		f := Flow{
-			Src: netip.AddrPortFrom(netip.AddrFrom16(k6.Saddr), port(k6.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom16(k6.Daddr), port(k6.Dport)),
-			Proto: Proto(k6.Proto), BackendID: v.BackendId, Idle: now - time.Duration(v.LastSeen),
-		}
-		if !fn(f, v.LastSeen) {
-			return nil
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading IPv6 flows: %w", err)
 	}
 	return nil
 }
 
-func putLE32(b []byte, v uint32) {
-	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
-}
-
-func (f Flow) key4() lbFlow4 {
-	s, t := f.Src.Addr().As4(), f.Dst.Addr().As4()
-	return lbFlow4{Saddr: leUint32(s[:]), Daddr: leUint32(t[:]), Sport: port(f.Src.Port()), Dport: port(f.Dst.Port()), Proto: uint8(f.Proto)}
-}
-
-func (f Flow) key6() lbFlow6 {
-	return lbFlow6{Saddr: f.Src.Addr().As16(), Daddr: f.Dst.Addr().As16(), Sport: port(f.Src.Port()), Dport: port(f.Dst.Port()), Proto: uint8(f.Proto)}
-}
-
-// PinFlow pins a flow to a backend, as the program does during a transition,
-// and marks its VIP as having pins. For tests and for restoring state.
+// PinFlow pins a flow to a backend, as the program does during a transition
+// (replacing a pin it may have), and marks its VIP as having pins. For tests
+// and for restoring state.
 func (d *Datapath) PinFlow(f Flow) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -98,55 +72,31 @@ func (d *Datapath) PinFlow(f Flow) error {
 			return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
 	}
-	v := lbCtValue{BackendId: f.BackendID, LastSeen: uint64(d.nowMono() - f.Idle)}
-	var err error
-	if f.Src.Addr().Is4() {
-		err = d.objs.Ct4.Put(f.key4(), &v)
-	} else {
-		err = d.objs.Ct6.Put(f.key6(), &v)
-	}
-	if err != nil {
+	if err := d.putPin(f, d.nowMono()-f.Idle, true); err != nil {
 		return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
 	}
 	d.markPin(FlowHash(f.Src, f.Dst, f.Proto, st.meta.HashSeed))
 	return nil
 }
 
-func (d *Datapath) deleteFlow(f Flow) error {
-	var err error
-	if f.Src.Addr().Is4() {
-		err = d.objs.Ct4.Delete(f.key4())
-	} else {
-		err = d.objs.Ct6.Delete(f.key6())
-	}
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil
-	}
-	return err
+// putPin writes f's pin, last seen at seen, into its table; with replace,
+// over a pin the flow may have. ErrFull: the flow's buckets are full.
+func (d *Datapath) putPin(f Flow, seen time.Duration, replace bool) error {
+	key, tag, hash := pinKey(f)
+	return d.pinTable(!f.Src.Addr().Is4()).insert(hash, key, tag, []uint32{f.BackendID, uint32(seen >> ftTickShift)}, replace)
 }
 
-// expireFlow deletes a flow the walk found expired or stale, unless the
-// program pinned it again since (a stale pin is replaced by the next packet
-// of its flow): then it is left, and renewed is true. A flow pinned again
-// between this lookup and the delete is still lost; that window is a
-// syscall long, where the walk's is the whole table's.
-func (d *Datapath) expireFlow(f Flow, lastSeen uint64) (renewed bool, err error) {
-	var v lbCtValue
-	if f.Src.Addr().Is4() {
-		err = d.objs.Ct4.Lookup(f.key4(), &v)
-	} else {
-		err = d.objs.Ct6.Lookup(f.key6(), &v)
-	}
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
+// expireFlow deletes a pin the walk found expired or stale, unless it
+// changed since (the program touched it, or replaced a stale pin): then it
+// is left, and renewed is true. The delete is a compare-and-swap of the
+// entry's state word as the walk read it, so no pin renewed before the
+// delete is lost.
+func (d *Datapath) expireFlow(e pinEntry) (renewed bool, err error) {
+	t := d.pinTable(e.v6)
+	if t.delete(e.ref) {
 		return false, nil
 	}
-	if err != nil {
-		return false, err
-	}
-	if v.BackendId != f.BackendID || v.LastSeen != lastSeen {
-		return true, nil
-	}
-	return false, d.deleteFlow(f)
+	return t.live(e.ref), nil
 }
 
 // FlowCounts returns the pinned flows of each family as the last Maintain
@@ -178,21 +128,21 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 	hasPins := map[VIPKey]bool{}
 	type seenFlow struct {
 		Flow
-		lastSeen uint64
+		e pinEntry
 	}
 	var del []seenFlow
 	var hashes []uint32 // of the pins that stay
 	remaining4 := 0
 	d.clearPinFilter() // before the walk, so no pin made meanwhile loses its bit
-	err := d.walkFlows(func(f Flow, lastSeen uint64) bool {
+	err := d.walkFlows(func(f Flow, e pinEntry) bool {
 		b, ok := d.backends[f.BackendID]
 		switch {
 		case !ok || b.entry.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) == 0:
 			res.Stale++
-			del = append(del, seenFlow{f, lastSeen})
+			del = append(del, seenFlow{f, e})
 		case f.Idle > idle:
 			res.Expired++
-			del = append(del, seenFlow{f, lastSeen})
+			del = append(del, seenFlow{f, e})
 		default:
 			res.Remaining++
 			if f.Src.Addr().Is4() {
@@ -216,7 +166,7 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 		d.afterFlowWalk()
 	}
 	for _, f := range del {
-		renewed, err := d.expireFlow(f.Flow, f.lastSeen)
+		renewed, err := d.expireFlow(f.e)
 		if err != nil {
 			return res, fmt.Errorf("expiring flow %s -> %s: %w", f.Src, f.Dst, err)
 		}
@@ -270,19 +220,21 @@ func (d *Datapath) Maintain(idle time.Duration) (MaintainResult, error) {
 
 // LookupFlow returns the backend a flow is pinned to, if it is.
 func (d *Datapath) LookupFlow(src, dst netip.AddrPort, proto Proto) (uint32, bool, error) {
-	f := Flow{Src: src, Dst: dst, Proto: proto}
-	var v lbCtValue
-	var err error
-	if src.Addr().Is4() {
-		err = d.objs.Ct4.Lookup(f.key4(), &v)
-	} else {
-		err = d.objs.Ct6.Lookup(f.key6(), &v)
+	key, tag, hash := pinKey(Flow{Src: src, Dst: dst, Proto: proto})
+	t := d.pinTable(!src.Addr().Is4())
+	for range 3 { // an entry that changed while it was read is read again
+		r, ok := t.find(hash, key, tag)
+		if !ok {
+			return 0, false, nil
+		}
+		val := make([]uint32, t.g.vw)
+		if t.value(r, val) {
+			return val[0], true, nil
+		}
 	}
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("looking up flow %s -> %s: %w", src, dst, err)
-	}
-	return v.BackendId, true, nil
+	return 0, false, fmt.Errorf("looking up flow %s -> %s: the entry kept changing", src, dst)
+}
+
+func putLE32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 }

@@ -84,6 +84,8 @@ type Datapath struct {
 	syncGen    uint64    // Syncs so far
 	vipIndex   []byte    // vip_index, mapped
 	pinFilter  []byte    // pin_filter, mapped
+	pins4      *flowTable
+	pins6      *flowTable
 	settings   lbSettings
 	flows4     int // pinned flows after the last Maintain
 	flows6     int
@@ -192,33 +194,34 @@ func Open(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
-	if err := d.mapPinFilter(); err != nil {
+	fail := func(err error) (*Datapath, error) {
+		d.unmapPins()
+		d.unmapPinFilter()
 		d.unmapIndex()
 		d.closeTables()
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.mapPinFilter(); err != nil {
+		return fail(err)
+	}
+	if err := d.mapPins(); err != nil {
+		return fail(err)
+	}
 	if err := d.objs.SettingsMap.Lookup(uint32(0), &d.settings); err != nil {
-		d.unmapPinFilter()
-		d.unmapIndex()
-		d.closeTables()
-		d.objs.Close()
-		return nil, fmt.Errorf("reading settings: %w", err)
+		return fail(fmt.Errorf("reading settings: %w", err))
 	}
 	// A daemon that died while someone listened left the monitor on.
 	if err := d.SetMonitor(false); err != nil {
-		d.unmapPinFilter()
-		d.unmapIndex()
-		d.closeTables()
-		d.objs.Close()
-		return nil, err
+		return fail(err)
 	}
 	if err := d.recover(); err != nil {
-		d.unmapPinFilter()
-		d.unmapIndex()
-		d.closeTables()
-		d.objs.Close()
-		return nil, err
+		return fail(err)
+	}
+	if opts.PinPath != NoPin {
+		if err := d.copyOldPins(); err != nil {
+			return fail(err)
+		}
 	}
 	return d, nil
 }
@@ -230,7 +233,11 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 	if o.DisableEcho {
 		echo = 0
 	}
-	for name, v := range map[string]uint8{lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo} {
+	for name, v := range map[string]any{
+		lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo,
+		lbVarCfgPins4Mask: uint32(ftBuckets(o.MaxFlows, pin4Geom) - 1),
+		lbVarCfgPins6Mask: uint32(ftBuckets(o.MaxFlows, pin6Geom) - 1),
+	} {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return fmt.Errorf("setting %s: no such variable", name)
@@ -247,8 +254,8 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 		lbMapMaglevTables: 3*o.MaxVIPs + 64,
 		lbMapBackends:     o.MaxBackends,
 		lbMapBackendStats: o.MaxBackends,
-		lbMapCt4:          o.MaxFlows,
-		lbMapCt6:          o.MaxFlows,
+		lbMapPins4:        ftBuckets(o.MaxFlows, pin4Geom),
+		lbMapPins6:        ftBuckets(o.MaxFlows, pin6Geom),
 	}
 	for name, n := range sizes {
 		ms, ok := spec.Maps[name]
@@ -299,6 +306,7 @@ func (d *Datapath) Close() error {
 	d.closeTables()
 	d.unmapIndex()
 	d.unmapPinFilter()
+	d.unmapPins()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -328,7 +336,7 @@ func (d *Datapath) Unpin() error {
 	}
 	for _, m := range []*ebpf.Map{
 		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
-		d.objs.Ct4, d.objs.Ct6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
+		d.objs.Pins4, d.objs.Pins6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
 		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
 	} {

@@ -32,39 +32,12 @@ type dryrunBackendSlot struct {
 	}
 }
 
-type dryrunCtValue struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Flags     uint32
-	LastSeen  uint64
-}
-
 type dryrunDryOutcome struct {
 	_         structs.HostLayout
 	Reason    uint32
 	BackendId uint32
 	Pin       uint32
 	Done      uint32
-}
-
-type dryrunFlow4 struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type dryrunFlow6 struct {
-	_     structs.HostLayout
-	Saddr [16]uint8
-	Daddr [16]uint8
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
 }
 
 type dryrunFragKey struct {
@@ -92,6 +65,57 @@ type dryrunLbStats struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+}
+
+type dryrunPin4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E [2]struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [2]uint32
+}
+
+type dryrunPin6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Gap [2]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Seen      uint32
+	}
+	Pad [4]uint32
 }
 
 type dryrunSettings struct {
@@ -199,8 +223,6 @@ const (
 const (
 	dryrunMapBackendStats    = "backend_stats"
 	dryrunMapBackends        = "backends"
-	dryrunMapCt4             = "ct4"
-	dryrunMapCt6             = "ct6"
 	dryrunMapDryResult       = "dry_result"
 	dryrunMapFrags           = "frags"
 	dryrunMapMaglevTables    = "maglev_tables"
@@ -209,6 +231,8 @@ const (
 	dryrunMapMonitorOn       = "monitor_on"
 	dryrunMapPinBackoff      = "pin_backoff"
 	dryrunMapPinFilter       = "pin_filter"
+	dryrunMapPins4           = "pins4"
+	dryrunMapPins6           = "pins6"
 	dryrunMapSettingsMap     = "settings_map"
 	dryrunMapStats           = "stats"
 	dryrunMapTxPorts         = "tx_ports"
@@ -221,12 +245,17 @@ const (
 	dryrunProgXdplb          = "xdplb"
 	dryrunVarBtfAddrFlags    = "btf_addr_flags"
 	dryrunVarBtfBackendFlags = "btf_backend_flags"
+	dryrunVarBtfCtValue      = "btf_ct_value"
 	dryrunVarBtfDryPin       = "btf_dry_pin"
+	dryrunVarBtfFlow4        = "btf_flow4"
+	dryrunVarBtfFlow6        = "btf_flow6"
 	dryrunVarBtfMode         = "btf_mode"
 	dryrunVarBtfMonitorEvent = "btf_monitor_event"
 	dryrunVarBtfMonitorType  = "btf_monitor_type"
 	dryrunVarBtfVipFlags     = "btf_vip_flags"
 	dryrunVarCfgIcmpEcho     = "cfg_icmp_echo"
+	dryrunVarCfgPins4Mask    = "cfg_pins4_mask"
+	dryrunVarCfgPins6Mask    = "cfg_pins6_mask"
 	dryrunVarCfgTtl          = "cfg_ttl"
 )
 
@@ -281,8 +310,6 @@ type dryrunProgramSpecs struct {
 type dryrunMapSpecs struct {
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
@@ -291,6 +318,8 @@ type dryrunMapSpecs struct {
 	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
 	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -308,12 +337,17 @@ type dryrunMapSpecs struct {
 type dryrunVariableSpecs struct {
 	BtfAddrFlags    *ebpf.VariableSpec `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.VariableSpec `ebpf:"btf_backend_flags"`
+	BtfCtValue      *ebpf.VariableSpec `ebpf:"btf_ct_value"`
 	BtfDryPin       *ebpf.VariableSpec `ebpf:"btf_dry_pin"`
+	BtfFlow4        *ebpf.VariableSpec `ebpf:"btf_flow4"`
+	BtfFlow6        *ebpf.VariableSpec `ebpf:"btf_flow6"`
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask    *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
@@ -339,8 +373,6 @@ func (o *dryrunObjects) Close() error {
 type dryrunMaps struct {
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
-	Ct4           *ebpf.Map `ebpf:"ct4"`
-	Ct6           *ebpf.Map `ebpf:"ct6"`
 	DryResult     *ebpf.Map `ebpf:"dry_result"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
@@ -349,6 +381,8 @@ type dryrunMaps struct {
 	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	Pins4         *ebpf.Map `ebpf:"pins4"`
+	Pins6         *ebpf.Map `ebpf:"pins6"`
 	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
@@ -364,8 +398,6 @@ func (m *dryrunMaps) Close() error {
 	return _DryrunClose(
 		m.BackendStats,
 		m.Backends,
-		m.Ct4,
-		m.Ct6,
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
@@ -374,6 +406,8 @@ func (m *dryrunMaps) Close() error {
 		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
+		m.Pins4,
+		m.Pins6,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,
@@ -392,12 +426,17 @@ func (m *dryrunMaps) Close() error {
 type dryrunVariables struct {
 	BtfAddrFlags    *ebpf.Variable `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.Variable `ebpf:"btf_backend_flags"`
+	BtfCtValue      *ebpf.Variable `ebpf:"btf_ct_value"`
 	BtfDryPin       *ebpf.Variable `ebpf:"btf_dry_pin"`
+	BtfFlow4        *ebpf.Variable `ebpf:"btf_flow4"`
+	BtfFlow6        *ebpf.Variable `ebpf:"btf_flow6"`
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask    *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 

@@ -27,7 +27,8 @@ type dpSnapshot struct {
 // moves).
 type snapFlow struct {
 	BackendID uint32
-	LastSeen  uint64
+	LastSeen  uint32
+	State     uint32 // the entry's state word: a touch or a delete moves it
 }
 
 func snapshot(t *testing.T, d *Datapath, k VIPKey, ids []uint32) dpSnapshot {
@@ -43,8 +44,8 @@ func snapshot(t *testing.T, d *Datapath, k VIPKey, ids []uint32) dpSnapshot {
 			t.Fatal(err)
 		}
 	}
-	if err := d.walkFlows(func(f Flow, lastSeen uint64) bool {
-		s.Flows[f.Src.String()+">"+f.Dst.String()] = snapFlow{BackendID: f.BackendID, LastSeen: lastSeen}
+	if err := d.walkFlows(func(f Flow, e pinEntry) bool {
+		s.Flows[f.Src.String()+">"+f.Dst.String()] = snapFlow{BackendID: f.BackendID, LastSeen: e.seen, State: uint32(e.ref.state)}
 		return true
 	}); err != nil {
 		t.Fatal(err)

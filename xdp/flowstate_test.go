@@ -5,6 +5,7 @@ package xdp
 // of new flows cannot push pinned flows off; Maintain expires idle pins only.
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -334,15 +335,19 @@ func TestFloodOfNewFlowsKeepsPinnedFlows(t *testing.T) {
 			t.Fatalf("flood flow %d went to %d, want the previous table's %d", i, got, fsA)
 		}
 	}
+	// The table holds about 4 maxFlows pins, some buckets fill sooner than
+	// others, and after the first refusal this CPU stops trying for a
+	// while (the backoff): every flood packet either pinned its flow or
+	// was counted, and the pins are the ten and the flood's.
 	after, _ := fxCounters(t, w.d)
 	created := after["event/pin_created"] - before["event/pin_created"]
 	full := after["event/pin_table_full"] - before["event/pin_table_full"]
-	if created != maxFlows-10 || full != 1000-(maxFlows-10) {
-		t.Errorf("flood: %d pins created, %d refused for a full table; want %d and %d", created, full, maxFlows-10, 1000-(maxFlows-10))
+	if created+full != 1000 || created < maxFlows || full == 0 {
+		t.Errorf("flood: %d pins created, %d refused for a full table; want at least %d, at least 1, 1000 in all", created, full, maxFlows)
 	}
 	pins := w.pins(t)
-	if len(pins) != maxFlows {
-		t.Errorf("%d pins, want %d", len(pins), maxFlows)
+	if len(pins) != 10+int(created) {
+		t.Errorf("%d pins, want %d", len(pins), 10+created)
 	}
 	for port, id := range pinned {
 		if got := pins[fsFlowName(vip, port)]; got != id {
@@ -401,7 +406,8 @@ func TestMaintainExpiresOnlyIdlePins(t *testing.T) {
 		t.Fatal(err)
 	}
 	for port, want := range map[uint16]time.Duration{2: 0, 3: 90 * time.Second, 4: 10 * time.Minute, 6: 40 * time.Second} {
-		if got := idle[fsFlowName(vip, port)]; got < want || got > want+5*time.Second {
+		// Stamps are ~1 ms (2^20 ns) apart: an idle time reads up to that short.
+		if got := idle[fsFlowName(vip, port)]; got < want-2*time.Millisecond || got > want+5*time.Second {
 			t.Errorf("flow %d idle %v, want about %v", port, got, want)
 		}
 	}
@@ -455,15 +461,22 @@ func TestHandshakeAgreesWithoutPin(t *testing.T) {
 				vip = w.vip6
 			}
 			w.setAll(t, vip, fsA)
+			const f = 40001
+			filled := 0 // pins that fill the buckets of flow f
 			if tc.full {
-				for port := range uint16(maxFlows) {
-					in := fsFrame(vip, 1000+port, packet.TCPAck)
+				flow := func(port uint16) Flow {
+					in := fsFrame(vip, port, packet.TCPAck)
 					src := netip.AddrFrom4([4]byte(in[26:30]))
 					if vip.Addr.Is6() {
 						src = netip.AddrFrom16([16]byte(in[22:38]))
 					}
-					f := Flow{Src: fxAP(src, 1000+port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
-					if err := w.d.PinFlow(f); err != nil {
+					return Flow{Src: fxAP(src, port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
+				}
+				for port := uint16(1000); w.d.pinRoom(flow(f)); port++ {
+					switch err := w.d.PinFlow(flow(port)); {
+					case err == nil:
+						filled++
+					case !errors.Is(err, ErrFull):
 						t.Fatal(err)
 					}
 				}
@@ -488,7 +501,6 @@ func TestHandshakeAgreesWithoutPin(t *testing.T) {
 				statsBefore[id], _ = w.d.BackendStats(id)
 			}
 
-			const f = 40001
 			w.expect(t, vip, f, packet.TCPSyn, tc.want, "event/pin_table_full")
 			w.expect(t, vip, f, packet.TCPAck, tc.want, "event/pin_table_full")
 			w.expect(t, vip, f, packet.TCPAck|packet.TCPPsh, tc.want, "event/pin_table_full")
@@ -514,8 +526,8 @@ func TestHandshakeAgreesWithoutPin(t *testing.T) {
 					t.Errorf("backend %d counted %d packets and %d new flows, want %d and %d", id, got.Packets, got.NewFlows, want.Packets, want.NewFlows)
 				}
 			}
-			if pins := w.pins(t); len(pins) != map[bool]int{true: maxFlows}[tc.full] {
-				t.Errorf("%d pins, want only the %d that filled the table", len(pins), map[bool]int{true: maxFlows}[tc.full])
+			if pins := w.pins(t); len(pins) != filled {
+				t.Errorf("%d pins, want only the %d that filled the table", len(pins), filled)
 			}
 		})
 	}

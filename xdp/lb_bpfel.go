@@ -89,6 +89,12 @@ type lbFragValue struct {
 	Seen      uint64
 }
 
+type lbFtHead struct {
+	_    structs.HostLayout
+	Ovf  uint32
+	Lock uint32
+}
+
 type lbLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -113,6 +119,44 @@ type lbMonitorEvent struct {
 	FrameLen  uint32
 	CapLen    uint32
 	Data      [128]uint8
+}
+
+type lbPin4 struct {
+	_         structs.HostLayout
+	State     uint32
+	Saddr     uint32
+	Daddr     uint32
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Seen      uint32
+}
+
+type lbPin4Bucket struct {
+	_    structs.HostLayout
+	Head lbFtHead
+	E    [2]lbPin4
+	Pad  [2]uint32
+}
+
+type lbPin6 struct {
+	_         structs.HostLayout
+	State     uint32
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Seen      uint32
+}
+
+type lbPin6Bucket struct {
+	_    structs.HostLayout
+	Head lbFtHead
+	E0   lbPin6
+	Gap  [2]uint32
+	E1   lbPin6
+	Pad  [4]uint32
 }
 
 type lbSettings struct {
@@ -265,8 +309,6 @@ const (
 const (
 	lbMapBackendStats    = "backend_stats"
 	lbMapBackends        = "backends"
-	lbMapCt4             = "ct4"
-	lbMapCt6             = "ct6"
 	lbMapDryResult       = "dry_result"
 	lbMapFrags           = "frags"
 	lbMapMaglevTables    = "maglev_tables"
@@ -275,6 +317,8 @@ const (
 	lbMapMonitorOn       = "monitor_on"
 	lbMapPinBackoff      = "pin_backoff"
 	lbMapPinFilter       = "pin_filter"
+	lbMapPins4           = "pins4"
+	lbMapPins6           = "pins6"
 	lbMapSettingsMap     = "settings_map"
 	lbMapStats           = "stats"
 	lbMapTxPorts         = "tx_ports"
@@ -287,12 +331,17 @@ const (
 	lbProgXdplb          = "xdplb"
 	lbVarBtfAddrFlags    = "btf_addr_flags"
 	lbVarBtfBackendFlags = "btf_backend_flags"
+	lbVarBtfCtValue      = "btf_ct_value"
 	lbVarBtfDryPin       = "btf_dry_pin"
+	lbVarBtfFlow4        = "btf_flow4"
+	lbVarBtfFlow6        = "btf_flow6"
 	lbVarBtfMode         = "btf_mode"
 	lbVarBtfMonitorEvent = "btf_monitor_event"
 	lbVarBtfMonitorType  = "btf_monitor_type"
 	lbVarBtfVipFlags     = "btf_vip_flags"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
+	lbVarCfgPins4Mask    = "cfg_pins4_mask"
+	lbVarCfgPins6Mask    = "cfg_pins6_mask"
 	lbVarCfgTtl          = "cfg_ttl"
 )
 
@@ -347,8 +396,6 @@ type lbProgramSpecs struct {
 type lbMapSpecs struct {
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
-	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
 	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
@@ -357,6 +404,8 @@ type lbMapSpecs struct {
 	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
 	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -374,12 +423,17 @@ type lbMapSpecs struct {
 type lbVariableSpecs struct {
 	BtfAddrFlags    *ebpf.VariableSpec `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.VariableSpec `ebpf:"btf_backend_flags"`
+	BtfCtValue      *ebpf.VariableSpec `ebpf:"btf_ct_value"`
 	BtfDryPin       *ebpf.VariableSpec `ebpf:"btf_dry_pin"`
+	BtfFlow4        *ebpf.VariableSpec `ebpf:"btf_flow4"`
+	BtfFlow6        *ebpf.VariableSpec `ebpf:"btf_flow6"`
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask    *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
@@ -405,8 +459,6 @@ func (o *lbObjects) Close() error {
 type lbMaps struct {
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
-	Ct4           *ebpf.Map `ebpf:"ct4"`
-	Ct6           *ebpf.Map `ebpf:"ct6"`
 	DryResult     *ebpf.Map `ebpf:"dry_result"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
@@ -415,6 +467,8 @@ type lbMaps struct {
 	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
 	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
 	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
+	Pins4         *ebpf.Map `ebpf:"pins4"`
+	Pins6         *ebpf.Map `ebpf:"pins6"`
 	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
@@ -430,8 +484,6 @@ func (m *lbMaps) Close() error {
 	return _LbClose(
 		m.BackendStats,
 		m.Backends,
-		m.Ct4,
-		m.Ct6,
 		m.DryResult,
 		m.Frags,
 		m.MaglevTables,
@@ -440,6 +492,8 @@ func (m *lbMaps) Close() error {
 		m.MonitorOn,
 		m.PinBackoff,
 		m.PinFilter,
+		m.Pins4,
+		m.Pins6,
 		m.SettingsMap,
 		m.Stats,
 		m.TxPorts,
@@ -458,12 +512,17 @@ func (m *lbMaps) Close() error {
 type lbVariables struct {
 	BtfAddrFlags    *ebpf.Variable `ebpf:"btf_addr_flags"`
 	BtfBackendFlags *ebpf.Variable `ebpf:"btf_backend_flags"`
+	BtfCtValue      *ebpf.Variable `ebpf:"btf_ct_value"`
 	BtfDryPin       *ebpf.Variable `ebpf:"btf_dry_pin"`
+	BtfFlow4        *ebpf.Variable `ebpf:"btf_flow4"`
+	BtfFlow6        *ebpf.Variable `ebpf:"btf_flow6"`
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask    *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 

@@ -17,7 +17,7 @@ func (d *Datapath) Memory() (map[string]uint64, error) {
 	out := map[string]uint64{}
 	maps := map[string]*ebpf.Map{
 		"vip_filter": d.objs.VipFilter, "vip_addrs": d.objs.VipAddrs, "vips": d.objs.Vips,
-		"maglev_tables": d.objs.MaglevTables, "backends": d.objs.Backends, "ct4": d.objs.Ct4, "ct6": d.objs.Ct6,
+		"maglev_tables": d.objs.MaglevTables, "backends": d.objs.Backends, "pins4": d.objs.Pins4, "pins6": d.objs.Pins6,
 		"stats": d.objs.Stats, "vip_stats": d.objs.VipStats, "backend_stats": d.objs.BackendStats,
 		"tx_ports": d.objs.TxPorts, "settings_map": d.objs.SettingsMap,
 		"vip_index": d.objs.VipIndex, "vip_slots": d.objs.VipSlots, "pin_filter": d.objs.PinFilter,

@@ -3,8 +3,10 @@ package xdp
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -119,17 +121,69 @@ type FrameModel struct {
 	// KnownBugs: predict what the program does where it is known to break
 	// a rule (the Bug... constants) instead of what the rule says.
 	KnownBugs bool
-	// MaxFlows is the size of each family's flow table (Options.MaxFlows;
-	// 0: unbounded). A new pin fails when its table is full. The program's
-	// per-CPU backoff after a failure is not modelled (it depends on the
-	// clock): a pin replacing a stale one in a full table succeeds here.
+	// MaxFlows sizes each family's flow table as Options.MaxFlows does (0:
+	// unbounded). A new pin fails when the buckets its key may live in
+	// are full: the model keeps tables of the program's geometry (which
+	// hold about 2 MaxFlows pins). The program's per-CPU backoff after a
+	// failure is not modelled (it depends on the clock): a pin replacing a
+	// stale one in a full table succeeds here, and so would a pin whose
+	// buckets have room after another's failed (tables of at most ftProbe
+	// buckets, MaxFlows ≤ 4, have no such pin: every key may live in
+	// every bucket).
 	MaxFlows int
 
 	frags   map[fragKey]fragEntry
 	filter  map[uint32]bool
 	vipAddr map[netip.Addr]bool
-	pins4   int // pins of each family, counted at the first Run
-	pins6   int
+	tables  [2]*flowTable // IPv4, IPv6 pins (with MaxFlows), filled at the first Run
+	added   []FlowKey     // AddPin's keys, in order
+}
+
+// AddPin pins a flow before the first Run, as Datapath.PinFlow does: pins
+// written in the same order take the same places in the tables.
+func (m *FrameModel) AddPin(k FlowKey, id uint32) {
+	m.Pins[k] = id
+	m.added = append(m.added, k)
+}
+
+// table is the model's flow table of a's family, or nil (unbounded).
+func (m *FrameModel) table(a netip.Addr) *flowTable {
+	if a.Is4() {
+		return m.tables[0]
+	}
+	return m.tables[1]
+}
+
+// pinTables fills the tables with the pins there are, AddPin's first.
+func (m *FrameModel) pinTables() {
+	if m.MaxFlows <= 0 {
+		return
+	}
+	m.tables[0] = newFlowTable(ftBuckets(m.MaxFlows, pin4Geom), pin4Geom)
+	m.tables[1] = newFlowTable(ftBuckets(m.MaxFlows, pin6Geom), pin6Geom)
+	put := func(k FlowKey) {
+		f := Flow{Src: k.Src, Dst: k.Dst, Proto: k.Proto, BackendID: m.Pins[k]}
+		key, tag, hash := pinKey(f)
+		_ = m.table(k.Src.Addr()).insert(hash, key, tag, []uint32{f.BackendID, 0}, true)
+	}
+	for _, k := range m.added {
+		put(k)
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(m.Pins), func(a, b FlowKey) int {
+		return strings.Compare(a.Src.String()+a.Dst.String()+a.Proto.String(), b.Src.String()+b.Dst.String()+b.Proto.String())
+	}) {
+		put(k)
+	}
+}
+
+// pinFails says whether a new pin of k would fail: its buckets are full.
+func (m *FrameModel) pinFails(k FlowKey) bool {
+	t := m.table(k.Src.Addr())
+	if t == nil {
+		return false
+	}
+	_, _, hash := pinKey(Flow{Src: k.Src, Dst: k.Dst, Proto: k.Proto})
+	return !t.room(hash)
 }
 
 // NewFrameModel returns a frame model over s (whose Pin it replaces by a
@@ -197,9 +251,7 @@ func (m *FrameModel) Run(frame []byte, ingress int) FrameOutcome {
 			m.filter[FilterBit(k.Addr)] = true
 			m.vipAddr[k.Addr] = true
 		}
-		for k := range m.Pins {
-			*m.pinCount(k.Src.Addr())++
-		}
+		m.pinTables()
 	}
 	r := &frameRun{m: m, in: frame, ingress: ingress}
 	r.out.Counter = r.process()
@@ -541,10 +593,10 @@ func (r *frameRun) forward(f *mflow) string {
 		Src: netip.AddrPortFrom(f.src, f.sport), Dst: netip.AddrPortFrom(f.dst, f.dport),
 		Proto: Proto(f.proto), SYN: f.syn, ICMPError: f.icmpErr,
 	}
-	// A new pin fails when its family's flow table is full; Decide then
-	// sends a SYN where the flow's next packets will go.
-	n := r.m.pinCount(p.Src.Addr())
-	r.m.State.PinFails = r.m.MaxFlows > 0 && *n >= r.m.MaxFlows
+	// A new pin fails when its buckets are full; Decide then sends a SYN
+	// where the flow's next packets will go.
+	k := FlowKey{p.Src, p.Dst, p.Proto}
+	r.m.State.PinFails = r.m.pinFails(k)
 	d := r.m.State.Decide(p)
 	if d.Rule == RulePinned {
 		r.event(evPinHit)
@@ -557,21 +609,27 @@ func (r *frameRun) forward(f *mflow) string {
 	if d.DropsPin {
 		// A SYN removes the stale pin; then it goes as a flow without one
 		// (a pin it makes fits where the stale one was).
-		delete(r.m.Pins, FlowKey{p.Src, p.Dst, p.Proto})
-		*n--
-		r.m.State.PinFails = r.m.MaxFlows > 0 && *n >= r.m.MaxFlows
+		delete(r.m.Pins, k)
+		if t := r.m.table(p.Src.Addr()); t != nil {
+			key, tag, hash := pinKey(Flow{Src: k.Src, Dst: k.Dst, Proto: k.Proto})
+			if ref, ok := t.find(hash, key, tag); ok {
+				ref.home = hash & t.mask
+				t.delete(ref)
+			}
+		}
+		r.m.State.PinFails = r.m.pinFails(k)
 		d = r.m.State.Decide(p)
 	}
 	if d.Pin != "" {
-		k := FlowKey{p.Src, p.Dst, p.Proto}
 		_, exists := r.m.Pins[k]
 		switch {
 		case exists && d.Pin == "create": // pinned by another CPU first
 		case !exists && r.m.State.PinFails:
 			r.event(evPinFull)
 		default:
-			if !exists {
-				*n++
+			if t := r.m.table(p.Src.Addr()); t != nil {
+				key, tag, hash := pinKey(Flow{Src: k.Src, Dst: k.Dst, Proto: k.Proto})
+				_ = t.insert(hash, key, tag, []uint32{d.BackendID, 0}, true)
 			}
 			r.m.Pins[k] = d.BackendID
 			r.event(evPinCreated)
@@ -586,14 +644,6 @@ func (r *frameRun) forward(f *mflow) string {
 		r.event(evFragmentFirst)
 	}
 	return r.send(f, v, d.BackendID, d.Hash)
-}
-
-// pinCount is the number of pins of a's family.
-func (m *FrameModel) pinCount(a netip.Addr) *int {
-	if a.Is4() {
-		return &m.pins4
-	}
-	return &m.pins6
 }
 
 // send sends the packet to backend id by the VIP's mode.

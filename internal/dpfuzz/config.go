@@ -189,7 +189,10 @@ func NewConfig(s *Source) *Config {
 		// for). Once a table is full, that does not matter, but for a pin
 		// replacing a stale one, which succeeds in a full table: with
 		// every backend up and every id an entry, no pin is ever stale.
-		c.MaxFlows = 1 + s.N(6)
+		// At most 4: tables of at most 4 buckets, where every key may
+		// live in every bucket, so that a full table is full for every
+		// key (xdp.FrameModel.MaxFlows).
+		c.MaxFlows = min(1+s.N(6), 4)
 		for i := range c.Backends {
 			c.Backends[i].Up = true
 		}
@@ -284,7 +287,7 @@ func (c *Config) Model(env Env) *xdp.FrameModel {
 	}
 	m := xdp.NewFrameModel(s)
 	for _, p := range c.Pins {
-		m.Pins[xdp.FlowKey{Src: p.Src, Dst: p.Dst, Proto: p.Proto}] = p.BackendID
+		m.AddPin(xdp.FlowKey{Src: p.Src, Dst: p.Dst, Proto: p.Proto}, p.BackendID)
 	}
 	m.Encap4, m.Encap6 = c.Encap4, c.Encap6
 	m.TxPorts[env.TxPort] = true

@@ -81,6 +81,14 @@
 #define DEFAULT_MAX_FLOWS 1048576
 #define DEFAULT_MAX_PORTS 64
 
+/* The pin tables (struct pin4_bucket, pin6_bucket): pins per IPv4 bucket,
+ * and the unit of their timestamps (2^20 ns, about a millisecond). */
+#define PIN4_WAYS 2
+#define FT_TICK_SHIFT 20
+/* Seed of the flow hash that places a pin in its table: the same for every
+ * VIP, so a pin is found from its key alone. */
+#define PIN_HASH_SEED 0x5bd1e995u
+
 /* Pins refresh their last_seen stamp at most this often (ns), so the hot path of
  * a pinned flow writes its entry about once a second, not once a packet. */
 #define PIN_TOUCH_NS 1000000000ULL
@@ -107,7 +115,7 @@ enum xdplb_mode {
 
 /* vip_meta.flags */
 enum xdplb_vip_flags {
-	VIP_F_HAS_PINS = 1 << 0, /* flows of this VIP may have pins in ct4/ct6 */
+	VIP_F_HAS_PINS = 1 << 0, /* flows of this VIP may have pins in pins4/pins6 */
 };
 
 /* vip_addr_info.flags */

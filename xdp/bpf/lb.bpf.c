@@ -30,6 +30,10 @@ const enum xdplb_backend_flags *btf_backend_flags __attribute__((unused));
 const enum xdplb_dry_pin *btf_dry_pin __attribute__((unused));
 const enum xdplb_monitor_type *btf_monitor_type __attribute__((unused));
 const struct monitor_event *btf_monitor_event __attribute__((unused));
+/* The pin tables of earlier releases, for copying their pins (xdp/upgrade.go). */
+const struct flow4 *btf_flow4 __attribute__((unused));
+const struct flow6 *btf_flow6 __attribute__((unused));
+const struct ct_value *btf_ct_value __attribute__((unused));
 
 SEC("xdp")
 int xdplb(struct xdp_md *ctx)

@@ -17,6 +17,7 @@
 #include "maps.h"
 #include "parsing.h"
 #include "hash.h"
+#include "flowtable.h"
 #include "monitor.h"
 
 /* Knobs, set by the loader before the program is loaded. */
@@ -35,6 +36,9 @@ volatile const __u8 cfg_icmp_echo = 1;  /* answer echo requests to VIP addresses
 #else
 #define cfg_dry_run 0
 #endif
+/* Buckets of pins4 and pins6 minus one (their sizes are powers of two). */
+volatile const __u32 cfg_pins4_mask = DEFAULT_MAX_FLOWS - 1;
+volatile const __u32 cfg_pins6_mask = DEFAULT_MAX_FLOWS - 1;
 
 /* Ablations, for the benchmark only: in the ablation build (bench.bpf.c
  * compiled with XDPLB_ABLATE, object "benchablate") each bit of bench_ablate
@@ -283,38 +287,59 @@ static __always_inline void pin_mark(__u32 hash)
 		__sync_fetch_and_or(w, mask);
 }
 
-static __always_inline struct ct_value *ct_lookup(struct pkt *p)
-{
-	if (p->family == 4) {
-		struct flow4 k = {
-			.saddr = p->saddr[0], .daddr = p->daddr[0],
-			.sport = p->sport, .dport = p->dport, .proto = p->proto,
-		};
-		return bpf_map_lookup_elem(&ct4, &k);
-	}
-	struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+/* Entry geometry of pins4 and pins6 in 32-bit words (flowtable.h). */
+#define PIN4_GEOM ((struct ft_geom){ .kw = 3, .vw = 2, .stride = sizeof(struct pin4) / 4, .ways = PIN4_WAYS })
+#define PIN6_GEOM ((struct ft_geom){ .kw = 9, .vw = 2, .stride = 14, .ways = 2 })
+_Static_assert(sizeof(struct pin4_bucket) == 64, "a pins4 bucket is a cache line");
+_Static_assert(__builtin_offsetof(struct pin4_bucket, e[1]) == 4 * (FT_HEAD_WORDS + sizeof(struct pin4) / 4),
+	       "pins4 stride");
+_Static_assert(sizeof(struct pin6_bucket) == 128, "a pins6 bucket is two cache lines");
+_Static_assert(__builtin_offsetof(struct pin6_bucket, e1) == 4 * (FT_HEAD_WORDS + 14), "pins6 stride");
+#define PIN_KW_MAX 9
+#define PIN_TOUCH_TICKS (PIN_TOUCH_NS >> FT_TICK_SHIFT)
 
-	__builtin_memcpy(k.saddr, p->saddr, 16);
-	__builtin_memcpy(k.daddr, p->daddr, 16);
-	return bpf_map_lookup_elem(&ct6, &k);
-}
+/* A flow's pin key and, once pin_find found it, its entry. */
+struct pin_ref {
+	struct ft_ref r;
+	__u32 *val;     /* the entry's value: backend_id, seen */
+	__u32 hash;     /* the key's hash in the flow table (not the flow hash) */
+	__u32 key[PIN_KW_MAX];
+};
 
-/* ct_delete removes the flow's pin. */
-static __always_inline void ct_delete(struct pkt *p)
+/* pin_key fills in the flow's key as struct pin4 or pin6 holds it (the
+ * ports as their word reads little-endian; the protocol is the tag) and its
+ * table hash: the flow hash with PIN_HASH_SEED, whatever the VIP's seed. */
+static __always_inline void pin_key(struct pkt *p, struct pin_ref *pr)
 {
+	__u32 ports = (__u32)p->sport | ((__u32)p->dport << 16);
+
 	if (p->family == 4) {
-		struct flow4 k = {
-			.saddr = p->saddr[0], .daddr = p->daddr[0],
-			.sport = p->sport, .dport = p->dport, .proto = p->proto,
-		};
-		bpf_map_delete_elem(&ct4, &k);
+		pr->key[0] = p->saddr[0];
+		pr->key[1] = p->daddr[0];
+		pr->key[2] = ports;
+		pr->hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, PIN_HASH_SEED);
 		return;
 	}
-	struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
+	__builtin_memcpy(&pr->key[0], p->saddr, 16);
+	__builtin_memcpy(&pr->key[4], p->daddr, 16);
+	pr->key[8] = ports;
+	pr->hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
+			     PIN_HASH_SEED);
+}
 
-	__builtin_memcpy(k.saddr, p->saddr, 16);
-	__builtin_memcpy(k.daddr, p->daddr, 16);
-	bpf_map_delete_elem(&ct6, &k);
+/* pin_find looks the flow of pr's key up: 1 if it has a pin. */
+static __always_inline int pin_find(struct pkt *p, struct pin_ref *pr)
+{
+	if (p->family == 4) {
+		if (!ft_find(&pins4, cfg_pins4_mask, pr->hash, pr->key, p->proto, PIN4_GEOM, &pr->r))
+			return 0;
+		pr->val = pr->r.e + 1 + PIN4_GEOM.kw;
+		return 1;
+	}
+	if (!ft_find(&pins6, cfg_pins6_mask, pr->hash, pr->key, p->proto, PIN6_GEOM, &pr->r))
+		return 0;
+	pr->val = pr->r.e + 1 + PIN6_GEOM.kw;
+	return 1;
 }
 
 /* When the flow table is full, every insert walks a full bucket before it
@@ -332,11 +357,11 @@ struct {
  * dry run pins nothing and reports the pin as made. */
 static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, int replace, __u32 hash)
 {
-	struct ct_value v = { .backend_id = backend_id, .last_seen = now };
-	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
+	__u32 val[2] = { backend_id, (__u32)(now >> FT_TICK_SHIFT) };
 	__u32 zero = 0;
 	__u64 *until = bpf_map_lookup_elem(&pin_backoff, &zero);
-	long err;
+	struct pin_ref pr;
+	int err;
 
 	if (cfg_dry_run) {
 		struct dry_outcome *r = dry();
@@ -350,19 +375,11 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 		return -1;
 	}
 
-	if (p->family == 4) {
-		struct flow4 k = {
-			.saddr = p->saddr[0], .daddr = p->daddr[0],
-			.sport = p->sport, .dport = p->dport, .proto = p->proto,
-		};
-		err = bpf_map_update_elem(&ct4, &k, &v, flags);
-	} else {
-		struct flow6 k = { .sport = p->sport, .dport = p->dport, .proto = p->proto };
-
-		__builtin_memcpy(k.saddr, p->saddr, 16);
-		__builtin_memcpy(k.daddr, p->daddr, 16);
-		err = bpf_map_update_elem(&ct6, &k, &v, flags);
-	}
+	pin_key(p, &pr);
+	if (p->family == 4)
+		err = ft_insert(&pins4, cfg_pins4_mask, pr.hash, pr.key, p->proto, val, PIN4_GEOM, replace);
+	else
+		err = ft_insert(&pins6, cfg_pins6_mask, pr.hash, pr.key, p->proto, val, PIN6_GEOM, replace);
 	if (!err) {
 		struct monitor_event *e = monitor_start(MON_PIN, CNT_EV_PIN_CREATED);
 
@@ -373,9 +390,14 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 		}
 		pin_mark(hash);
 		count(CNT_EV_PIN_CREATED);
-	} else if (err != -EEXIST_) { /* EEXIST: another CPU pinned it first */
+	} else if (err == -FT_EBUSY && pin_find(p, &pr)) {
+		/* Another CPU held the bucket that long: it was pinning this
+		 * flow. */
+	} else if (err != -FT_EEXIST) { /* EEXIST: another CPU pinned it first */
 		count(CNT_EV_PIN_FULL);
-		if (until)
+		/* The flow's buckets are full: back off. A bucket another CPU
+		 * kept locked is no sign of a full table. */
+		if (until && err == -FT_ENOSPC)
 			*until = now + PIN_BACKOFF_NS;
 		return -1;
 	}
@@ -404,30 +426,38 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 						       __u32 *id)
 {
 	struct backend *b, *pb;
-	struct ct_value *ct;
+	struct pin_ref pr;
 	__u32 cur, prev;
 	int stale = 0;
 	__u64 now;
 
 	if ((m->flags & VIP_F_HAS_PINS) && pin_maybe(hash)) {
-		ct = ct_lookup(p);
-		if (ct) {
-			*id = ct->backend_id;
+		pin_key(p, &pr);
+		/* An entry that changed while it was read (deleted, reused) is
+		 * no pin. */
+		if (pin_find(p, &pr) && (*id = pr.val[0], ft_stable(&pr.r))) {
 			b = backend_lookup(*id);
 			if (backend_up(b)) {
 				count(CNT_EV_PIN_HIT);
-				if (!cfg_dry_run && ct->last_seen + PIN_TOUCH_NS < (now = bpf_ktime_get_coarse_ns()))
-					ct->last_seen = now;
+				if (!cfg_dry_run) {
+					__u32 tick = bpf_ktime_get_coarse_ns() >> FT_TICK_SHIFT;
+
+					if (tick - pr.val[1] >= PIN_TOUCH_TICKS) {
+						pr.val[1] = tick;
+						ft_touch(&pr.r);
+					}
+				}
 				return b;
 			}
 			/* A pin to a removed or down backend is not used. A SYN
 			 * starts a new connection: the stale pin is an earlier one's
 			 * of the same addresses and ports, whose backend, back up,
-			 * would take this one over. It goes (a dry run keeps it). */
+			 * would take this one over. It goes (a dry run keeps it);
+			 * if it changed meanwhile, the new pin replaces it. */
 			count(CNT_EV_PIN_STALE);
 			if (p->syn) {
-				if (!cfg_dry_run)
-					ct_delete(p);
+				if (!cfg_dry_run && !ft_delete(&pr.r))
+					stale = 1;
 			} else {
 				stale = 1;
 			}

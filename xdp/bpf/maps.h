@@ -87,24 +87,28 @@ struct {
 	__type(value, struct backend_slot);
 } backends SEC(".maps");
 
-/* Pins of IPv4 and IPv6 flows made during table transitions. Plain hash maps:
- * when full, new pins fail (counted) and existing ones are never evicted;
- * user space expires idle pins. */
+/* Pins of IPv4 and IPv6 flows made during table transitions: flow tables
+ * (flowtable.h), arrays of buckets a cache line or two each, written by the
+ * program and expired by user space through mmap. When a flow's buckets are
+ * full its pin fails (counted); no pin is ever evicted. The loader sizes them
+ * (a power of two of buckets, twice Options.MaxFlows entries). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, DEFAULT_MAX_FLOWS);
-	__type(key, struct flow4);
-	__type(value, struct ct_value);
-} ct4 SEC(".maps");
+	__type(key, __u32);
+	__type(value, struct pin4_bucket);
+} pins4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, DEFAULT_MAX_FLOWS);
-	__type(key, struct flow6);
-	__type(value, struct ct_value);
-} ct6 SEC(".maps");
+	__type(key, __u32);
+	__type(value, struct pin6_bucket);
+} pins6 SEC(".maps");
 
-/* A filter in front of ct4/ct6: the bit of a pinned flow's hash is set, so a
+/* A filter in front of pins4/pins6: the bit of a pinned flow's hash is set, so a
  * clear bit means "no pin" without a lookup in a table of a million entries
  * (a cache miss or two each). Two halves: the program sets a new pin's bit
  * in both and reads the one settings_map names; user space rebuilds the

@@ -79,7 +79,9 @@ struct backend_slot {
 	struct backend b[2];
 };
 
-/* Flow keys of ct4 and ct6: the client's side of a flow, as seen arriving. */
+/* Flow keys of ct4 and ct6, the pin tables of releases before the flow table
+ * (flowtable.h): the client's side of a flow, as seen arriving. Kept for the
+ * copy of an earlier release's pins into the flow table (xdp/upgrade.go). */
 struct flow4 {
 	__be32 saddr;
 	__be32 daddr;
@@ -98,11 +100,60 @@ struct flow6 {
 	__u8 pad[3];
 };
 
-/* A pin: the flow stays on backend_id while the backend is up. */
+/* A pin of ct4/ct6: the flow stayed on backend_id while the backend was up. */
 struct ct_value {
 	__u32 backend_id;
-	__u32 flags;        /* reserved (NAT state later) */
+	__u32 flags;        /* reserved */
 	__u64 last_seen;    /* CLOCK_MONOTONIC_COARSE ns, refreshed at most every PIN_TOUCH_NS */
+};
+
+/* A bucket of a flow table starts with this (flowtable.h). */
+struct ft_head {
+	__u32 ovf;          /* keys of this home bucket stored in a later bucket */
+	__u32 lock;         /* 1 while an insert of a key of this home runs */
+};
+
+/* A pin in the flow table pins4: the flow stays on backend_id while the
+ * backend is up. The key is the client's side of the flow, as seen arriving,
+ * and its protocol, which is the tag byte of the state word (flowtable.h).
+ * Words after the state: key 3, value 2. */
+struct pin4 {
+	__u32 state;        /* flowtable.h; the tag is the protocol */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;   /* value */
+	__u32 seen;         /* CLOCK_MONOTONIC_COARSE ns >> FT_TICK_SHIFT, modulo 2^32,
+			     * refreshed at most every PIN_TOUCH_NS */
+};
+
+/* A bucket of pins4: one cache line (64 bytes), two pins. */
+struct pin4_bucket {
+	struct ft_head head;
+	struct pin4 e[PIN4_WAYS];
+	__u32 pad[2];
+};
+
+/* A pin in pins6. Words after the state: key 9, value 2. */
+struct pin6 {
+	__u32 state;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;
+	__u32 seen;
+};
+
+/* A bucket of pins6: two cache lines (128 bytes, aligned), a pin in each
+ * (e1 starts at byte 64). */
+struct pin6_bucket {
+	struct ft_head head;
+	struct pin6 e0;
+	__u32 gap[2];
+	struct pin6 e1;
+	__u32 pad[4];
 };
 
 /* The first fragment of a datagram to a VIP is balanced by its ports like

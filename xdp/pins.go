@@ -1,0 +1,107 @@
+package xdp
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+)
+
+// Pins in the flow tables pins4 and pins6 (struct pin4, pin6 in
+// bpf/structs.h): the key is the client's side of the flow as seen arriving
+// (addresses, then the ports as one word) with the protocol as the tag; the
+// value is the backend id and a timestamp.
+
+var (
+	pin4Geom = ftGeom{kw: 3, vw: 2, stride: 6, ways: 2, bucket: 64}
+	pin6Geom = ftGeom{kw: 9, vw: 2, stride: 14, ways: 2, bucket: 128}
+)
+
+const (
+	// ftTickShift mirrors FT_TICK_SHIFT: timestamps count 2^20 ns.
+	ftTickShift = 20
+	// pinHashSeed mirrors PIN_HASH_SEED: a pin's place in its table is
+	// FlowHash with this seed.
+	pinHashSeed = 0x5bd1e995
+)
+
+func (d *Datapath) pinTable(v6 bool) *flowTable {
+	if v6 {
+		return d.pins6
+	}
+	return d.pins4
+}
+
+// pinKey is f's key in its table, its tag and its hash there.
+func pinKey(f Flow) (key []uint32, tag, hash uint32) {
+	ports := uint32(port(f.Src.Port())) | uint32(port(f.Dst.Port()))<<16
+	hash = FlowHash(f.Src, f.Dst, f.Proto, pinHashSeed)
+	if f.Src.Addr().Is4() {
+		s, t := f.Src.Addr().As4(), f.Dst.Addr().As4()
+		return []uint32{leUint32(s[:]), leUint32(t[:]), ports}, uint32(f.Proto), hash
+	}
+	key = make([]uint32, 9)
+	s, t := f.Src.Addr().As16(), f.Dst.Addr().As16()
+	for i := range 4 {
+		key[i] = leUint32(s[4*i:])
+		key[4+i] = leUint32(t[4*i:])
+	}
+	key[8] = ports
+	return key, uint32(f.Proto), hash
+}
+
+// pinFrom is the pin of an entry's tag and words (key, value): the flow
+// (without Idle), its hash in the table and its timestamp.
+func pinFrom(v6 bool, tag uint32, w []uint32) (f Flow, hash, seen uint32) {
+	n := 3
+	if v6 {
+		n = 9
+	}
+	sport, dport := port(uint16(w[n-1])), port(uint16(w[n-1]>>16))
+	if !v6 {
+		var s, t [4]byte
+		binary.LittleEndian.PutUint32(s[:], w[0])
+		binary.LittleEndian.PutUint32(t[:], w[1])
+		f.Src, f.Dst = netip.AddrPortFrom(netip.AddrFrom4(s), sport), netip.AddrPortFrom(netip.AddrFrom4(t), dport)
+	} else {
+		var s, t [16]byte
+		for i := range 4 {
+			binary.LittleEndian.PutUint32(s[4*i:], w[i])
+			binary.LittleEndian.PutUint32(t[4*i:], w[4+i])
+		}
+		f.Src, f.Dst = netip.AddrPortFrom(netip.AddrFrom16(s), sport), netip.AddrPortFrom(netip.AddrFrom16(t), dport)
+	}
+	f.Proto, f.BackendID = Proto(tag), w[n]
+	return f, FlowHash(f.Src, f.Dst, f.Proto, pinHashSeed), w[n+1]
+}
+
+// idleSince is how long ago a pin stamped seen was last seen, at now: 0 for
+// a stamp after now (the program stamped it after now was read). Stamps
+// count modulo 2^32 ticks, so idle times up to 2^31 ticks (26 days) read
+// right.
+func idleSince(now time.Duration, seen uint32) time.Duration {
+	d := int32(uint32(now>>ftTickShift) - seen)
+	if d < 0 {
+		return 0
+	}
+	return time.Duration(d) << ftTickShift
+}
+
+func (d *Datapath) mapPins() error {
+	var err error
+	if d.pins4, err = mapFlowTable(d.objs.Pins4, pin4Geom); err != nil {
+		return err
+	}
+	d.pins6, err = mapFlowTable(d.objs.Pins6, pin6Geom)
+	return err
+}
+
+func (d *Datapath) unmapPins() {
+	d.pins4.unmap()
+	d.pins6.unmap()
+}
+
+// pinRoom says whether a new pin of f would find room in its table.
+func (d *Datapath) pinRoom(f Flow) bool {
+	_, _, hash := pinKey(f)
+	return d.pinTable(!f.Src.Addr().Is4()).room(hash)
+}

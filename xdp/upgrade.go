@@ -1,0 +1,92 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Releases before the flow table kept pins in the hash maps ct4 and ct6,
+// pinned beside the other maps. A datapath opened over such a pin directory
+// copies their pins into pins4 and pins6 (the pin filter's bits and the
+// VIPs' "has pins" flags are the earlier program's, and still hold), then
+// removes the old maps' pins, so a restart into this release keeps every
+// flow. Pins the earlier program makes between the copy and the attachment
+// of this one are not copied (a moment's worth, during a transition only).
+
+// copyOldPins copies the pins of ct4 and ct6 pinned under the pin path, if
+// any, and removes those pins.
+func (d *Datapath) copyOldPins() error {
+	for _, old := range []struct {
+		name string
+		v6   bool
+	}{{"ct4", false}, {"ct6", true}} {
+		path := filepath.Join(d.opts.PinPath, old.name)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			return fmt.Errorf("opening the earlier release's %s: %w", old.name, err)
+		}
+		copied, lost, err := d.copyPins(m, old.v6)
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("copying the pins of the earlier release's %s: %w", old.name, err)
+		}
+		if lost > 0 {
+			slog.Warn("pins of the earlier release not copied: their buckets are full", "map", old.name, "copied", copied, "lost", lost)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing the earlier release's %s: %w", old.name, err)
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) copyPins(m *ebpf.Map, v6 bool) (copied, lost int, err error) {
+	var v lbCtValue
+	put := func(f Flow) error {
+		f.BackendID = v.BackendId
+		err := d.putPin(f, time.Duration(v.LastSeen), false)
+		switch {
+		case err == nil:
+			copied++
+		case errors.Is(err, errFTExists): // copied before, by an open that failed later
+		case errors.Is(err, ErrFull):
+			lost++
+		default:
+			return err
+		}
+		return nil
+	}
+	if !v6 {
+		var k lbFlow4
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			var s, t [4]byte
+			putLE32(s[:], k.Saddr)
+			putLE32(t[:], k.Daddr)
+			f := Flow{Src: netip.AddrPortFrom(netip.AddrFrom4(s), port(k.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom4(t), port(k.Dport)), Proto: Proto(k.Proto)}
+			if err := put(f); err != nil {
+				return copied, lost, err
+			}
+		}
+		return copied, lost, it.Err()
+	}
+	var k lbFlow6
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		f := Flow{Src: netip.AddrPortFrom(netip.AddrFrom16(k.Saddr), port(k.Sport)), Dst: netip.AddrPortFrom(netip.AddrFrom16(k.Daddr), port(k.Dport)), Proto: Proto(k.Proto)}
+		if err := put(f); err != nil {
+			return copied, lost, err
+		}
+	}
+	return copied, lost, it.Err()
+}
