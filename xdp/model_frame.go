@@ -47,6 +47,9 @@ const (
 	cDropRedirect     = "drop/redirect_failed"
 	cDropUnsupported  = "drop/unsupported_mode"
 	cDropNoEncapSrc   = "drop/no_encap_source"
+	cDropNATNoSource  = "drop/snat_no_source"
+	cDropNATNoFlow    = "drop/snat_no_flow"
+	cDropNATUnsupp    = "drop/snat_unsupported"
 	cTxL2             = "tx/dsr_l2"
 	cRedirectL2       = "redirect/dsr_l2"
 	cTxIPIP           = "tx/dsr_ipip"
@@ -541,6 +544,9 @@ func (r *frameRun) forward(f *mflow) string {
 		Src: netip.AddrPortFrom(f.src, f.sport), Dst: netip.AddrPortFrom(f.dst, f.dport),
 		Proto: Proto(f.proto), SYN: f.syn, ICMPError: f.icmpErr,
 	}
+	if v, ok := r.m.State.LookupVIP(p.Dst, p.Proto); ok && v.Mode == ModeSNAT {
+		return r.snat(f, p, v)
+	}
 	// A new pin fails when its family's flow table is full; Decide then
 	// sends a SYN where the flow's next packets will go.
 	n := r.m.pinCount(p.Src.Addr())
@@ -586,6 +592,30 @@ func (r *frameRun) forward(f *mflow) string {
 		r.event(evFragmentFirst)
 	}
 	return r.send(f, v, d.BackendID, d.Hash)
+}
+
+// snat is the program's way with a packet of a SNAT service, as far as the
+// model goes. The model has no SNAT sources: translation, NAT state and
+// replies are out of its scope (the fuzzer configures no source, and the
+// fixtures of xdp/nat_test.go hold the program to exact bytes instead), so
+// a new flow ends at "no SNAT source", after the checks that come first.
+func (r *frameRun) snat(f *mflow, p Packet, v ModelVIP) string {
+	switch {
+	case f.first: // fragments are not translated
+		return cDropNATUnsupp
+	case f.icmpErr:
+		return cDropICMP
+	case p.Proto == TCP && !f.syn: // no NAT flow exists
+		return cDropNATNoFlow
+	}
+	var id uint32
+	if len(v.Table) > 0 {
+		id = v.Table[Slot(FlowHash(p.Src, p.Dst, p.Proto, v.Seed), len(v.Table))]
+	}
+	if !r.m.State.up(id) {
+		return cDropNoBackend
+	}
+	return cDropNATNoSource
 }
 
 // pinCount is the number of pins of a's family.

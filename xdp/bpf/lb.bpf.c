@@ -30,6 +30,8 @@ const enum xdplb_backend_flags *btf_backend_flags __attribute__((unused));
 const enum xdplb_dry_pin *btf_dry_pin __attribute__((unused));
 const enum xdplb_monitor_type *btf_monitor_type __attribute__((unused));
 const struct monitor_event *btf_monitor_event __attribute__((unused));
+const enum xdplb_nat_state *btf_nat_state __attribute__((unused));
+const enum xdplb_nat_dir *btf_nat_dir __attribute__((unused));
 
 SEC("xdp")
 int xdplb(struct xdp_md *ctx)

@@ -147,7 +147,8 @@ static __always_inline int verdict_of(__u32 reason)
 		return XDP_PASS;
 	if (reason < CNT_TX_L2)
 		return XDP_DROP;
-	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR)
+	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR ||
+	    reason == CNT_REDIRECT_SNAT || reason == CNT_REDIRECT_SNAT_REPLY)
 		return XDP_REDIRECT;
 	return XDP_TX;
 }
@@ -797,6 +798,9 @@ static __always_inline void frag_remember(struct pkt *p, __u32 backend_id, __u32
 	count(CNT_EV_FRAGMENT_FIRST);
 }
 
+/* SNAT: its state and translation (nat.h), on the helpers above. */
+#include "nat.h"
+
 /* lb_send sends the packet to backend b (id) by the VIP's mode. */
 static __always_inline __u32 lb_send(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, struct backend *b,
 				     __u32 id, __u32 hash)
@@ -833,6 +837,8 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 				 m->hash_seed);
 
 	count_lb(&vip_stats, m->vip_id, p);
+	if (m->mode == MODE_SNAT)
+		return nat_forward(ctx, p, m, hash);
 	b = choose_backend(p, m, hash, &id);
 	if (!b)
 		return CNT_DROP_NO_BACKEND;
@@ -1029,9 +1035,19 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 		return addr_verdict(p, CNT_DROP_PROTOCOL, CNT_PASS_NOT_VIP);
 	}
 
+	/* A reply to a SNAT source:port is translated back to its client; one
+	 * of no NAT flow may be the host's own traffic (or for a VIP at the
+	 * same address). */
+	r = nat_is_source(nat_cfg(), p);
+	if (r) {
+		__u32 reason = nat_reply(ctx, p);
+
+		if (reason)
+			return reason;
+	}
 	m = service_lookup(p);
 	if (!m)
-		return addr_verdict(p, CNT_DROP_NO_SERVICE, CNT_PASS_NOT_VIP);
+		return addr_verdict(p, CNT_DROP_NO_SERVICE, r ? CNT_PASS_NAT_NO_FLOW : CNT_PASS_NOT_VIP);
 	return lb_forward(ctx, p, m);
 }
 
