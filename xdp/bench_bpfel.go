@@ -251,24 +251,26 @@ const (
 	benchXdplbCounterCNT_TX_SNAT_REPLY         benchXdplbCounter = 34
 	benchXdplbCounterCNT_REDIRECT_SNAT_REPLY   benchXdplbCounter = 35
 	benchXdplbCounterCNT_TX_NAT_RST            benchXdplbCounter = 36
-	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 37
-	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 38
-	benchXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchXdplbCounter = 39
-	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 40
-	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 41
-	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 42
-	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 42
-	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 43
-	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 44
-	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 45
-	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 46
-	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 47
-	benchXdplbCounterCNT_EV_FRAGMENT_FIRST     benchXdplbCounter = 48
-	benchXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchXdplbCounter = 49
-	benchXdplbCounterCNT_EV_NAT_CREATED        benchXdplbCounter = 50
-	benchXdplbCounterCNT_EV_NAT_PORT_RETRY     benchXdplbCounter = 51
-	benchXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchXdplbCounter = 52
-	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 53
+	benchXdplbCounterCNT_TX_SNAT_ICMP          benchXdplbCounter = 37
+	benchXdplbCounterCNT_REDIRECT_SNAT_ICMP    benchXdplbCounter = 38
+	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 39
+	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 40
+	benchXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchXdplbCounter = 41
+	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 42
+	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 43
+	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 44
+	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 44
+	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 45
+	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 46
+	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 47
+	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 48
+	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 49
+	benchXdplbCounterCNT_EV_FRAGMENT_FIRST     benchXdplbCounter = 50
+	benchXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchXdplbCounter = 51
+	benchXdplbCounterCNT_EV_NAT_CREATED        benchXdplbCounter = 52
+	benchXdplbCounterCNT_EV_NAT_PORT_RETRY     benchXdplbCounter = 53
+	benchXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchXdplbCounter = 54
+	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 55
 )
 
 // Names of all BPF objects in the ELF.

@@ -57,6 +57,8 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_TX_SNAT_REPLY:         {"tx", "snat_reply"},
 	lbXdplbCounterCNT_REDIRECT_SNAT_REPLY:   {"redirect", "snat_reply"},
 	lbXdplbCounterCNT_TX_NAT_RST:            {"tx", "snat_rst"},
+	lbXdplbCounterCNT_TX_SNAT_ICMP:          {"tx", "snat_icmp_error"},
+	lbXdplbCounterCNT_REDIRECT_SNAT_ICMP:    {"redirect", "snat_icmp_error"},
 	lbXdplbCounterCNT_TX_ICMP_ECHO:          {"tx", "icmp_echo_reply"},
 	lbXdplbCounterCNT_TX_ICMP_TOO_BIG:       {"tx", "icmp_too_big"},
 	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED: {"tx", "icmp_time_exceeded"},

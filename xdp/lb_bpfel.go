@@ -276,24 +276,26 @@ const (
 	lbXdplbCounterCNT_TX_SNAT_REPLY         lbXdplbCounter = 34
 	lbXdplbCounterCNT_REDIRECT_SNAT_REPLY   lbXdplbCounter = 35
 	lbXdplbCounterCNT_TX_NAT_RST            lbXdplbCounter = 36
-	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 37
-	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 38
-	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED lbXdplbCounter = 39
-	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 40
-	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 41
-	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 42
-	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 42
-	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 43
-	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 44
-	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 45
-	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 46
-	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 47
-	lbXdplbCounterCNT_EV_FRAGMENT_FIRST     lbXdplbCounter = 48
-	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  lbXdplbCounter = 49
-	lbXdplbCounterCNT_EV_NAT_CREATED        lbXdplbCounter = 50
-	lbXdplbCounterCNT_EV_NAT_PORT_RETRY     lbXdplbCounter = 51
-	lbXdplbCounterCNT_EV_NAT_BACKEND_LOST   lbXdplbCounter = 52
-	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 53
+	lbXdplbCounterCNT_TX_SNAT_ICMP          lbXdplbCounter = 37
+	lbXdplbCounterCNT_REDIRECT_SNAT_ICMP    lbXdplbCounter = 38
+	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 39
+	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 40
+	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED lbXdplbCounter = 41
+	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 42
+	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 43
+	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 44
+	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 44
+	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 45
+	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 46
+	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 47
+	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 48
+	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 49
+	lbXdplbCounterCNT_EV_FRAGMENT_FIRST     lbXdplbCounter = 50
+	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  lbXdplbCounter = 51
+	lbXdplbCounterCNT_EV_NAT_CREATED        lbXdplbCounter = 52
+	lbXdplbCounterCNT_EV_NAT_PORT_RETRY     lbXdplbCounter = 53
+	lbXdplbCounterCNT_EV_NAT_BACKEND_LOST   lbXdplbCounter = 54
+	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 55
 )
 
 type lbXdplbDryPin uint32

@@ -6,6 +6,7 @@ package xdp
 // flow the program keeps.
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 	"time"
@@ -445,4 +446,57 @@ func TestSNATMaintain(t *testing.T) {
 	if st.Expired[NATExpiredTransitory] != 1 || st.Expired[NATExpiredEstablished] != 1 || st.Expired[NATExpiredUDP] != 1 {
 		t.Errorf("expirations %v", st.Expired)
 	}
+}
+
+// TestSNATICMP: ICMP errors about a NAT flow's packets, from the backend or
+// from a router on its way, reach the flow's client quoting the client's own
+// packet; an error about no flow passes; ping to the VIP still works.
+func TestSNATICMP(t *testing.T) {
+	w := newNATWorld(t, Options{})
+	payload := bytes.Repeat([]byte{0xab}, 100)
+
+	// UDP, port unreachable from the backend itself: from the VIP.
+	c, v := fxAP(fxClient4, 44000), fxAP(fxSNATVIP4, 53)
+	src, be := w.translation(c, v, UDP)
+	toBackend := packet.MustBuild(fxUDP(src, be, payload))
+	fromClient := packet.MustBuild(fxUDP(c, v, payload))
+	unreach := func(from, to netip.Addr, quote []byte) packet.Layer {
+		return packet.IPv4{Src: from, Dst: to, TTL: 64, Payload: packet.ICMPv4{Type: packet.ICMPv4DestUnreachable, Code: 3, Body: quote[:28]}}
+	}
+	// A router's "fragmentation needed" about a TCP packet (from the router,
+	// the MTU kept: SNAT adds no header).
+	ct, vt := fxAP(fxClient4, 44001), fxAP(fxSNATVIP4, 80)
+	srct, bet := w.translation(ct, vt, TCP)
+	big := func(s, d netip.AddrPort) []byte {
+		return packet.MustBuild(fxIP(s, d, packet.TCPAck|packet.TCPPsh, payload))
+	}
+	fragNeeded := func(from, to netip.Addr, quote []byte) packet.Layer {
+		return packet.IPv4{Src: from, Dst: to, TTL: 250, Payload: packet.ICMPv4{Type: packet.ICMPv4DestUnreachable,
+			Code: packet.ICMPv4CodeFragNeeded, Rest: packet.FragNeededRest(1400), Body: quote[:48]}}
+	}
+	// IPv6: a router's "packet too big".
+	c6, v6 := fxAP(fxClient6, 44002), fxAP(fxSNATVIP6, 80)
+	src6, be6 := w.translation(c6, v6, TCP)
+	tooBig := func(from, to netip.Addr, quote []byte) packet.Layer {
+		return packet.IPv6{Src: from, Dst: to, HopLimit: 250, Payload: packet.ICMPv6{Type: packet.ICMPv6PacketTooBig,
+			Rest: packet.PacketTooBigRest(1400), Body: quote[:40+32]}}
+	}
+	w.run(t, []natStep{
+		{name: "UDP flow", in: fxIn(fxUDP(c, v, payload), nil), wantVerdict: fxTX, wantOut: fxL2Out(w.be[fxSNATID4], packet.RawIP(toBackend), nil), wantCounter: "tx/snat"},
+		{name: "port unreachable from the backend", in: fxFromBackend(unreach(be.Addr(), src.Addr(), toBackend)), wantVerdict: fxTX,
+			wantOut: fxToClient(unreach(v.Addr(), c.Addr(), fromClient)), wantCounter: "tx/snat_icmp_error"},
+		{name: "TCP flow", in: fxIn(fxIP(ct, vt, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(srct, bet, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"},
+		{name: "fragmentation needed from a router", in: fxFromBackend(fragNeeded(fxRouter4, srct.Addr(), big(srct, bet))), wantVerdict: fxTX,
+			wantOut: fxToClient(fragNeeded(fxRouter4, ct.Addr(), big(ct, vt))), wantCounter: "tx/snat_icmp_error"},
+		{name: "IPv6 TCP flow", in: fxIn(fxIP(c6, v6, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID6], fxIP(src6, be6, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"},
+		{name: "packet too big from a router", in: fxFromBackend(tooBig(fxRouter6, src6.Addr(), big(src6, be6))), wantVerdict: fxTX,
+			wantOut: fxToClient(tooBig(fxRouter6, c6.Addr(), big(c6, v6))), wantCounter: "tx/snat_icmp_error"},
+		{name: "error about no flow passes", in: fxFromBackend(unreach(be.Addr(), src.Addr(), packet.MustBuild(fxUDP(netip.AddrPortFrom(src.Addr(), src.Port()^1), be, payload)))),
+			wantVerdict: fxPass, wantCounter: "pass/not_vip"},
+		{name: "ping to the VIP", in: fxIn(packet.IPv4{Src: fxClient4, Dst: fxSNATVIP4, TTL: 61, Payload: packet.ICMPv4{Type: packet.ICMPv4EchoRequest, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}, nil),
+			wantVerdict: fxTX, wantOut: packet.MustBuild(packet.Ethernet{Dst: fxRouterMAC, Src: fxLBMAC, Payload: packet.IPv4{Src: fxSNATVIP4, Dst: fxClient4, TTL: 64,
+				Payload: packet.ICMPv4{Type: packet.ICMPv4EchoReply, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}}), wantCounter: "tx/icmp_echo_reply"},
+	})
 }

@@ -191,6 +191,8 @@ enum xdplb_counter {
 	CNT_TX_SNAT_REPLY,       /* backend's reply translated and sent to the client */
 	CNT_REDIRECT_SNAT_REPLY,
 	CNT_TX_NAT_RST,          /* TCP RST sent to a client whose backend went away */
+	CNT_TX_SNAT_ICMP,        /* ICMP error about a NAT flow translated and sent to its client */
+	CNT_REDIRECT_SNAT_ICMP,
 	CNT_TX_ICMP_ECHO,        /* echo reply sent for a VIP */
 	CNT_TX_ICMP_TOO_BIG,     /* fragmentation needed / packet too big sent */
 	CNT_TX_ICMP_TIME_EXCEEDED, /* TTL / hop limit 1 to an IPIP VIP: time exceeded sent */

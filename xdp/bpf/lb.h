@@ -148,7 +148,7 @@ static __always_inline int verdict_of(__u32 reason)
 	if (reason < CNT_TX_L2)
 		return XDP_DROP;
 	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR ||
-	    reason == CNT_REDIRECT_SNAT || reason == CNT_REDIRECT_SNAT_REPLY)
+	    reason == CNT_REDIRECT_SNAT || reason == CNT_REDIRECT_SNAT_REPLY || reason == CNT_REDIRECT_SNAT_ICMP)
 		return XDP_REDIRECT;
 	return XDP_TX;
 }
@@ -1021,8 +1021,16 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 	} else if ((p->family == 4 && p->proto == IPPROTO_ICMP_) ||
 		   (p->family == 6 && p->proto == IPPROTO_ICMPV6_)) {
 		info = vip_addr_lookup(p);
-		if (!info)
+		if (!info) {
+			/* An ICMP error about a NAT flow goes to its client. */
+			if (nat_is_source(nat_cfg(), p)) {
+				__u32 reason = nat_icmp(ctx, p, l4_len);
+
+				if (reason)
+					return reason;
+			}
 			return CNT_PASS_NOT_VIP;
+		}
 		r = parse_icmp(c, &ic, l4_len);
 		if (r < 0)
 			return CNT_DROP_TRUNCATED;

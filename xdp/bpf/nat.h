@@ -585,6 +585,31 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	return xmit(ctx, b, CNT_TX_SNAT, CNT_REDIRECT_SNAT);
 }
 
+/* nat_to_client sends the frame to the client side of NAT flow entry v
+ * (a reply entry): to the neighbour and through the interface the flow's
+ * first packet came from. */
+static __always_inline __u32 nat_to_client(struct xdp_md *ctx, struct nat_value *v, __u32 tx, __u32 redirect)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	__builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
+	if (v->ifindex == ctx->ingress_ifindex)
+		return tx;
+	if (cfg_dry_run) {
+		__u32 ifindex = v->ifindex;
+
+		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
+	}
+	if (bpf_redirect_map(&tx_ports, v->ifindex, XDP_DROP) != XDP_REDIRECT)
+		return CNT_DROP_REDIRECT;
+	return redirect;
+}
+
 /* nat_reply translates a backend's reply to a SNAT source:port back to the
  * client. It returns 0 when the packet belongs to no NAT flow (the caller
  * goes on: the host's own traffic, or a VIP at the same address). */
@@ -595,7 +620,6 @@ static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct nat_value *v = nat_lookup_reply(p);
 	__u32 bits = NAT_S_SEEN, r;
-	struct ethhdr *eth;
 
 	if (!v)
 		return 0;
@@ -613,23 +637,146 @@ static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
 	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
 	if (r)
 		return r;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return CNT_DROP_ADJUST;
-	__builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
-	if (v->ifindex == ctx->ingress_ifindex)
-		return CNT_TX_SNAT_REPLY;
-	if (cfg_dry_run) {
-		__u32 ifindex = v->ifindex;
+	return nat_to_client(ctx, v, CNT_TX_SNAT_REPLY, CNT_REDIRECT_SNAT_REPLY);
+}
 
-		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? CNT_REDIRECT_SNAT_REPLY : CNT_DROP_REDIRECT;
+/* nat_icmp translates an ICMP error sent to a SNAT source about a packet of
+ * a NAT flow (its quote: the source:port to the backend:port) for the
+ * flow's client: the quote becomes the client's packet to the VIP, the
+ * error goes to the client, from the VIP when the backend sent it (from the
+ * router that did otherwise). SNAT does not change a packet's size, so a
+ * "fragmentation needed" or "packet too big" keeps its MTU. The quoted
+ * transport checksum is updated when the quote holds it. It returns 0 when
+ * the error is about no NAT flow (the host's business). */
+static __always_inline __u32 nat_icmp(struct xdp_md *ctx, struct pkt *p, __u32 l4_len)
+{
+	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 *ports, newports, hlen;
+	__u64 dmsg = 0, din = 0, dp;
+	struct icmp_common *ic;
+	struct nat_key k = {};
+	struct nat_value *v;
+	__u16 *ck, old;
+	__u8 proto;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+		struct iphdr *in;
+		__u32 src;
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		ic = (void *)(ip + 1);
+		if ((void *)(ic + 1) > data_end || l4_len < ICMP_HLEN)
+			return 0;
+		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED && ic->type != ICMP_PARAMETERPROB)
+			return 0;
+		in = (void *)(ic + 1);
+		if ((void *)(in + 1) > data_end || l4_len < ICMP_HLEN + IPV4_HLEN + 4)
+			return 0;
+		proto = in->protocol;
+		if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr[0] ||
+		    (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
+			return 0;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 1) > data_end)
+			return 0;
+		k.saddr[0] = in->daddr;
+		k.daddr[0] = in->saddr;
+		k.sport = ((__be16 *)ports)[1];
+		k.dport = ((__be16 *)ports)[0];
+		k.proto = proto;
+		k.family = 4;
+		k.dir = NAT_DIR_REPLY;
+		v = bpf_map_lookup_elem(&nat_flows, &k);
+		if (!v)
+			return 0;
+		/* The outer header: to the client, from the VIP if the backend
+		 * sent it. */
+		src = ip->saddr == in->daddr ? v->saddr[0] : ip->saddr;
+		dmsg = nat_csum_diff(0, &ip->saddr, &src, 1);
+		dmsg = nat_csum_diff(dmsg, &ip->daddr, v->daddr, 1);
+		ip->check = csum_fold((__u16)~ip->check + dmsg);
+		ip->saddr = src;
+		ip->daddr = v->daddr[0];
+		dmsg = 0; /* ICMPv4 has no pseudo-header */
+		/* The quote: from the client to the VIP. */
+		din = nat_csum_diff(0, &in->saddr, v->daddr, 1);
+		din = nat_csum_diff(din, &in->daddr, v->saddr, 1);
+		old = in->check;
+		in->check = csum_fold((__u16)~in->check + din);
+		dmsg += din + (__u16)~old + in->check;
+		in->saddr = v->daddr[0];
+		in->daddr = v->saddr[0];
+		hlen = IPV4_HLEN;
+	} else {
+		struct ipv6hdr *ip6 = data + l2;
+		struct ipv6hdr *in;
+		__u32 src[4];
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		ic = (void *)(ip6 + 1);
+		if ((void *)(ic + 1) > data_end || l4_len < ICMP_HLEN)
+			return 0;
+		if (ic->type < ICMPV6_DEST_UNREACH || ic->type > ICMPV6_PARAMPROB)
+			return 0;
+		in = (void *)(ic + 1);
+		if ((void *)(in + 1) > data_end || l4_len < ICMP_HLEN + IPV6_HLEN + 4)
+			return 0;
+		proto = in->nexthdr;
+		if (in->version != 6 || __builtin_memcmp(&in->saddr, p->daddr, 16) != 0 ||
+		    (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
+			return 0;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 1) > data_end)
+			return 0;
+		__builtin_memcpy(k.saddr, &in->daddr, 16);
+		__builtin_memcpy(k.daddr, &in->saddr, 16);
+		k.sport = ((__be16 *)ports)[1];
+		k.dport = ((__be16 *)ports)[0];
+		k.proto = proto;
+		k.family = 6;
+		k.dir = NAT_DIR_REPLY;
+		v = bpf_map_lookup_elem(&nat_flows, &k);
+		if (!v)
+			return 0;
+		if (__builtin_memcmp(&ip6->saddr, &in->daddr, 16) == 0)
+			__builtin_memcpy(src, v->saddr, 16);
+		else
+			__builtin_memcpy(src, &ip6->saddr, 16);
+		/* ICMPv6's checksum covers the pseudo-header. */
+		dmsg = nat_csum_diff(0, (__u32 *)&ip6->saddr, src, 4);
+		dmsg = nat_csum_diff(dmsg, (__u32 *)&ip6->daddr, v->daddr, 4);
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, v->daddr, 16);
+		din = nat_csum_diff(0, (__u32 *)&in->saddr, v->daddr, 4);
+		din = nat_csum_diff(din, (__u32 *)&in->daddr, v->saddr, 4);
+		dmsg += din;
+		__builtin_memcpy(&in->saddr, v->daddr, 16);
+		__builtin_memcpy(&in->daddr, v->saddr, 16);
+		hlen = IPV6_HLEN;
 	}
-	if (bpf_redirect_map(&tx_ports, v->ifindex, XDP_DROP) != XDP_REDIRECT)
-		return CNT_DROP_REDIRECT;
-	return CNT_REDIRECT_SNAT_REPLY;
+	/* The quoted ports, and the quoted transport checksum when the quote
+	 * holds it. */
+	newports = (__u32)v->dport | ((__u32)v->sport << 16);
+	dp = nat_csum_diff(0, ports, &newports, 1);
+	ck = (void *)ports + (proto == IPPROTO_UDP_ ? 6 : 16);
+	if ((void *)(ck + 1) <= data_end && l4_len >= ICMP_HLEN + hlen + (proto == IPPROTO_UDP_ ? 8 : 18) &&
+	    (*ck || proto != IPPROTO_UDP_ || p->family == 6)) {
+		old = *ck;
+		*ck = csum_fold((__u16)~*ck + din + dp);
+		if (proto == IPPROTO_UDP_ && *ck == 0)
+			*ck = 0xffff;
+		dmsg += (__u16)~old + (__u64)*ck;
+	}
+	*ports = newports;
+	dmsg += dp;
+	ic->checksum = csum_fold((__u16)~ic->checksum + dmsg);
+	p->backend_id = v->backend_id;
+	return nat_to_client(ctx, v, CNT_TX_SNAT_ICMP, CNT_REDIRECT_SNAT_ICMP);
 }
 
 #endif
