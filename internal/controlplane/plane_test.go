@@ -18,9 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
 	"github.com/xdplb/xdplb/config"
+	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -469,5 +471,28 @@ func TestSNATConfigReachesDatapath(t *testing.T) {
 	if !slices.Contains(announced, netip.MustParseAddr("198.18.0.99")) || !slices.Contains(announced, netip.MustParseAddr("2001:db8::9")) ||
 		slices.Contains(announced, netip.MustParseAddr("198.18.0.1")) {
 		t.Errorf("announced %v, want the foreign sources 198.18.0.99 and 2001:db8::9 and not the host's 198.18.0.1", announced)
+	}
+
+	// A client's SYN makes a NAT flow, which `xdplb conntrack` lists.
+	client := netip.MustParseAddrPort("198.18.0.50:41000")
+	syn := packet.MustBuild(packet.Ethernet{Dst: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Src: net.HardwareAddr{2, 0, 0, 0, 0, 2},
+		Payload: packet.IPv4{Src: client.Addr(), Dst: netip.MustParseAddr("198.18.10.20"), TTL: 64,
+			Payload: packet.TCP{SrcPort: client.Port(), DstPort: 5432, Seq: 1, Flags: packet.TCPSyn, Window: 1000}}})
+	ret, err := p.dp.Program().Run(&ebpf.RunOptions{Data: syn, DataOut: make([]byte, len(syn)+64)})
+	if err != nil || ret != xdp.XDPRedirect {
+		t.Fatalf("SYN through the program: verdict %d, %v; want XDP_REDIRECT (to eth0)", ret, err)
+	}
+	flows, err := p.Flows("198.18.10.20:5432/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != 1 {
+		t.Fatalf("flows %+v, want one NAT flow", flows)
+	}
+	f := flows[0]
+	src := netip.MustParseAddrPort(f.Source)
+	if f.Client != client.String() || f.Backend != "198.18.0.21:15432" || f.State != "syn_sent" || !slices.Contains(want.Sources, src.Addr()) ||
+		!src.Addr().Is4() || src.Port() < 40000 || src.Port() > 40100 {
+		t.Errorf("NAT flow %+v: want client %s, backend 198.18.0.21:15432, state syn_sent, an IPv4 source with a port in 40000-40100", f, client)
 	}
 }

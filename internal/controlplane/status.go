@@ -161,8 +161,8 @@ func (p *Plane) backendNames() map[uint32]string {
 	return names
 }
 
-// Flows answers `xdplb conntrack`: the pinned flows, of one VIP when vip
-// is not empty.
+// Flows answers `xdplb conntrack`: the pinned flows and the NAT flows, of
+// one VIP when vip is not empty.
 func (p *Plane) Flows(vip string) ([]FlowInfo, error) {
 	var filter *xdp.VIPKey
 	if vip != "" {
@@ -182,6 +182,21 @@ func (p *Plane) Flows(vip string) ([]FlowInfo, error) {
 		out = append(out, FlowInfo{
 			Client: f.Src.String(), VIP: xdp.VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}.String(),
 			BackendID: f.BackendID, Backend: names[f.BackendID], IdleSec: f.Idle.Seconds(),
+		})
+		return len(out) < 100000
+	})
+	if err != nil || len(out) >= 100000 {
+		return out, err
+	}
+	err = p.dp.NATFlows(func(f xdp.NATFlow) bool {
+		k, ok := p.dp.LookupVIP(f.VIP, f.Proto)
+		if filter != nil && (!ok || k != *filter) {
+			return true
+		}
+		out = append(out, FlowInfo{
+			Client: f.Client.String(), VIP: xdp.VIPKey{Addr: f.VIP.Addr(), Port: f.VIP.Port(), Proto: f.Proto}.String(),
+			BackendID: f.BackendID, Backend: f.Backend.String(), IdleSec: f.Idle.Seconds(),
+			Source: f.Source.String(), State: f.State, AgeSec: f.Age.Seconds(),
 		})
 		return len(out) < 100000
 	})
@@ -371,6 +386,9 @@ func (p *Plane) BackendMetrics() ([]BackendMetric, error) {
 	}
 	return out, nil
 }
+
+// NATStats returns the NAT table's use and the SNAT counters.
+func (p *Plane) NATStats() (xdp.NATStats, error) { return p.dp.NATStats() }
 
 // ConntrackEntries returns the pinned flows per family as of the last
 // maintenance pass, and the capacity of each family's table.
