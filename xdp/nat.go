@@ -30,12 +30,20 @@ type NATConfig struct {
 // NATPick is the source and port the program tries for a new flow of hash
 // h (FlowHash of the client's packet with the service's seed) at attempt i
 // (0..NATPortTries-1) among sources (of the flow's family, in the order
-// SetNAT was given them). It mirrors nat_pick of bpf/nat.h.
+// SetNAT was given them). It mirrors nat_pick of bpf/nat.h: the hash is
+// mixed first, because its high bits chose the flow's Maglev slot and so
+// are shared by the flows of one backend.
 func NATPick(h uint32, i int, sources []netip.Addr, lo, hi uint16) (netip.Addr, uint16) {
+	x := h
+	x ^= x >> 16
+	x *= 0x85EBCA6B
+	x ^= x >> 13
+	x *= 0xC2B2AE35
+	x ^= x >> 16
 	n := uint32(len(sources))
-	s := ((h >> 24) + uint32(i)) % n
+	s := (x + uint32(i)) % n
 	rng := uint64(hi) - uint64(lo) + 1
-	p := uint64(lo) + (uint64(h+uint32(i)*0x9E3779B1)*rng)>>32
+	p := uint64(lo) + (uint64(x+uint32(i)*0x9E3779B1)*rng)>>32
 	return sources[s&(NATMaxSources-1)], uint16(p)
 }
 

@@ -500,3 +500,24 @@ func TestSNATICMP(t *testing.T) {
 				Payload: packet.ICMPv4{Type: packet.ICMPv4EchoReply, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}}), wantCounter: "tx/icmp_echo_reply"},
 	})
 }
+
+// TestNATPickSpread: the flows of one backend (hashes in one Maglev slot,
+// whose high bits are all alike) try ports over the whole range, not a
+// backend's share of it.
+func TestNATPickSpread(t *testing.T) {
+	srcs := []netip.Addr{fxSNATSrc4}
+	const slot = uint32((1 << 32) / 16381)
+	ports := map[uint16]bool{}
+	for k := range uint32(1000) {
+		h := 7*slot + k*(slot/1000)
+		_, p := NATPick(h, 0, srcs, 1024, 65535)
+		ports[p] = true
+	}
+	lo, hi := uint16(65535), uint16(0)
+	for p := range ports {
+		lo, hi = min(lo, p), max(hi, p)
+	}
+	if len(ports) < 950 || lo > 5000 || hi < 60000 {
+		t.Errorf("1000 flows of one slot try %d distinct ports in %d-%d; want about 1000 spread over 1024-65535", len(ports), lo, hi)
+	}
+}

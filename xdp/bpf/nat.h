@@ -305,16 +305,25 @@ static __always_inline void nat_count_src(__u32 idx, int failed)
 }
 
 /* nat_pick sets the source and port of attempt i for a flow of hash h; it
- * returns the source's index in nat_src_stats. xdp/nat.go (NATPick) computes
- * the same. */
+ * returns the source's index in nat_src_stats. The flow hash's high bits
+ * chose the flow's Maglev slot, so the flows of one backend share them:
+ * they are mixed first (MurmurHash3's finaliser), else those flows would
+ * only ever try a backend's share of the ports. xdp/nat.go (NATPick)
+ * computes the same. */
 static __always_inline __u32 nat_pick(struct nat_config *cfg, struct pkt *p, __u32 h, __u32 i, __u32 *src,
 				      __be16 *port)
 {
 	__u32 n = p->family == 4 ? cfg->n4 : cfg->n6;
 	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
-	__u32 s = ((h >> 24) + i) % n;
+	__u32 x = h, s;
 
-	*port = bpf_htons(cfg->port_lo + (__u32)(((__u64)(h + i * 0x9E3779B1u) * range) >> 32));
+	x ^= x >> 16;
+	x *= 0x85EBCA6Bu;
+	x ^= x >> 13;
+	x *= 0xC2B2AE35u;
+	x ^= x >> 16;
+	s = (x + i) % n;
+	*port = bpf_htons(cfg->port_lo + (__u32)(((__u64)(x + i * 0x9E3779B1u) * range) >> 32));
 	if (p->family == 4) {
 		s &= NAT_MAX_SOURCES - 1;
 		src[0] = cfg->src4[s];
