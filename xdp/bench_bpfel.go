@@ -128,11 +128,12 @@ type benchNatKey struct {
 }
 
 type benchNatScratch struct {
-	_  structs.HostLayout
-	Fk benchNatKey
-	Rk benchNatKey
-	Fv benchNatValue
-	Rv benchNatValue
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        benchNatKey
+	Rk        benchNatKey
+	Fv        benchNatValue
+	Rv        benchNatValue
 }
 
 type benchNatSrcStats struct {

@@ -140,11 +140,12 @@ type lbNatKey struct {
 }
 
 type lbNatScratch struct {
-	_  structs.HostLayout
-	Fk lbNatKey
-	Rk lbNatKey
-	Fv lbNatValue
-	Rv lbNatValue
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        lbNatKey
+	Rk        lbNatKey
+	Fv        lbNatValue
+	Rv        lbNatValue
 }
 
 type lbNatSrcStats struct {

@@ -89,11 +89,13 @@
 #define PIN_BACKOFF_NS 100000000ULL
 
 /* SNAT (nat.h): sources per family, ports tried per new flow, how often a
- * flow's entries refresh their last_seen stamp (ns), and the default size of
- * the NAT table (entries: two per flow). */
+ * flow's entries refresh their last_seen stamp (ns), how long a CPU stops
+ * trying to insert after the NAT table was full (ns), and the default size
+ * of the NAT table (entries: two per flow). */
 #define NAT_MAX_SOURCES 8
 #define NAT_PORT_TRIES 8
 #define NAT_TOUCH_NS 1000000000ULL
+#define NAT_BACKOFF_NS 100000000ULL
 #define DEFAULT_MAX_NAT_ENTRIES 524288
 
 /* nat_key.dir */

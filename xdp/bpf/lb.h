@@ -830,6 +830,10 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 	struct backend *b;
 	__u32 hash, id = 0;
 
+	if (m->mode == MODE_SNAT) {
+		count_lb(&vip_stats, m->vip_id, p);
+		return nat_forward(ctx, p, m);
+	}
 	if (p->family == 4)
 		hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
 	else
@@ -837,8 +841,6 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 				 m->hash_seed);
 
 	count_lb(&vip_stats, m->vip_id, p);
-	if (m->mode == MODE_SNAT)
-		return nat_forward(ctx, p, m, hash);
 	b = choose_backend(p, m, hash, &id);
 	if (!b)
 		return CNT_DROP_NO_BACKEND;

@@ -58,6 +58,7 @@ struct {
 /* Scratch space for a new flow's keys and entries: the program's stack has
  * no room for them (XDP runs a CPU's packets one at a time). */
 struct nat_scratch {
+	__u64 full_until;   /* CLOCK_MONOTONIC_COARSE ns: no insert tried before */
 	struct nat_key fk;
 	struct nat_key rk;
 	struct nat_value fv;
@@ -357,7 +358,15 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		return CNT_DROP_TRUNCATED;
 	now = bpf_ktime_get_coarse_ns();
 
-	__builtin_memset(sc, 0, sizeof(*sc));
+	/* A full table: an insert costs about a microsecond before it fails
+	 * here, so after a failure this CPU fails new flows at once for
+	 * NAT_BACKOFF_NS (counted the same). */
+	if (now < sc->full_until)
+		return CNT_DROP_NAT_FULL;
+	__builtin_memset(&sc->fk, 0, sizeof(sc->fk));
+	__builtin_memset(&sc->rk, 0, sizeof(sc->rk));
+	__builtin_memset(fv, 0, sizeof(*fv));
+	__builtin_memset(rv, 0, sizeof(*rv));
 	nat_key_of(&sc->fk, p, NAT_DIR_FWD);
 	__builtin_memcpy(fv->daddr, b->addr, 16);
 	fv->dport = b->port ? b->port : p->dport;
@@ -400,8 +409,10 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 			__builtin_memcpy(fv, o, sizeof(*fv));
 			return 0;
 		}
-		if (err != -EEXIST_)
+		if (err != -EEXIST_) {
+			sc->full_until = now + NAT_BACKOFF_NS;
 			return CNT_DROP_NAT_FULL;
+		}
 		count(CNT_EV_NAT_PORT_RETRY);
 	}
 	nat_count_src(first, 1);
@@ -509,14 +520,14 @@ static __always_inline __u32 nat_rst(struct xdp_md *ctx, struct pkt *p, const in
  * flow's NAT entry, or creates one on a TCP SYN or any UDP datagram. A flow
  * whose backend is down or gone is answered with a RST (TCP) or moved to
  * the table's backend (UDP). */
-static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, __u32 hash)
+static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
 {
 	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
 	struct nat_scratch *sc;
 	struct nat_value *v;
 	struct backend *b = NULL;
 	__u32 zero = 0;
-	__u32 id = 0, r, bits = NAT_S_SEEN;
+	__u32 id = 0, r, hash, bits = NAT_S_SEEN;
 	struct tcphdr *t = NULL;
 
 	/* Not handled on purpose: later fragments carry no ports to
@@ -556,6 +567,13 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	if (!v) {
 		if (t && !p->syn)
 			return CNT_DROP_NAT_NO_FLOW;
+		/* The flow hash, as lb_forward computes it for DSR: only new
+		 * flows need it. */
+		if (p->family == 4)
+			hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
+		else
+			hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
+					 m->hash_seed);
 		id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
 		b = backend_lookup(id);
 		if (!backend_up(b))
