@@ -521,3 +521,31 @@ func TestNATPickSpread(t *testing.T) {
 		t.Errorf("1000 flows of one slot try %d distinct ports in %d-%d; want about 1000 spread over 1024-65535", len(ports), lo, hi)
 	}
 }
+
+// TestSNATUDPBackendDown: a UDP flow whose backend goes down moves to the
+// backend its table now names, from a new source port if need be: the
+// datagram starts a new NAT flow.
+func TestSNATUDPBackendDown(t *testing.T) {
+	w := newNATWorld(t, Options{})
+	other := Backend{Addr: netip.MustParseAddr("198.18.2.43"), Port: 9090, IfIndex: 1, NextHopMAC: fxMAC("02:00:00:00:01:43"), SrcMAC: fxEgressMAC, Up: true}
+	if err := w.d.UpsertBackend(43, other); err != nil {
+		t.Fatal(err)
+	}
+	c, v := fxAP(fxClient4, 45000), fxAP(fxSNATVIP4, 53)
+	src, be := w.translation(c, v, UDP)
+	q := []byte("query")
+	w.run(t, []natStep{{name: "first datagram", in: fxIn(fxUDP(c, v, q), nil), wantVerdict: fxTX,
+		wantOut: fxL2Out(w.be[fxSNATID4], fxUDP(src, be, q), nil), wantCounter: "tx/snat"}})
+	b := w.be[fxSNATID4]
+	b.Up = false
+	if err := w.d.UpsertBackend(fxSNATID4, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.d.SetTable(VIPKey{v.Addr(), v.Port(), UDP}, fxFill(7, 43)); err != nil {
+		t.Fatal(err)
+	}
+	w.run(t, []natStep{{name: "next datagram goes to the table's backend", in: fxIn(fxUDP(c, v, q), nil), wantVerdict: fxTX,
+		wantOut:     fxL2Out(other, fxUDP(src, netip.AddrPortFrom(other.Addr, 9090), q), nil),
+		wantCounter: "tx/snat", wantEvents: []string{"event/snat_backend_lost", "event/snat_flow_created"}}})
+	natFlowDiff(t, w.flows(t), []NATFlow{{Client: c, VIP: v, Source: src, Backend: netip.AddrPortFrom(other.Addr, 9090), Proto: UDP, BackendID: 43, State: NATStateUDP}})
+}
