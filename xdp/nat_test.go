@@ -8,12 +8,14 @@ package xdp
 import (
 	"bytes"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/xdplb/xdplb/internal/packet"
+	"github.com/xdplb/xdplb/internal/testnet"
 )
 
 var (
@@ -548,4 +550,36 @@ func TestSNATUDPBackendDown(t *testing.T) {
 		wantOut:     fxL2Out(other, fxUDP(src, netip.AddrPortFrom(other.Addr, 9090), q), nil),
 		wantCounter: "tx/snat", wantEvents: []string{"event/snat_backend_lost", "event/snat_flow_created"}}})
 	natFlowDiff(t, w.flows(t), []NATFlow{{Client: c, VIP: v, Source: src, Backend: netip.AddrPortFrom(other.Addr, 9090), Proto: UDP, BackendID: 43, State: NATStateUDP}})
+}
+
+// TestSNATRestart: NAT flows, the SNAT config and the sources' prefilter
+// bits live in pinned maps: a datapath opened again over them translates
+// a flow's replies before anyone calls SetNAT.
+func TestSNATRestart(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	o := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128, MaxNATFlows: 64}
+	w := newNATWorld(t, o)
+	c, v := fxAP(fxClient4, 46000), fxAP(fxSNATVIP4, 80)
+	src, be := w.translation(c, v, TCP)
+	w.run(t, []natStep{{name: "SYN", in: fxIn(fxIP(c, v, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+		wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"}})
+	if err := w.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Unpin(); d.Close() })
+	if got := d.NAT(); len(got.Sources) != 2 || got.PortLo != fxSNATPortLo || got.PortHi != fxSNATPortHi {
+		t.Errorf("SNAT config after the restart: %+v", got)
+	}
+	w.d = d
+	w.run(t, []natStep{
+		{name: "SYN-ACK after the restart", in: fxFromBackend(fxIP(be, src, packet.TCPSyn|packet.TCPAck, nil)), wantVerdict: fxTX,
+			wantOut: fxToClient(fxIP(v, c, packet.TCPSyn|packet.TCPAck, nil)), wantCounter: "tx/snat_reply"},
+		{name: "ACK after the restart", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
+	})
 }
