@@ -583,3 +583,43 @@ func TestSNATRestart(t *testing.T) {
 			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
 	})
 }
+
+// TestSNATExplain: the model (Decide) and the dry run agree on snat
+// services: an ACK of no flow is dropped, a SYN takes the table's backend,
+// a NAT flow keeps its backend when the table changes, and gets a RST when
+// that backend goes down.
+func TestSNATExplain(t *testing.T) {
+	w := newNATWorld(t, Options{})
+	if err := w.d.UpsertBackend(43, Backend{Addr: netip.MustParseAddr("198.18.2.43"), IfIndex: 1, NextHopMAC: fxMAC("02:00:00:00:01:43"), SrcMAC: fxEgressMAC, Up: true}); err != nil {
+		t.Fatal(err)
+	}
+	c, v := fxAP(fxClient4, 47000), fxAP(fxSNATVIP4, 80)
+	check := func(name string, p Packet, rule, reason string, backend uint32) {
+		t.Helper()
+		e, err := w.d.Explain(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !e.Agree || e.Model.Rule != rule || e.Program.Reason != reason || e.Program.BackendID != backend {
+			t.Errorf("%s: model %s (backend %d), program %s (backend %d), agree %v %q; want %s, %s, backend %d",
+				name, e.Model.Rule, e.Model.BackendID, e.Program.Reason, e.Program.BackendID, e.Agree, e.Disagreement, rule, reason, backend)
+		}
+	}
+	check("ACK of no flow", Packet{Src: c, Dst: v, Proto: TCP}, RuleNATNoFlow, "drop/snat_no_flow", 0)
+	check("SYN", Packet{Src: c, Dst: v, Proto: TCP, SYN: true}, RuleTable, "tx/snat", fxSNATID4)
+	check("ICMP error at the VIP", Packet{Src: c, Dst: v, Proto: TCP, ICMPError: true}, RuleNATICMP, "drop/icmp", 0)
+	if ret, _ := fxRun(t, w.d.Program(), fxIn(fxIP(c, v, packet.TCPSyn, nil), nil)); ret != fxTX {
+		t.Fatalf("SYN: verdict %s", fxVerdict(ret))
+	}
+	if err := w.d.SetTable(VIPKey{v.Addr(), 80, TCP}, fxFill(7, 43)); err != nil {
+		t.Fatal(err)
+	}
+	check("ACK of the flow after a table change", Packet{Src: c, Dst: v, Proto: TCP}, RuleNATFlow, "tx/snat", fxSNATID4)
+	b := w.be[fxSNATID4]
+	b.Up = false
+	if err := w.d.UpsertBackend(fxSNATID4, b); err != nil {
+		t.Fatal(err)
+	}
+	check("ACK of the flow, its backend down", Packet{Src: c, Dst: v, Proto: TCP}, RuleNATBackendLost, "tx/snat_rst", 0)
+	check("SYN again, its backend down", Packet{Src: c, Dst: v, Proto: TCP, SYN: true}, RuleTable, "tx/snat", 43)
+}

@@ -516,6 +516,18 @@ static __always_inline __u32 nat_rst(struct xdp_md *ctx, struct pkt *p, const in
 	return CNT_TX_NAT_RST;
 }
 
+/* nat_dry_backend notes, in a dry run, the backend chosen for the packet
+ * (the flow's, or the table's for a new flow), whatever comes after. */
+static __always_inline void nat_dry_backend(__u32 id)
+{
+	if (cfg_dry_run) {
+		struct dry_outcome *o = dry();
+
+		if (o)
+			o->backend_id = id;
+	}
+}
+
 /* nat_forward sends a client's packet of a `snat` service: it follows the
  * flow's NAT entry, or creates one on a TCP SYN or any UDP datagram. A flow
  * whose backend is down or gone is answered with a RST (TCP) or moved to
@@ -561,6 +573,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 			v = NULL; /* a SYN or a datagram: a new flow */
 		} else {
 			id = v->backend_id;
+			nat_dry_backend(id);
 			nat_touch(v, bits);
 		}
 	}
@@ -578,6 +591,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		b = backend_lookup(id);
 		if (!backend_up(b))
 			return CNT_DROP_NO_BACKEND;
+		nat_dry_backend(id);
 		sc = bpf_map_lookup_elem(&nat_scratch_map, &zero);
 		if (!sc)
 			return CNT_DROP_NAT_FULL;
@@ -585,12 +599,6 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		if (r)
 			return r;
 		v = &sc->fv;
-	}
-	if (cfg_dry_run) {
-		struct dry_outcome *o = dry();
-
-		if (o)
-			o->backend_id = id;
 	}
 	count_lb(&backend_stats, id, p);
 	if (p->syn)
