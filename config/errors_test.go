@@ -311,16 +311,39 @@ var errorCases = []struct {
 		},
 	},
 	{
-		name: "snat rejected",
-		file: head + "services:\n" + strings.Replace(svc, "dsr", "snat", 1),
-		want: []string{`services[0].mode: mode snat is not supported yet (line 10, column 11)`},
+		name: "snat without a source of the service's family",
+		file: head + "snat:\n  sources: [\"2001:db8::1\"]\nservices:\n" + strings.Replace(svc, "dsr", "snat", 1),
+		want: []string{`services[0].mode: mode snat needs an IPv4 address under snat.sources for 198.18.10.10 (line 12, column 11)`},
+	},
+	{
+		name: "snat with a source of its family",
+		file: head + "snat:\n  sources: [198.18.0.1]\nservices:\n" + strings.Replace(svc, "dsr", "snat", 1),
 	},
 	{
 		name: "encap with snat",
-		file: head + "services:\n" + strings.Replace(svc, "dsr", "snat", 1) + "    encap: none\n",
+		file: head + "snat:\n  sources: [198.18.0.1]\nservices:\n" + strings.Replace(svc, "dsr", "snat", 1) + "    encap: none\n",
 		want: []string{
-			`services[0].mode: mode snat is not supported yet (line 10, column 11)`,
-			`services[0].encap: encap applies to mode dsr only (line 11, column 12)`,
+			`services[0].encap: encap applies to mode dsr only, and this service has mode snat (line 13, column 12)`,
+		},
+	},
+	{
+		name: "snat backend of the other family",
+		file: head + "snat:\n  sources: [198.18.0.1]\nservices:\n" + strings.Replace(svc, "dsr", "snat", 1) + "    backends:\n      - {address: \"2001:db8::5\"}\n",
+		want: []string{
+			`services[0].backends[0].address: "2001:db8::5" is IPv6 and the service IPv4; mode snat does not translate between families (line 14, column 19)`,
+		},
+	},
+	{
+		name: "snat section errors",
+		file: head + "snat:\n  sources: [198.18.0.1, 198.18.0.1, 224.0.0.1]\n  ports: 2000-1000\n  timeouts: {tcpEstablished: 0s, udp: often, tcp: 1m}\n  colour: red\n",
+		want: []string{
+			`snat.sources[1]: "198.18.0.1" is listed twice (line 6, column 25)`,
+			`snat.sources[2]: "224.0.0.1" is not a unicast address (line 6, column 37)`,
+			`snat.ports: "2000-1000" is not a port range (such as "1024-32767", low to high, 1 to 65535) (line 7, column 10)`,
+			`snat.timeouts.tcpEstablished: "0s" is shorter than 1s (line 8, column 30)`,
+			`snat.timeouts.udp: "often" is not a duration (such as "15m" or "90s") (line 8, column 39)`,
+			`snat.timeouts.tcp: unknown key (line 8, column 46)`,
+			`snat.colour: unknown key (line 9, column 3)`,
 		},
 	},
 	{
@@ -722,7 +745,7 @@ announce:
 		`services[0].backends[0].address: "10.0.0.300" is not an IP address (line 13, column 19)`,
 		`services[1].name: "web" is already used by services[0] (line 14, column 11)`,
 		`services[1].ports[1]: 70000 is out of range (1 to 65535, or 0 for every port) (line 17, column 17)`,
-		`services[1].mode: mode snat is not supported yet (line 18, column 11)`,
+		`services[1].mode: mode snat needs an IPv4 address under snat.sources for 198.18.10.10 (line 18, column 11)`,
 		`services[1].colour: unknown key (line 19, column 5)`,
 		`pools[0].blocks[1]: 198.18.20.7-198.18.20.9 overlaps pools[0].blocks[0] (198.18.20.0/24) (line 21, column 48)`,
 		`announce.l2.interfaces[0]: "eth9" is not listed in interfaces (line 23, column 21)`,

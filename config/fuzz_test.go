@@ -54,7 +54,7 @@ func FuzzParse(f *testing.F) {
 			if s.TableSize < MinTableSize || s.TableSize > MaxTableSize || !isPrime(int64(s.TableSize)) {
 				t.Fatalf("service %s has table size %d", s.Name, s.TableSize)
 			}
-			if s.Mode != ModeDSR || (s.Encap != EncapNone && s.Encap != EncapIPIP) {
+			if (s.Mode != ModeDSR || (s.Encap != EncapNone && s.Encap != EncapIPIP)) && (s.Mode != ModeSNAT || s.Encap != "") {
 				t.Fatalf("service %s has mode %q and encap %q", s.Name, s.Mode, s.Encap)
 			}
 			for _, b := range s.Backends {

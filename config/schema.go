@@ -18,11 +18,13 @@ import (
 // Decoding, section by section. Each function fills in its defaults first,
 // then what the file says.
 
-var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "pools", "services", "kubernetes", "announce", "metrics", "paths"}
+var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "snat", "pools", "services", "kubernetes", "announce", "metrics", "paths"}
 
 func (d *decoder) config(c *Config, n *yaml.Node) {
 	c.Maglev.TableSize = DefaultTableSize
 	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout}
+	c.SNAT = SNAT{PortLo: DefaultSNATPortLo, PortHi: DefaultSNATPortHi, Timeouts: SNATTimeouts{
+		TCPEstablished: DefaultSNATTCPEstablished, TCPTransitory: DefaultSNATTCPTransitory, UDP: DefaultSNATUDP}}
 	c.Announce.L2 = L2Announce{GratuitousCount: DefaultGratuitousCount, GratuitousInterval: DefaultGratuitousInterval, Mode: L2ModeAlways}
 	c.Metrics.Listen = DefaultMetricsListen
 	c.Paths = Paths{Socket: DefaultSocketPath, State: DefaultStateDir, BPF: DefaultBPFDir}
@@ -47,6 +49,8 @@ func (d *decoder) config(c *Config, n *yaml.Node) {
 			d.conntrack(&c.Conntrack, path, v)
 		case "encap":
 			d.encap(&c.Encap, path, v)
+		case "snat":
+			d.snat(&c.SNAT, path, v)
 		case "pools":
 			d.list(path, v, func(_ int, path string, item *yaml.Node) {
 				c.Pools = append(c.Pools, d.pool(path, item))
@@ -276,6 +280,70 @@ func (d *decoder) encapSource(path string, n *yaml.Node, v6 bool) (netip.Prefix,
 	return netip.Prefix{}, false
 }
 
+var (
+	snatKeys         = []string{"sources", "ports", "timeouts"}
+	snatTimeoutsKeys = []string{"tcpEstablished", "tcpTransitory", "udp"}
+)
+
+// snatMaxSources is the SNAT sources of each family the datapath holds
+// (xdp.NATMaxSources).
+const snatMaxSources = 8
+
+func (d *decoder) snat(s *SNAT, path string, n *yaml.Node) {
+	d.fields(path, n, snatKeys, func(key, path string, v *yaml.Node) {
+		switch key {
+		case "sources":
+			per := map[bool]int{}
+			d.list(path, v, func(_ int, path string, item *yaml.Node) {
+				a, ok := d.addr(path, item, true)
+				if !ok {
+					return
+				}
+				if slices.Contains(s.Sources, a) {
+					d.errorf(path, item, "%s is listed twice", value(item))
+					return
+				}
+				if per[a.Is4()]++; per[a.Is4()] > snatMaxSources {
+					d.errorf(path, item, "%s: at most %d sources of each family", value(item), snatMaxSources)
+					return
+				}
+				s.Sources = append(s.Sources, a)
+			})
+		case "ports":
+			str, ok := d.str(path, v)
+			if !ok {
+				return
+			}
+			lo, hi, found := strings.Cut(str, "-")
+			if !found {
+				hi = lo
+			}
+			l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+			h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+			if err1 != nil || err2 != nil || l == 0 || h < l {
+				d.errorf(path, v, `%s is not a port range (such as "1024-32767", low to high, 1 to 65535)`, value(v))
+				return
+			}
+			s.PortLo, s.PortHi = uint16(l), uint16(h)
+		case "timeouts":
+			d.fields(path, v, snatTimeoutsKeys, func(key, path string, v *yaml.Node) {
+				t, ok := d.duration(path, v, time.Second)
+				if !ok {
+					return
+				}
+				switch key {
+				case "tcpEstablished":
+					s.Timeouts.TCPEstablished = t
+				case "tcpTransitory":
+					s.Timeouts.TCPTransitory = t
+				case "udp":
+					s.Timeouts.UDP = t
+				}
+			})
+		}
+	})
+}
+
 var poolKeys = []string{"name", "blocks", "serviceSelector"}
 
 func (d *decoder) pool(path string, n *yaml.Node) Pool {
@@ -434,9 +502,6 @@ func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
 		case "mode":
 			if m, ok := d.oneOf(path, v, "dsr", "snat"); ok {
 				s.Mode = Mode(m)
-				if s.Mode == ModeSNAT {
-					d.errorf(path, v, "mode snat is not supported yet")
-				}
 			}
 		case "encap":
 			encapNode = v
@@ -480,7 +545,7 @@ func (d *decoder) service(path string, n *yaml.Node) ServiceSpec {
 		}
 	}
 	if s.Mode == ModeSNAT && encapNode != nil {
-		d.errorf(join(path, "encap"), encapNode, "encap applies to mode dsr only")
+		d.errorf(join(path, "encap"), encapNode, "encap applies to mode dsr only, and this service has mode snat")
 	}
 	if s.Encap == "" && s.Mode != ModeSNAT {
 		s.Encap = EncapNone

@@ -14,7 +14,7 @@ type Service struct {
 	Protocol Protocol
 	// Ports are the VIP's ports, ascending; [0] means every port.
 	Ports []uint16
-	// Mode is ModeDSR (ModeSNAT once supported).
+	// Mode is ModeDSR or ModeSNAT.
 	Mode Mode
 	// Encap is how a DSR service reaches its backends.
 	Encap     Encap

@@ -29,6 +29,12 @@ const (
 	DefaultWeight             = 1
 	DefaultMinHealthyBackends = 1
 
+	DefaultSNATPortLo         = 1024
+	DefaultSNATPortHi         = 32767
+	DefaultSNATTCPEstablished = 6 * time.Hour
+	DefaultSNATTCPTransitory  = 60 * time.Second
+	DefaultSNATUDP            = 60 * time.Second
+
 	DefaultHealthInterval = 2 * time.Second
 	DefaultHealthTimeout  = time.Second
 	DefaultHealthRise     = 2
@@ -82,6 +88,8 @@ type Config struct {
 	Maglev     Maglev
 	Conntrack  Conntrack
 	Encap      EncapSources
+	// SNAT is what services of mode snat translate to.
+	SNAT SNAT
 	// Pools are the VIP pools services may take an address from.
 	Pools []Pool
 	// ServiceSpecs are the services under the key "services", in file
@@ -145,6 +153,41 @@ type Conntrack struct {
 	MaxFlows uint32
 	// IdleTimeout is how long a pinned flow may stay idle before it expires.
 	IdleTimeout time.Duration
+}
+
+// SNAT is the appliance's side of full NAT: the source addresses and ports
+// the client's packets of a snat service leave with, and how long idle NAT
+// flows are kept.
+type SNAT struct {
+	// Sources are the SNAT addresses, one or more per family a snat service
+	// uses. A source that is not one of the host's addresses is announced
+	// like a VIP.
+	Sources []netip.Addr
+	// PortLo and PortHi bound the source ports the appliance owns
+	// (inclusive; default 1024-32767, outside Linux's ip_local_port_range).
+	PortLo, PortHi uint16
+	Timeouts       SNATTimeouts
+}
+
+// SNATTimeouts are how long an idle NAT flow is kept, by its state.
+type SNATTimeouts struct {
+	// TCPEstablished: both sides seen after the handshake (default 6h).
+	TCPEstablished time.Duration
+	// TCPTransitory: half-open (SYN, no answer) or closing (FIN, RST)
+	// (default 60s).
+	TCPTransitory time.Duration
+	// UDP (default 60s).
+	UDP time.Duration
+}
+
+// SourceOf returns the first SNAT source of a's family, if any.
+func (s SNAT) SourceOf(a netip.Addr) (netip.Addr, bool) {
+	for _, src := range s.Sources {
+		if src.Is4() == a.Unmap().Is4() {
+			return src, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // EncapSources are the outer source addresses of IPIP encapsulation, one per

@@ -143,6 +143,13 @@ func (c *Config) validate(d *decoder) {
 			}
 		}
 
+		// SNAT translates within a family: the service's needs a source.
+		if s.Mode == ModeSNAT && s.Address.IsValid() {
+			if _, ok := c.SNAT.SourceOf(s.Address); !ok {
+				at(path+".mode", "mode snat needs an %s address under snat.sources for %s", familyName(s.Address), s.Address)
+			}
+		}
+
 		// A VIP:port/protocol belongs to one service; a port-0 service takes
 		// every port of its address and protocol. (A service's own ports
 		// are distinct, and 0 comes alone: the decoder saw to that.)
@@ -202,6 +209,10 @@ func (c *Config) validate(d *decoder) {
 				continue
 			}
 			backends[key] = k
+			if s.Mode == ModeSNAT && s.Address.IsValid() && b.Address.Is4() != s.Address.Is4() {
+				at(bpath, "%q is %s and the service %s; mode snat does not translate between families",
+					b.Address.String(), familyName(b.Address), familyName(s.Address))
+			}
 			if s.Mode == ModeDSR && s.Encap == EncapIPIP {
 				fam, field, src := 0, "encap.sourceIPv4", c.Encap.SourceIPv4
 				if b.Address.Is6() {
@@ -219,6 +230,13 @@ func (c *Config) validate(d *decoder) {
 			at(path+".backends", "%d backends with weight above 0 do not fit a table of %d slots; raise tableSize", active, s.TableSize)
 		}
 	}
+}
+
+func familyName(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // vipString formats a VIP as address:port/protocol, with * for every port.

@@ -455,7 +455,7 @@ func (r *Reconciler) plan(ctx context.Context, d *desiredVIP, health Health) (*v
 			}
 			continue
 		}
-		ba.entry = xdp.Backend{Addr: b.Addr, IfIndex: nh.IfIndex, NextHopMAC: nh.MAC, SrcMAC: nh.SrcMAC, MTU: nh.MTU, Up: healthy, Owner: owner}
+		ba.entry = xdp.Backend{Addr: b.Addr, Port: b.Port, IfIndex: nh.IfIndex, NextHopMAC: nh.MAC, SrcMAC: nh.SrcMAC, MTU: nh.MTU, Up: healthy, Owner: owner}
 		if healthy && b.Weight > 0 {
 			p.inputs = append(p.inputs, MaglevBackend{ID: ba.id, Addr: ap, Weight: b.Weight})
 		}
@@ -588,7 +588,7 @@ func (r *Reconciler) releaseNew(k xdp.VIPKey, old, next *vipApplied) {
 }
 
 func sameBackend(a, b xdp.Backend) bool {
-	return a.Addr == b.Addr && a.IfIndex == b.IfIndex && a.MTU == b.MTU && a.Up == b.Up && a.Owner == b.Owner &&
+	return a.Addr == b.Addr && a.Port == b.Port && a.IfIndex == b.IfIndex && a.MTU == b.MTU && a.Up == b.Up && a.Owner == b.Owner &&
 		a.NextHopMAC.String() == b.NextHopMAC.String() && a.SrcMAC.String() == b.SrcMAC.String()
 }
 

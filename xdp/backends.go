@@ -19,6 +19,9 @@ type Backend struct {
 	NextHopMAC net.HardwareAddr
 	// SrcMAC is the egress interface's MAC.
 	SrcMAC net.HardwareAddr
+	// Port is where SNAT sends the service's flows (0: the service's port).
+	// DSR has no use for it: the backend answers on the VIP's port.
+	Port uint16
 	// MTU of the egress path; encapsulated packets that would exceed it are
 	// answered with ICMP "fragmentation needed". 0: no check.
 	MTU int
@@ -49,6 +52,7 @@ func (b Backend) bpf() (lbBackend, error) {
 		v.Flags |= uint8(lbXdplbBackendFlagsBACKEND_F_UP)
 	}
 	v.Mtu = uint16(b.MTU)
+	v.Port = port(b.Port)
 	v.Ifindex = uint32(b.IfIndex)
 	v.Owner = b.Owner
 	copy(v.Dmac[:], b.NextHopMAC)
@@ -63,6 +67,7 @@ func backendFrom(v lbBackend) Backend {
 		NextHopMAC: net.HardwareAddr(bytes.Clone(v.Dmac[:])),
 		SrcMAC:     net.HardwareAddr(bytes.Clone(v.Smac[:])),
 		MTU:        int(v.Mtu),
+		Port:       port(v.Port),
 		Up:         v.Flags&uint8(lbXdplbBackendFlagsBACKEND_F_UP) != 0,
 		Owner:      v.Owner,
 	}

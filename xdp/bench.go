@@ -575,6 +575,7 @@ type BenchSuite struct {
 	full                     *Datapath            // flow state full: 1M pinned cold flows, VIP flood in transition
 	empty                    *ebpf.Program
 	cases                    []*BenchCase
+	nat, natFlood            *Datapath // the SNAT cases' (bench_nat.go)
 }
 
 // NewBenchSuite computes the configuration (tables included) and the cases.
@@ -688,11 +689,12 @@ func (s *BenchSuite) Empty() (*ebpf.Program, error) {
 // Close releases the datapaths and programs the suite loaded.
 func (s *BenchSuite) Close() error {
 	var errs []error
-	for _, d := range []*Datapath{s.steady, s.full} {
+	for _, d := range []*Datapath{s.steady, s.full, s.nat, s.natFlood} {
 		if d != nil {
 			errs = append(errs, d.Close())
 		}
 	}
+	s.nat, s.natFlood = nil, nil
 	if s.empty != nil {
 		errs = append(errs, s.empty.Close())
 	}
@@ -1646,5 +1648,5 @@ func (s *BenchSuite) newCases() []*BenchCase {
 	for _, c := range cs {
 		c.suite = s
 	}
-	return cs
+	return append(cs, s.natCases()...)
 }

@@ -76,6 +76,62 @@ type benchLbStats struct {
 	NewFlows uint64
 }
 
+type benchNatConfig struct {
+	_      structs.HostLayout
+	Filter uint64
+	PortLo uint16
+	PortHi uint16
+	N4     uint8
+	N6     uint8
+	Pad    [2]uint8
+	Src4   [8]uint32
+	Src6   [8][4]uint32
+}
+
+type benchNatKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
+}
+
+type benchNatScratch struct {
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        benchNatKey
+	Rk        benchNatKey
+	Fv        benchNatValue
+	Rv        benchNatValue
+}
+
+type benchNatSrcStats struct {
+	_         structs.HostLayout
+	Flows     uint64
+	AllocFail uint64
+}
+
+type benchNatValue struct {
+	_         structs.HostLayout
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Ifindex   uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	VipId     uint32
+	Pad       uint32
+	State     uint64
+	Created   uint64
+	LastSeen  uint64
+}
+
 type benchPin4Bucket struct {
 	_    structs.HostLayout
 	Head struct {
@@ -200,41 +256,57 @@ const (
 	benchXdplbCounterCNT_PASS_BAD_L3           benchXdplbCounter = 3
 	benchXdplbCounterCNT_PASS_VLAN_STACKED     benchXdplbCounter = 4
 	benchXdplbCounterCNT_PASS_NDP              benchXdplbCounter = 5
-	benchXdplbCounterCNT_DROP_FRAGMENT         benchXdplbCounter = 6
-	benchXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN benchXdplbCounter = 7
-	benchXdplbCounterCNT_DROP_IP_OPTIONS       benchXdplbCounter = 8
-	benchXdplbCounterCNT_DROP_IPV6EXT          benchXdplbCounter = 9
-	benchXdplbCounterCNT_DROP_PROTOCOL         benchXdplbCounter = 10
-	benchXdplbCounterCNT_DROP_BAD_L3           benchXdplbCounter = 11
-	benchXdplbCounterCNT_DROP_TRUNCATED        benchXdplbCounter = 12
-	benchXdplbCounterCNT_DROP_BAD_L4           benchXdplbCounter = 13
-	benchXdplbCounterCNT_DROP_NO_SERVICE       benchXdplbCounter = 14
-	benchXdplbCounterCNT_DROP_NO_BACKEND       benchXdplbCounter = 15
-	benchXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchXdplbCounter = 16
-	benchXdplbCounterCNT_DROP_ICMP             benchXdplbCounter = 17
-	benchXdplbCounterCNT_DROP_ADJUST           benchXdplbCounter = 18
-	benchXdplbCounterCNT_DROP_REDIRECT         benchXdplbCounter = 19
-	benchXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchXdplbCounter = 20
-	benchXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchXdplbCounter = 21
-	benchXdplbCounterCNT_TX_L2                 benchXdplbCounter = 22
-	benchXdplbCounterCNT_REDIRECT_L2           benchXdplbCounter = 23
-	benchXdplbCounterCNT_TX_IPIP               benchXdplbCounter = 24
-	benchXdplbCounterCNT_REDIRECT_IPIP         benchXdplbCounter = 25
-	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 26
-	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 27
-	benchXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchXdplbCounter = 28
-	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 29
-	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 30
-	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 31
-	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 31
-	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 32
-	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 33
-	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 34
-	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 35
-	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 36
-	benchXdplbCounterCNT_EV_FRAGMENT_FIRST     benchXdplbCounter = 37
-	benchXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchXdplbCounter = 38
-	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 39
+	benchXdplbCounterCNT_PASS_NAT_NO_FLOW      benchXdplbCounter = 6
+	benchXdplbCounterCNT_DROP_FRAGMENT         benchXdplbCounter = 7
+	benchXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN benchXdplbCounter = 8
+	benchXdplbCounterCNT_DROP_IP_OPTIONS       benchXdplbCounter = 9
+	benchXdplbCounterCNT_DROP_IPV6EXT          benchXdplbCounter = 10
+	benchXdplbCounterCNT_DROP_PROTOCOL         benchXdplbCounter = 11
+	benchXdplbCounterCNT_DROP_BAD_L3           benchXdplbCounter = 12
+	benchXdplbCounterCNT_DROP_TRUNCATED        benchXdplbCounter = 13
+	benchXdplbCounterCNT_DROP_BAD_L4           benchXdplbCounter = 14
+	benchXdplbCounterCNT_DROP_NO_SERVICE       benchXdplbCounter = 15
+	benchXdplbCounterCNT_DROP_NO_BACKEND       benchXdplbCounter = 16
+	benchXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchXdplbCounter = 17
+	benchXdplbCounterCNT_DROP_ICMP             benchXdplbCounter = 18
+	benchXdplbCounterCNT_DROP_ADJUST           benchXdplbCounter = 19
+	benchXdplbCounterCNT_DROP_REDIRECT         benchXdplbCounter = 20
+	benchXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchXdplbCounter = 21
+	benchXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchXdplbCounter = 22
+	benchXdplbCounterCNT_DROP_NAT_NO_SOURCE    benchXdplbCounter = 23
+	benchXdplbCounterCNT_DROP_NAT_NO_PORT      benchXdplbCounter = 24
+	benchXdplbCounterCNT_DROP_NAT_FULL         benchXdplbCounter = 25
+	benchXdplbCounterCNT_DROP_NAT_NO_FLOW      benchXdplbCounter = 26
+	benchXdplbCounterCNT_DROP_NAT_UNSUPPORTED  benchXdplbCounter = 27
+	benchXdplbCounterCNT_TX_L2                 benchXdplbCounter = 28
+	benchXdplbCounterCNT_REDIRECT_L2           benchXdplbCounter = 29
+	benchXdplbCounterCNT_TX_IPIP               benchXdplbCounter = 30
+	benchXdplbCounterCNT_REDIRECT_IPIP         benchXdplbCounter = 31
+	benchXdplbCounterCNT_TX_SNAT               benchXdplbCounter = 32
+	benchXdplbCounterCNT_REDIRECT_SNAT         benchXdplbCounter = 33
+	benchXdplbCounterCNT_TX_SNAT_REPLY         benchXdplbCounter = 34
+	benchXdplbCounterCNT_REDIRECT_SNAT_REPLY   benchXdplbCounter = 35
+	benchXdplbCounterCNT_TX_NAT_RST            benchXdplbCounter = 36
+	benchXdplbCounterCNT_TX_SNAT_ICMP          benchXdplbCounter = 37
+	benchXdplbCounterCNT_REDIRECT_SNAT_ICMP    benchXdplbCounter = 38
+	benchXdplbCounterCNT_TX_ICMP_ECHO          benchXdplbCounter = 39
+	benchXdplbCounterCNT_TX_ICMP_TOO_BIG       benchXdplbCounter = 40
+	benchXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchXdplbCounter = 41
+	benchXdplbCounterCNT_TX_ICMP_ERROR         benchXdplbCounter = 42
+	benchXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchXdplbCounter = 43
+	benchXdplbCounterCOUNTER_EVENTS            benchXdplbCounter = 44
+	benchXdplbCounterCNT_EV_PIN_CREATED        benchXdplbCounter = 44
+	benchXdplbCounterCNT_EV_PIN_HIT            benchXdplbCounter = 45
+	benchXdplbCounterCNT_EV_PIN_STALE          benchXdplbCounter = 46
+	benchXdplbCounterCNT_EV_PIN_FULL           benchXdplbCounter = 47
+	benchXdplbCounterCNT_EV_VLAN               benchXdplbCounter = 48
+	benchXdplbCounterCNT_EV_NEW_FLOW           benchXdplbCounter = 49
+	benchXdplbCounterCNT_EV_FRAGMENT_FIRST     benchXdplbCounter = 50
+	benchXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchXdplbCounter = 51
+	benchXdplbCounterCNT_EV_NAT_CREATED        benchXdplbCounter = 52
+	benchXdplbCounterCNT_EV_NAT_PORT_RETRY     benchXdplbCounter = 53
+	benchXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchXdplbCounter = 54
+	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 55
 )
 
 // Names of all BPF objects in the ELF.
@@ -250,6 +322,10 @@ const (
 	benchMapMonitorEvents    = "monitor_events"
 	benchMapMonitorLost      = "monitor_lost"
 	benchMapMonitorOn        = "monitor_on"
+	benchMapNatConfigMap     = "nat_config_map"
+	benchMapNatFlows         = "nat_flows"
+	benchMapNatScratchMap    = "nat_scratch_map"
+	benchMapNatSourceStats   = "nat_source_stats"
 	benchMapPinBackoff       = "pin_backoff"
 	benchMapPinFilter        = "pin_filter"
 	benchMapPins4            = "pins4"
@@ -322,28 +398,32 @@ type benchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchMapSpecs struct {
-	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	BenchFrames   *ebpf.MapSpec `ebpf:"bench_frames"`
-	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags         *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
-	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
-	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
-	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	BenchFrames    *ebpf.MapSpec `ebpf:"bench_frames"`
+	DryResult      *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables   *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4          *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6          *ebpf.MapSpec `ebpf:"pins6"`
+	SettingsMap    *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots       *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats       *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // benchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -377,28 +457,32 @@ func (o *benchObjects) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchMaps struct {
-	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	BenchFrames   *ebpf.Map `ebpf:"bench_frames"`
-	DryResult     *ebpf.Map `ebpf:"dry_result"`
-	Frags         *ebpf.Map `ebpf:"frags"`
-	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
-	Pins4         *ebpf.Map `ebpf:"pins4"`
-	Pins6         *ebpf.Map `ebpf:"pins6"`
-	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex      *ebpf.Map `ebpf:"vip_index"`
-	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
-	VipStats      *ebpf.Map `ebpf:"vip_stats"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	BenchFrames    *ebpf.Map `ebpf:"bench_frames"`
+	DryResult      *ebpf.Map `ebpf:"dry_result"`
+	Frags          *ebpf.Map `ebpf:"frags"`
+	MaglevTables   *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.Map `ebpf:"pin_filter"`
+	Pins4          *ebpf.Map `ebpf:"pins4"`
+	Pins6          *ebpf.Map `ebpf:"pins6"`
+	SettingsMap    *ebpf.Map `ebpf:"settings_map"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
+	VipSlots       *ebpf.Map `ebpf:"vip_slots"`
+	VipStats       *ebpf.Map `ebpf:"vip_stats"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *benchMaps) Close() error {
@@ -412,6 +496,10 @@ func (m *benchMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.NatConfigMap,
+		m.NatFlows,
+		m.NatScratchMap,
+		m.NatSourceStats,
 		m.PinBackoff,
 		m.PinFilter,
 		m.Pins4,

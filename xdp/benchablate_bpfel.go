@@ -76,6 +76,62 @@ type benchablateLbStats struct {
 	NewFlows uint64
 }
 
+type benchablateNatConfig struct {
+	_      structs.HostLayout
+	Filter uint64
+	PortLo uint16
+	PortHi uint16
+	N4     uint8
+	N6     uint8
+	Pad    [2]uint8
+	Src4   [8]uint32
+	Src6   [8][4]uint32
+}
+
+type benchablateNatKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
+}
+
+type benchablateNatScratch struct {
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        benchablateNatKey
+	Rk        benchablateNatKey
+	Fv        benchablateNatValue
+	Rv        benchablateNatValue
+}
+
+type benchablateNatSrcStats struct {
+	_         structs.HostLayout
+	Flows     uint64
+	AllocFail uint64
+}
+
+type benchablateNatValue struct {
+	_         structs.HostLayout
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Ifindex   uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	VipId     uint32
+	Pad       uint32
+	State     uint64
+	Created   uint64
+	LastSeen  uint64
+}
+
 type benchablatePin4Bucket struct {
 	_    structs.HostLayout
 	Head struct {
@@ -189,41 +245,57 @@ const (
 	benchablateXdplbCounterCNT_PASS_BAD_L3           benchablateXdplbCounter = 3
 	benchablateXdplbCounterCNT_PASS_VLAN_STACKED     benchablateXdplbCounter = 4
 	benchablateXdplbCounterCNT_PASS_NDP              benchablateXdplbCounter = 5
-	benchablateXdplbCounterCNT_DROP_FRAGMENT         benchablateXdplbCounter = 6
-	benchablateXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN benchablateXdplbCounter = 7
-	benchablateXdplbCounterCNT_DROP_IP_OPTIONS       benchablateXdplbCounter = 8
-	benchablateXdplbCounterCNT_DROP_IPV6EXT          benchablateXdplbCounter = 9
-	benchablateXdplbCounterCNT_DROP_PROTOCOL         benchablateXdplbCounter = 10
-	benchablateXdplbCounterCNT_DROP_BAD_L3           benchablateXdplbCounter = 11
-	benchablateXdplbCounterCNT_DROP_TRUNCATED        benchablateXdplbCounter = 12
-	benchablateXdplbCounterCNT_DROP_BAD_L4           benchablateXdplbCounter = 13
-	benchablateXdplbCounterCNT_DROP_NO_SERVICE       benchablateXdplbCounter = 14
-	benchablateXdplbCounterCNT_DROP_NO_BACKEND       benchablateXdplbCounter = 15
-	benchablateXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchablateXdplbCounter = 16
-	benchablateXdplbCounterCNT_DROP_ICMP             benchablateXdplbCounter = 17
-	benchablateXdplbCounterCNT_DROP_ADJUST           benchablateXdplbCounter = 18
-	benchablateXdplbCounterCNT_DROP_REDIRECT         benchablateXdplbCounter = 19
-	benchablateXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchablateXdplbCounter = 20
-	benchablateXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchablateXdplbCounter = 21
-	benchablateXdplbCounterCNT_TX_L2                 benchablateXdplbCounter = 22
-	benchablateXdplbCounterCNT_REDIRECT_L2           benchablateXdplbCounter = 23
-	benchablateXdplbCounterCNT_TX_IPIP               benchablateXdplbCounter = 24
-	benchablateXdplbCounterCNT_REDIRECT_IPIP         benchablateXdplbCounter = 25
-	benchablateXdplbCounterCNT_TX_ICMP_ECHO          benchablateXdplbCounter = 26
-	benchablateXdplbCounterCNT_TX_ICMP_TOO_BIG       benchablateXdplbCounter = 27
-	benchablateXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchablateXdplbCounter = 28
-	benchablateXdplbCounterCNT_TX_ICMP_ERROR         benchablateXdplbCounter = 29
-	benchablateXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchablateXdplbCounter = 30
-	benchablateXdplbCounterCOUNTER_EVENTS            benchablateXdplbCounter = 31
-	benchablateXdplbCounterCNT_EV_PIN_CREATED        benchablateXdplbCounter = 31
-	benchablateXdplbCounterCNT_EV_PIN_HIT            benchablateXdplbCounter = 32
-	benchablateXdplbCounterCNT_EV_PIN_STALE          benchablateXdplbCounter = 33
-	benchablateXdplbCounterCNT_EV_PIN_FULL           benchablateXdplbCounter = 34
-	benchablateXdplbCounterCNT_EV_VLAN               benchablateXdplbCounter = 35
-	benchablateXdplbCounterCNT_EV_NEW_FLOW           benchablateXdplbCounter = 36
-	benchablateXdplbCounterCNT_EV_FRAGMENT_FIRST     benchablateXdplbCounter = 37
-	benchablateXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchablateXdplbCounter = 38
-	benchablateXdplbCounterCOUNTER_MAX               benchablateXdplbCounter = 39
+	benchablateXdplbCounterCNT_PASS_NAT_NO_FLOW      benchablateXdplbCounter = 6
+	benchablateXdplbCounterCNT_DROP_FRAGMENT         benchablateXdplbCounter = 7
+	benchablateXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN benchablateXdplbCounter = 8
+	benchablateXdplbCounterCNT_DROP_IP_OPTIONS       benchablateXdplbCounter = 9
+	benchablateXdplbCounterCNT_DROP_IPV6EXT          benchablateXdplbCounter = 10
+	benchablateXdplbCounterCNT_DROP_PROTOCOL         benchablateXdplbCounter = 11
+	benchablateXdplbCounterCNT_DROP_BAD_L3           benchablateXdplbCounter = 12
+	benchablateXdplbCounterCNT_DROP_TRUNCATED        benchablateXdplbCounter = 13
+	benchablateXdplbCounterCNT_DROP_BAD_L4           benchablateXdplbCounter = 14
+	benchablateXdplbCounterCNT_DROP_NO_SERVICE       benchablateXdplbCounter = 15
+	benchablateXdplbCounterCNT_DROP_NO_BACKEND       benchablateXdplbCounter = 16
+	benchablateXdplbCounterCNT_DROP_TOO_BIG_NO_DF    benchablateXdplbCounter = 17
+	benchablateXdplbCounterCNT_DROP_ICMP             benchablateXdplbCounter = 18
+	benchablateXdplbCounterCNT_DROP_ADJUST           benchablateXdplbCounter = 19
+	benchablateXdplbCounterCNT_DROP_REDIRECT         benchablateXdplbCounter = 20
+	benchablateXdplbCounterCNT_DROP_UNSUPPORTED_MODE benchablateXdplbCounter = 21
+	benchablateXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  benchablateXdplbCounter = 22
+	benchablateXdplbCounterCNT_DROP_NAT_NO_SOURCE    benchablateXdplbCounter = 23
+	benchablateXdplbCounterCNT_DROP_NAT_NO_PORT      benchablateXdplbCounter = 24
+	benchablateXdplbCounterCNT_DROP_NAT_FULL         benchablateXdplbCounter = 25
+	benchablateXdplbCounterCNT_DROP_NAT_NO_FLOW      benchablateXdplbCounter = 26
+	benchablateXdplbCounterCNT_DROP_NAT_UNSUPPORTED  benchablateXdplbCounter = 27
+	benchablateXdplbCounterCNT_TX_L2                 benchablateXdplbCounter = 28
+	benchablateXdplbCounterCNT_REDIRECT_L2           benchablateXdplbCounter = 29
+	benchablateXdplbCounterCNT_TX_IPIP               benchablateXdplbCounter = 30
+	benchablateXdplbCounterCNT_REDIRECT_IPIP         benchablateXdplbCounter = 31
+	benchablateXdplbCounterCNT_TX_SNAT               benchablateXdplbCounter = 32
+	benchablateXdplbCounterCNT_REDIRECT_SNAT         benchablateXdplbCounter = 33
+	benchablateXdplbCounterCNT_TX_SNAT_REPLY         benchablateXdplbCounter = 34
+	benchablateXdplbCounterCNT_REDIRECT_SNAT_REPLY   benchablateXdplbCounter = 35
+	benchablateXdplbCounterCNT_TX_NAT_RST            benchablateXdplbCounter = 36
+	benchablateXdplbCounterCNT_TX_SNAT_ICMP          benchablateXdplbCounter = 37
+	benchablateXdplbCounterCNT_REDIRECT_SNAT_ICMP    benchablateXdplbCounter = 38
+	benchablateXdplbCounterCNT_TX_ICMP_ECHO          benchablateXdplbCounter = 39
+	benchablateXdplbCounterCNT_TX_ICMP_TOO_BIG       benchablateXdplbCounter = 40
+	benchablateXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED benchablateXdplbCounter = 41
+	benchablateXdplbCounterCNT_TX_ICMP_ERROR         benchablateXdplbCounter = 42
+	benchablateXdplbCounterCNT_REDIRECT_ICMP_ERROR   benchablateXdplbCounter = 43
+	benchablateXdplbCounterCOUNTER_EVENTS            benchablateXdplbCounter = 44
+	benchablateXdplbCounterCNT_EV_PIN_CREATED        benchablateXdplbCounter = 44
+	benchablateXdplbCounterCNT_EV_PIN_HIT            benchablateXdplbCounter = 45
+	benchablateXdplbCounterCNT_EV_PIN_STALE          benchablateXdplbCounter = 46
+	benchablateXdplbCounterCNT_EV_PIN_FULL           benchablateXdplbCounter = 47
+	benchablateXdplbCounterCNT_EV_VLAN               benchablateXdplbCounter = 48
+	benchablateXdplbCounterCNT_EV_NEW_FLOW           benchablateXdplbCounter = 49
+	benchablateXdplbCounterCNT_EV_FRAGMENT_FIRST     benchablateXdplbCounter = 50
+	benchablateXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  benchablateXdplbCounter = 51
+	benchablateXdplbCounterCNT_EV_NAT_CREATED        benchablateXdplbCounter = 52
+	benchablateXdplbCounterCNT_EV_NAT_PORT_RETRY     benchablateXdplbCounter = 53
+	benchablateXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchablateXdplbCounter = 54
+	benchablateXdplbCounterCOUNTER_MAX               benchablateXdplbCounter = 55
 )
 
 // Names of all BPF objects in the ELF.
@@ -239,6 +311,10 @@ const (
 	benchablateMapMonitorEvents    = "monitor_events"
 	benchablateMapMonitorLost      = "monitor_lost"
 	benchablateMapMonitorOn        = "monitor_on"
+	benchablateMapNatConfigMap     = "nat_config_map"
+	benchablateMapNatFlows         = "nat_flows"
+	benchablateMapNatScratchMap    = "nat_scratch_map"
+	benchablateMapNatSourceStats   = "nat_source_stats"
 	benchablateMapPinBackoff       = "pin_backoff"
 	benchablateMapPinFilter        = "pin_filter"
 	benchablateMapPins4            = "pins4"
@@ -312,28 +388,32 @@ type benchablateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchablateMapSpecs struct {
-	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	BenchFrames   *ebpf.MapSpec `ebpf:"bench_frames"`
-	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags         *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
-	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
-	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
-	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	BenchFrames    *ebpf.MapSpec `ebpf:"bench_frames"`
+	DryResult      *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables   *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4          *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6          *ebpf.MapSpec `ebpf:"pins6"`
+	SettingsMap    *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots       *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats       *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // benchablateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -368,28 +448,32 @@ func (o *benchablateObjects) Close() error {
 //
 // It can be passed to loadBenchablateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchablateMaps struct {
-	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	BenchFrames   *ebpf.Map `ebpf:"bench_frames"`
-	DryResult     *ebpf.Map `ebpf:"dry_result"`
-	Frags         *ebpf.Map `ebpf:"frags"`
-	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
-	Pins4         *ebpf.Map `ebpf:"pins4"`
-	Pins6         *ebpf.Map `ebpf:"pins6"`
-	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex      *ebpf.Map `ebpf:"vip_index"`
-	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
-	VipStats      *ebpf.Map `ebpf:"vip_stats"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	BenchFrames    *ebpf.Map `ebpf:"bench_frames"`
+	DryResult      *ebpf.Map `ebpf:"dry_result"`
+	Frags          *ebpf.Map `ebpf:"frags"`
+	MaglevTables   *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.Map `ebpf:"pin_filter"`
+	Pins4          *ebpf.Map `ebpf:"pins4"`
+	Pins6          *ebpf.Map `ebpf:"pins6"`
+	SettingsMap    *ebpf.Map `ebpf:"settings_map"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
+	VipSlots       *ebpf.Map `ebpf:"vip_slots"`
+	VipStats       *ebpf.Map `ebpf:"vip_stats"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *benchablateMaps) Close() error {
@@ -403,6 +487,10 @@ func (m *benchablateMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.NatConfigMap,
+		m.NatFlows,
+		m.NatScratchMap,
+		m.NatSourceStats,
 		m.PinBackoff,
 		m.PinFilter,
 		m.Pins4,

@@ -30,6 +30,9 @@ type Options struct {
 	MaxBackends int
 	// MaxFlows bounds the pins of each family (default 1,048,576).
 	MaxFlows int
+	// MaxNATFlows bounds the SNAT flows of both families together (default
+	// 262,144); each takes two entries of the NAT table, one per direction.
+	MaxNATFlows int
 	// TransitionGrace is how long a VIP's previous table is consulted after
 	// SetTable (default 60s).
 	TransitionGrace time.Duration
@@ -54,6 +57,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxFlows == 0 {
 		o.MaxFlows = 1 << 20
+	}
+	if o.MaxNATFlows == 0 {
+		o.MaxNATFlows = 1 << 18
 	}
 	if o.TransitionGrace == 0 {
 		o.TransitionGrace = 60 * time.Second
@@ -93,6 +99,9 @@ type Datapath struct {
 	slotsUsed  map[uint32]use // vip id -> when its slots were last in use by a VIP gone
 	freed      []uint32       // maglev_tables slots to release at the next flush
 	zeroStats  []lbLbStats
+	natConfig  lbNatConfig       // the SNAT config written last
+	natExpired map[string]uint64 // NAT flows expired by MaintainNAT, by reason
+	natFlows   int               // NAT flows after the last MaintainNAT
 	closed     bool
 	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
@@ -136,9 +145,10 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		for name, m := range spec.Maps {
 			// Sections of global variables belong to one load of the
-			// program; the pin backoff is a moment's state; the dry
+			// program; the pin backoff and the NAT scratch space are a
+			// moment's state; the dry
 			// run's result is private to each dry-run build.
-			if strings.HasPrefix(name, ".") || name == lbMapPinBackoff || name == lbMapDryResult {
+			if strings.HasPrefix(name, ".") || name == lbMapPinBackoff || name == lbMapDryResult || name == lbMapNatScratchMap {
 				continue
 			}
 			m.Pinning = ebpf.PinByName
@@ -162,6 +172,7 @@ func Open(opts Options) (*Datapath, error) {
 		addrs:      map[addrKey]int{},
 		links:      map[string]*Attachment{},
 		nowMono:    monotonicNow,
+		natExpired: map[string]uint64{},
 	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		var ve *ebpf.VerifierError
@@ -256,6 +267,7 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 		lbMapBackendStats: o.MaxBackends,
 		lbMapPins4:        ftBuckets(o.MaxFlows, pin4Geom),
 		lbMapPins6:        ftBuckets(o.MaxFlows, pin6Geom),
+		lbMapNatFlows:     2 * o.MaxNATFlows,
 	}
 	for name, n := range sizes {
 		ms, ok := spec.Maps[name]
@@ -339,6 +351,7 @@ func (d *Datapath) Unpin() error {
 		d.objs.Pins4, d.objs.Pins6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
 		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
+		d.objs.NatFlows, d.objs.NatConfigMap, d.objs.NatSourceStats,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

@@ -67,6 +67,62 @@ type dryrunLbStats struct {
 	NewFlows uint64
 }
 
+type dryrunNatConfig struct {
+	_      structs.HostLayout
+	Filter uint64
+	PortLo uint16
+	PortHi uint16
+	N4     uint8
+	N6     uint8
+	Pad    [2]uint8
+	Src4   [8]uint32
+	Src6   [8][4]uint32
+}
+
+type dryrunNatKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
+}
+
+type dryrunNatScratch struct {
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        dryrunNatKey
+	Rk        dryrunNatKey
+	Fv        dryrunNatValue
+	Rv        dryrunNatValue
+}
+
+type dryrunNatSrcStats struct {
+	_         structs.HostLayout
+	Flows     uint64
+	AllocFail uint64
+}
+
+type dryrunNatValue struct {
+	_         structs.HostLayout
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Ifindex   uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	VipId     uint32
+	Pad       uint32
+	State     uint64
+	Created   uint64
+	LastSeen  uint64
+}
+
 type dryrunPin4Bucket struct {
 	_    structs.HostLayout
 	Head struct {
@@ -180,41 +236,57 @@ const (
 	dryrunXdplbCounterCNT_PASS_BAD_L3           dryrunXdplbCounter = 3
 	dryrunXdplbCounterCNT_PASS_VLAN_STACKED     dryrunXdplbCounter = 4
 	dryrunXdplbCounterCNT_PASS_NDP              dryrunXdplbCounter = 5
-	dryrunXdplbCounterCNT_DROP_FRAGMENT         dryrunXdplbCounter = 6
-	dryrunXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN dryrunXdplbCounter = 7
-	dryrunXdplbCounterCNT_DROP_IP_OPTIONS       dryrunXdplbCounter = 8
-	dryrunXdplbCounterCNT_DROP_IPV6EXT          dryrunXdplbCounter = 9
-	dryrunXdplbCounterCNT_DROP_PROTOCOL         dryrunXdplbCounter = 10
-	dryrunXdplbCounterCNT_DROP_BAD_L3           dryrunXdplbCounter = 11
-	dryrunXdplbCounterCNT_DROP_TRUNCATED        dryrunXdplbCounter = 12
-	dryrunXdplbCounterCNT_DROP_BAD_L4           dryrunXdplbCounter = 13
-	dryrunXdplbCounterCNT_DROP_NO_SERVICE       dryrunXdplbCounter = 14
-	dryrunXdplbCounterCNT_DROP_NO_BACKEND       dryrunXdplbCounter = 15
-	dryrunXdplbCounterCNT_DROP_TOO_BIG_NO_DF    dryrunXdplbCounter = 16
-	dryrunXdplbCounterCNT_DROP_ICMP             dryrunXdplbCounter = 17
-	dryrunXdplbCounterCNT_DROP_ADJUST           dryrunXdplbCounter = 18
-	dryrunXdplbCounterCNT_DROP_REDIRECT         dryrunXdplbCounter = 19
-	dryrunXdplbCounterCNT_DROP_UNSUPPORTED_MODE dryrunXdplbCounter = 20
-	dryrunXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  dryrunXdplbCounter = 21
-	dryrunXdplbCounterCNT_TX_L2                 dryrunXdplbCounter = 22
-	dryrunXdplbCounterCNT_REDIRECT_L2           dryrunXdplbCounter = 23
-	dryrunXdplbCounterCNT_TX_IPIP               dryrunXdplbCounter = 24
-	dryrunXdplbCounterCNT_REDIRECT_IPIP         dryrunXdplbCounter = 25
-	dryrunXdplbCounterCNT_TX_ICMP_ECHO          dryrunXdplbCounter = 26
-	dryrunXdplbCounterCNT_TX_ICMP_TOO_BIG       dryrunXdplbCounter = 27
-	dryrunXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED dryrunXdplbCounter = 28
-	dryrunXdplbCounterCNT_TX_ICMP_ERROR         dryrunXdplbCounter = 29
-	dryrunXdplbCounterCNT_REDIRECT_ICMP_ERROR   dryrunXdplbCounter = 30
-	dryrunXdplbCounterCOUNTER_EVENTS            dryrunXdplbCounter = 31
-	dryrunXdplbCounterCNT_EV_PIN_CREATED        dryrunXdplbCounter = 31
-	dryrunXdplbCounterCNT_EV_PIN_HIT            dryrunXdplbCounter = 32
-	dryrunXdplbCounterCNT_EV_PIN_STALE          dryrunXdplbCounter = 33
-	dryrunXdplbCounterCNT_EV_PIN_FULL           dryrunXdplbCounter = 34
-	dryrunXdplbCounterCNT_EV_VLAN               dryrunXdplbCounter = 35
-	dryrunXdplbCounterCNT_EV_NEW_FLOW           dryrunXdplbCounter = 36
-	dryrunXdplbCounterCNT_EV_FRAGMENT_FIRST     dryrunXdplbCounter = 37
-	dryrunXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  dryrunXdplbCounter = 38
-	dryrunXdplbCounterCOUNTER_MAX               dryrunXdplbCounter = 39
+	dryrunXdplbCounterCNT_PASS_NAT_NO_FLOW      dryrunXdplbCounter = 6
+	dryrunXdplbCounterCNT_DROP_FRAGMENT         dryrunXdplbCounter = 7
+	dryrunXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN dryrunXdplbCounter = 8
+	dryrunXdplbCounterCNT_DROP_IP_OPTIONS       dryrunXdplbCounter = 9
+	dryrunXdplbCounterCNT_DROP_IPV6EXT          dryrunXdplbCounter = 10
+	dryrunXdplbCounterCNT_DROP_PROTOCOL         dryrunXdplbCounter = 11
+	dryrunXdplbCounterCNT_DROP_BAD_L3           dryrunXdplbCounter = 12
+	dryrunXdplbCounterCNT_DROP_TRUNCATED        dryrunXdplbCounter = 13
+	dryrunXdplbCounterCNT_DROP_BAD_L4           dryrunXdplbCounter = 14
+	dryrunXdplbCounterCNT_DROP_NO_SERVICE       dryrunXdplbCounter = 15
+	dryrunXdplbCounterCNT_DROP_NO_BACKEND       dryrunXdplbCounter = 16
+	dryrunXdplbCounterCNT_DROP_TOO_BIG_NO_DF    dryrunXdplbCounter = 17
+	dryrunXdplbCounterCNT_DROP_ICMP             dryrunXdplbCounter = 18
+	dryrunXdplbCounterCNT_DROP_ADJUST           dryrunXdplbCounter = 19
+	dryrunXdplbCounterCNT_DROP_REDIRECT         dryrunXdplbCounter = 20
+	dryrunXdplbCounterCNT_DROP_UNSUPPORTED_MODE dryrunXdplbCounter = 21
+	dryrunXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  dryrunXdplbCounter = 22
+	dryrunXdplbCounterCNT_DROP_NAT_NO_SOURCE    dryrunXdplbCounter = 23
+	dryrunXdplbCounterCNT_DROP_NAT_NO_PORT      dryrunXdplbCounter = 24
+	dryrunXdplbCounterCNT_DROP_NAT_FULL         dryrunXdplbCounter = 25
+	dryrunXdplbCounterCNT_DROP_NAT_NO_FLOW      dryrunXdplbCounter = 26
+	dryrunXdplbCounterCNT_DROP_NAT_UNSUPPORTED  dryrunXdplbCounter = 27
+	dryrunXdplbCounterCNT_TX_L2                 dryrunXdplbCounter = 28
+	dryrunXdplbCounterCNT_REDIRECT_L2           dryrunXdplbCounter = 29
+	dryrunXdplbCounterCNT_TX_IPIP               dryrunXdplbCounter = 30
+	dryrunXdplbCounterCNT_REDIRECT_IPIP         dryrunXdplbCounter = 31
+	dryrunXdplbCounterCNT_TX_SNAT               dryrunXdplbCounter = 32
+	dryrunXdplbCounterCNT_REDIRECT_SNAT         dryrunXdplbCounter = 33
+	dryrunXdplbCounterCNT_TX_SNAT_REPLY         dryrunXdplbCounter = 34
+	dryrunXdplbCounterCNT_REDIRECT_SNAT_REPLY   dryrunXdplbCounter = 35
+	dryrunXdplbCounterCNT_TX_NAT_RST            dryrunXdplbCounter = 36
+	dryrunXdplbCounterCNT_TX_SNAT_ICMP          dryrunXdplbCounter = 37
+	dryrunXdplbCounterCNT_REDIRECT_SNAT_ICMP    dryrunXdplbCounter = 38
+	dryrunXdplbCounterCNT_TX_ICMP_ECHO          dryrunXdplbCounter = 39
+	dryrunXdplbCounterCNT_TX_ICMP_TOO_BIG       dryrunXdplbCounter = 40
+	dryrunXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED dryrunXdplbCounter = 41
+	dryrunXdplbCounterCNT_TX_ICMP_ERROR         dryrunXdplbCounter = 42
+	dryrunXdplbCounterCNT_REDIRECT_ICMP_ERROR   dryrunXdplbCounter = 43
+	dryrunXdplbCounterCOUNTER_EVENTS            dryrunXdplbCounter = 44
+	dryrunXdplbCounterCNT_EV_PIN_CREATED        dryrunXdplbCounter = 44
+	dryrunXdplbCounterCNT_EV_PIN_HIT            dryrunXdplbCounter = 45
+	dryrunXdplbCounterCNT_EV_PIN_STALE          dryrunXdplbCounter = 46
+	dryrunXdplbCounterCNT_EV_PIN_FULL           dryrunXdplbCounter = 47
+	dryrunXdplbCounterCNT_EV_VLAN               dryrunXdplbCounter = 48
+	dryrunXdplbCounterCNT_EV_NEW_FLOW           dryrunXdplbCounter = 49
+	dryrunXdplbCounterCNT_EV_FRAGMENT_FIRST     dryrunXdplbCounter = 50
+	dryrunXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  dryrunXdplbCounter = 51
+	dryrunXdplbCounterCNT_EV_NAT_CREATED        dryrunXdplbCounter = 52
+	dryrunXdplbCounterCNT_EV_NAT_PORT_RETRY     dryrunXdplbCounter = 53
+	dryrunXdplbCounterCNT_EV_NAT_BACKEND_LOST   dryrunXdplbCounter = 54
+	dryrunXdplbCounterCOUNTER_MAX               dryrunXdplbCounter = 55
 )
 
 // Names of all BPF objects in the ELF.
@@ -229,6 +301,10 @@ const (
 	dryrunMapMonitorEvents   = "monitor_events"
 	dryrunMapMonitorLost     = "monitor_lost"
 	dryrunMapMonitorOn       = "monitor_on"
+	dryrunMapNatConfigMap    = "nat_config_map"
+	dryrunMapNatFlows        = "nat_flows"
+	dryrunMapNatScratchMap   = "nat_scratch_map"
+	dryrunMapNatSourceStats  = "nat_source_stats"
 	dryrunMapPinBackoff      = "pin_backoff"
 	dryrunMapPinFilter       = "pin_filter"
 	dryrunMapPins4           = "pins4"
@@ -252,6 +328,8 @@ const (
 	dryrunVarBtfMode         = "btf_mode"
 	dryrunVarBtfMonitorEvent = "btf_monitor_event"
 	dryrunVarBtfMonitorType  = "btf_monitor_type"
+	dryrunVarBtfNatDir       = "btf_nat_dir"
+	dryrunVarBtfNatState     = "btf_nat_state"
 	dryrunVarBtfVipFlags     = "btf_vip_flags"
 	dryrunVarCfgIcmpEcho     = "cfg_icmp_echo"
 	dryrunVarCfgPins4Mask    = "cfg_pins4_mask"
@@ -308,27 +386,31 @@ type dryrunProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dryrunMapSpecs struct {
-	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags         *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
-	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
-	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
-	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	DryResult      *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables   *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4          *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6          *ebpf.MapSpec `ebpf:"pins6"`
+	SettingsMap    *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots       *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats       *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // dryrunVariableSpecs contains global variables before they are loaded into the kernel.
@@ -344,6 +426,8 @@ type dryrunVariableSpecs struct {
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
+	BtfNatDir       *ebpf.VariableSpec `ebpf:"btf_nat_dir"`
+	BtfNatState     *ebpf.VariableSpec `ebpf:"btf_nat_state"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
@@ -371,27 +455,31 @@ func (o *dryrunObjects) Close() error {
 //
 // It can be passed to loadDryrunObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dryrunMaps struct {
-	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	DryResult     *ebpf.Map `ebpf:"dry_result"`
-	Frags         *ebpf.Map `ebpf:"frags"`
-	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
-	Pins4         *ebpf.Map `ebpf:"pins4"`
-	Pins6         *ebpf.Map `ebpf:"pins6"`
-	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex      *ebpf.Map `ebpf:"vip_index"`
-	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
-	VipStats      *ebpf.Map `ebpf:"vip_stats"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	DryResult      *ebpf.Map `ebpf:"dry_result"`
+	Frags          *ebpf.Map `ebpf:"frags"`
+	MaglevTables   *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.Map `ebpf:"pin_filter"`
+	Pins4          *ebpf.Map `ebpf:"pins4"`
+	Pins6          *ebpf.Map `ebpf:"pins6"`
+	SettingsMap    *ebpf.Map `ebpf:"settings_map"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
+	VipSlots       *ebpf.Map `ebpf:"vip_slots"`
+	VipStats       *ebpf.Map `ebpf:"vip_stats"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *dryrunMaps) Close() error {
@@ -404,6 +492,10 @@ func (m *dryrunMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.NatConfigMap,
+		m.NatFlows,
+		m.NatScratchMap,
+		m.NatSourceStats,
 		m.PinBackoff,
 		m.PinFilter,
 		m.Pins4,
@@ -433,6 +525,8 @@ type dryrunVariables struct {
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
+	BtfNatDir       *ebpf.Variable `ebpf:"btf_nat_dir"`
+	BtfNatState     *ebpf.Variable `ebpf:"btf_nat_state"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`

@@ -3,6 +3,8 @@ package xdp
 import (
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 
 	"github.com/xdplb/xdplb/internal/packet"
 )
@@ -137,6 +139,13 @@ func disagreement(p Packet, m Decision, r DryRunResult) string {
 			return ""
 		}
 		return "the model finds no service; " + prog
+	case m.Rule == RuleNATNoFlow, m.Rule == RuleNATICMP, m.Rule == RuleNATBackendLost:
+		want := map[string][]string{RuleNATNoFlow: {"drop/snat_no_flow"}, RuleNATICMP: {"drop/icmp"},
+			RuleNATBackendLost: {"tx/snat_rst", "drop/no_backend"}}[m.Rule]
+		if r.BackendID == 0 && slices.Contains(want, r.Reason) {
+			return ""
+		}
+		return fmt.Sprintf("the model says %s (%s); %s", m.Rule, strings.Join(want, " or "), prog)
 	case m.Rule == RuleNoBackend:
 		if r.Reason == "drop/no_backend" {
 			return pinDisagreement(m, r)

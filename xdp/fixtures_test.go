@@ -166,7 +166,7 @@ var (
 	fxVIP4ThreeT = netip.MustParseAddr("198.19.0.9") // IPIP, three backends
 	fxVIP6ThreeT = netip.MustParseAddr("2001:db8:100::9")
 	fxVIP6in4MTU = netip.MustParseAddr("2001:db8:100::6") // 6in4, MTU 1400
-	fxVIP4SNAT   = netip.MustParseAddr("198.19.0.11")     // SNAT: not implemented yet
+	fxVIP4SNAT   = netip.MustParseAddr("198.19.0.11")     // SNAT, no SNAT source configured
 	fxVIP4Redir  = netip.MustParseAddr("198.19.0.12")     // L2 and IPIP, backend behind another interface
 	fxVIP4NoPort = netip.MustParseAddr("198.19.0.13")     // backend behind an interface not in the tx ports
 )
@@ -848,8 +848,8 @@ func datapathFixtures() []fixture {
 	add(fixture{name: "table names a backend without an entry", in: fxIn(fxIP(c4, fxAP(fxVIP4NoBE, 80), packet.TCPAck, nil), nil),
 		wantVerdict: fxDrop, wantCounter: "drop/no_backend"})
 
-	add(fixture{name: "SNAT VIP: mode not implemented", in: fxIn(fxIP(c4, fxAP(fxVIP4SNAT, 80), packet.TCPSyn, nil), nil),
-		wantVerdict: fxDrop, wantCounter: "drop/unsupported_mode", wantEvents: []string{"event/tcp_syn"}})
+	add(fixture{name: "SNAT VIP without SNAT sources", in: fxIn(fxIP(c4, fxAP(fxVIP4SNAT, 80), packet.TCPSyn, nil), nil),
+		wantVerdict: fxDrop, wantCounter: "drop/snat_no_source"})
 
 	// Redirect to another interface.
 	{

@@ -121,6 +121,62 @@ type lbMonitorEvent struct {
 	Data      [128]uint8
 }
 
+type lbNatConfig struct {
+	_      structs.HostLayout
+	Filter uint64
+	PortLo uint16
+	PortHi uint16
+	N4     uint8
+	N6     uint8
+	Pad    [2]uint8
+	Src4   [8]uint32
+	Src6   [8][4]uint32
+}
+
+type lbNatKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
+}
+
+type lbNatScratch struct {
+	_         structs.HostLayout
+	FullUntil uint64
+	Fk        lbNatKey
+	Rk        lbNatKey
+	Fv        lbNatValue
+	Rv        lbNatValue
+}
+
+type lbNatSrcStats struct {
+	_         structs.HostLayout
+	Flows     uint64
+	AllocFail uint64
+}
+
+type lbNatValue struct {
+	_         structs.HostLayout
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Ifindex   uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	VipId     uint32
+	Pad       uint32
+	State     uint64
+	Created   uint64
+	LastSeen  uint64
+}
+
 type lbPin4 struct {
 	_         structs.HostLayout
 	State     uint32
@@ -234,41 +290,57 @@ const (
 	lbXdplbCounterCNT_PASS_BAD_L3           lbXdplbCounter = 3
 	lbXdplbCounterCNT_PASS_VLAN_STACKED     lbXdplbCounter = 4
 	lbXdplbCounterCNT_PASS_NDP              lbXdplbCounter = 5
-	lbXdplbCounterCNT_DROP_FRAGMENT         lbXdplbCounter = 6
-	lbXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN lbXdplbCounter = 7
-	lbXdplbCounterCNT_DROP_IP_OPTIONS       lbXdplbCounter = 8
-	lbXdplbCounterCNT_DROP_IPV6EXT          lbXdplbCounter = 9
-	lbXdplbCounterCNT_DROP_PROTOCOL         lbXdplbCounter = 10
-	lbXdplbCounterCNT_DROP_BAD_L3           lbXdplbCounter = 11
-	lbXdplbCounterCNT_DROP_TRUNCATED        lbXdplbCounter = 12
-	lbXdplbCounterCNT_DROP_BAD_L4           lbXdplbCounter = 13
-	lbXdplbCounterCNT_DROP_NO_SERVICE       lbXdplbCounter = 14
-	lbXdplbCounterCNT_DROP_NO_BACKEND       lbXdplbCounter = 15
-	lbXdplbCounterCNT_DROP_TOO_BIG_NO_DF    lbXdplbCounter = 16
-	lbXdplbCounterCNT_DROP_ICMP             lbXdplbCounter = 17
-	lbXdplbCounterCNT_DROP_ADJUST           lbXdplbCounter = 18
-	lbXdplbCounterCNT_DROP_REDIRECT         lbXdplbCounter = 19
-	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE lbXdplbCounter = 20
-	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  lbXdplbCounter = 21
-	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 22
-	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 23
-	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 24
-	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 25
-	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 26
-	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 27
-	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED lbXdplbCounter = 28
-	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 29
-	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 30
-	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 31
-	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 31
-	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 32
-	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 33
-	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 34
-	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 35
-	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 36
-	lbXdplbCounterCNT_EV_FRAGMENT_FIRST     lbXdplbCounter = 37
-	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  lbXdplbCounter = 38
-	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 39
+	lbXdplbCounterCNT_PASS_NAT_NO_FLOW      lbXdplbCounter = 6
+	lbXdplbCounterCNT_DROP_FRAGMENT         lbXdplbCounter = 7
+	lbXdplbCounterCNT_DROP_FRAGMENT_UNKNOWN lbXdplbCounter = 8
+	lbXdplbCounterCNT_DROP_IP_OPTIONS       lbXdplbCounter = 9
+	lbXdplbCounterCNT_DROP_IPV6EXT          lbXdplbCounter = 10
+	lbXdplbCounterCNT_DROP_PROTOCOL         lbXdplbCounter = 11
+	lbXdplbCounterCNT_DROP_BAD_L3           lbXdplbCounter = 12
+	lbXdplbCounterCNT_DROP_TRUNCATED        lbXdplbCounter = 13
+	lbXdplbCounterCNT_DROP_BAD_L4           lbXdplbCounter = 14
+	lbXdplbCounterCNT_DROP_NO_SERVICE       lbXdplbCounter = 15
+	lbXdplbCounterCNT_DROP_NO_BACKEND       lbXdplbCounter = 16
+	lbXdplbCounterCNT_DROP_TOO_BIG_NO_DF    lbXdplbCounter = 17
+	lbXdplbCounterCNT_DROP_ICMP             lbXdplbCounter = 18
+	lbXdplbCounterCNT_DROP_ADJUST           lbXdplbCounter = 19
+	lbXdplbCounterCNT_DROP_REDIRECT         lbXdplbCounter = 20
+	lbXdplbCounterCNT_DROP_UNSUPPORTED_MODE lbXdplbCounter = 21
+	lbXdplbCounterCNT_DROP_NO_ENCAP_SOURCE  lbXdplbCounter = 22
+	lbXdplbCounterCNT_DROP_NAT_NO_SOURCE    lbXdplbCounter = 23
+	lbXdplbCounterCNT_DROP_NAT_NO_PORT      lbXdplbCounter = 24
+	lbXdplbCounterCNT_DROP_NAT_FULL         lbXdplbCounter = 25
+	lbXdplbCounterCNT_DROP_NAT_NO_FLOW      lbXdplbCounter = 26
+	lbXdplbCounterCNT_DROP_NAT_UNSUPPORTED  lbXdplbCounter = 27
+	lbXdplbCounterCNT_TX_L2                 lbXdplbCounter = 28
+	lbXdplbCounterCNT_REDIRECT_L2           lbXdplbCounter = 29
+	lbXdplbCounterCNT_TX_IPIP               lbXdplbCounter = 30
+	lbXdplbCounterCNT_REDIRECT_IPIP         lbXdplbCounter = 31
+	lbXdplbCounterCNT_TX_SNAT               lbXdplbCounter = 32
+	lbXdplbCounterCNT_REDIRECT_SNAT         lbXdplbCounter = 33
+	lbXdplbCounterCNT_TX_SNAT_REPLY         lbXdplbCounter = 34
+	lbXdplbCounterCNT_REDIRECT_SNAT_REPLY   lbXdplbCounter = 35
+	lbXdplbCounterCNT_TX_NAT_RST            lbXdplbCounter = 36
+	lbXdplbCounterCNT_TX_SNAT_ICMP          lbXdplbCounter = 37
+	lbXdplbCounterCNT_REDIRECT_SNAT_ICMP    lbXdplbCounter = 38
+	lbXdplbCounterCNT_TX_ICMP_ECHO          lbXdplbCounter = 39
+	lbXdplbCounterCNT_TX_ICMP_TOO_BIG       lbXdplbCounter = 40
+	lbXdplbCounterCNT_TX_ICMP_TIME_EXCEEDED lbXdplbCounter = 41
+	lbXdplbCounterCNT_TX_ICMP_ERROR         lbXdplbCounter = 42
+	lbXdplbCounterCNT_REDIRECT_ICMP_ERROR   lbXdplbCounter = 43
+	lbXdplbCounterCOUNTER_EVENTS            lbXdplbCounter = 44
+	lbXdplbCounterCNT_EV_PIN_CREATED        lbXdplbCounter = 44
+	lbXdplbCounterCNT_EV_PIN_HIT            lbXdplbCounter = 45
+	lbXdplbCounterCNT_EV_PIN_STALE          lbXdplbCounter = 46
+	lbXdplbCounterCNT_EV_PIN_FULL           lbXdplbCounter = 47
+	lbXdplbCounterCNT_EV_VLAN               lbXdplbCounter = 48
+	lbXdplbCounterCNT_EV_NEW_FLOW           lbXdplbCounter = 49
+	lbXdplbCounterCNT_EV_FRAGMENT_FIRST     lbXdplbCounter = 50
+	lbXdplbCounterCNT_EV_FRAGMENT_FOLLOWED  lbXdplbCounter = 51
+	lbXdplbCounterCNT_EV_NAT_CREATED        lbXdplbCounter = 52
+	lbXdplbCounterCNT_EV_NAT_PORT_RETRY     lbXdplbCounter = 53
+	lbXdplbCounterCNT_EV_NAT_BACKEND_LOST   lbXdplbCounter = 54
+	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 55
 )
 
 type lbXdplbDryPin uint32
@@ -297,6 +369,22 @@ const (
 	lbXdplbMonitorTypeMON_ICMP_SENT  lbXdplbMonitorType = 5
 )
 
+type lbXdplbNatDir uint32
+
+const (
+	lbXdplbNatDirNAT_DIR_FWD   lbXdplbNatDir = 0
+	lbXdplbNatDirNAT_DIR_REPLY lbXdplbNatDir = 1
+)
+
+type lbXdplbNatState uint32
+
+const (
+	lbXdplbNatStateNAT_S_SYN  lbXdplbNatState = 1
+	lbXdplbNatStateNAT_S_SEEN lbXdplbNatState = 2
+	lbXdplbNatStateNAT_S_FIN  lbXdplbNatState = 4
+	lbXdplbNatStateNAT_S_RST  lbXdplbNatState = 8
+)
+
 type lbXdplbVipFlags uint32
 
 const (
@@ -315,6 +403,10 @@ const (
 	lbMapMonitorEvents   = "monitor_events"
 	lbMapMonitorLost     = "monitor_lost"
 	lbMapMonitorOn       = "monitor_on"
+	lbMapNatConfigMap    = "nat_config_map"
+	lbMapNatFlows        = "nat_flows"
+	lbMapNatScratchMap   = "nat_scratch_map"
+	lbMapNatSourceStats  = "nat_source_stats"
 	lbMapPinBackoff      = "pin_backoff"
 	lbMapPinFilter       = "pin_filter"
 	lbMapPins4           = "pins4"
@@ -338,6 +430,8 @@ const (
 	lbVarBtfMode         = "btf_mode"
 	lbVarBtfMonitorEvent = "btf_monitor_event"
 	lbVarBtfMonitorType  = "btf_monitor_type"
+	lbVarBtfNatDir       = "btf_nat_dir"
+	lbVarBtfNatState     = "btf_nat_state"
 	lbVarBtfVipFlags     = "btf_vip_flags"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
 	lbVarCfgPins4Mask    = "cfg_pins4_mask"
@@ -394,27 +488,31 @@ type lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
-	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	DryResult     *ebpf.MapSpec `ebpf:"dry_result"`
-	Frags         *ebpf.MapSpec `ebpf:"frags"`
-	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.MapSpec `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.MapSpec `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.MapSpec `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.MapSpec `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.MapSpec `ebpf:"pin_filter"`
-	Pins4         *ebpf.MapSpec `ebpf:"pins4"`
-	Pins6         *ebpf.MapSpec `ebpf:"pins6"`
-	SettingsMap   *ebpf.MapSpec `ebpf:"settings_map"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
-	VipIndex      *ebpf.MapSpec `ebpf:"vip_index"`
-	VipSlots      *ebpf.MapSpec `ebpf:"vip_slots"`
-	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	DryResult      *ebpf.MapSpec `ebpf:"dry_result"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	MaglevTables   *ebpf.MapSpec `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.MapSpec `ebpf:"pin_filter"`
+	Pins4          *ebpf.MapSpec `ebpf:"pins4"`
+	Pins6          *ebpf.MapSpec `ebpf:"pins6"`
+	SettingsMap    *ebpf.MapSpec `ebpf:"settings_map"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
+	VipSlots       *ebpf.MapSpec `ebpf:"vip_slots"`
+	VipStats       *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -430,6 +528,8 @@ type lbVariableSpecs struct {
 	BtfMode         *ebpf.VariableSpec `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
+	BtfNatDir       *ebpf.VariableSpec `ebpf:"btf_nat_dir"`
+	BtfNatState     *ebpf.VariableSpec `ebpf:"btf_nat_state"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
@@ -457,27 +557,31 @@ func (o *lbObjects) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
-	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	DryResult     *ebpf.Map `ebpf:"dry_result"`
-	Frags         *ebpf.Map `ebpf:"frags"`
-	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
-	MonitorEvents *ebpf.Map `ebpf:"monitor_events"`
-	MonitorLost   *ebpf.Map `ebpf:"monitor_lost"`
-	MonitorOn     *ebpf.Map `ebpf:"monitor_on"`
-	PinBackoff    *ebpf.Map `ebpf:"pin_backoff"`
-	PinFilter     *ebpf.Map `ebpf:"pin_filter"`
-	Pins4         *ebpf.Map `ebpf:"pins4"`
-	Pins6         *ebpf.Map `ebpf:"pins6"`
-	SettingsMap   *ebpf.Map `ebpf:"settings_map"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
-	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
-	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
-	VipIndex      *ebpf.Map `ebpf:"vip_index"`
-	VipSlots      *ebpf.Map `ebpf:"vip_slots"`
-	VipStats      *ebpf.Map `ebpf:"vip_stats"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	DryResult      *ebpf.Map `ebpf:"dry_result"`
+	Frags          *ebpf.Map `ebpf:"frags"`
+	MaglevTables   *ebpf.Map `ebpf:"maglev_tables"`
+	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
+	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
+	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
+	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
+	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
+	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
+	PinFilter      *ebpf.Map `ebpf:"pin_filter"`
+	Pins4          *ebpf.Map `ebpf:"pins4"`
+	Pins6          *ebpf.Map `ebpf:"pins6"`
+	SettingsMap    *ebpf.Map `ebpf:"settings_map"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipAddrs       *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter      *ebpf.Map `ebpf:"vip_filter"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
+	VipSlots       *ebpf.Map `ebpf:"vip_slots"`
+	VipStats       *ebpf.Map `ebpf:"vip_stats"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *lbMaps) Close() error {
@@ -490,6 +594,10 @@ func (m *lbMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.NatConfigMap,
+		m.NatFlows,
+		m.NatScratchMap,
+		m.NatSourceStats,
 		m.PinBackoff,
 		m.PinFilter,
 		m.Pins4,
@@ -519,6 +627,8 @@ type lbVariables struct {
 	BtfMode         *ebpf.Variable `ebpf:"btf_mode"`
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
+	BtfNatDir       *ebpf.Variable `ebpf:"btf_nat_dir"`
+	BtfNatState     *ebpf.Variable `ebpf:"btf_nat_state"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
 	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`

@@ -58,6 +58,10 @@ type ModelState struct {
 	// PinFails says no new pin can be made: the flow table is full (the
 	// program's per-CPU backoff after a failure is not modelled).
 	PinFails bool
+	// NATFlow returns the backend of a flow's NAT entry (snat services),
+	// if it has one; nil: no flow has. Datapath.ModelState's reads the NAT
+	// table.
+	NATFlow func(src, dst netip.AddrPort, proto Proto) (id uint32, ok bool)
 }
 
 // The rules of a Decision.
@@ -78,6 +82,19 @@ const (
 	// RuleNoBackend: the chosen id names no backend entry (or the service
 	// has no table): the program drops the packet (drop/no_backend).
 	RuleNoBackend = "no-backend"
+	// RuleNATFlow: a snat service's flow has a NAT entry whose backend is
+	// up: the entry decides (a new flow's backend is the table's, RuleTable).
+	RuleNATFlow = "nat-flow"
+	// RuleNATNoFlow: a TCP packet other than a SYN to a snat service, of
+	// no NAT flow: the program drops it (drop/snat_no_flow).
+	RuleNATNoFlow = "nat-no-flow"
+	// RuleNATBackendLost: a TCP packet other than a SYN of a NAT flow whose
+	// backend is down or gone: the program removes the flow and answers
+	// with a RST (tx/snat_rst; a RST itself is dropped, drop/no_backend).
+	RuleNATBackendLost = "nat-backend-lost"
+	// RuleNATICMP: an ICMP error about a snat service's flow that arrives
+	// at the VIP (the client's side): the program drops it (drop/icmp).
+	RuleNATICMP = "nat-icmp"
 )
 
 // Decision is the model's decision for a packet.
@@ -162,6 +179,9 @@ func (s *ModelState) Decide(p Packet) Decision {
 	if len(v.Table) > 0 {
 		d.Slot = Slot(d.Hash, len(v.Table))
 	}
+	if v.Mode == ModeSNAT {
+		return s.decideNAT(p, v, d)
+	}
 
 	// A pin to a backend that is up decides; one to a backend down or
 	// gone is passed over, and a new pin replaces it, or, for a SYN, it is
@@ -224,6 +244,41 @@ func (s *ModelState) Decide(p Packet) Decision {
 	return d
 }
 
+// decideNAT is Decide for a snat service: the flow's NAT entry while its
+// backend is up, else a new flow on the table's backend (a TCP SYN or a UDP
+// datagram), else a drop or a RST. SNAT writes no pin and knows no
+// transition.
+func (s *ModelState) decideNAT(p Packet, v ModelVIP, d Decision) Decision {
+	if p.ICMPError {
+		d.Rule = RuleNATICMP
+		return d
+	}
+	tcpNotSYN := p.Proto == TCP && !p.SYN
+	if s.NATFlow != nil {
+		if id, ok := s.NATFlow(p.Src, p.Dst, p.Proto); ok {
+			if s.up(id) {
+				d.Rule, d.BackendID = RuleNATFlow, id
+				return d
+			}
+			if tcpNotSYN {
+				d.Rule = RuleNATBackendLost
+				return d
+			}
+		}
+	}
+	if tcpNotSYN {
+		d.Rule = RuleNATNoFlow
+		return d
+	}
+	d.BackendID = slotOf(v.Table, d.Hash)
+	if !s.up(d.BackendID) {
+		d.Rule = RuleNoBackend
+		return d
+	}
+	d.Rule = RuleTable
+	return d
+}
+
 // ModelState takes a snapshot of the datapath's maps for the model: every
 // service (from the vips map, with its tables read from maglev_tables),
 // every backend entry, and a pin lookup in the live flow tables. It works as
@@ -270,6 +325,10 @@ func (d *Datapath) ModelState() (*ModelState, error) {
 	s.Pin = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
 		id, ok, err := d.LookupFlow(src, dst, proto)
 		return id, ok && err == nil
+	}
+	s.NATFlow = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
+		f, ok := natFlow(d, src, dst, proto)
+		return f.BackendID, ok
 	}
 	return s, nil
 }

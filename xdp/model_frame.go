@@ -49,6 +49,9 @@ const (
 	cDropRedirect     = "drop/redirect_failed"
 	cDropUnsupported  = "drop/unsupported_mode"
 	cDropNoEncapSrc   = "drop/no_encap_source"
+	cDropNATNoSource  = "drop/snat_no_source"
+	cDropNATNoFlow    = "drop/snat_no_flow"
+	cDropNATUnsupp    = "drop/snat_unsupported"
 	cTxL2             = "tx/dsr_l2"
 	cRedirectL2       = "redirect/dsr_l2"
 	cTxIPIP           = "tx/dsr_ipip"
@@ -593,6 +596,9 @@ func (r *frameRun) forward(f *mflow) string {
 		Src: netip.AddrPortFrom(f.src, f.sport), Dst: netip.AddrPortFrom(f.dst, f.dport),
 		Proto: Proto(f.proto), SYN: f.syn, ICMPError: f.icmpErr,
 	}
+	if v, ok := r.m.State.LookupVIP(p.Dst, p.Proto); ok && v.Mode == ModeSNAT {
+		return r.snat(f, p, v)
+	}
 	// A new pin fails when its buckets are full; Decide then sends a SYN
 	// where the flow's next packets will go.
 	k := FlowKey{p.Src, p.Dst, p.Proto}
@@ -644,6 +650,30 @@ func (r *frameRun) forward(f *mflow) string {
 		r.event(evFragmentFirst)
 	}
 	return r.send(f, v, d.BackendID, d.Hash)
+}
+
+// snat is the program's way with a packet of a SNAT service, as far as the
+// model goes. The model has no SNAT sources: translation, NAT state and
+// replies are out of its scope (the fuzzer configures no source, and the
+// fixtures of xdp/nat_test.go hold the program to exact bytes instead), so
+// a new flow ends at "no SNAT source", after the checks that come first.
+func (r *frameRun) snat(f *mflow, p Packet, v ModelVIP) string {
+	switch {
+	case f.first: // fragments are not translated
+		return cDropNATUnsupp
+	case f.icmpErr:
+		return cDropICMP
+	case p.Proto == TCP && !f.syn: // no NAT flow exists
+		return cDropNATNoFlow
+	}
+	var id uint32
+	if len(v.Table) > 0 {
+		id = v.Table[Slot(FlowHash(p.Src, p.Dst, p.Proto, v.Seed), len(v.Table))]
+	}
+	if !r.m.State.up(id) {
+		return cDropNoBackend
+	}
+	return cDropNATNoSource
 }
 
 // send sends the packet to backend id by the VIP's mode.

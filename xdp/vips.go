@@ -208,6 +208,9 @@ func (d *Datapath) recover() error {
 		}
 		d.filter[FilterBit(ak.addr)]++
 	}
+	if err := d.recoverNAT(); err != nil {
+		return err
+	}
 	return d.writeFilter()
 }
 

@@ -187,7 +187,9 @@ func runConntrack(ctx context.Context, args []string, out io.Writer) error {
 	c := newCLICommand("conntrack", "xdplb conntrack [--vip VIP:PORT/PROTO] [--socket PATH] [-o table|json]",
 		"Lists the pinned flows: the flows that a conntrack entry keeps on their backend\n"+
 			"(made when a VIP's table changed while they were open), with the time since\n"+
-			"their last packet. The daemon returns at most 100000.")
+			"their last packet; then the NAT flows of snat services: client, VIP, backend,\n"+
+			"the SNAT source:port they leave with, their state and age. The daemon returns\n"+
+			"at most 100000.")
 	vip := c.fs.String("vip", "", "only the flows of this VIP (ADDR:PORT/PROTO)")
 	pos, err := c.parse(args, out)
 	if err != nil {
@@ -606,14 +608,37 @@ func nextHop(b BackendInfo) string {
 	return b.NextHopMAC + "@" + b.Interface
 }
 
+// writeFlows writes the pinned flows, then the NAT flows (if any) in a
+// table of their own.
 func writeFlows(w io.Writer, fs []FlowInfo) error {
-	t := newTable()
-	t.row("CLIENT", "VIP", "BACKEND", "IDLE")
+	secs := func(s float64) string { return roundDuration(time.Duration(s * float64(time.Second))).String() }
+	pins, nat := newTable(), newTable()
+	pins.row("CLIENT", "VIP", "BACKEND", "IDLE")
+	nat.row("CLIENT", "VIP", "BACKEND", "SOURCE", "STATE", "AGE", "IDLE")
+	var npins, nnat int
 	for _, f := range fs {
-		t.row(f.Client, f.VIP, fmt.Sprintf("%s (id %d)", dash(f.Backend), f.BackendID),
-			roundDuration(time.Duration(f.IdleSec*float64(time.Second))).String())
+		if f.Source != "" {
+			nnat++
+			nat.row(f.Client, f.VIP, fmt.Sprintf("%s (id %d)", dash(f.Backend), f.BackendID), f.Source, f.State, secs(f.AgeSec), secs(f.IdleSec))
+			continue
+		}
+		npins++
+		pins.row(f.Client, f.VIP, fmt.Sprintf("%s (id %d)", dash(f.Backend), f.BackendID), secs(f.IdleSec))
 	}
-	return t.writeTo(w)
+	if npins > 0 || nnat == 0 {
+		if err := pins.writeTo(w); err != nil {
+			return err
+		}
+	}
+	if nnat == 0 {
+		return nil
+	}
+	if npins > 0 {
+		if _, err := fmt.Fprintln(w, "\nNAT flows (snat services):"); err != nil {
+			return err
+		}
+	}
+	return nat.writeTo(w)
 }
 
 func writeMaglev(w io.Writer, m MaglevInfo) error {

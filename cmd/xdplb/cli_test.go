@@ -100,7 +100,7 @@ func TestCLIGolden(t *testing.T) {
 		{"status", []string{"status"}, new(StatusInfo), &st, []string{"Status()"}},
 		{"vips", []string{"vips"}, new([]VIPInfo), ptrTo(sortedVIPs()), []string{"VIPs()"}},
 		{"backends", []string{"backends"}, new([]BackendInfo), &[]BackendInfo{b[1], b[2], b[0], b[4], b[3]}, []string{"Backends()"}},
-		{"conntrack", []string{"conntrack"}, new([]FlowInfo), &[]FlowInfo{f[2], f[0], f[1]}, []string{`Flows("")`}},
+		{"conntrack", []string{"conntrack"}, new([]FlowInfo), &[]FlowInfo{f[2], f[0], f[3], f[1], f[4]}, []string{`Flows("")`}},
 		{"conntrack_vip", []string{"conntrack", "--vip", "198.18.10.10:80/TCP"}, new([]FlowInfo), &[]FlowInfo{f[2], f[0]},
 			[]string{`Flows("198.18.10.10:80/tcp")`}},
 		{"maglev", []string{"maglev", fakeVIP}, new(MaglevInfo), &m, []string{`Maglev("198.18.10.10:80/tcp")`}},

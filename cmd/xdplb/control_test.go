@@ -222,6 +222,10 @@ func newFakeAPI() *fakeAPI {
 			{Client: "198.18.0.10:51000", VIP: fakeVIP, BackendID: 1, Backend: "198.18.1.11", IdleSec: 3.25},
 			{Client: "[2001:db8::10]:40001", VIP: "[2001:db8:10::1]:53/udp", BackendID: 7, Backend: "2001:db8:1::11", IdleSec: 0.5},
 			{Client: "198.18.0.9:60000", VIP: fakeVIP, BackendID: 3, Backend: "198.18.1.13:8080", IdleSec: 125},
+			{Client: "198.18.0.11:41000", VIP: "198.18.10.20:5432/tcp", BackendID: 9, Backend: "198.18.1.20:15432", IdleSec: 1.5,
+				Source: "198.18.0.1:20123", State: "established", AgeSec: 3700},
+			{Client: "[2001:db8::11]:41001", VIP: "[2001:db8:10::2]:53/udp", BackendID: 10, Backend: "[2001:db8:1::20]:53", IdleSec: 4,
+				Source: "[2001:db8::1]:31000", State: "udp", AgeSec: 4},
 		},
 		maglev: map[string]MaglevInfo{
 			fakeVIP: {VIP: fakeVIP, TableSize: 16381, Backends: []SlotsShare{

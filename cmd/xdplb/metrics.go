@@ -36,6 +36,8 @@ type metricsSource interface {
 	// ConntrackEntries returns the pinned flows per family as of the last
 	// maintenance pass, and the capacity of each family's table.
 	ConntrackEntries() (v4, v6, capacity int)
+	// NATStats returns the NAT table's use and the SNAT counters.
+	NATStats() (xdp.NATStats, error)
 	// ConfigSHA256 returns the hex SHA-256 of the running configuration
 	// file, or "" before one is loaded.
 	ConfigSHA256() string
@@ -84,6 +86,17 @@ var (
 	conntrackCapacityDesc = prometheus.NewDesc("xdplb_conntrack_capacity",
 		"Flows the connection-tracking table of the address family can hold (conntrack.maxFlows).",
 		[]string{"family"}, nil)
+
+	snatFlowsDesc = prometheus.NewDesc("xdplb_snat_flows",
+		"NAT flows of snat services (both directions of each), as of the last maintenance pass.", nil, nil)
+	snatCapacityDesc = prometheus.NewDesc("xdplb_snat_capacity",
+		"NAT flows the NAT table can hold; when it is full new flows are dropped (reason snat_table_full) and established ones are untouched.", nil, nil)
+	snatSourceFlowsDesc = prometheus.NewDesc("xdplb_snat_source_flows_total",
+		"NAT flows created with the SNAT source.", []string{"source"}, nil)
+	snatAllocFailDesc = prometheus.NewDesc("xdplb_snat_allocation_failures_total",
+		"New flows dropped because every port of the SNAT source they tried was taken toward their backend.", []string{"source"}, nil)
+	snatExpiredDesc = prometheus.NewDesc("xdplb_snat_expired_total",
+		"NAT flows removed by the daemon since it started, by reason: tcp_established_idle, tcp_transitory_idle, udp_idle, orphan.", []string{"reason"}, nil)
 
 	configReloadsDesc = prometheus.NewDesc("xdplb_config_reloads_total",
 		"Configuration reloads since the daemon started (SIGHUP, xdplb reload, a changed file), by result: success (applied) or failure (refused; the running configuration is kept).",
@@ -140,6 +153,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 		backendPacketsDesc, backendBytesDesc, backendNewFlowsDesc, backendUpDesc,
 		datapathPacketsDesc, datapathEventsDesc,
 		conntrackEntriesDesc, conntrackCapacityDesc,
+		snatFlowsDesc, snatCapacityDesc, snatSourceFlowsDesc, snatAllocFailDesc, snatExpiredDesc,
 		configReloadsDesc, configInfoDesc, buildInfoDesc,
 	} {
 		ch <- d
@@ -201,6 +215,20 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(conntrackEntriesDesc, float64(v6), "ipv6")
 	gauge(conntrackCapacityDesc, float64(capacity), "ipv4")
 	gauge(conntrackCapacityDesc, float64(capacity), "ipv6")
+
+	if ns, err := c.src.NATStats(); err != nil {
+		ch <- prometheus.NewInvalidMetric(snatFlowsDesc, fmt.Errorf("reading NAT counters: %w", err))
+	} else {
+		gauge(snatFlowsDesc, float64(ns.Flows))
+		gauge(snatCapacityDesc, float64(ns.Capacity))
+		for _, s := range ns.Sources {
+			counter(snatSourceFlowsDesc, s.Flows, s.Source.String())
+			counter(snatAllocFailDesc, s.AllocFailures, s.Source.String())
+		}
+		for _, r := range xdp.NATExpireReasons {
+			counter(snatExpiredDesc, ns.Expired[r], r)
+		}
+	}
 
 	ok, failed := c.src.ReloadCounts()
 	counter(configReloadsDesc, ok, "success")

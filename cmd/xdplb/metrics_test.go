@@ -79,6 +79,11 @@ func (f *fakeMetrics) ConntrackEntries() (v4, v6, capacity int) {
 	return f.ct4, f.ct6, f.ctCapacity
 }
 
+func (f *fakeMetrics) NATStats() (xdp.NATStats, error) {
+	return xdp.NATStats{Flows: 3, Capacity: 262144, Sources: []xdp.NATSourceStats{{Source: netip.MustParseAddr("198.18.0.1"), Flows: 40, AllocFailures: 2}},
+		Expired: map[string]uint64{xdp.NATExpiredTransitory: 5}}, nil
+}
+
 func (f *fakeMetrics) ConfigSHA256() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -224,6 +229,24 @@ xdplb_datapath_packets_total{action="pass",reason="not_ip"} 7
 xdplb_datapath_packets_total{action="pass",reason="not_vip"} 120
 xdplb_datapath_packets_total{action="redirect",reason="dsr_ipip"} 30
 xdplb_datapath_packets_total{action="tx",reason="dsr_l2"} 1000
+# HELP xdplb_snat_allocation_failures_total New flows dropped because every port of the SNAT source they tried was taken toward their backend.
+# TYPE xdplb_snat_allocation_failures_total counter
+xdplb_snat_allocation_failures_total{source="198.18.0.1"} 2
+# HELP xdplb_snat_capacity NAT flows the NAT table can hold; when it is full new flows are dropped (reason snat_table_full) and established ones are untouched.
+# TYPE xdplb_snat_capacity gauge
+xdplb_snat_capacity 262144
+# HELP xdplb_snat_expired_total NAT flows removed by the daemon since it started, by reason: tcp_established_idle, tcp_transitory_idle, udp_idle, orphan.
+# TYPE xdplb_snat_expired_total counter
+xdplb_snat_expired_total{reason="orphan"} 0
+xdplb_snat_expired_total{reason="tcp_established_idle"} 0
+xdplb_snat_expired_total{reason="tcp_transitory_idle"} 5
+xdplb_snat_expired_total{reason="udp_idle"} 0
+# HELP xdplb_snat_flows NAT flows of snat services (both directions of each), as of the last maintenance pass.
+# TYPE xdplb_snat_flows gauge
+xdplb_snat_flows 3
+# HELP xdplb_snat_source_flows_total NAT flows created with the SNAT source.
+# TYPE xdplb_snat_source_flows_total counter
+xdplb_snat_source_flows_total{source="198.18.0.1"} 40
 # HELP xdplb_vip_bytes_total Bytes of the packets counted by xdplb_vip_packets_total, as received: whole Ethernet frames, VLAN tag included, before any encapsulation.
 # TYPE xdplb_vip_bytes_total counter
 xdplb_vip_bytes_total{port="53",protocol="udp",service="dns",vip="2001:db8::100"} 2700
@@ -287,20 +310,25 @@ func TestBuildLabels(t *testing.T) {
 // backends, never a client.
 func TestMetricsLabelsBounded(t *testing.T) {
 	wantLabels := map[string][]string{
-		"xdplb_vip_packets_total":       {"port", "protocol", "service", "vip"},
-		"xdplb_vip_bytes_total":         {"port", "protocol", "service", "vip"},
-		"xdplb_vip_new_flows_total":     {"port", "protocol", "service", "vip"},
-		"xdplb_backend_packets_total":   {"backend", "port", "protocol", "service", "vip"},
-		"xdplb_backend_bytes_total":     {"backend", "port", "protocol", "service", "vip"},
-		"xdplb_backend_new_flows_total": {"backend", "port", "protocol", "service", "vip"},
-		"xdplb_backend_up":              {"backend", "port", "protocol", "service", "vip"},
-		"xdplb_datapath_packets_total":  {"action", "reason"},
-		"xdplb_datapath_events_total":   {"event"},
-		"xdplb_conntrack_entries":       {"family"},
-		"xdplb_conntrack_capacity":      {"family"},
-		"xdplb_config_reloads_total":    {"result"},
-		"xdplb_config_info":             {"sha256"},
-		"xdplb_build_info":              {"goversion", "revision", "version"},
+		"xdplb_vip_packets_total":              {"port", "protocol", "service", "vip"},
+		"xdplb_vip_bytes_total":                {"port", "protocol", "service", "vip"},
+		"xdplb_vip_new_flows_total":            {"port", "protocol", "service", "vip"},
+		"xdplb_backend_packets_total":          {"backend", "port", "protocol", "service", "vip"},
+		"xdplb_backend_bytes_total":            {"backend", "port", "protocol", "service", "vip"},
+		"xdplb_backend_new_flows_total":        {"backend", "port", "protocol", "service", "vip"},
+		"xdplb_backend_up":                     {"backend", "port", "protocol", "service", "vip"},
+		"xdplb_datapath_packets_total":         {"action", "reason"},
+		"xdplb_datapath_events_total":          {"event"},
+		"xdplb_conntrack_entries":              {"family"},
+		"xdplb_conntrack_capacity":             {"family"},
+		"xdplb_snat_flows":                     nil,
+		"xdplb_snat_capacity":                  nil,
+		"xdplb_snat_source_flows_total":        {"source"},
+		"xdplb_snat_expired_total":             {"reason"},
+		"xdplb_snat_allocation_failures_total": {"source"},
+		"xdplb_config_reloads_total":           {"result"},
+		"xdplb_config_info":                    {"sha256"},
+		"xdplb_build_info":                     {"goversion", "revision", "version"},
 
 		"xdplb_backend_health_transitions_total":     {"to"},
 		"xdplb_source_conflicts":                     {"source"},

@@ -161,6 +161,12 @@ type FlowInfo struct {
 	BackendID uint32  `json:"backendId"`
 	Backend   string  `json:"backend"`
 	IdleSec   float64 `json:"idleSeconds"`
+	// A NAT flow (of a snat service) has the SNAT source:port its packets
+	// leave with (then Backend is the backend's ADDR:PORT), its state
+	// (syn_sent, established, closing, reset, udp) and its age.
+	Source string  `json:"source,omitempty"`
+	State  string  `json:"state,omitempty"`
+	AgeSec float64 `json:"ageSeconds,omitempty"`
 }
 
 // MaglevInfo is the slot share of each backend in a VIP's table.

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -257,6 +258,11 @@ func configChanges(old, next *config.Config) []string {
 	}
 	if old.Conntrack.IdleTimeout != next.Conntrack.IdleTimeout {
 		out = append(out, fmt.Sprintf("conntrack.idleTimeout %v -> %v", old.Conntrack.IdleTimeout, next.Conntrack.IdleTimeout))
+	}
+	if !reflect.DeepEqual(old.SNAT, next.SNAT) {
+		out = append(out, fmt.Sprintf("snat sources %v ports %d-%d timeouts %v/%v/%v -> sources %v ports %d-%d timeouts %v/%v/%v (NAT flows keep their source and port)",
+			old.SNAT.Sources, old.SNAT.PortLo, old.SNAT.PortHi, old.SNAT.Timeouts.TCPEstablished, old.SNAT.Timeouts.TCPTransitory, old.SNAT.Timeouts.UDP,
+			next.SNAT.Sources, next.SNAT.PortLo, next.SNAT.PortHi, next.SNAT.Timeouts.TCPEstablished, next.SNAT.Timeouts.TCPTransitory, next.SNAT.Timeouts.UDP))
 	}
 	return out
 }

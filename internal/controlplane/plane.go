@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -120,6 +121,9 @@ type Plane struct {
 	seedFile   string   // the generated seed's file, once read or made
 	flows4     int
 	flows6     int
+
+	// snatAnnounce are the SNAT sources that are no host address.
+	snatAnnounce []netip.Addr
 
 	samplesMu sync.Mutex
 	samples   []flowSample // VIPs' new-flow counters, for plans
@@ -443,6 +447,10 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	if err := p.dp.SetEncapSource(cfg.Encap.SourceIPv4, cfg.Encap.SourceIPv6); err != nil {
 		return err
 	}
+	if err := p.dp.SetNAT(xdp.NATConfig{Sources: cfg.SNAT.Sources, PortLo: cfg.SNAT.PortLo, PortHi: cfg.SNAT.PortHi}); err != nil {
+		return err
+	}
+	p.snatAnnounce = foreignAddrs(cfg.SNAT.Sources)
 	addrs, svcErrs, err := p.alloc.Assign(cfg)
 	if err != nil {
 		return err
@@ -564,6 +572,13 @@ func (p *Plane) announce(services []config.Service, st lb.Status) {
 		}
 	}
 	active := announceable(services, healthy)
+	// SNAT sources that are no host address are answered for like VIPs:
+	// the backends' replies must reach the appliance.
+	for _, a := range p.snatAnnounce {
+		if !slices.Contains(active, a) {
+			active = append(active, a)
+		}
+	}
 	for _, s := range services {
 		if s.Announce && !slices.Contains(active, s.Addr) {
 			p.log.Debug("not announced: too few healthy backends", "service", s.Name, "vip", s.Addr, "healthy", healthy[s.Name], "min", s.MinHealthyBackends)
@@ -583,6 +598,28 @@ func (p *Plane) handOut() {
 		}
 		a.SetVIPs(p.announced)
 	}
+}
+
+// foreignAddrs are the addresses of addrs that are on no interface of the
+// host (in the daemon's network namespace).
+func foreignAddrs(addrs []netip.Addr) []netip.Addr {
+	host := map[netip.Addr]bool{}
+	if ifs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range ifs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					host[ip.Unmap()] = true
+				}
+			}
+		}
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if !host[a] {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // bgpOptions are the speaker's options from the configuration.
@@ -684,7 +721,14 @@ func (p *Plane) maintainLoop(ctx context.Context) error {
 	t := time.NewTicker(maintainEvery)
 	defer t.Stop()
 	for {
-		idle := p.Config().Conntrack.IdleTimeout
+		cfg := p.Config()
+		idle := cfg.Conntrack.IdleTimeout
+		to := cfg.SNAT.Timeouts
+		if nres, err := p.dp.MaintainNAT(xdp.NATTimeouts{TCPEstablished: to.TCPEstablished, TCPTransitory: to.TCPTransitory, UDP: to.UDP}); err != nil {
+			p.log.Error("NAT maintenance", "err", err)
+		} else if len(nres.Expired) > 0 {
+			p.log.Debug("NAT maintenance", "expired", nres.Expired, "remaining", nres.Remaining)
+		}
 		res, err := p.dp.Maintain(idle)
 		if err != nil {
 			p.log.Error("maintenance", "err", err)

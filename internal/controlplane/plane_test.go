@@ -11,15 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
 	"github.com/xdplb/xdplb/config"
+	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -424,5 +427,72 @@ func TestGeneratedSeed(t *testing.T) {
 	}
 	if got := slotsOf(p2); got != slots1 {
 		t.Errorf("slots: %s, then %s", slots1, got)
+	}
+}
+
+// TestSNATConfigReachesDatapath: the snat section goes to the datapath (its
+// sources and ports), a snat service's backends carry their own port, and a
+// source that is no host address is announced like a VIP while one of the
+// host's is not.
+func TestSNATConfigReachesDatapath(t *testing.T) {
+	dir, bpf := testFiles(t)
+	snat := testSeed + "snat:\n  sources: [198.18.0.1, 198.18.0.99, \"2001:db8::9\"]\n  ports: 40000-40100\n"
+	services := `  - name: db
+    address: 198.18.10.20
+    protocol: tcp
+    ports: [5432]
+    mode: snat
+    backends:
+      - {address: 198.18.0.21, port: 15432}
+`
+	p, _, start := startPlane(t, writeConfig(t, dir, bpf, snat, services))
+	start()
+	waitFor(t, "the snat service applied", func() bool { return p.Status().Counts.VIPs == 1 })
+
+	got := p.dp.NAT()
+	want := xdp.NATConfig{Sources: []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.99"), netip.MustParseAddr("2001:db8::9")}, PortLo: 40000, PortHi: 40100}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("datapath NAT config %v, want %v", got, want)
+	}
+	bes, err := p.dp.Backends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []uint16
+	for _, b := range bes {
+		ports = append(ports, b.Port)
+	}
+	if fmt.Sprint(ports) != "[15432]" {
+		t.Errorf("backend ports %v, want [15432]", ports)
+	}
+	p.mu.Lock()
+	announced := slices.Clone(p.announced)
+	p.mu.Unlock()
+	if !slices.Contains(announced, netip.MustParseAddr("198.18.0.99")) || !slices.Contains(announced, netip.MustParseAddr("2001:db8::9")) ||
+		slices.Contains(announced, netip.MustParseAddr("198.18.0.1")) {
+		t.Errorf("announced %v, want the foreign sources 198.18.0.99 and 2001:db8::9 and not the host's 198.18.0.1", announced)
+	}
+
+	// A client's SYN makes a NAT flow, which `xdplb conntrack` lists.
+	client := netip.MustParseAddrPort("198.18.0.50:41000")
+	syn := packet.MustBuild(packet.Ethernet{Dst: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Src: net.HardwareAddr{2, 0, 0, 0, 0, 2},
+		Payload: packet.IPv4{Src: client.Addr(), Dst: netip.MustParseAddr("198.18.10.20"), TTL: 64,
+			Payload: packet.TCP{SrcPort: client.Port(), DstPort: 5432, Seq: 1, Flags: packet.TCPSyn, Window: 1000}}})
+	ret, err := p.dp.Program().Run(&ebpf.RunOptions{Data: syn, DataOut: make([]byte, len(syn)+64)})
+	if err != nil || ret != xdp.XDPRedirect {
+		t.Fatalf("SYN through the program: verdict %d, %v; want XDP_REDIRECT (to eth0)", ret, err)
+	}
+	flows, err := p.Flows("198.18.10.20:5432/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != 1 {
+		t.Fatalf("flows %+v, want one NAT flow", flows)
+	}
+	f := flows[0]
+	src := netip.MustParseAddrPort(f.Source)
+	if f.Client != client.String() || f.Backend != "198.18.0.21:15432" || f.State != "syn_sent" || !slices.Contains(want.Sources, src.Addr()) ||
+		!src.Addr().Is4() || src.Port() < 40000 || src.Port() > 40100 {
+		t.Errorf("NAT flow %+v: want client %s, backend 198.18.0.21:15432, state syn_sent, an IPv4 source with a port in 40000-40100", f, client)
 	}
 }

@@ -161,8 +161,8 @@ func (p *Plane) backendNames() map[uint32]string {
 	return names
 }
 
-// Flows answers `xdplb conntrack`: the pinned flows, of one VIP when vip
-// is not empty.
+// Flows answers `xdplb conntrack`: the pinned flows and the NAT flows, of
+// one VIP when vip is not empty.
 func (p *Plane) Flows(vip string) ([]FlowInfo, error) {
 	var filter *xdp.VIPKey
 	if vip != "" {
@@ -182,6 +182,21 @@ func (p *Plane) Flows(vip string) ([]FlowInfo, error) {
 		out = append(out, FlowInfo{
 			Client: f.Src.String(), VIP: xdp.VIPKey{Addr: f.Dst.Addr(), Port: f.Dst.Port(), Proto: f.Proto}.String(),
 			BackendID: f.BackendID, Backend: names[f.BackendID], IdleSec: f.Idle.Seconds(),
+		})
+		return len(out) < 100000
+	})
+	if err != nil || len(out) >= 100000 {
+		return out, err
+	}
+	err = p.dp.NATFlows(func(f xdp.NATFlow) bool {
+		k, ok := p.dp.LookupVIP(f.VIP, f.Proto)
+		if filter != nil && (!ok || k != *filter) {
+			return true
+		}
+		out = append(out, FlowInfo{
+			Client: f.Client.String(), VIP: xdp.VIPKey{Addr: f.VIP.Addr(), Port: f.VIP.Port(), Proto: f.Proto}.String(),
+			BackendID: f.BackendID, Backend: f.Backend.String(), IdleSec: f.Idle.Seconds(),
+			Source: f.Source.String(), State: f.State, AgeSec: f.Age.Seconds(),
 		})
 		return len(out) < 100000
 	})
@@ -276,12 +291,27 @@ func (p *Plane) Explain(from, vip string, syn bool) (ExplainInfo, error) {
 		e.Reason = "previous"
 		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): the VIP's table changed moments ago (%s of its grace period left) and moved the flow's slot %d of %d; a packet that is not a SYN stays on the previous table's backend and pins the flow there.",
 			e.From, vip, e.Backend, e.BackendID, left.Round(time.Second), e.Slot, e.TableSize)
+	case xdp.RuleNATFlow:
+		e.Reason = "nat-flow"
+		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): the flow's NAT entry keeps it there while that backend is up (see xdplb conntrack for its SNAT source and port).", e.From, vip, e.Backend, e.BackendID)
+	case xdp.RuleNATNoFlow:
+		e.Reason = "nat-no-flow"
+		e.Text = fmt.Sprintf("%s -> %s is dropped: a snat service makes a NAT flow on a TCP SYN, and this flow has none (try --syn).", e.From, vip)
+	case xdp.RuleNATBackendLost:
+		e.Reason = "nat-backend-lost"
+		e.Text = fmt.Sprintf("%s -> %s is answered with a RST: the backend of the flow's NAT entry is down or gone, so the flow is removed.", e.From, vip)
+	case xdp.RuleNATICMP:
+		e.Reason = "nat-icmp"
+		e.Text = fmt.Sprintf("%s -> %s: ICMP errors arriving at a snat service's VIP are dropped.", e.From, vip)
 	case xdp.RuleNoBackend:
 		e.Reason = "no-backend"
 		e.Text = fmt.Sprintf("%s -> %s is dropped: the VIP has no usable backend (slot %d of %d).", e.From, vip, e.Slot, e.TableSize)
 	default:
 		e.Reason = "table"
 		e.Text = fmt.Sprintf("%s -> %s goes to %s (id %d): Maglev slot %d of %d (flow hash %#08x).", e.From, vip, e.Backend, e.BackendID, e.Slot, e.TableSize, e.Hash)
+		if x.Model.VIP.Addr.IsValid() && p.isSNAT(x.Model.VIP) {
+			e.Text += " A snat service: the packet makes the flow's NAT entry there (a TCP SYN or a UDP datagram), which keeps it on that backend from then on."
+		}
 		if e.PrevBackend != "" {
 			e.Text += fmt.Sprintf(" The VIP's table changed moments ago (%s of its grace period left): a packet of a flow that began before (not a SYN) stays on %s and pins the flow there.", left.Round(time.Second), e.PrevBackend)
 		}
@@ -290,6 +320,16 @@ func (p *Plane) Explain(from, vip string, syn bool) (ExplainInfo, error) {
 		p.log.Error("explain: the datapath program and its model disagree", "from", e.From, "vip", e.VIP, "disagreement", e.Disagreement)
 	}
 	return e, nil
+}
+
+// isSNAT says whether the service of k is a snat one.
+func (p *Plane) isSNAT(k xdp.VIPKey) bool {
+	for _, v := range p.dp.VIPs() {
+		if v.Key == k {
+			return v.Mode == xdp.ModeSNAT
+		}
+	}
+	return false
 }
 
 // packetKind names the packet Explain runs.
@@ -371,6 +411,9 @@ func (p *Plane) BackendMetrics() ([]BackendMetric, error) {
 	}
 	return out, nil
 }
+
+// NATStats returns the NAT table's use and the SNAT counters.
+func (p *Plane) NATStats() (xdp.NATStats, error) { return p.dp.NATStats() }
 
 // ConntrackEntries returns the pinned flows per family as of the last
 // maintenance pass, and the capacity of each family's table.

@@ -96,6 +96,30 @@
 /* How long a CPU stops trying to pin after the flow table was full (ns). */
 #define PIN_BACKOFF_NS 100000000ULL
 
+/* SNAT (nat.h): sources per family, ports tried per new flow, how often a
+ * flow's entries refresh their last_seen stamp (ns), how long a CPU stops
+ * trying to insert after the NAT table was full (ns), and the default size
+ * of the NAT table (entries: two per flow). */
+#define NAT_MAX_SOURCES 8
+#define NAT_PORT_TRIES 8
+#define NAT_TOUCH_NS 1000000000ULL
+#define NAT_BACKOFF_NS 100000000ULL
+#define DEFAULT_MAX_NAT_ENTRIES 524288
+
+/* nat_key.dir */
+enum xdplb_nat_dir {
+	NAT_DIR_FWD = 0,   /* client -> VIP, as it arrives */
+	NAT_DIR_REPLY = 1, /* backend -> SNAT source, as it arrives */
+};
+
+/* nat_value.state: what was seen in the entry's direction. */
+enum xdplb_nat_state {
+	NAT_S_SYN = 1 << 0,   /* a TCP SYN (forward) or SYN-ACK (reply) */
+	NAT_S_SEEN = 1 << 1,  /* a packet after the first (reply: any reply) */
+	NAT_S_FIN = 1 << 2,   /* a TCP FIN */
+	NAT_S_RST = 1 << 3,   /* a TCP RST */
+};
+
 /* The bench wrapper restores at most this many bytes of the original frame. */
 #define BENCH_MAX_FRAME 256
 
@@ -110,7 +134,7 @@ enum xdplb_dry_pin {
 enum xdplb_mode {
 	MODE_DSR_L2 = 0,   /* rewrite MACs, send to the backend's next hop */
 	MODE_DSR_IPIP = 1, /* encapsulate in IPv4/IPv6 toward the backend */
-	MODE_SNAT = 2,     /* reserved: full NAT (a later change) */
+	MODE_SNAT = 2,     /* full NAT: rewrite both addresses, keep state (nat.h) */
 };
 
 /* vip_meta.flags */
@@ -143,6 +167,7 @@ enum xdplb_counter {
 	CNT_PASS_BAD_L3,         /* malformed IP header, not for a VIP */
 	CNT_PASS_VLAN_STACKED,   /* more than one VLAN tag: not handled */
 	CNT_PASS_NDP,            /* neighbour discovery to a VIP: for the announcer */
+	CNT_PASS_NAT_NO_FLOW,    /* to a SNAT source, but no NAT flow: the host's own traffic */
 	/* XDP_DROP, packets for a VIP */
 	CNT_DROP_FRAGMENT,       /* fragment of a datagram not balanced (ICMP, other protocols) */
 	CNT_DROP_FRAGMENT_UNKNOWN, /* later fragment whose first fragment was not seen, or long ago */
@@ -161,11 +186,23 @@ enum xdplb_counter {
 	CNT_DROP_REDIRECT,       /* backend's egress interface not in tx_ports */
 	CNT_DROP_UNSUPPORTED_MODE, /* mode not implemented by this program */
 	CNT_DROP_NO_ENCAP_SOURCE, /* IPIP without an outer source of the backend's family */
+	CNT_DROP_NAT_NO_SOURCE,  /* SNAT service without a SNAT source of its family */
+	CNT_DROP_NAT_NO_PORT,    /* SNAT: every port tried toward the backend was taken */
+	CNT_DROP_NAT_FULL,       /* SNAT: the NAT table is full, no new flow */
+	CNT_DROP_NAT_NO_FLOW,    /* SNAT: TCP packet other than a SYN of no NAT flow */
+	CNT_DROP_NAT_UNSUPPORTED, /* SNAT: fragments and IPv6 extension headers are not translated */
 	/* XDP_TX / XDP_REDIRECT */
 	CNT_TX_L2,
 	CNT_REDIRECT_L2,
 	CNT_TX_IPIP,
 	CNT_REDIRECT_IPIP,
+	CNT_TX_SNAT,             /* client packet translated and sent to its backend */
+	CNT_REDIRECT_SNAT,
+	CNT_TX_SNAT_REPLY,       /* backend's reply translated and sent to the client */
+	CNT_REDIRECT_SNAT_REPLY,
+	CNT_TX_NAT_RST,          /* TCP RST sent to a client whose backend went away */
+	CNT_TX_SNAT_ICMP,        /* ICMP error about a NAT flow translated and sent to its client */
+	CNT_REDIRECT_SNAT_ICMP,
 	CNT_TX_ICMP_ECHO,        /* echo reply sent for a VIP */
 	CNT_TX_ICMP_TOO_BIG,     /* fragmentation needed / packet too big sent */
 	CNT_TX_ICMP_TIME_EXCEEDED, /* TTL / hop limit 1 to an IPIP VIP: time exceeded sent */
@@ -181,6 +218,9 @@ enum xdplb_counter {
 	CNT_EV_NEW_FLOW,         /* TCP SYN to a VIP */
 	CNT_EV_FRAGMENT_FIRST,   /* first fragment balanced and remembered */
 	CNT_EV_FRAGMENT_FOLLOWED, /* later fragment sent where its first went */
+	CNT_EV_NAT_CREATED,      /* SNAT flow created (both directions' entries) */
+	CNT_EV_NAT_PORT_RETRY,   /* SNAT port taken toward that backend: the next one was tried */
+	CNT_EV_NAT_BACKEND_LOST, /* SNAT flow whose backend is down or gone */
 	COUNTER_MAX,
 };
 

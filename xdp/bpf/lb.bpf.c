@@ -34,6 +34,8 @@ const struct monitor_event *btf_monitor_event __attribute__((unused));
 const struct flow4 *btf_flow4 __attribute__((unused));
 const struct flow6 *btf_flow6 __attribute__((unused));
 const struct ct_value *btf_ct_value __attribute__((unused));
+const enum xdplb_nat_state *btf_nat_state __attribute__((unused));
+const enum xdplb_nat_dir *btf_nat_dir __attribute__((unused));
 
 SEC("xdp")
 int xdplb(struct xdp_md *ctx)

@@ -179,7 +179,8 @@ static __always_inline int verdict_of(__u32 reason)
 		return XDP_PASS;
 	if (reason < CNT_TX_L2)
 		return XDP_DROP;
-	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR)
+	if (reason == CNT_REDIRECT_L2 || reason == CNT_REDIRECT_IPIP || reason == CNT_REDIRECT_ICMP_ERROR ||
+	    reason == CNT_REDIRECT_SNAT || reason == CNT_REDIRECT_SNAT_REPLY || reason == CNT_REDIRECT_SNAT_ICMP)
 		return XDP_REDIRECT;
 	return XDP_TX;
 }
@@ -857,6 +858,9 @@ static __always_inline void frag_remember(struct pkt *p, __u32 backend_id, __u32
 	count(CNT_EV_FRAGMENT_FIRST);
 }
 
+/* SNAT: its state and translation (nat.h), on the helpers above. */
+#include "nat.h"
+
 /* lb_send sends the packet to backend b (id) by the VIP's mode. */
 static __always_inline __u32 lb_send(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, struct backend *b,
 				     __u32 id, __u32 hash)
@@ -886,6 +890,10 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 	struct backend *b;
 	__u32 hash, id = 0;
 
+	if (m->mode == MODE_SNAT) {
+		count_lb(&vip_stats, m->vip_id, p);
+		return nat_forward(ctx, p, m);
+	}
 	if (ablated(ABLATE_HASH))
 		hash = 0x9E3779B1u;
 	else if (p->family == 4)
@@ -1077,8 +1085,16 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 	} else if ((p->family == 4 && p->proto == IPPROTO_ICMP_) ||
 		   (p->family == 6 && p->proto == IPPROTO_ICMPV6_)) {
 		info = vip_addr_lookup(p);
-		if (!info)
+		if (!info) {
+			/* An ICMP error about a NAT flow goes to its client. */
+			if (nat_is_source(nat_cfg(), p)) {
+				__u32 reason = nat_icmp(ctx, p, l4_len);
+
+				if (reason)
+					return reason;
+			}
 			return CNT_PASS_NOT_VIP;
+		}
 		r = parse_icmp(c, &ic, l4_len);
 		if (r < 0)
 			return CNT_DROP_TRUNCATED;
@@ -1091,9 +1107,19 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 		return addr_verdict(p, CNT_DROP_PROTOCOL, CNT_PASS_NOT_VIP);
 	}
 
+	/* A reply to a SNAT source:port is translated back to its client; one
+	 * of no NAT flow may be the host's own traffic (or for a VIP at the
+	 * same address). */
+	r = nat_is_source(nat_cfg(), p);
+	if (r) {
+		__u32 reason = nat_reply(ctx, p);
+
+		if (reason)
+			return reason;
+	}
 	m = service_lookup(p);
 	if (!m)
-		return addr_verdict(p, CNT_DROP_NO_SERVICE, CNT_PASS_NOT_VIP);
+		return addr_verdict(p, CNT_DROP_NO_SERVICE, r ? CNT_PASS_NAT_NO_FLOW : CNT_PASS_NOT_VIP);
 	return lb_forward(ctx, p, m);
 }
 

@@ -65,7 +65,7 @@ struct backend {
 	__u32 ifindex;      /* egress interface */
 	__u8 dmac[6];       /* next hop's MAC: the backend's or its gateway's */
 	__u8 smac[6];       /* egress interface's MAC */
-	__be16 port;        /* reserved for SNAT */
+	__be16 port;        /* SNAT: the backend's port (0: the service's) */
 	__u16 pad;
 	__u64 owner;        /* the control plane's name for the entry; unused here */
 };
@@ -208,6 +208,58 @@ struct dry_outcome {
 	__u32 backend_id;   /* 0: none (the packet was not forwarded to a backend) */
 	__u32 pin;          /* enum xdplb_dry_pin */
 	__u32 done;         /* 1 once the program ran to its end */
+};
+
+/* Keys of nat_flows (nat.h): a packet's tuple as it arrives, in one of the
+ * two directions of a translated flow. IPv4 addresses take the first word. */
+struct nat_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 dir;           /* enum xdplb_nat_dir */
+	__u8 pad;
+};
+
+/* Value of nat_flows: what a packet of the key's direction becomes. Forward:
+ * source the SNAT source:port, destination the backend:port. Reply: source
+ * the VIP:port, destination the client:port, sent through ifindex to dmac
+ * (the neighbour the client's first packet came from) from smac. */
+struct nat_value {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;
+	__u32 ifindex;      /* reply: the client side's interface */
+	__u8 dmac[6];       /* reply: the client side's next hop */
+	__u8 smac[6];       /* reply: the appliance's MAC on that interface */
+	__u32 vip_id;       /* the service's counters */
+	__u32 pad;
+	__u64 state;        /* enum xdplb_nat_state, seen in this direction (atomic or) */
+	__u64 created;      /* CLOCK_MONOTONIC_COARSE ns */
+	__u64 last_seen;    /* refreshed at most every NAT_TOUCH_NS */
+};
+
+/* SNAT settings (one entry of nat_config). Ports are host order. */
+struct nat_config {
+	__u64 filter;       /* bit (vip_filter_bit(folded source) & 63) of each source */
+	__u16 port_lo;
+	__u16 port_hi;
+	__u8 n4;            /* sources of each family in src4/src6 */
+	__u8 n6;
+	__u8 pad[2];
+	__be32 src4[NAT_MAX_SOURCES];
+	__u32 src6[NAT_MAX_SOURCES][4];
+};
+
+/* Per-CPU counters of one SNAT source (nat_src_stats: IPv4 sources first,
+ * then IPv6 ones from NAT_MAX_SOURCES). */
+struct nat_src_stats {
+	__u64 flows;        /* NAT flows created with this source */
+	__u64 alloc_fail;   /* new flows dropped: no free port toward their backend */
 };
 
 /* Original frame restored before every run of the bench wrapper. */

@@ -1,0 +1,817 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* SNAT (full NAT): a client's packet to a VIP:port of a `snat` service leaves
+ * with the backend's address:port as destination and one of the appliance's
+ * SNAT sources and a port of its range as source; the backend's reply comes
+ * back to that source:port and leaves with the VIP:port as source and the
+ * client as destination.
+ *
+ * State: every flow has two entries in nat_flows, one per direction (struct
+ * nat_key, dir). All access to NAT state goes through the nat_* functions of
+ * this header (and xdp/nat.go in user space), so that moving it onto the flow
+ * table that pins will share (issue 11) is a change of this header alone.
+ * For now nat_flows is a plain preallocated hash map: nothing is ever evicted;
+ * when it is full, new flows fail (drop/nat_table_full) and established ones
+ * carry on. User space expires idle entries (xdp/nat.go).
+ *
+ * Port allocation takes no lock: a new flow tries up to NAT_PORT_TRIES
+ * (source, port) pairs derived from its flow hash, and claims one by
+ * inserting the reply entry with BPF_NOEXIST. The reply key holds the
+ * backend's address and port, the source and the port, so the kernel's
+ * insert is the atomic claim: two flows to the same backend:port never get
+ * the same source:port, whichever CPUs they arrive on.
+ *
+ * The client's next hop: the reply goes back to the neighbour the flow's
+ * first packet came from, through the interface it came in on (the MACs and
+ * interface are kept in the reply entry). Routing is assumed symmetric, as
+ * for any stateful middlebox; there is no FIB lookup (it would need the
+ * kernel's forwarding on).
+ *
+ * This header is included by lb.h after the helpers it uses (count,
+ * backend_lookup, table_lookup, xmit, ...). */
+#ifndef XDPLB_NAT_H
+#define XDPLB_NAT_H
+
+/* Both directions of every NAT flow. Plain hash: never evicts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_NAT_ENTRIES);
+	__type(key, struct nat_key);
+	__type(value, struct nat_value);
+} nat_flows SEC(".maps");
+
+/* SNAT sources and port range (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+} nat_config_map SEC(".maps");
+
+/* Per-source counters, indexed as struct nat_src_stats says. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 * NAT_MAX_SOURCES);
+	__type(key, __u32);
+	__type(value, struct nat_src_stats);
+} nat_source_stats SEC(".maps");
+
+/* Scratch space for a new flow's keys and entries: the program's stack has
+ * no room for them (XDP runs a CPU's packets one at a time). */
+struct nat_scratch {
+	__u64 full_until;   /* CLOCK_MONOTONIC_COARSE ns: no insert tried before */
+	struct nat_key fk;
+	struct nat_key rk;
+	struct nat_value fv;
+	struct nat_value rv;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_scratch);
+} nat_scratch_map SEC(".maps");
+
+static __always_inline struct nat_config *nat_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nat_config_map, &zero);
+}
+
+/* nat_is_source says whether the packet's destination is a SNAT source: a
+ * bit of the config's filter (one inlined array read for every other
+ * packet), then the sources themselves. */
+static __always_inline int nat_is_source(struct nat_config *cfg, struct pkt *p)
+{
+	__u32 folded = p->family == 4 ? p->daddr[0] : fold_addr6(p->daddr);
+
+	if (!cfg || !(cfg->filter & (1ULL << (vip_filter_bit(folded) & 63))))
+		return 0;
+	if (p->family == 4) {
+#pragma unroll
+		for (int i = 0; i < NAT_MAX_SOURCES; i++)
+			if (i < cfg->n4 && cfg->src4[i] == p->daddr[0])
+				return 1;
+		return 0;
+	}
+#pragma unroll
+	for (int i = 0; i < NAT_MAX_SOURCES; i++)
+		if (i < cfg->n6 && cfg->src6[i][0] == p->daddr[0] && cfg->src6[i][1] == p->daddr[1] &&
+		    cfg->src6[i][2] == p->daddr[2] && cfg->src6[i][3] == p->daddr[3])
+			return 1;
+	return 0;
+}
+
+static __always_inline void nat_key_of(struct nat_key *k, struct pkt *p, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->family = p->family;
+	k->dir = dir;
+}
+
+/* nat_lookup_fwd finds the flow of a client's packet. */
+static __always_inline struct nat_value *nat_lookup_fwd(struct pkt *p)
+{
+	struct nat_key k = {};
+
+	nat_key_of(&k, p, NAT_DIR_FWD);
+	return bpf_map_lookup_elem(&nat_flows, &k);
+}
+
+/* nat_lookup_reply finds the flow of a backend's reply. */
+static __always_inline struct nat_value *nat_lookup_reply(struct pkt *p)
+{
+	struct nat_key k = {};
+
+	nat_key_of(&k, p, NAT_DIR_REPLY);
+	return bpf_map_lookup_elem(&nat_flows, &k);
+}
+
+/* nat_reply_key is the key of the reply entry of the flow whose forward
+ * translation is v. */
+static __always_inline void nat_reply_key(struct nat_key *k, struct nat_value *v, __u8 proto, __u8 family)
+{
+	__builtin_memcpy(k->saddr, v->daddr, 16);
+	__builtin_memcpy(k->daddr, v->saddr, 16);
+	k->sport = v->dport;
+	k->dport = v->sport;
+	k->proto = proto;
+	k->family = family;
+	k->dir = NAT_DIR_REPLY;
+}
+
+/* nat_delete_pair removes both entries of the flow whose forward entry is v. */
+static __always_inline void nat_delete_pair(struct pkt *p, struct nat_value *v)
+{
+	struct nat_key k = {};
+
+	if (cfg_dry_run)
+		return;
+	nat_reply_key(&k, v, p->proto, p->family);
+	bpf_map_delete_elem(&nat_flows, &k);
+	__builtin_memset(&k, 0, sizeof(k));
+	nat_key_of(&k, p, NAT_DIR_FWD);
+	bpf_map_delete_elem(&nat_flows, &k);
+}
+
+/* nat_insert_pair claims the reply key (BPF_NOEXIST: the port), then adds
+ * the forward entry. It returns 0, -EEXIST_ when the source:port is taken
+ * toward that backend, 1 when another CPU created the flow's forward entry
+ * first (the claim is given back), or another negative error (the table is
+ * full). */
+static __always_inline long nat_insert_pair(struct nat_key *fk, struct nat_value *fv, struct nat_key *rk,
+					    struct nat_value *rv)
+{
+	long err;
+
+	err = bpf_map_update_elem(&nat_flows, rk, rv, BPF_NOEXIST);
+	if (err)
+		return err;
+	err = bpf_map_update_elem(&nat_flows, fk, fv, BPF_NOEXIST);
+	if (err) {
+		bpf_map_delete_elem(&nat_flows, rk);
+		return err == -EEXIST_ ? 1 : err;
+	}
+	return 0;
+}
+
+/* nat_touch notes what a packet of the entry's direction shows (state bits)
+ * and refreshes its stamp at most every NAT_TOUCH_NS. */
+static __always_inline void nat_touch(struct nat_value *v, __u32 bits)
+{
+	__u64 now;
+
+	if (cfg_dry_run)
+		return;
+	if ((v->state & bits) != bits)
+		__sync_fetch_and_or(&v->state, bits);
+	now = bpf_ktime_get_coarse_ns();
+	if (v->last_seen + NAT_TOUCH_NS < now)
+		v->last_seen = now;
+}
+
+/* nat_tcp_bits are the state bits a TCP packet shows (at l4 of the frame). */
+static __always_inline __u32 nat_tcp_bits(struct tcphdr *t)
+{
+	__u32 bits = NAT_S_SEEN;
+
+	if (t->syn)
+		bits |= NAT_S_SYN;
+	if (t->fin)
+		bits |= NAT_S_FIN;
+	if (t->rst)
+		bits |= NAT_S_RST;
+	return bits;
+}
+
+/* nat_csum_add adds the one's complement difference of n 32-bit words
+ * changing from old to new to sum (RFC 1624: ~m + m'). */
+static __always_inline __u64 nat_csum_diff(__u64 sum, const __u32 *old, const __u32 *new, const int n)
+{
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		sum += (__u32)~old[i] + (__u64)new[i];
+	return sum;
+}
+
+/* nat_rewrite writes the new addresses and ports into the packet (its IP
+ * header after l2 bytes) and updates the IPv4 header checksum and the
+ * transport checksum (pseudo-header and ports) incrementally. It returns 0,
+ * or a drop reason. */
+static __always_inline __u32 nat_rewrite(struct xdp_md *ctx, struct pkt *p, const __u32 *saddr, __be16 sport,
+					 const __u32 *daddr, __be16 dport, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 *ports, newports;
+	__u64 d = 0, dl4;
+	__u16 *check;
+	void *l4;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+
+		if ((void *)(ip + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		d = nat_csum_diff(d, &ip->saddr, saddr, 1);
+		d = nat_csum_diff(d, &ip->daddr, daddr, 1);
+		ip->check = csum_fold((__u16)~ip->check + d);
+		ip->saddr = saddr[0];
+		ip->daddr = daddr[0];
+		l4 = ip + 1;
+	} else {
+		struct ipv6hdr *ip6 = data + l2;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		/* An extension header (an atomic fragment's) would move the
+		 * transport header: not translated. */
+		if (ip6->nexthdr != p->proto)
+			return CNT_DROP_NAT_UNSUPPORTED;
+		d = nat_csum_diff(d, (__u32 *)&ip6->saddr, saddr, 4);
+		d = nat_csum_diff(d, (__u32 *)&ip6->daddr, daddr, 4);
+		__builtin_memcpy(&ip6->saddr, saddr, 16);
+		__builtin_memcpy(&ip6->daddr, daddr, 16);
+		l4 = ip6 + 1;
+	}
+	ports = l4;
+	if (p->proto == IPPROTO_TCP_) {
+		struct tcphdr *t = l4;
+
+		if ((void *)(t + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		check = &t->check;
+	} else {
+		struct udphdr *u = l4;
+
+		if ((void *)(u + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		check = &u->check;
+	}
+	newports = (__u32)sport | ((__u32)dport << 16);
+	dl4 = nat_csum_diff(d, ports, &newports, 1);
+	*ports = newports;
+	/* An IPv4 UDP datagram without a checksum keeps none; a computed 0 is
+	 * sent as 0xffff (RFC 768). */
+	if (p->proto == IPPROTO_UDP_) {
+		if (p->family == 4 && *check == 0)
+			return 0;
+		*check = csum_fold((__u16)~*check + dl4);
+		if (*check == 0)
+			*check = 0xffff;
+		return 0;
+	}
+	*check = csum_fold((__u16)~*check + dl4);
+	return 0;
+}
+
+static __always_inline void nat_count_src(__u32 idx, int failed)
+{
+	struct nat_src_stats *s;
+
+	if (cfg_dry_run)
+		return;
+	s = bpf_map_lookup_elem(&nat_source_stats, &idx);
+	if (!s)
+		return;
+	if (failed)
+		s->alloc_fail++;
+	else
+		s->flows++;
+}
+
+/* nat_pick sets the source and port of attempt i for a flow of hash h; it
+ * returns the source's index in nat_src_stats. The flow hash's high bits
+ * chose the flow's Maglev slot, so the flows of one backend share them:
+ * they are mixed first (MurmurHash3's finaliser), else those flows would
+ * only ever try a backend's share of the ports. xdp/nat.go (NATPick)
+ * computes the same. */
+static __always_inline __u32 nat_pick(struct nat_config *cfg, struct pkt *p, __u32 h, __u32 i, __u32 *src,
+				      __be16 *port)
+{
+	__u32 n = p->family == 4 ? cfg->n4 : cfg->n6;
+	__u32 range = (__u32)cfg->port_hi - cfg->port_lo + 1;
+	__u32 x = h, s;
+
+	x ^= x >> 16;
+	x *= 0x85EBCA6Bu;
+	x ^= x >> 13;
+	x *= 0xC2B2AE35u;
+	x ^= x >> 16;
+	s = (x + i) % n;
+	*port = bpf_htons(cfg->port_lo + (__u32)(((__u64)(x + i * 0x9E3779B1u) * range) >> 32));
+	if (p->family == 4) {
+		s &= NAT_MAX_SOURCES - 1;
+		src[0] = cfg->src4[s];
+		return s;
+	}
+	s &= NAT_MAX_SOURCES - 1;
+	__builtin_memcpy(src, cfg->src6[s], 16);
+	return NAT_MAX_SOURCES + s;
+}
+
+/* nat_create makes the flow of a client's first packet toward backend b
+ * (id): it allocates a source and port and inserts both entries. It returns
+ * 0 with the forward translation in fv, or a drop reason. */
+static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, struct backend *b,
+					__u32 id, __u32 hash, struct nat_scratch *sc)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct nat_config *cfg = nat_cfg();
+	struct ethhdr *eth = data;
+	struct nat_value *fv = &sc->fv, *rv = &sc->rv;
+	__u32 first = 0, idx;
+	__u64 now;
+	long err;
+
+	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || cfg->port_hi < cfg->port_lo)
+		return CNT_DROP_NAT_NO_SOURCE;
+	if (b->family != p->family)
+		return CNT_DROP_NAT_NO_SOURCE; /* no translation between families */
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_TRUNCATED;
+	now = bpf_ktime_get_coarse_ns();
+
+	/* A full table: an insert costs about a microsecond before it fails
+	 * here, so after a failure this CPU fails new flows at once for
+	 * NAT_BACKOFF_NS (counted the same). */
+	if (now < sc->full_until)
+		return CNT_DROP_NAT_FULL;
+	__builtin_memset(&sc->fk, 0, sizeof(sc->fk));
+	__builtin_memset(&sc->rk, 0, sizeof(sc->rk));
+	__builtin_memset(fv, 0, sizeof(*fv));
+	__builtin_memset(rv, 0, sizeof(*rv));
+	nat_key_of(&sc->fk, p, NAT_DIR_FWD);
+	__builtin_memcpy(fv->daddr, b->addr, 16);
+	fv->dport = b->port ? b->port : p->dport;
+	fv->backend_id = id;
+	fv->vip_id = m->vip_id;
+	fv->state = p->syn ? NAT_S_SYN : 0;
+	fv->created = now;
+	fv->last_seen = now;
+
+	__builtin_memcpy(rv->saddr, p->daddr, 16);
+	__builtin_memcpy(rv->daddr, p->saddr, 16);
+	rv->sport = p->dport;
+	rv->dport = p->sport;
+	rv->backend_id = id;
+	rv->ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(rv->dmac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(rv->smac, eth->h_dest, ETH_ALEN);
+	rv->vip_id = m->vip_id;
+	rv->created = now;
+
+	for (__u32 i = 0; i < NAT_PORT_TRIES; i++) {
+		idx = nat_pick(cfg, p, hash, i, fv->saddr, &fv->sport);
+		if (i == 0)
+			first = idx;
+		if (cfg_dry_run)
+			return 0;
+		nat_reply_key(&sc->rk, fv, p->proto, p->family);
+		err = nat_insert_pair(&sc->fk, fv, &sc->rk, rv);
+		if (err == 0) {
+			nat_count_src(idx, 0);
+			count(CNT_EV_NAT_CREATED);
+			return 0;
+		}
+		if (err == 1) {
+			/* Another CPU made this flow a moment ago: follow it. */
+			struct nat_value *o = nat_lookup_fwd(p);
+
+			if (!o)
+				return CNT_DROP_NAT_FULL;
+			__builtin_memcpy(fv, o, sizeof(*fv));
+			return 0;
+		}
+		if (err != -EEXIST_) {
+			sc->full_until = now + NAT_BACKOFF_NS;
+			return CNT_DROP_NAT_FULL;
+		}
+		count(CNT_EV_NAT_PORT_RETRY);
+	}
+	nat_count_src(first, 1);
+	return CNT_DROP_NAT_NO_PORT;
+}
+
+/* nat_rst answers the client's TCP packet (the frame, l2 bytes of
+ * Ethernet and tag) with a RST from the VIP, sent back where it came from:
+ * its backend is gone. */
+static __always_inline __u32 nat_rst(struct xdp_md *ctx, struct pkt *p, const int l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->family == 4 ? IPV4_HLEN : IPV6_HLEN;
+	struct ethhdr *eth = data;
+	struct tcphdr *t;
+	__u32 seq, ack, len, doff;
+	__u16 flags;
+	__u64 sum = 0;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_TRUNCATED;
+	t = data + l2 + l3;
+	if ((void *)(t + 1) > data_end)
+		return CNT_DROP_TRUNCATED;
+	doff = t->doff * 4;
+	len = p->l3_len - l3 - doff + t->syn + t->fin;
+	/* RFC 9293 3.10.7.1: answer an ACK with its acknowledgment as the
+	 * sequence number; anything else with sequence 0 and an ACK of what it
+	 * carried. */
+	if (t->ack) {
+		seq = t->ack_seq;
+		ack = 0;
+		flags = bpf_htons(0x5004); /* data offset 5, RST */
+	} else {
+		seq = 0;
+		ack = bpf_htonl(bpf_ntohl(t->seq) + len);
+		flags = bpf_htons(0x5014); /* data offset 5, RST, ACK */
+	}
+	if (bpf_xdp_adjust_tail(ctx, (int)(l2 + l3 + TCP_HLEN) - (int)(data_end - data)))
+		return CNT_DROP_ADJUST;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	{
+		__u8 mac[ETH_ALEN];
+
+		__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	}
+	t = data + l2 + l3;
+	if ((void *)(t + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	t->source = p->dport;
+	t->dest = p->sport;
+	t->seq = seq;
+	t->ack_seq = ack;
+	*((__u16 *)t + 6) = flags;
+	t->window = 0;
+	t->check = 0;
+	t->urg_ptr = 0;
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+
+		if ((void *)(ip + 1) > data_end)
+			return CNT_DROP_ADJUST;
+		ip->saddr = p->daddr[0];
+		ip->daddr = p->saddr[0];
+		ip->tot_len = bpf_htons(IPV4_HLEN + TCP_HLEN);
+		ip->ttl = cfg_ttl;
+		ip->id = 0;
+		ip->frag_off = bpf_htons(IP_DF);
+		ip->check = 0;
+		ip->check = ipv4_csum(ip);
+		sum = (__u64)p->saddr[0] + p->daddr[0];
+	} else {
+		struct ipv6hdr *ip6 = data + l2;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return CNT_DROP_ADJUST;
+		__builtin_memcpy(&ip6->saddr, p->daddr, 16);
+		__builtin_memcpy(&ip6->daddr, p->saddr, 16);
+		ip6->payload_len = bpf_htons(TCP_HLEN);
+		ip6->hop_limit = cfg_ttl;
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			sum += (__u64)p->saddr[i] + p->daddr[i];
+	}
+	sum += bpf_htons(IPPROTO_TCP_) + bpf_htons(TCP_HLEN);
+	{
+		__u16 *w = (__u16 *)t;
+
+#pragma unroll
+		for (int i = 0; i < TCP_HLEN / 2; i++)
+			sum += w[i];
+	}
+	t->check = csum_fold(sum);
+	return CNT_TX_NAT_RST;
+}
+
+/* nat_dry_backend notes, in a dry run, the backend chosen for the packet
+ * (the flow's, or the table's for a new flow), whatever comes after. */
+static __always_inline void nat_dry_backend(__u32 id)
+{
+	if (cfg_dry_run) {
+		struct dry_outcome *o = dry();
+
+		if (o)
+			o->backend_id = id;
+	}
+}
+
+/* nat_forward sends a client's packet of a `snat` service: it follows the
+ * flow's NAT entry, or creates one on a TCP SYN or any UDP datagram. A flow
+ * whose backend is down or gone is answered with a RST (TCP) or moved to
+ * the table's backend (UDP). */
+static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
+{
+	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
+	struct nat_scratch *sc;
+	struct nat_value *v;
+	struct backend *b = NULL;
+	__u32 zero = 0;
+	__u32 id = 0, r, hash, bits = NAT_S_SEEN;
+	struct tcphdr *t = NULL;
+
+	/* Not handled on purpose: later fragments carry no ports to
+	 * translate, and ICMP errors about a SNAT flow arriving at the VIP
+	 * (the client's side) are not translated toward the backend. */
+	if (p->frag_first)
+		return CNT_DROP_NAT_UNSUPPORTED;
+	if (p->icmp_err)
+		return CNT_DROP_ICMP;
+	if (p->proto == IPPROTO_TCP_) {
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+
+		t = data + l2 + (p->family == 4 ? IPV4_HLEN : IPV6_HLEN);
+		if ((void *)(t + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		bits = nat_tcp_bits(t);
+	}
+
+	v = nat_lookup_fwd(p);
+	if (v) {
+		b = backend_lookup(v->backend_id);
+		if (!backend_up(b)) {
+			count(CNT_EV_NAT_BACKEND_LOST);
+			nat_delete_pair(p, v);
+			if (t && !p->syn) {
+				if (t->rst)
+					return CNT_DROP_NO_BACKEND;
+				return nat_rst(ctx, p, l2);
+			}
+			v = NULL; /* a SYN or a datagram: a new flow */
+		} else {
+			id = v->backend_id;
+			nat_dry_backend(id);
+			nat_touch(v, bits);
+		}
+	}
+	if (!v) {
+		if (t && !p->syn)
+			return CNT_DROP_NAT_NO_FLOW;
+		/* The flow hash, as lb_forward computes it for DSR: only new
+		 * flows need it. */
+		if (p->family == 4)
+			hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
+		else
+			hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
+					 m->hash_seed);
+		id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
+		b = backend_lookup(id);
+		if (!backend_up(b))
+			return CNT_DROP_NO_BACKEND;
+		nat_dry_backend(id);
+		sc = bpf_map_lookup_elem(&nat_scratch_map, &zero);
+		if (!sc)
+			return CNT_DROP_NAT_FULL;
+		r = nat_create(ctx, p, m, b, id, hash, sc);
+		if (r)
+			return r;
+		v = &sc->fv;
+	}
+	count_lb(&backend_stats, id, p);
+	if (p->syn)
+		count(CNT_EV_NEW_FLOW);
+	p->backend_id = id;
+	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
+	if (r)
+		return r;
+	{
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > data_end)
+			return CNT_DROP_ADJUST;
+		__builtin_memcpy(eth->h_dest, b->dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, b->smac, ETH_ALEN);
+	}
+	return xmit(ctx, b, CNT_TX_SNAT, CNT_REDIRECT_SNAT);
+}
+
+/* nat_to_client sends the frame to the client side of NAT flow entry v
+ * (a reply entry): to the neighbour and through the interface the flow's
+ * first packet came from. */
+static __always_inline __u32 nat_to_client(struct xdp_md *ctx, struct nat_value *v, __u32 tx, __u32 redirect)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_DROP_ADJUST;
+	__builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
+	if (v->ifindex == ctx->ingress_ifindex)
+		return tx;
+	if (cfg_dry_run) {
+		__u32 ifindex = v->ifindex;
+
+		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
+	}
+	if (bpf_redirect_map(&tx_ports, v->ifindex, XDP_DROP) != XDP_REDIRECT)
+		return CNT_DROP_REDIRECT;
+	return redirect;
+}
+
+/* nat_reply translates a backend's reply to a SNAT source:port back to the
+ * client. It returns 0 when the packet belongs to no NAT flow (the caller
+ * goes on: the host's own traffic, or a VIP at the same address). */
+static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
+{
+	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct nat_value *v = nat_lookup_reply(p);
+	__u32 bits = NAT_S_SEEN, r;
+
+	if (!v)
+		return 0;
+	if (p->frag_first)
+		return CNT_DROP_NAT_UNSUPPORTED;
+	if (p->proto == IPPROTO_TCP_) {
+		struct tcphdr *t = data + l2 + (p->family == 4 ? IPV4_HLEN : IPV6_HLEN);
+
+		if ((void *)(t + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		bits = nat_tcp_bits(t);
+	}
+	nat_touch(v, bits);
+	p->backend_id = v->backend_id;
+	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
+	if (r)
+		return r;
+	return nat_to_client(ctx, v, CNT_TX_SNAT_REPLY, CNT_REDIRECT_SNAT_REPLY);
+}
+
+/* nat_icmp translates an ICMP error sent to a SNAT source about a packet of
+ * a NAT flow (its quote: the source:port to the backend:port) for the
+ * flow's client: the quote becomes the client's packet to the VIP, the
+ * error goes to the client, from the VIP when the backend sent it (from the
+ * router that did otherwise). SNAT does not change a packet's size, so a
+ * "fragmentation needed" or "packet too big" keeps its MTU. The quoted
+ * transport checksum is updated when the quote holds it. It returns 0 when
+ * the error is about no NAT flow (the host's business). */
+static __always_inline __u32 nat_icmp(struct xdp_md *ctx, struct pkt *p, __u32 l4_len)
+{
+	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 *ports, newports, hlen;
+	__u64 dmsg = 0, din = 0, dp;
+	struct icmp_common *ic;
+	struct nat_key k = {};
+	struct nat_value *v;
+	__u16 *ck, old;
+	__u8 proto;
+
+	if (p->family == 4) {
+		struct iphdr *ip = data + l2;
+		struct iphdr *in;
+		__u32 src;
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		ic = (void *)(ip + 1);
+		if ((void *)(ic + 1) > data_end || l4_len < ICMP_HLEN)
+			return 0;
+		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED && ic->type != ICMP_PARAMETERPROB)
+			return 0;
+		in = (void *)(ic + 1);
+		if ((void *)(in + 1) > data_end || l4_len < ICMP_HLEN + IPV4_HLEN + 4)
+			return 0;
+		proto = in->protocol;
+		if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr[0] ||
+		    (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
+			return 0;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 1) > data_end)
+			return 0;
+		k.saddr[0] = in->daddr;
+		k.daddr[0] = in->saddr;
+		k.sport = ((__be16 *)ports)[1];
+		k.dport = ((__be16 *)ports)[0];
+		k.proto = proto;
+		k.family = 4;
+		k.dir = NAT_DIR_REPLY;
+		v = bpf_map_lookup_elem(&nat_flows, &k);
+		if (!v)
+			return 0;
+		/* The outer header: to the client, from the VIP if the backend
+		 * sent it. */
+		src = ip->saddr == in->daddr ? v->saddr[0] : ip->saddr;
+		dmsg = nat_csum_diff(0, &ip->saddr, &src, 1);
+		dmsg = nat_csum_diff(dmsg, &ip->daddr, v->daddr, 1);
+		ip->check = csum_fold((__u16)~ip->check + dmsg);
+		ip->saddr = src;
+		ip->daddr = v->daddr[0];
+		dmsg = 0; /* ICMPv4 has no pseudo-header */
+		/* The quote: from the client to the VIP. */
+		din = nat_csum_diff(0, &in->saddr, v->daddr, 1);
+		din = nat_csum_diff(din, &in->daddr, v->saddr, 1);
+		old = in->check;
+		in->check = csum_fold((__u16)~in->check + din);
+		dmsg += din + (__u16)~old + in->check;
+		in->saddr = v->daddr[0];
+		in->daddr = v->saddr[0];
+		hlen = IPV4_HLEN;
+	} else {
+		struct ipv6hdr *ip6 = data + l2;
+		struct ipv6hdr *in;
+		__u32 src[4];
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		ic = (void *)(ip6 + 1);
+		if ((void *)(ic + 1) > data_end || l4_len < ICMP_HLEN)
+			return 0;
+		if (ic->type < ICMPV6_DEST_UNREACH || ic->type > ICMPV6_PARAMPROB)
+			return 0;
+		in = (void *)(ic + 1);
+		if ((void *)(in + 1) > data_end || l4_len < ICMP_HLEN + IPV6_HLEN + 4)
+			return 0;
+		proto = in->nexthdr;
+		if (in->version != 6 || __builtin_memcmp(&in->saddr, p->daddr, 16) != 0 ||
+		    (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_))
+			return 0;
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 1) > data_end)
+			return 0;
+		__builtin_memcpy(k.saddr, &in->daddr, 16);
+		__builtin_memcpy(k.daddr, &in->saddr, 16);
+		k.sport = ((__be16 *)ports)[1];
+		k.dport = ((__be16 *)ports)[0];
+		k.proto = proto;
+		k.family = 6;
+		k.dir = NAT_DIR_REPLY;
+		v = bpf_map_lookup_elem(&nat_flows, &k);
+		if (!v)
+			return 0;
+		if (__builtin_memcmp(&ip6->saddr, &in->daddr, 16) == 0)
+			__builtin_memcpy(src, v->saddr, 16);
+		else
+			__builtin_memcpy(src, &ip6->saddr, 16);
+		/* ICMPv6's checksum covers the pseudo-header. */
+		dmsg = nat_csum_diff(0, (__u32 *)&ip6->saddr, src, 4);
+		dmsg = nat_csum_diff(dmsg, (__u32 *)&ip6->daddr, v->daddr, 4);
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, v->daddr, 16);
+		din = nat_csum_diff(0, (__u32 *)&in->saddr, v->daddr, 4);
+		din = nat_csum_diff(din, (__u32 *)&in->daddr, v->saddr, 4);
+		dmsg += din;
+		__builtin_memcpy(&in->saddr, v->daddr, 16);
+		__builtin_memcpy(&in->daddr, v->saddr, 16);
+		hlen = IPV6_HLEN;
+	}
+	/* The quoted ports, and the quoted transport checksum when the quote
+	 * holds it. */
+	newports = (__u32)v->dport | ((__u32)v->sport << 16);
+	dp = nat_csum_diff(0, ports, &newports, 1);
+	ck = (void *)ports + (proto == IPPROTO_UDP_ ? 6 : 16);
+	if ((void *)(ck + 1) <= data_end && l4_len >= ICMP_HLEN + hlen + (proto == IPPROTO_UDP_ ? 8 : 18) &&
+	    (*ck || proto != IPPROTO_UDP_ || p->family == 6)) {
+		old = *ck;
+		*ck = csum_fold((__u16)~*ck + din + dp);
+		if (proto == IPPROTO_UDP_ && *ck == 0)
+			*ck = 0xffff;
+		dmsg += (__u16)~old + (__u64)*ck;
+	}
+	*ports = newports;
+	dmsg += dp;
+	ic->checksum = csum_fold((__u16)~ic->checksum + dmsg);
+	p->backend_id = v->backend_id;
+	return nat_to_client(ctx, v, CNT_TX_SNAT_ICMP, CNT_REDIRECT_SNAT_ICMP);
+}
+
+#endif
