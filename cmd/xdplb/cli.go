@@ -469,6 +469,9 @@ func writeStatus(w io.Writer, s StatusInfo, now time.Time) error {
 	t.row("VIPs:", fmt.Sprint(c.VIPs))
 	t.row("Backends:", fmt.Sprint(c.Backends))
 	t.row("Pinned flows:", fmt.Sprintf("%d IPv4, %d IPv6", c.Flows4, c.Flows6))
+	if c.NATCapacity > 0 {
+		t.row("NAT flows:", fmt.Sprintf("%d of %d", c.NATFlows, c.NATCapacity))
+	}
 	for i, a := range s.Announced {
 		key := ""
 		if i == 0 {

@@ -170,7 +170,7 @@ func newFakeAPI() *fakeAPI {
 				},
 			},
 			Apply:     ApplyInfo{At: fakeStarted.Add(2 * time.Hour), Duration: 1234567 * time.Nanosecond},
-			Counts:    Counts{Services: 2, VIPs: 3, Backends: 5, Flows4: 2, Flows6: 1},
+			Counts:    Counts{Services: 2, VIPs: 3, Backends: 5, Flows4: 2, Flows6: 1, NATFlows: 12, NATCapacity: 262144},
 			Announced: []AnnounceInfo{{Interface: "eth0", VIPs: []string{"198.18.10.10", "2001:db8:10::1"}}},
 			Sources: []SourceInfo{
 				{Name: "file", Services: 2, Updated: fakeStarted.Add(2 * time.Hour)},

@@ -105,6 +105,10 @@ type Counts struct {
 	Backends int `json:"backends"`
 	Flows4   int `json:"flows4"` // pinned IPv4 flows (as of the last maintenance)
 	Flows6   int `json:"flows6"`
+	// NATFlows are the NAT flows of snat services (as of the last
+	// maintenance), of NATCapacity; both 0 without SNAT sources.
+	NATFlows    int `json:"natFlows,omitempty"`
+	NATCapacity int `json:"natCapacity,omitempty"`
 }
 
 // VIPInfo is one VIP (address, port, protocol) of a service.

@@ -454,6 +454,9 @@ func TestSNATConfigReachesDatapath(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("datapath NAT config %v, want %v", got, want)
 	}
+	if c := p.Status().Counts; c.NATCapacity != 1<<18 {
+		t.Errorf("status: NAT capacity %d, want %d (xdplb status shows NAT flows when snat.sources is set)", c.NATCapacity, 1<<18)
+	}
 	bes, err := p.dp.Backends()
 	if err != nil {
 		t.Fatal(err)

@@ -30,6 +30,11 @@ func (p *Plane) Status() StatusInfo {
 		Apply:      ApplyInfo{At: st.LastApply, Duration: st.Duration},
 		Counts:     Counts{Services: len(p.services), VIPs: len(st.VIPs), Flows4: p.flows4, Flows6: p.flows6},
 	}
+	if len(p.cfg.SNAT.Sources) > 0 {
+		if nat, err := p.dp.NATStats(); err == nil {
+			s.Counts.NATFlows, s.Counts.NATCapacity = nat.Flows, nat.Capacity
+		}
+	}
 	if !p.cfg.Maglev.SeedSet {
 		s.Config.SeedFile = p.seedFile
 	}
