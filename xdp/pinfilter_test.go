@@ -296,6 +296,11 @@ func TestPinFilterKeepsPinsMadeDuringMaintain(t *testing.T) {
 			}
 			expired += res.Expired
 		}
+		// Pins made after the last Maintain, for the check to look at
+		// (under load the sender may not have run since).
+		for from := sent.Load(); sent.Load() < from+100 && sendErr.Load() == nil; {
+			time.Sleep(time.Millisecond)
+		}
 		cancel()
 		wg.Wait()
 		if err := sendErr.Load(); err != nil {
