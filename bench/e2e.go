@@ -29,6 +29,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/xdp"
@@ -341,7 +342,7 @@ func (n *e2eNet) setUp(ctx context.Context, mode string) (_ *e2eMode, err error)
 			if n.dp, err = xdp.Open(xdp.Options{PinPath: xdp.NoPin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 1 << 16}); err != nil {
 				return nil, err
 			}
-			n.rec = lb.NewReconciler(n.dp, nsNextHops{n.app}, lb.Options{MaxBackends: 64})
+			n.rec = lb.NewReconciler(n.dp, scenario.NextHops{NS: n.app}, lb.Options{MaxBackends: 64})
 		}
 		for _, e := range appIfs {
 			if err := n.app.Do(func() error { _, err := n.dp.Attach(e.Name, xdp.AttachNative); return err }); err != nil {
@@ -903,14 +904,14 @@ func printE2E(w io.Writer, results []e2eResult, opts e2eOptions) error {
 				return "n/a", ""
 			}
 			lo, hi := spread(v)
-			return fmt.Sprintf(f, median(v)), fmt.Sprintf(f+"-"+f, lo, hi)
+			return fmt.Sprintf(f, xdp.Median(v)), fmt.Sprintf(f+"-"+f, lo, hi)
 		}
 		a, b := cell(mpps, "%.3f")
 		c, d := cell(cpm, "%.2f")
 		e, f := cell(cps, "%.0f")
 		g, h := cell(cpc, "%.1f")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Mode, a, b, c, d, e, f, g, h)
-		med[r.Mode] = [4]float64{median(mpps), median(cpm), median(cps), median(cpc)}
+		med[r.Mode] = [4]float64{xdp.Median(mpps), xdp.Median(cpm), xdp.Median(cps), xdp.Median(cpc)}
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/xdplb/xdplb/internal/packet"
+	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/lb"
 	"github.com/xdplb/xdplb/xdp"
@@ -221,7 +222,7 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 	if err := n.dp.SetEncapSource(netip.PrefixFrom(fwdLBOut.Addr(), 32), netip.Prefix{}); err != nil {
 		return nil, err
 	}
-	n.rec = lb.NewReconciler(n.dp, nsNextHops{app}, lb.Options{MaxBackends: 64})
+	n.rec = lb.NewReconciler(n.dp, scenario.NextHops{NS: app}, lb.Options{MaxBackends: 64})
 	if err := waitUp(ctx, n.g0, n.a0, n.a1, n.s0); err != nil {
 		return nil, err
 	}
@@ -565,9 +566,9 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 				r.Ratios = append(r.Ratios, s.MppsPerCPU()/samples[hairpin][j].MppsPerCPU())
 			}
 		}
-		r.MppsPerCPU, r.Mpps, r.Util, r.CPUBusy = median(r.Runs), median(mpps), median(util), median(busy)
+		r.MppsPerCPU, r.Mpps, r.Util, r.CPUBusy = xdp.Median(r.Runs), xdp.Median(mpps), xdp.Median(util), xdp.Median(busy)
 		if len(r.Ratios) > 0 {
-			r.Ratio = median(r.Ratios)
+			r.Ratio = xdp.Median(r.Ratios)
 		}
 		if c.XDPLB && hairpin >= 0 {
 			r.Budget = fwdBudget
@@ -576,18 +577,6 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 		results = append(results, r)
 	}
 	return results, nil
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func spread(v []float64) (lo, hi float64) {

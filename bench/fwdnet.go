@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdplb/xdplb/internal/testnet"
-	"github.com/xdplb/xdplb/xdp"
 )
 
 // iface is one end of a veth in a benchmark topology.
@@ -182,18 +181,6 @@ func sendFrames(gen *ebpf.Program, out *iface, frame []byte, repeat int, cpu int
 			return nil
 		})
 	})
-}
-
-// nsNextHops resolves next hops inside a namespace, as the daemon does in
-// its own.
-type nsNextHops struct{ ns *testnet.NS }
-
-func (n nsNextHops) Resolve(ctx context.Context, addr netip.Addr) (nh xdp.NextHop, err error) {
-	err = n.ns.Do(func() error {
-		nh, err = xdp.ResolveNextHop(ctx, addr)
-		return err
-	})
-	return nh, err
 }
 
 // capture reads the IPv4 frames that arrive on e (not those it sends) with

@@ -990,7 +990,7 @@ func (c *BenchCase) Measure(runs, repeat int) (BenchResult, error) {
 
 // Median is the median of v (the mean of the middle two for an even
 // count).
-func Median(v []time.Duration) time.Duration {
+func Median[T ~int64 | ~float64](v []T) T {
 	if len(v) == 0 {
 		return 0
 	}

@@ -119,11 +119,12 @@ func StartServers(topo *testnet.Topology, decap bool) (_ *Servers, err error) {
 	return s, nil
 }
 
-// nsNextHops resolves next hops inside the load balancer's namespace.
-type nsNextHops struct{ ns *testnet.NS }
+// NextHops resolves next hops inside a namespace, as the daemon does in its
+// own (an lb.NextHops for a reconciler driven from outside it).
+type NextHops struct{ NS *testnet.NS }
 
-func (n nsNextHops) Resolve(ctx context.Context, addr netip.Addr) (nh xdp.NextHop, err error) {
-	err = n.ns.Do(func() error {
+func (n NextHops) Resolve(ctx context.Context, addr netip.Addr) (nh xdp.NextHop, err error) {
+	err = n.NS.Do(func() error {
 		nh, err = xdp.ResolveNextHop(ctx, addr)
 		return err
 	})
@@ -154,7 +155,7 @@ func Start(ctx context.Context, topo *testnet.Topology, opts Options) (_ *Applia
 	if err != nil {
 		return nil, err
 	}
-	a.Rec = lb.NewReconciler(a.DP, nsNextHops{topo.LB.NS}, lb.Options{MaxBackends: 1024})
+	a.Rec = lb.NewReconciler(a.DP, NextHops{topo.LB.NS}, lb.Options{MaxBackends: 1024})
 	if err := topo.LB.NS.Do(func() error {
 		a.Attached, err = a.DP.Attach(topo.LB.Link, xdp.AttachAuto)
 		return err

@@ -499,30 +499,43 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 	return backend_lookup(*id);
 }
 
-static __always_inline __u32 xmit(struct xdp_md *ctx, struct backend *b, __u32 tx, __u32 redirect)
+/* xmit_to sends the frame out of interface ifindex: XDP_TX (reason tx) when
+ * it is the one the frame came in on, else a redirect (reason redirect). */
+static __always_inline __u32 xmit_to(struct xdp_md *ctx, __u32 ifindex, __u32 tx, __u32 redirect)
 {
-	if (b->ifindex == ctx->ingress_ifindex)
+	if (ifindex == ctx->ingress_ifindex)
 		return tx;
-	if (cfg_dry_run) { /* what bpf_redirect_map would do, without doing it */
-		__u32 ifindex = b->ifindex;
-
+	if (cfg_dry_run) /* what bpf_redirect_map would do, without doing it */
 		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
-	}
-	if (bpf_redirect_map(&tx_ports, b->ifindex, XDP_DROP) != XDP_REDIRECT)
+	if (bpf_redirect_map(&tx_ports, ifindex, XDP_DROP) != XDP_REDIRECT)
 		return CNT_DROP_REDIRECT;
 	return redirect;
 }
 
-static __always_inline __u32 fwd_l2(struct xdp_md *ctx, struct pkt *p, struct backend *b)
+static __always_inline __u32 xmit(struct xdp_md *ctx, struct backend *b, __u32 tx, __u32 redirect)
+{
+	return xmit_to(ctx, b->ifindex, tx, redirect);
+}
+
+/* set_macs rewrites the frame's Ethernet addresses: -1 if it has no
+ * Ethernet header. */
+static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	return 0;
+}
+
+static __always_inline __u32 fwd_l2(struct xdp_md *ctx, struct pkt *p, struct backend *b)
+{
+	if (set_macs(ctx, b->dmac, b->smac))
 		return CNT_DROP_ADJUST;
-	__builtin_memcpy(eth->h_dest, b->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, b->smac, ETH_ALEN);
 	if (p->icmp_err)
 		return xmit(ctx, b, CNT_TX_ICMP_ERROR, CNT_REDIRECT_ICMP_ERROR);
 	return xmit(ctx, b, CNT_TX_L2, CNT_REDIRECT_L2);

@@ -607,16 +607,8 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
 	if (r)
 		return r;
-	{
-		void *data = (void *)(long)ctx->data;
-		void *data_end = (void *)(long)ctx->data_end;
-		struct ethhdr *eth = data;
-
-		if ((void *)(eth + 1) > data_end)
-			return CNT_DROP_ADJUST;
-		__builtin_memcpy(eth->h_dest, b->dmac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, b->smac, ETH_ALEN);
-	}
+	if (set_macs(ctx, b->dmac, b->smac))
+		return CNT_DROP_ADJUST;
 	return xmit(ctx, b, CNT_TX_SNAT, CNT_REDIRECT_SNAT);
 }
 
@@ -625,24 +617,9 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
  * first packet came from. */
 static __always_inline __u32 nat_to_client(struct xdp_md *ctx, struct nat_value *v, __u32 tx, __u32 redirect)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-
-	if ((void *)(eth + 1) > data_end)
+	if (set_macs(ctx, v->dmac, v->smac))
 		return CNT_DROP_ADJUST;
-	__builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
-	if (v->ifindex == ctx->ingress_ifindex)
-		return tx;
-	if (cfg_dry_run) {
-		__u32 ifindex = v->ifindex;
-
-		return bpf_map_lookup_elem(&tx_ports, &ifindex) ? redirect : CNT_DROP_REDIRECT;
-	}
-	if (bpf_redirect_map(&tx_ports, v->ifindex, XDP_DROP) != XDP_REDIRECT)
-		return CNT_DROP_REDIRECT;
-	return redirect;
+	return xmit_to(ctx, v->ifindex, tx, redirect);
 }
 
 /* nat_reply translates a backend's reply to a SNAT source:port back to the
