@@ -575,7 +575,8 @@ type BenchSuite struct {
 	full                     *Datapath            // flow state full: 1M pinned cold flows, VIP flood in transition
 	empty                    *ebpf.Program
 	cases                    []*BenchCase
-	nat, natFlood            *Datapath // the SNAT cases' (bench_nat.go)
+	nat, natFlood            *Datapath      // the SNAT cases' (bench_nat.go)
+	natFloodFlow             netip.AddrPort // a flow of natFlood's, which must go on during the flood
 }
 
 // NewBenchSuite computes the configuration (tables included) and the cases.

@@ -76,6 +76,99 @@ type benchLbStats struct {
 	NewFlows uint64
 }
 
+type benchNat4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	E1 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [2]uint32
+}
+
+type benchNat6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Gap [4]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [6]uint32
+}
+
 type benchNatConfig struct {
 	_      structs.HostLayout
 	Filter uint64
@@ -88,48 +181,82 @@ type benchNatConfig struct {
 	Src6   [8][4]uint32
 }
 
-type benchNatKey struct {
-	_      structs.HostLayout
-	Saddr  [4]uint32
-	Daddr  [4]uint32
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Dir    uint8
-	Pad    uint8
-}
-
 type benchNatScratch struct {
-	_         structs.HostLayout
-	FullUntil uint64
-	Fk        benchNatKey
-	Rk        benchNatKey
-	Fv        benchNatValue
-	Rv        benchNatValue
+	_          structs.HostLayout
+	FullUntil  uint64
+	FullStreak uint32
+	Pad        uint32
+	K          struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	V struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Fk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Rk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Fv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Rv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Packed [10]uint32
+	_      [4]byte
 }
 
 type benchNatSrcStats struct {
 	_         structs.HostLayout
 	Flows     uint64
 	AllocFail uint64
-}
-
-type benchNatValue struct {
-	_         structs.HostLayout
-	Saddr     [4]uint32
-	Daddr     [4]uint32
-	Sport     uint16
-	Dport     uint16
-	BackendId uint32
-	Ifindex   uint32
-	Dmac      [6]uint8
-	Smac      [6]uint8
-	VipId     uint32
-	Pad       uint32
-	State     uint64
-	Created   uint64
-	LastSeen  uint64
 }
 
 type benchPin4Bucket struct {
@@ -322,8 +449,9 @@ const (
 	benchMapMonitorEvents    = "monitor_events"
 	benchMapMonitorLost      = "monitor_lost"
 	benchMapMonitorOn        = "monitor_on"
+	benchMapNat4             = "nat4"
+	benchMapNat6             = "nat6"
 	benchMapNatConfigMap     = "nat_config_map"
-	benchMapNatFlows         = "nat_flows"
 	benchMapNatScratchMap    = "nat_scratch_map"
 	benchMapNatSourceStats   = "nat_source_stats"
 	benchMapPinBackoff       = "pin_backoff"
@@ -343,6 +471,8 @@ const (
 	benchProgXdplbBenchFloor = "xdplb_bench_floor"
 	benchVarBtfAblation      = "btf_ablation"
 	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
+	benchVarCfgNat4Mask      = "cfg_nat4_mask"
+	benchVarCfgNat6Mask      = "cfg_nat6_mask"
 	benchVarCfgPins4Mask     = "cfg_pins4_mask"
 	benchVarCfgPins6Mask     = "cfg_pins6_mask"
 	benchVarCfgTtl           = "cfg_ttl"
@@ -407,8 +537,9 @@ type benchMapSpecs struct {
 	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
+	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -432,6 +563,8 @@ type benchMapSpecs struct {
 type benchVariableSpecs struct {
 	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask  *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask  *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
@@ -466,8 +599,9 @@ type benchMaps struct {
 	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	Nat4           *ebpf.Map `ebpf:"nat4"`
+	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -496,8 +630,9 @@ func (m *benchMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.Nat4,
+		m.Nat6,
 		m.NatConfigMap,
-		m.NatFlows,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,
@@ -522,6 +657,8 @@ func (m *benchMaps) Close() error {
 type benchVariables struct {
 	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask  *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask  *ebpf.Variable `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`

@@ -3,14 +3,12 @@ package xdp
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // The SNAT cases of the datapath benchmark. They run on datapaths of their
@@ -93,14 +91,16 @@ func (s *BenchSuite) natDP() (*Datapath, error) {
 }
 
 // natFloodDP is a SNAT datapath whose NAT table is full: benchNATFloodFlows
-// flows from benchNATClient's source ports to SNAT VIP 0.
-func (s *BenchSuite) natFloodDP() (*Datapath, error) {
+// flows from benchNATClient's source ports to SNAT VIP 0 (all but the few
+// whose buckets were full), and placeholders in every entry left (fillNAT).
+// It returns a flow of the fill, which must go on during the flood.
+func (s *BenchSuite) natFloodDP() (*Datapath, netip.AddrPort, error) {
 	if s.natFlood != nil {
-		return s.natFlood, nil
+		return s.natFlood, s.natFloodFlow, nil
 	}
 	d, err := s.openNAT(benchNATFloodFlows)
 	if err != nil {
-		return nil, err
+		return nil, netip.AddrPort{}, err
 	}
 	fill := BenchFrame{Data: benchTCPFrame(netip.AddrPortFrom(benchNATClient, 0), netip.AddrPortFrom(s.natVIP(0).Addr, benchPort), true),
 		VaryOffset: benchOffDaddr + 2, VaryCount: benchNATFloodFlows}
@@ -112,58 +112,67 @@ func (s *BenchSuite) natFloodDP() (*Datapath, error) {
 	if err == nil {
 		after, err = benchCounters(d)
 	}
+	var flow netip.AddrPort
 	if err == nil {
-		if n := after["event/snat_flow_created"] - before["event/snat_flow_created"]; n != benchNATFloodFlows {
-			err = fmt.Errorf("filling the NAT table: %d flows made, want %d", n, benchNATFloodFlows)
+		// At half the tables' room, a few keys find their buckets full
+		// (as pins do: docs/architecture.md).
+		if n := after["event/snat_flow_created"] - before["event/snat_flow_created"]; n < benchNATFloodFlows-benchNATFloodFlows/1000 {
+			err = fmt.Errorf("filling the NAT table: %d flows made, want %d (at least %d)", n, benchNATFloodFlows, benchNATFloodFlows-benchNATFloodFlows/1000)
 		}
+		for p := uint16(0); err == nil && !flow.IsValid(); p++ {
+			c := netip.AddrPortFrom(benchNATClient, p)
+			if _, ok := natFlow(d, c, netip.AddrPortFrom(s.natVIP(0).Addr, benchPort), TCP); ok {
+				flow = c
+			}
+		}
+		fillNAT(d)
 	}
 	if err != nil {
 		d.Close()
-		return nil, err
+		return nil, netip.AddrPort{}, err
 	}
-	s.natFlood = d
-	return d, nil
+	s.natFlood, s.natFloodFlow = d, flow
+	return d, flow, nil
 }
 
 // natFlow reads the NAT flow of client -> vip from d.
 func natFlow(d *Datapath, client, vip netip.AddrPort, proto Proto) (NATFlow, bool) {
-	k := lbNatKey{Sport: port(client.Port()), Dport: port(vip.Port()), Proto: uint8(proto), Family: family(client.Addr()),
-		Dir: uint8(lbXdplbNatDirNAT_DIR_FWD)}
-	c, v := addr16(client.Addr()), addr16(vip.Addr())
-	for i := range 4 {
-		k.Saddr[i] = leUint32(c[4*i:])
-		k.Daddr[i] = leUint32(v[4*i:])
-	}
-	var val lbNatValue
-	if err := d.objs.NatFlows.Lookup(&k, &val); err != nil {
+	e, _, ok := d.natFind(client, vip, proto, false)
+	if !ok {
 		return NATFlow{}, false
 	}
-	return NATFlow{Client: client, VIP: vip, Proto: proto, BackendID: val.BackendId,
-		Source:  netip.AddrPortFrom(natAddr(val.Saddr, k.Family), port(val.Sport)),
-		Backend: netip.AddrPortFrom(natAddr(val.Daddr, k.Family), port(val.Dport))}, true
+	return NATFlow{Client: client, VIP: vip, Proto: proto, BackendID: e.backendID, Source: e.toSrc, Backend: e.toDst}, true
 }
 
-// clearNAT removes every NAT entry of d.
+// clearNAT removes every NAT entry of d (no program runs on its tables).
 func clearNAT(d *Datapath) error {
-	const chunk = 1 << 14
-	keys := make([]lbNatKey, chunk)
-	vals := make([]lbNatValue, chunk)
-	var cursor ebpf.MapBatchCursor
-	for {
-		_, err := d.objs.NatFlows.BatchLookupAndDelete(&cursor, keys, vals, nil)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("clearing the NAT table: %w", err)
-		}
-	}
-	var k lbNatKey
-	var v lbNatValue
-	if it := d.objs.NatFlows.Iterate(); it.Next(&k, &v) {
-		return errors.New("clearing the NAT table: entries left")
+	for _, t := range []*flowTable{d.nat4, d.nat6} {
+		clear(t.mem)
 	}
 	return nil
+}
+
+// fillNAT takes every empty entry of d's nat4 table with a placeholder, a
+// live entry of protocol 0 that no packet's key matches: the table is then
+// full for every new flow, as no number of real flows makes it (a key's
+// insert fails when its window of buckets is full, while other windows may
+// have room). It returns the placeholders written.
+func fillNAT(d *Datapath) int {
+	t, n := d.nat4, 0
+	for b := uint32(0); b <= t.mask; b++ {
+		for w := 0; w < t.g.ways; w++ {
+			p := t.state(b, w)
+			v := atomic.LoadUint64(p)
+			if uint32(v)&ftStateMask != ftEmpty {
+				continue
+			}
+			// Key word 0 (in the same 8 bytes): the bucket, so that no two
+			// placeholders are alike.
+			atomic.StoreUint64(p, uint64(b)<<32|uint64(uint32(v)&ftGenMask+ftGenOne|ftLive))
+			n++
+		}
+	}
+	return n
 }
 
 // natTranslated is the IPv4 TCP frame pkt with its addresses and ports
@@ -301,14 +310,13 @@ func (s *BenchSuite) natCases() []*BenchCase {
 	// The flood: SYNs from every source of 198.18.0.0/15 to SNAT VIP 1 of
 	// the full datapath. Between runs, a flow of the fill is checked to
 	// translate still.
-	fillFlow := netip.AddrPortFrom(benchNATClient, 0)
 	flood := &BenchCase{
 		Name: "snat_flood",
 		About: fmt.Sprintf("TCP SYNs from 131072 sources to a SNAT VIP, NAT table full (%d flows): every packet a new flow that fails, dropped "+
 			"and counted; an established flow of the table is checked to translate between runs", benchNATFloodFlows),
 		Budget: 200 * time.Nanosecond,
 		dp: func() (*Datapath, error) {
-			d, err := s.natFloodDP()
+			d, fillFlow, err := s.natFloodDP()
 			if err != nil {
 				return nil, err
 			}

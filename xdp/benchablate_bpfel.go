@@ -76,6 +76,99 @@ type benchablateLbStats struct {
 	NewFlows uint64
 }
 
+type benchablateNat4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	E1 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [2]uint32
+}
+
+type benchablateNat6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Gap [4]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [6]uint32
+}
+
 type benchablateNatConfig struct {
 	_      structs.HostLayout
 	Filter uint64
@@ -88,48 +181,82 @@ type benchablateNatConfig struct {
 	Src6   [8][4]uint32
 }
 
-type benchablateNatKey struct {
-	_      structs.HostLayout
-	Saddr  [4]uint32
-	Daddr  [4]uint32
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Dir    uint8
-	Pad    uint8
-}
-
 type benchablateNatScratch struct {
-	_         structs.HostLayout
-	FullUntil uint64
-	Fk        benchablateNatKey
-	Rk        benchablateNatKey
-	Fv        benchablateNatValue
-	Rv        benchablateNatValue
+	_          structs.HostLayout
+	FullUntil  uint64
+	FullStreak uint32
+	Pad        uint32
+	K          struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	V struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Fk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Rk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Fv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Rv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Packed [10]uint32
+	_      [4]byte
 }
 
 type benchablateNatSrcStats struct {
 	_         structs.HostLayout
 	Flows     uint64
 	AllocFail uint64
-}
-
-type benchablateNatValue struct {
-	_         structs.HostLayout
-	Saddr     [4]uint32
-	Daddr     [4]uint32
-	Sport     uint16
-	Dport     uint16
-	BackendId uint32
-	Ifindex   uint32
-	Dmac      [6]uint8
-	Smac      [6]uint8
-	VipId     uint32
-	Pad       uint32
-	State     uint64
-	Created   uint64
-	LastSeen  uint64
 }
 
 type benchablatePin4Bucket struct {
@@ -311,8 +438,9 @@ const (
 	benchablateMapMonitorEvents    = "monitor_events"
 	benchablateMapMonitorLost      = "monitor_lost"
 	benchablateMapMonitorOn        = "monitor_on"
+	benchablateMapNat4             = "nat4"
+	benchablateMapNat6             = "nat6"
 	benchablateMapNatConfigMap     = "nat_config_map"
-	benchablateMapNatFlows         = "nat_flows"
 	benchablateMapNatScratchMap    = "nat_scratch_map"
 	benchablateMapNatSourceStats   = "nat_source_stats"
 	benchablateMapPinBackoff       = "pin_backoff"
@@ -333,6 +461,8 @@ const (
 	benchablateVarBenchAblate      = "bench_ablate"
 	benchablateVarBtfAblation      = "btf_ablation"
 	benchablateVarCfgIcmpEcho      = "cfg_icmp_echo"
+	benchablateVarCfgNat4Mask      = "cfg_nat4_mask"
+	benchablateVarCfgNat6Mask      = "cfg_nat6_mask"
 	benchablateVarCfgPins4Mask     = "cfg_pins4_mask"
 	benchablateVarCfgPins6Mask     = "cfg_pins6_mask"
 	benchablateVarCfgTtl           = "cfg_ttl"
@@ -397,8 +527,9 @@ type benchablateMapSpecs struct {
 	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
+	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -423,6 +554,8 @@ type benchablateVariableSpecs struct {
 	BenchAblate  *ebpf.VariableSpec `ebpf:"bench_ablate"`
 	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask  *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask  *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
@@ -457,8 +590,9 @@ type benchablateMaps struct {
 	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	Nat4           *ebpf.Map `ebpf:"nat4"`
+	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -487,8 +621,9 @@ func (m *benchablateMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.Nat4,
+		m.Nat6,
 		m.NatConfigMap,
-		m.NatFlows,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,
@@ -514,6 +649,8 @@ type benchablateVariables struct {
 	BenchAblate  *ebpf.Variable `ebpf:"bench_ablate"`
 	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
 	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask  *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask  *ebpf.Variable `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`

@@ -30,8 +30,9 @@ type Options struct {
 	MaxBackends int
 	// MaxFlows bounds the pins of each family (default 1,048,576).
 	MaxFlows int
-	// MaxNATFlows bounds the SNAT flows of both families together (default
-	// 262,144); each takes two entries of the NAT table, one per direction.
+	// MaxNATFlows sizes the SNAT flow tables nat4 and nat6 (default
+	// 262,144 flows of each family): each flow takes two entries, one per
+	// direction, and each table has room for twice that (see ftBuckets).
 	MaxNATFlows int
 	// TransitionGrace is how long a VIP's previous table is consulted after
 	// SetTable (default 60s).
@@ -92,6 +93,8 @@ type Datapath struct {
 	pinFilter  []byte    // pin_filter, mapped
 	pins4      *flowTable
 	pins6      *flowTable
+	nat4       *flowTable
+	nat6       *flowTable
 	settings   lbSettings
 	flows4     int // pinned flows after the last Maintain
 	flows6     int
@@ -233,6 +236,9 @@ func Open(opts Options) (*Datapath, error) {
 		if err := d.copyOldPins(); err != nil {
 			return fail(err)
 		}
+		if err := d.copyOldNAT(); err != nil {
+			return fail(err)
+		}
 	}
 	return d, nil
 }
@@ -248,6 +254,8 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 		lbVarCfgTtl: o.TTL, lbVarCfgIcmpEcho: echo,
 		lbVarCfgPins4Mask: uint32(ftBuckets(o.MaxFlows, pin4Geom) - 1),
 		lbVarCfgPins6Mask: uint32(ftBuckets(o.MaxFlows, pin6Geom) - 1),
+		lbVarCfgNat4Mask:  uint32(ftBuckets(2*o.MaxNATFlows, nat4Geom) - 1),
+		lbVarCfgNat6Mask:  uint32(ftBuckets(2*o.MaxNATFlows, nat6Geom) - 1),
 	} {
 		vs, ok := spec.Variables[name]
 		if !ok {
@@ -267,7 +275,8 @@ func (o *Options) configure(spec *ebpf.CollectionSpec) error {
 		lbMapBackendStats: o.MaxBackends,
 		lbMapPins4:        ftBuckets(o.MaxFlows, pin4Geom),
 		lbMapPins6:        ftBuckets(o.MaxFlows, pin6Geom),
-		lbMapNatFlows:     2 * o.MaxNATFlows,
+		lbMapNat4:         ftBuckets(2*o.MaxNATFlows, nat4Geom),
+		lbMapNat6:         ftBuckets(2*o.MaxNATFlows, nat6Geom),
 	}
 	for name, n := range sizes {
 		ms, ok := spec.Maps[name]
@@ -351,7 +360,7 @@ func (d *Datapath) Unpin() error {
 		d.objs.Pins4, d.objs.Pins6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
 		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
 		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
-		d.objs.NatFlows, d.objs.NatConfigMap, d.objs.NatSourceStats,
+		d.objs.Nat4, d.objs.Nat6, d.objs.NatConfigMap, d.objs.NatSourceStats,
 	} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {

@@ -67,6 +67,99 @@ type dryrunLbStats struct {
 	NewFlows uint64
 }
 
+type dryrunNat4Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	E1 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [2]uint32
+}
+
+type dryrunNat6Bucket struct {
+	_    structs.HostLayout
+	Head struct {
+		_    structs.HostLayout
+		Ovf  uint32
+		Lock uint32
+	}
+	E0 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Gap [4]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [6]uint32
+}
+
 type dryrunNatConfig struct {
 	_      structs.HostLayout
 	Filter uint64
@@ -79,48 +172,82 @@ type dryrunNatConfig struct {
 	Src6   [8][4]uint32
 }
 
-type dryrunNatKey struct {
-	_      structs.HostLayout
-	Saddr  [4]uint32
-	Daddr  [4]uint32
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Dir    uint8
-	Pad    uint8
-}
-
 type dryrunNatScratch struct {
-	_         structs.HostLayout
-	FullUntil uint64
-	Fk        dryrunNatKey
-	Rk        dryrunNatKey
-	Fv        dryrunNatValue
-	Rv        dryrunNatValue
+	_          structs.HostLayout
+	FullUntil  uint64
+	FullStreak uint32
+	Pad        uint32
+	K          struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	V struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Fk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Rk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Fv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Rv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Packed [10]uint32
+	_      [4]byte
 }
 
 type dryrunNatSrcStats struct {
 	_         structs.HostLayout
 	Flows     uint64
 	AllocFail uint64
-}
-
-type dryrunNatValue struct {
-	_         structs.HostLayout
-	Saddr     [4]uint32
-	Daddr     [4]uint32
-	Sport     uint16
-	Dport     uint16
-	BackendId uint32
-	Ifindex   uint32
-	Dmac      [6]uint8
-	Smac      [6]uint8
-	VipId     uint32
-	Pad       uint32
-	State     uint64
-	Created   uint64
-	LastSeen  uint64
 }
 
 type dryrunPin4Bucket struct {
@@ -301,8 +428,9 @@ const (
 	dryrunMapMonitorEvents   = "monitor_events"
 	dryrunMapMonitorLost     = "monitor_lost"
 	dryrunMapMonitorOn       = "monitor_on"
+	dryrunMapNat4            = "nat4"
+	dryrunMapNat6            = "nat6"
 	dryrunMapNatConfigMap    = "nat_config_map"
-	dryrunMapNatFlows        = "nat_flows"
 	dryrunMapNatScratchMap   = "nat_scratch_map"
 	dryrunMapNatSourceStats  = "nat_source_stats"
 	dryrunMapPinBackoff      = "pin_backoff"
@@ -329,9 +457,13 @@ const (
 	dryrunVarBtfMonitorEvent = "btf_monitor_event"
 	dryrunVarBtfMonitorType  = "btf_monitor_type"
 	dryrunVarBtfNatDir       = "btf_nat_dir"
+	dryrunVarBtfNatKey       = "btf_nat_key"
 	dryrunVarBtfNatState     = "btf_nat_state"
+	dryrunVarBtfNatValue     = "btf_nat_value"
 	dryrunVarBtfVipFlags     = "btf_vip_flags"
 	dryrunVarCfgIcmpEcho     = "cfg_icmp_echo"
+	dryrunVarCfgNat4Mask     = "cfg_nat4_mask"
+	dryrunVarCfgNat6Mask     = "cfg_nat6_mask"
 	dryrunVarCfgPins4Mask    = "cfg_pins4_mask"
 	dryrunVarCfgPins6Mask    = "cfg_pins6_mask"
 	dryrunVarCfgTtl          = "cfg_ttl"
@@ -394,8 +526,9 @@ type dryrunMapSpecs struct {
 	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
+	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -427,9 +560,13 @@ type dryrunVariableSpecs struct {
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfNatDir       *ebpf.VariableSpec `ebpf:"btf_nat_dir"`
+	BtfNatKey       *ebpf.VariableSpec `ebpf:"btf_nat_key"`
 	BtfNatState     *ebpf.VariableSpec `ebpf:"btf_nat_state"`
+	BtfNatValue     *ebpf.VariableSpec `ebpf:"btf_nat_value"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask     *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask     *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
@@ -463,8 +600,9 @@ type dryrunMaps struct {
 	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	Nat4           *ebpf.Map `ebpf:"nat4"`
+	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -492,8 +630,9 @@ func (m *dryrunMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.Nat4,
+		m.Nat6,
 		m.NatConfigMap,
-		m.NatFlows,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,
@@ -526,9 +665,13 @@ type dryrunVariables struct {
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfNatDir       *ebpf.Variable `ebpf:"btf_nat_dir"`
+	BtfNatKey       *ebpf.Variable `ebpf:"btf_nat_key"`
 	BtfNatState     *ebpf.Variable `ebpf:"btf_nat_state"`
+	BtfNatValue     *ebpf.Variable `ebpf:"btf_nat_value"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask     *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask     *ebpf.Variable `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`

@@ -121,6 +121,91 @@ type lbMonitorEvent struct {
 	Data      [128]uint8
 }
 
+type lbNat4Bucket struct {
+	_    structs.HostLayout
+	Head lbFtHead
+	E0   struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	E1 struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     uint32
+		Daddr     uint32
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   uint32
+		ToDaddr   uint32
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [2]uint32
+}
+
+type lbNat6Bucket struct {
+	_    structs.HostLayout
+	Head lbFtHead
+	E0   struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Gap [4]uint32
+	E1  struct {
+		_         structs.HostLayout
+		State     uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		ToSaddr   [16]uint8
+		ToDaddr   [16]uint8
+		ToSport   uint16
+		ToDport   uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Pad [6]uint32
+}
+
 type lbNatConfig struct {
 	_      structs.HostLayout
 	Filter uint64
@@ -146,12 +231,75 @@ type lbNatKey struct {
 }
 
 type lbNatScratch struct {
-	_         structs.HostLayout
-	FullUntil uint64
-	Fk        lbNatKey
-	Rk        lbNatKey
-	Fv        lbNatValue
-	Rv        lbNatValue
+	_          structs.HostLayout
+	FullUntil  uint64
+	FullStreak uint32
+	Pad        uint32
+	K          struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	V struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Fk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Rk struct {
+		_    structs.HostLayout
+		W    [9]uint32
+		Tag  uint32
+		V6   uint32
+		Bits uint32
+		Tick uint32
+	}
+	Fv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Rv struct {
+		_         structs.HostLayout
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		BackendId uint32
+		Bits      uint32
+		Seen      uint32
+		Aux       uint32
+		Dmac      [6]uint8
+		Smac      [6]uint8
+	}
+	Packed [10]uint32
+	_      [4]byte
 }
 
 type lbNatSrcStats struct {
@@ -403,8 +551,9 @@ const (
 	lbMapMonitorEvents   = "monitor_events"
 	lbMapMonitorLost     = "monitor_lost"
 	lbMapMonitorOn       = "monitor_on"
+	lbMapNat4            = "nat4"
+	lbMapNat6            = "nat6"
 	lbMapNatConfigMap    = "nat_config_map"
-	lbMapNatFlows        = "nat_flows"
 	lbMapNatScratchMap   = "nat_scratch_map"
 	lbMapNatSourceStats  = "nat_source_stats"
 	lbMapPinBackoff      = "pin_backoff"
@@ -431,9 +580,13 @@ const (
 	lbVarBtfMonitorEvent = "btf_monitor_event"
 	lbVarBtfMonitorType  = "btf_monitor_type"
 	lbVarBtfNatDir       = "btf_nat_dir"
+	lbVarBtfNatKey       = "btf_nat_key"
 	lbVarBtfNatState     = "btf_nat_state"
+	lbVarBtfNatValue     = "btf_nat_value"
 	lbVarBtfVipFlags     = "btf_vip_flags"
 	lbVarCfgIcmpEcho     = "cfg_icmp_echo"
+	lbVarCfgNat4Mask     = "cfg_nat4_mask"
+	lbVarCfgNat6Mask     = "cfg_nat6_mask"
 	lbVarCfgPins4Mask    = "cfg_pins4_mask"
 	lbVarCfgPins6Mask    = "cfg_pins6_mask"
 	lbVarCfgTtl          = "cfg_ttl"
@@ -496,8 +649,9 @@ type lbMapSpecs struct {
 	MonitorEvents  *ebpf.MapSpec `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.MapSpec `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.MapSpec `ebpf:"monitor_on"`
+	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
+	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -529,9 +683,13 @@ type lbVariableSpecs struct {
 	BtfMonitorEvent *ebpf.VariableSpec `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.VariableSpec `ebpf:"btf_monitor_type"`
 	BtfNatDir       *ebpf.VariableSpec `ebpf:"btf_nat_dir"`
+	BtfNatKey       *ebpf.VariableSpec `ebpf:"btf_nat_key"`
 	BtfNatState     *ebpf.VariableSpec `ebpf:"btf_nat_state"`
+	BtfNatValue     *ebpf.VariableSpec `ebpf:"btf_nat_value"`
 	BtfVipFlags     *ebpf.VariableSpec `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask     *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask     *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask    *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.VariableSpec `ebpf:"cfg_ttl"`
@@ -565,8 +723,9 @@ type lbMaps struct {
 	MonitorEvents  *ebpf.Map `ebpf:"monitor_events"`
 	MonitorLost    *ebpf.Map `ebpf:"monitor_lost"`
 	MonitorOn      *ebpf.Map `ebpf:"monitor_on"`
+	Nat4           *ebpf.Map `ebpf:"nat4"`
+	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
-	NatFlows       *ebpf.Map `ebpf:"nat_flows"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -594,8 +753,9 @@ func (m *lbMaps) Close() error {
 		m.MonitorEvents,
 		m.MonitorLost,
 		m.MonitorOn,
+		m.Nat4,
+		m.Nat6,
 		m.NatConfigMap,
-		m.NatFlows,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,
@@ -628,9 +788,13 @@ type lbVariables struct {
 	BtfMonitorEvent *ebpf.Variable `ebpf:"btf_monitor_event"`
 	BtfMonitorType  *ebpf.Variable `ebpf:"btf_monitor_type"`
 	BtfNatDir       *ebpf.Variable `ebpf:"btf_nat_dir"`
+	BtfNatKey       *ebpf.Variable `ebpf:"btf_nat_key"`
 	BtfNatState     *ebpf.Variable `ebpf:"btf_nat_state"`
+	BtfNatValue     *ebpf.Variable `ebpf:"btf_nat_value"`
 	BtfVipFlags     *ebpf.Variable `ebpf:"btf_vip_flags"`
 	CfgIcmpEcho     *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask     *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask     *ebpf.Variable `ebpf:"cfg_nat6_mask"`
 	CfgPins4Mask    *ebpf.Variable `ebpf:"cfg_pins4_mask"`
 	CfgPins6Mask    *ebpf.Variable `ebpf:"cfg_pins6_mask"`
 	CfgTtl          *ebpf.Variable `ebpf:"cfg_ttl"`

@@ -1,19 +1,16 @@
 package xdp
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // SNAT in user space: the sources and ports the program allocates from
 // (SetNAT), the NAT flows it made (NATFlows), and their expiry
 // (MaintainNAT). All access to NAT state goes through this file and
-// bpf/nat.h, so that moving NAT flows onto another table is a local change.
+// bpf/nat.h.
 
 // NATMaxSources is the number of SNAT sources of each family.
 const NATMaxSources = 8
@@ -164,37 +161,170 @@ type NATFlow struct {
 	Proto                        Proto
 	BackendID                    uint32
 	State                        string
-	// Age is how long ago the flow was made, Idle how long ago a packet of
-	// either direction was last seen (to within a second).
+	// Age is how long ago the flow was made (to within a second), Idle how
+	// long ago a packet of either direction was last seen (to within the
+	// program's touch interval, NAT_TOUCH_NS: a second).
 	Age, Idle time.Duration
 
-	fwd, rev   lbNatKey
-	lastSeen   uint64
-	revMissing bool
+	fwd, rev natRef
+	hasRev   bool
 }
 
-func natAddr(w [4]uint32, fam uint8) netip.Addr {
-	var b [16]byte
-	for i := range 4 {
-		putLE32(b[4*i:], w[i])
+// NAT flows in the flow tables nat4 and nat6 (struct nat4, nat6 in
+// bpf/structs.h): an entry per direction, whose key is the packet's tuple
+// as it arrives (addresses, then the ports as one word), whose tag is the
+// protocol (plus natTagReply in a reply entry) and whose value is what the
+// packet becomes: its addresses, its ports as one word, the backend id, the
+// state bits, the seen stamp, then a word that is the creation stamp
+// (forward) or the client side's interface (reply), then the client side's
+// MACs (reply). nat6's value is struct nat_val; nat4's holds its words 0,
+// 4 and 8-15.
+var (
+	nat4Geom = ftGeom{kw: 3, vw: 10, stride: 14, ways: 2, bucket: 128}
+	nat6Geom = ftGeom{kw: 9, vw: 16, stride: 30, ways: 2, bucket: 256}
+)
+
+const (
+	natHashSeed     = 0x27d4eb2f // NAT_HASH_SEED
+	natTagReply     = 0x80       // NAT_TAG_REPLY
+	natCreatedShift = 30         // NAT_CREATED_SHIFT
+)
+
+// natEntry is one direction of a NAT flow.
+type natEntry struct {
+	reply        bool
+	proto        Proto
+	src, dst     netip.AddrPort // the packet as it arrives
+	toSrc, toDst netip.AddrPort // what it becomes
+	backendID    uint32
+	bits         uint32 // enum xdplb_nat_state
+	seen         uint32 // ticks (ftTickShift)
+	aux          uint32 // forward: creation stamp (natCreatedShift); reply: interface index
+	macs         [3]uint32
+}
+
+// natRef is where an entry was found: its table and place.
+type natRef struct {
+	t   *flowTable
+	ref ftRef
+}
+
+func (d *Datapath) natTable(v6 bool) *flowTable {
+	if v6 {
+		return d.nat6
 	}
-	if fam == 4 {
+	return d.nat4
+}
+
+func addrWords(a netip.Addr) []uint32 {
+	if a.Is4() {
+		b := a.As4()
+		return []uint32{leUint32(b[:])}
+	}
+	b := a.As16()
+	return []uint32{leUint32(b[0:]), leUint32(b[4:]), leUint32(b[8:]), leUint32(b[12:])}
+}
+
+func wordsAddr(w []uint32) netip.Addr {
+	var b [16]byte
+	for i, x := range w {
+		putLE32(b[4*i:], x)
+	}
+	if len(w) == 1 {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16(b)
 }
 
-func natState(proto Proto, fwd, rev uint64) string {
+func portsWord(src, dst uint16) uint32 { return uint32(port(src)) | uint32(port(dst))<<16 }
+
+// natKey is the key, tag and hash in its table of the entry of a packet
+// from src to dst in direction reply, as nat_fill_key and nat_hash make them.
+func natKey(src, dst netip.AddrPort, proto Proto, reply bool) (key []uint32, tag, hash uint32) {
+	key = append(addrWords(src.Addr()), addrWords(dst.Addr())...)
+	key = append(key, portsWord(src.Port(), dst.Port()))
+	tag, seed := uint32(proto), uint32(natHashSeed)
+	if reply {
+		tag |= natTagReply
+		seed++
+	}
+	return key, tag, FlowHash(src, dst, proto, seed)
+}
+
+// value is e's value words in its table.
+func (e natEntry) value() []uint32 {
+	w := append(addrWords(e.toSrc.Addr()), addrWords(e.toDst.Addr())...)
+	w = append(w, portsWord(e.toSrc.Port(), e.toDst.Port()), e.backendID, e.bits, e.seen, e.aux)
+	return append(w, e.macs[:]...)
+}
+
+// natFrom is the entry of a table's tag and words (key, value).
+func natFrom(v6 bool, tag uint32, w []uint32) natEntry {
+	n := 1
+	if v6 {
+		n = 4
+	}
+	ap := func(a []uint32, p uint32) (netip.AddrPort, netip.AddrPort) {
+		return netip.AddrPortFrom(wordsAddr(a[:n]), port(uint16(p))), netip.AddrPortFrom(wordsAddr(a[n:2*n]), port(uint16(p>>16)))
+	}
+	e := natEntry{reply: tag&natTagReply != 0, proto: Proto(tag &^ natTagReply)}
+	e.src, e.dst = ap(w, w[2*n])
+	v := w[2*n+1:]
+	e.toSrc, e.toDst = ap(v, v[2*n])
+	e.backendID, e.bits, e.seen, e.aux = v[2*n+1], v[2*n+2], v[2*n+3], v[2*n+4]
+	copy(e.macs[:], v[2*n+5:])
+	return e
+}
+
+// natFind looks the entry of a packet from src to dst up.
+func (d *Datapath) natFind(src, dst netip.AddrPort, proto Proto, reply bool) (natEntry, natRef, bool) {
+	t := d.natTable(!src.Addr().Is4())
+	key, tag, hash := natKey(src, dst, proto, reply)
+	r, ok := t.find(hash, key, tag)
+	if !ok {
+		return natEntry{}, natRef{}, false
+	}
+	val := make([]uint32, t.g.vw)
+	if !t.value(r, val) {
+		return natEntry{}, natRef{}, false
+	}
+	return natFrom(t.g.kw == 9, tag, append(key, val...)), natRef{t, r}, true
+}
+
+// natPut inserts e (which must not be there) into its table.
+func (d *Datapath) natPut(e natEntry) error {
+	t := d.natTable(!e.src.Addr().Is4())
+	key, tag, hash := natKey(e.src, e.dst, e.proto, e.reply)
+	return t.insert(hash, key, tag, e.value(), false)
+}
+
+// delete removes the entry r names if it is unchanged since it was found.
+func (r natRef) delete() bool { return r.t != nil && r.t.delete(r.ref) }
+
+// natEntries calls fn with every entry of both tables and where it is.
+func (d *Datapath) natEntries(fn func(natEntry, natRef)) {
+	for _, t := range []*flowTable{d.nat4, d.nat6} {
+		t.walk(func(r ftRef, tag uint32, w []uint32) bool {
+			e := natFrom(t.g.kw == 9, tag, w)
+			_, _, hash := natKey(e.src, e.dst, e.proto, e.reply)
+			r.home = hash & t.mask
+			fn(e, natRef{t, r})
+			return true
+		})
+	}
+}
+
+func natState(proto Proto, fwd, rev uint32) string {
 	if proto != TCP {
 		return NATStateUDP
 	}
 	both := fwd | rev
 	switch {
-	case both&uint64(lbXdplbNatStateNAT_S_RST) != 0:
+	case both&uint32(lbXdplbNatStateNAT_S_RST) != 0:
 		return NATStateReset
-	case both&uint64(lbXdplbNatStateNAT_S_FIN) != 0:
+	case both&uint32(lbXdplbNatStateNAT_S_FIN) != 0:
 		return NATStateClosing
-	case fwd&uint64(lbXdplbNatStateNAT_S_SEEN) != 0 && rev&uint64(lbXdplbNatStateNAT_S_SEEN) != 0:
+	case fwd&uint32(lbXdplbNatStateNAT_S_SEEN) != 0 && rev&uint32(lbXdplbNatStateNAT_S_SEEN) != 0:
 		return NATStateEstablished
 	}
 	return NATStateSYNSent
@@ -202,10 +332,7 @@ func natState(proto Proto, fwd, rev uint64) string {
 
 // NATFlows calls fn for every NAT flow until fn returns false.
 func (d *Datapath) NATFlows(fn func(NATFlow) bool) error {
-	flows, _, err := d.natWalk()
-	if err != nil {
-		return err
-	}
+	flows, _ := d.natWalk()
 	for _, f := range flows {
 		if !fn(f) {
 			return nil
@@ -215,43 +342,44 @@ func (d *Datapath) NATFlows(fn func(NATFlow) bool) error {
 }
 
 // natWalk reads every NAT flow, and the reply entries of no flow.
-func (d *Datapath) natWalk() ([]NATFlow, []lbNatKey, error) {
-	now := uint64(d.nowMono())
-	fwd := map[lbNatKey]lbNatValue{}
-	rev := map[lbNatKey]lbNatValue{}
-	var k lbNatKey
-	var v lbNatValue
-	it := d.objs.NatFlows.Iterate()
-	for it.Next(&k, &v) {
-		if k.Dir == uint8(lbXdplbNatDirNAT_DIR_FWD) {
-			fwd[k] = v
+func (d *Datapath) natWalk() ([]NATFlow, []natRef) {
+	now := d.nowMono()
+	type rkey struct {
+		src, dst netip.AddrPort
+		proto    Proto
+	}
+	type found struct {
+		e natEntry
+		r natRef
+	}
+	var fwd []found
+	rev := map[rkey]found{}
+	d.natEntries(func(e natEntry, r natRef) {
+		if e.reply {
+			rev[rkey{e.src, e.dst, e.proto}] = found{e, r}
 		} else {
-			rev[k] = v
+			fwd = append(fwd, found{e, r})
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("reading NAT flows: %w", err)
-	}
+	})
 	var flows []NATFlow
-	for k, v := range fwd {
-		rk := lbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: k.Proto, Family: k.Family,
-			Dir: uint8(lbXdplbNatDirNAT_DIR_REPLY)}
+	for _, f := range fwd {
+		e := f.e
+		rk := rkey{e.toDst, e.toSrc, e.proto}
 		r, ok := rev[rk]
 		delete(rev, rk)
-		last := max(v.LastSeen, r.LastSeen)
-		f := NATFlow{
-			Client:    netip.AddrPortFrom(natAddr(k.Saddr, k.Family), port(k.Sport)),
-			VIP:       netip.AddrPortFrom(natAddr(k.Daddr, k.Family), port(k.Dport)),
-			Source:    netip.AddrPortFrom(natAddr(v.Saddr, k.Family), port(v.Sport)),
-			Backend:   netip.AddrPortFrom(natAddr(v.Daddr, k.Family), port(v.Dport)),
-			Proto:     Proto(k.Proto),
-			BackendID: v.BackendId,
-			State:     natState(Proto(k.Proto), v.State, r.State),
-			Age:       time.Duration(now - min(now, v.Created)),
-			Idle:      time.Duration(now - min(now, last)),
-			fwd:       k, rev: rk, lastSeen: last, revMissing: !ok,
+		idle := idleSince(now, e.seen)
+		if ok {
+			idle = min(idle, idleSince(now, r.e.seen))
 		}
-		flows = append(flows, f)
+		created := time.Duration(uint64(e.aux) << natCreatedShift)
+		flows = append(flows, NATFlow{
+			Client: e.src, VIP: e.dst, Source: e.toSrc, Backend: e.toDst,
+			Proto: e.proto, BackendID: e.backendID,
+			State: natState(e.proto, e.bits, r.e.bits),
+			Age:   max(0, now-created),
+			Idle:  idle,
+			fwd:   f.r, rev: r.r, hasRev: ok,
+		})
 	}
 	sort.Slice(flows, func(i, j int) bool {
 		a, b := flows[i], flows[j]
@@ -263,11 +391,13 @@ func (d *Datapath) natWalk() ([]NATFlow, []lbNatKey, error) {
 		}
 		return a.Client.Port() < b.Client.Port()
 	})
-	var orphans []lbNatKey
-	for k := range rev {
-		orphans = append(orphans, k)
+	var orphans []natRef
+	for _, r := range rev {
+		if idleSince(now, r.e.seen) > time.Second {
+			orphans = append(orphans, r.r)
+		}
 	}
-	return flows, orphans, nil
+	return flows, orphans
 }
 
 // NATTimeouts are how long NAT flows may stay idle, by state.
@@ -297,14 +427,13 @@ type NATMaintainResult struct {
 
 // MaintainNAT removes NAT flows idle longer than their state's timeout
 // (both entries, the forward one first), and reply entries that belong to
-// no flow. A flow seen again between the walk and its removal stays.
+// no flow (after a second: a flow being made has both within
+// microseconds). A flow whose forward entry was touched between the walk
+// and its removal stays: the removal is a compare-and-swap of the state
+// word the walk read (flowtable.h).
 func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 	res := NATMaintainResult{Expired: map[string]int{}}
-	flows, orphans, err := d.natWalk()
-	if err != nil {
-		return res, err
-	}
-	var errs []error
+	flows, orphans := d.natWalk()
 	for _, f := range flows {
 		limit, reason := t.TCPTransitory, NATExpiredTransitory
 		switch f.State {
@@ -313,41 +442,21 @@ func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 		case NATStateUDP:
 			limit, reason = t.UDP, NATExpiredUDP
 		}
-		if f.Idle <= limit {
+		if f.Idle <= limit || !f.fwd.delete() {
 			res.Remaining++
 			continue
 		}
-		var v lbNatValue
-		if err := d.objs.NatFlows.Lookup(f.fwd, &v); err != nil {
-			if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
+		if f.hasRev && !f.rev.delete() {
+			// Touched since the walk (a late reply): its flow is gone
+			// all the same.
+			if _, r, ok := d.natFind(f.Backend, f.Source, f.Proto, true); ok {
+				r.delete()
 			}
-			continue
-		}
-		if v.LastSeen > f.lastSeen {
-			res.Remaining++
-			continue
-		}
-		if err := d.objs.NatFlows.Delete(f.fwd); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-			continue
-		}
-		if err := d.objs.NatFlows.Delete(f.rev); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
 		}
 		res.Expired[reason]++
 	}
-	for _, k := range orphans {
-		// A reply entry whose forward entry is gone: a flow being made
-		// right now has both within microseconds, so look again.
-		var v lbNatValue
-		if err := d.objs.NatFlows.Lookup(k, &v); err != nil {
-			continue
-		}
-		if time.Duration(uint64(d.nowMono())-min(uint64(d.nowMono()), v.Created)) < time.Second {
-			continue
-		}
-		if err := d.objs.NatFlows.Delete(k); err == nil {
+	for _, r := range orphans {
+		if r.delete() {
 			res.Expired[NATExpiredOrphan]++
 		}
 	}
@@ -357,9 +466,6 @@ func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 	}
 	d.natFlows = res.Remaining
 	d.mu.Unlock()
-	if len(errs) > 0 {
-		return res, fmt.Errorf("expiring NAT flows: %w", errors.Join(errs...))
-	}
 	return res, nil
 }
 

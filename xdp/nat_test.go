@@ -7,11 +7,15 @@ package xdp
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/xdplb/xdplb/internal/packet"
@@ -146,7 +150,7 @@ func natFlowDiff(t *testing.T, got []NATFlow, want []NATFlow) {
 		cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.AllowUnexported(NATFlow{}),
 		cmp.FilterPath(func(p cmp.Path) bool {
 			n := p.Last().String()
-			return n == ".fwd" || n == ".rev" || n == ".lastSeen" || n == ".revMissing"
+			return n == ".fwd" || n == ".rev" || n == ".hasRev"
 		}, cmp.Ignore())); d != "" {
 		t.Errorf("NAT flows (-want +got):\n%s", d)
 	}
@@ -326,12 +330,14 @@ func TestSNATAllocationFailure(t *testing.T) {
 }
 
 // TestSNATTableFull: a full NAT table refuses new flows (counted) and the
-// flows it holds carry on.
+// flows it holds carry on. MaxNATFlows 2 makes tables of 8 entries (room
+// for twice the entries of 2 flows), all in every key's window of buckets:
+// four flows fill nat4.
 func TestSNATTableFull(t *testing.T) {
 	w := newNATWorld(t, Options{MaxNATFlows: 2})
 	v := fxAP(fxSNATVIP4, 80)
 	var steps []natStep
-	for i := range 2 {
+	for i := range 4 {
 		c := fxAP(fxClient4, uint16(42000+i))
 		src, be := w.translation(c, v, TCP)
 		steps = append(steps, natStep{name: "flow " + string(rune('a'+i)), in: fxIn(fxIP(c, v, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
@@ -340,7 +346,7 @@ func TestSNATTableFull(t *testing.T) {
 	c := fxAP(fxClient4, 42000)
 	src, be := w.translation(c, v, TCP)
 	steps = append(steps,
-		natStep{name: "third flow: table full", in: fxIn(fxIP(fxAP(fxClient4, 42002), v, packet.TCPSyn, nil), nil), wantVerdict: fxDrop,
+		natStep{name: "fifth flow: table full", in: fxIn(fxIP(fxAP(fxClient4, 42004), v, packet.TCPSyn, nil), nil), wantVerdict: fxDrop,
 			wantCounter: "drop/snat_table_full"},
 		natStep{name: "first flow goes on", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
 			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
@@ -432,12 +438,7 @@ func TestSNATMaintain(t *testing.T) {
 		t.Errorf("after 2 h (-want +got):\n%s", d)
 	}
 	var n int
-	it := w.d.objs.NatFlows.Iterate()
-	var k lbNatKey
-	var val lbNatValue
-	for it.Next(&k, &val) {
-		n++
-	}
+	w.d.natEntries(func(natEntry, natRef) { n++ })
 	if n != 0 {
 		t.Errorf("%d NAT entries left, want 0", n)
 	}
@@ -622,4 +623,112 @@ func TestSNATExplain(t *testing.T) {
 	}
 	check("ACK of the flow, its backend down", Packet{Src: c, Dst: v, Proto: TCP}, RuleNATBackendLost, "tx/snat_rst", 0)
 	check("SYN again, its backend down", Packet{Src: c, Dst: v, Proto: TCP, SYN: true}, RuleTable, "tx/snat", 43)
+}
+
+// TestNATEntries: the entries the program makes, found by the keys and
+// hashes user space computes (natKey), in both tables, with the value
+// layout natFrom reads: the translation both ways, the backend, the state
+// bits, the creation stamp and the client side's interface and MACs.
+func TestNATEntries(t *testing.T) {
+	w := newNATWorld(t, Options{})
+	before := monotonicNow()
+	for _, c := range []struct {
+		client, vip netip.AddrPort
+		id          uint32
+	}{
+		{fxAP(fxClient4, 47000), fxAP(fxSNATVIP4, 80), fxSNATID4},
+		{fxAP(netip.MustParseAddr("2001:db8:1::7"), 47000), fxAP(fxSNATVIP6, 80), fxSNATID6},
+	} {
+		src, be := w.translation(c.client, c.vip, TCP)
+		w.run(t, []natStep{{name: c.client.String() + " SYN", in: fxIn(fxIP(c.client, c.vip, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[c.id], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"}})
+		fwd, _, ok := w.d.natFind(c.client, c.vip, TCP, false)
+		if !ok {
+			t.Fatalf("%s -> %s: no forward entry under the key user space computes", c.client, c.vip)
+		}
+		rev, _, ok := w.d.natFind(be, src, TCP, true)
+		if !ok {
+			t.Fatalf("%s -> %s: no reply entry under the key user space computes", be, src)
+		}
+		created := time.Duration(uint64(fwd.aux) << natCreatedShift)
+		if fwd.toSrc != src || fwd.toDst != be || fwd.backendID != c.id || fwd.bits != uint32(lbXdplbNatStateNAT_S_SYN) ||
+			created > monotonicNow() || created < before-2*time.Second {
+			t.Errorf("forward entry %+v: want %s -> %s, backend %d, bits SYN, created after %v", fwd, src, be, c.id, before)
+		}
+		var macs [12]byte
+		for i, m := range rev.macs {
+			putLE32(macs[4*i:], m)
+		}
+		if rev.toSrc != c.vip || rev.toDst != c.client || rev.backendID != c.id || rev.bits != 0 || rev.aux != 1 ||
+			!bytes.Equal(macs[:6], fxRouterMAC) || !bytes.Equal(macs[6:], fxLBMAC) {
+			t.Errorf("reply entry %+v (MACs %x): want %s -> %s, backend %d, interface 1 (the test run's), to %s from %s",
+				rev, macs, c.vip, c.client, c.id, fxRouterMAC, fxLBMAC)
+		}
+	}
+	var n int
+	w.d.natEntries(func(natEntry, natRef) { n++ })
+	if n != 4 {
+		t.Errorf("%d entries in the NAT tables, want 4", n)
+	}
+}
+
+// TestUpgradeCopiesOldNAT: the NAT flows of an earlier release's nat_flows
+// hash map, found pinned at open, are copied into nat4, go on both ways,
+// and the old map's pin is removed.
+func TestUpgradeCopiesOldNAT(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	o := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128, MaxNATFlows: 64}
+	w := newNATWorld(t, o)
+	if err := w.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, v := fxAP(fxClient4, 46100), fxAP(fxSNATVIP4, 80)
+	src, be := w.translation(c, v, TCP)
+	words := func(a netip.Addr) (w [4]uint32) {
+		copy(w[:], addrWords(a))
+		return w
+	}
+	now := uint64(monotonicNow())
+	var dmac, smac [6]byte
+	copy(dmac[:], fxRouterMAC)
+	copy(smac[:], fxLBMAC)
+	old, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: "nat_flows", Type: ebpf.Hash, KeySize: uint32(binary.Size(lbNatKey{})), ValueSize: uint32(binary.Size(lbNatValue{})), MaxEntries: 128, Pinning: ebpf.PinByName},
+		ebpf.MapOptions{PinPath: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		k lbNatKey
+		v lbNatValue
+	}{
+		{lbNatKey{Saddr: words(c.Addr()), Daddr: words(v.Addr()), Sport: port(c.Port()), Dport: port(v.Port()), Proto: 6, Family: 4},
+			lbNatValue{Saddr: words(src.Addr()), Daddr: words(be.Addr()), Sport: port(src.Port()), Dport: port(be.Port()), BackendId: fxSNATID4,
+				State: uint64(lbXdplbNatStateNAT_S_SYN | lbXdplbNatStateNAT_S_SEEN), Created: now, LastSeen: now}},
+		{lbNatKey{Saddr: words(be.Addr()), Daddr: words(src.Addr()), Sport: port(be.Port()), Dport: port(src.Port()), Proto: 6, Family: 4, Dir: 1},
+			lbNatValue{Saddr: words(v.Addr()), Daddr: words(c.Addr()), Sport: port(v.Port()), Dport: port(c.Port()), BackendId: fxSNATID4,
+				Ifindex: 1, Dmac: dmac, Smac: smac, State: uint64(lbXdplbNatStateNAT_S_SYN | lbXdplbNatStateNAT_S_SEEN), Created: now, LastSeen: now}},
+	} {
+		if err := old.Put(e.k, e.v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+
+	d, err := Open(o)
+	if err != nil {
+		t.Fatalf("opening over an earlier release's nat_flows: %v", err)
+	}
+	t.Cleanup(func() { d.Unpin(); d.Close() })
+	if _, err := os.Stat(filepath.Join(pin, "nat_flows")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("nat_flows still pinned: %v", err)
+	}
+	w.d = d
+	w.run(t, []natStep{
+		{name: "ACK after the upgrade", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
+		{name: "reply after the upgrade", in: fxFromBackend(fxIP(be, src, packet.TCPAck, nil)), wantVerdict: fxTX,
+			wantOut: fxToClient(fxIP(v, c, packet.TCPAck, nil)), wantCounter: "tx/snat_reply"},
+	})
+	natFlowDiff(t, w.flows(t), []NATFlow{{Client: c, VIP: v, Source: src, Backend: be, Proto: TCP, BackendID: fxSNATID4, State: NATStateEstablished}})
 }

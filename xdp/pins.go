@@ -86,18 +86,27 @@ func idleSince(now time.Duration, seen uint32) time.Duration {
 	return time.Duration(d) << ftTickShift
 }
 
+// mapPins maps the flow tables: the pins' and the NAT flows'.
 func (d *Datapath) mapPins() error {
 	var err error
 	if d.pins4, err = mapFlowTable(d.objs.Pins4, pin4Geom); err != nil {
 		return err
 	}
-	d.pins6, err = mapFlowTable(d.objs.Pins6, pin6Geom)
+	if d.pins6, err = mapFlowTable(d.objs.Pins6, pin6Geom); err != nil {
+		return err
+	}
+	if d.nat4, err = mapFlowTable(d.objs.Nat4, nat4Geom); err != nil {
+		return err
+	}
+	d.nat6, err = mapFlowTable(d.objs.Nat6, nat6Geom)
 	return err
 }
 
 func (d *Datapath) unmapPins() {
 	d.pins4.unmap()
 	d.pins6.unmap()
+	d.nat4.unmap()
+	d.nat6.unmap()
 }
 
 // pinRoom says whether a new pin of f would find room in its table.

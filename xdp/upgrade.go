@@ -90,3 +90,77 @@ func (d *Datapath) copyPins(m *ebpf.Map, v6 bool) (copied, lost int, err error) 
 	}
 	return copied, lost, it.Err()
 }
+
+// Releases before NAT flows moved onto the flow table kept them in the hash
+// map nat_flows. copyOldNAT copies its entries into nat4 and nat6, then
+// removes its pin, so a restart into this release keeps every NAT flow
+// (entries the earlier program makes between the copy and the attachment of
+// this one are not copied: a moment's new flows).
+func (d *Datapath) copyOldNAT() error {
+	path := filepath.Join(d.opts.PinPath, "nat_flows")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		return fmt.Errorf("opening the earlier release's nat_flows: %w", err)
+	}
+	var (
+		k            lbNatKey
+		v            lbNatValue
+		copied, lost int
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		err := d.natPut(natFromOld(k, v))
+		switch {
+		case err == nil:
+			copied++
+		case errors.Is(err, errFTExists): // copied before, by an open that failed later
+		case errors.Is(err, ErrFull):
+			lost++
+		default:
+			m.Close()
+			return fmt.Errorf("copying the NAT flows of the earlier release: %w", err)
+		}
+	}
+	err = it.Err()
+	m.Close()
+	if err != nil {
+		return fmt.Errorf("reading the earlier release's nat_flows: %w", err)
+	}
+	if lost > 0 {
+		slog.Warn("NAT entries of the earlier release not copied: their buckets are full", "copied", copied, "lost", lost)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("removing the earlier release's nat_flows: %w", err)
+	}
+	return nil
+}
+
+// natFromOld is the entry of an earlier release's nat_flows key and value.
+func natFromOld(k lbNatKey, v lbNatValue) natEntry {
+	addr := func(w [4]uint32) netip.Addr {
+		if k.Family == 4 {
+			return wordsAddr(w[:1])
+		}
+		return wordsAddr(w[:])
+	}
+	e := natEntry{
+		reply: k.Dir == uint8(lbXdplbNatDirNAT_DIR_REPLY), proto: Proto(k.Proto),
+		src: netip.AddrPortFrom(addr(k.Saddr), port(k.Sport)), dst: netip.AddrPortFrom(addr(k.Daddr), port(k.Dport)),
+		toSrc: netip.AddrPortFrom(addr(v.Saddr), port(v.Sport)), toDst: netip.AddrPortFrom(addr(v.Daddr), port(v.Dport)),
+		backendID: v.BackendId, bits: uint32(v.State), seen: uint32(v.LastSeen >> ftTickShift),
+		aux: uint32(v.Created >> natCreatedShift),
+	}
+	if e.reply {
+		e.aux = v.Ifindex
+		var macs [12]byte
+		copy(macs[:6], v.Dmac[:])
+		copy(macs[6:], v.Smac[:])
+		for i := range 3 {
+			e.macs[i] = leUint32(macs[4*i:])
+		}
+	}
+	return e
+}

@@ -97,22 +97,30 @@
 #define PIN_BACKOFF_NS 100000000ULL
 
 /* SNAT (nat.h): sources per family, ports tried per new flow, how often a
- * flow's entries refresh their last_seen stamp (ns), how long a CPU stops
- * trying to insert after the NAT table was full (ns), and the default size
- * of the NAT table (entries: two per flow). */
+ * flow's entries refresh their seen stamp (ns), how long a CPU stops trying
+ * to insert (ns) after NAT_FULL_STREAK new flows in a row found no room,
+ * the default size of the NAT tables (buckets), the seed of the hash that
+ * places an entry in its table (plus the direction), the tag bit of reply
+ * entries, and the unit of a forward entry's creation stamp (2^30 ns, about
+ * a second). */
 #define NAT_MAX_SOURCES 8
 #define NAT_PORT_TRIES 8
 #define NAT_TOUCH_NS 1000000000ULL
 #define NAT_BACKOFF_NS 100000000ULL
-#define DEFAULT_MAX_NAT_ENTRIES 524288
+#define NAT_FULL_STREAK 4
+#define DEFAULT_NAT_BUCKETS 524288
+#define NAT_HASH_SEED 0x27d4eb2fu
+#define NAT_TAG_REPLY 0x80
+#define NAT_CREATED_SHIFT 30
 
-/* nat_key.dir */
+/* The direction of a NAT entry (nat_key.dir of earlier releases; the
+ * NAT_TAG_REPLY bit of its tag now). */
 enum xdplb_nat_dir {
 	NAT_DIR_FWD = 0,   /* client -> VIP, as it arrives */
 	NAT_DIR_REPLY = 1, /* backend -> SNAT source, as it arrives */
 };
 
-/* nat_value.state: what was seen in the entry's direction. */
+/* nat4.bits, nat6.bits: what was seen in the entry's direction. */
 enum xdplb_nat_state {
 	NAT_S_SYN = 1 << 0,   /* a TCP SYN (forward) or SYN-ACK (reply) */
 	NAT_S_SEEN = 1 << 1,  /* a packet after the first (reply: any reply) */

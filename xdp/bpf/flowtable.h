@@ -2,7 +2,7 @@
 /* The flow table: a hash table in an mmapable BPF array of cache-line-sized
  * buckets, so that a lookup, hit or miss, reads one bucket (one cache miss)
  * where a BPF hash map reads a bucket and then an element. Written once for
- * every kind of entry (the pins of ct.h; later SNAT's NAT entries): the
+ * every kind of entry (the pins of lb.h, the NAT entries of nat.h): the
  * functions below take the entry's geometry as constants and are inlined
  * into per-type wrappers. The Go side is xdp/flowtable.go; the layout and
  * the protocol are described in docs/architecture.md ("The flow table").
@@ -77,6 +77,7 @@ struct ft_ref {
 	__u32 *home;   /* the home bucket (its ovf is word 0) */
 	__u64 state;   /* the entry's first 8 bytes as read */
 	__u32 probe;   /* 0: in its home bucket */
+	__u32 way;     /* the entry's place in its bucket */
 };
 
 static __always_inline __u64 ft_load(const __u32 *w)
@@ -136,6 +137,7 @@ static __always_inline int ft_find(void *map, __u32 mask, __u32 hash, const __u3
 				r->e = e;
 				r->state = v;
 				r->probe = i;
+				r->way = w;
 				return 1;
 			}
 		}

@@ -35,6 +35,9 @@ const struct flow4 *btf_flow4 __attribute__((unused));
 const struct flow6 *btf_flow6 __attribute__((unused));
 const struct ct_value *btf_ct_value __attribute__((unused));
 const enum xdplb_nat_state *btf_nat_state __attribute__((unused));
+/* The NAT map of earlier releases, for copying its flows (xdp/upgrade.go). */
+const struct nat_key *btf_nat_key __attribute__((unused));
+const struct nat_value *btf_nat_value __attribute__((unused));
 const enum xdplb_nat_dir *btf_nat_dir __attribute__((unused));
 
 SEC("xdp")

@@ -5,20 +5,28 @@
  * back to that source:port and leaves with the VIP:port as source and the
  * client as destination.
  *
- * State: every flow has two entries in nat_flows, one per direction (struct
- * nat_key, dir). All access to NAT state goes through the nat_* functions of
- * this header (and xdp/nat.go in user space), so that moving it onto the flow
- * table that pins will share (issue 11) is a change of this header alone.
- * For now nat_flows is a plain preallocated hash map: nothing is ever evicted;
- * when it is full, new flows fail (drop/nat_table_full) and established ones
- * carry on. User space expires idle entries (xdp/nat.go).
+ * State: every flow has two entries, one per direction, in the flow tables
+ * nat4 and nat6 (flowtable.h, the tables the pins use: struct nat4, nat6).
+ * An entry's key is a packet's tuple as it arrives, its tag the protocol
+ * (plus NAT_TAG_REPLY for the reply direction), its value what the packet
+ * becomes. Nothing is ever evicted: when a key's buckets are full, its flow
+ * fails (drop/snat_table_full) and established ones carry on. User space
+ * expires idle entries (xdp/nat.go) through the tables' mmap.
  *
- * Port allocation takes no lock: a new flow tries up to NAT_PORT_TRIES
- * (source, port) pairs derived from its flow hash, and claims one by
- * inserting the reply entry with BPF_NOEXIST. The reply key holds the
- * backend's address and port, the source and the port, so the kernel's
- * insert is the atomic claim: two flows to the same backend:port never get
- * the same source:port, whichever CPUs they arrive on.
+ * All access to the entries goes through the nat_ft_* functions below. They
+ * are global BPF functions: the verifier checks each once, where an inlined
+ * table walk would be checked again at every call site (the port tries of a
+ * new flow alone would exceed its budget). They take keys and values in the
+ * per-CPU scratch entry (struct nat_fkey, nat_val) and copy values out: no
+ * pointer into a table leaves them.
+ *
+ * Port allocation takes no lock in the hot path: a new flow tries up to
+ * NAT_PORT_TRIES (source, port) pairs derived from its flow hash, and claims
+ * one by inserting the reply entry, which fails if the key is there. The
+ * reply key holds the backend's address and port, the source and the port,
+ * so the insert is the claim (the table serialises inserts of a key in its
+ * home bucket): two flows to the same backend:port never get the same
+ * source:port, whichever CPUs they arrive on.
  *
  * The client's next hop: the reply goes back to the neighbour the flow's
  * first packet came from, through the interface it came in on (the MACs and
@@ -31,13 +39,39 @@
 #ifndef XDPLB_NAT_H
 #define XDPLB_NAT_H
 
-/* Both directions of every NAT flow. Plain hash: never evicts. */
+/* Buckets of nat4 and nat6 minus one (their sizes are powers of two). */
+volatile const __u32 cfg_nat4_mask = DEFAULT_NAT_BUCKETS - 1;
+volatile const __u32 cfg_nat6_mask = DEFAULT_NAT_BUCKETS - 1;
+
+/* Both directions of every NAT flow: flow tables (flowtable.h) of
+ * nat4_bucket and nat6_bucket, sized by the loader (twice the entries of
+ * Options.MaxNATFlows flows, a power of two of buckets). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DEFAULT_MAX_NAT_ENTRIES);
-	__type(key, struct nat_key);
-	__type(value, struct nat_value);
-} nat_flows SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, DEFAULT_NAT_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct nat4_bucket);
+} nat4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, DEFAULT_NAT_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct nat6_bucket);
+} nat6 SEC(".maps");
+
+#define NAT4_GEOM ((struct ft_geom){ .kw = 3, .vw = 10, .stride = 14, .ways = 2 })
+#define NAT6_GEOM ((struct ft_geom){ .kw = 9, .vw = 16, .stride = 30, .ways = 2 })
+_Static_assert(sizeof(struct nat4) == 4 * 14, "nat4 entry");
+_Static_assert(sizeof(struct nat4_bucket) == 128, "a nat4 bucket is two cache lines");
+_Static_assert(__builtin_offsetof(struct nat4_bucket, e1) == 4 * (FT_HEAD_WORDS + 14), "nat4 stride");
+_Static_assert(sizeof(struct nat6) == 4 * 26, "nat6 entry");
+_Static_assert(sizeof(struct nat6_bucket) == 256, "a nat6 bucket is four cache lines");
+_Static_assert(__builtin_offsetof(struct nat6_bucket, e1) == 4 * (FT_HEAD_WORDS + 30), "nat6 stride");
+_Static_assert(sizeof(struct nat_val) == 4 * 16, "struct nat_val is nat6's value");
+#define NAT_TOUCH_TICKS (NAT_TOUCH_NS >> FT_TICK_SHIFT)
 
 /* SNAT sources and port range (one entry). */
 struct {
@@ -55,14 +89,20 @@ struct {
 	__type(value, struct nat_src_stats);
 } nat_source_stats SEC(".maps");
 
-/* Scratch space for a new flow's keys and entries: the program's stack has
- * no room for them (XDP runs a CPU's packets one at a time). */
+/* Scratch space for keys and values: the program's stack has no room for
+ * them (XDP runs a CPU's packets one at a time). k and v serve lookups; a
+ * new flow builds its two entries in fk, fv, rk and rv. */
 struct nat_scratch {
 	__u64 full_until;   /* CLOCK_MONOTONIC_COARSE ns: no insert tried before */
-	struct nat_key fk;
-	struct nat_key rk;
-	struct nat_value fv;
-	struct nat_value rv;
+	__u32 full_streak;  /* new flows in a row that found no room */
+	__u32 pad;
+	struct nat_fkey k;
+	struct nat_val v;
+	struct nat_fkey fk;
+	struct nat_fkey rk;
+	struct nat_val fv;
+	struct nat_val rv;
+	__u32 packed[10];   /* nat_ft_add: an IPv4 value as nat4 holds it */
 };
 
 struct {
@@ -71,6 +111,116 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nat_scratch);
 } nat_scratch_map SEC(".maps");
+
+static __always_inline struct nat_scratch *nat_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nat_scratch_map, &zero);
+}
+
+/* nat_hash is k's hash in its table: the flow hash of its tuple with
+ * NAT_HASH_SEED plus its direction (xdp/nat.go computes the same). */
+static __always_inline __u32 nat_hash(const struct nat_fkey *k)
+{
+	__u32 ports = k->w[k->v6 ? 8 : 2], seed = NAT_HASH_SEED + (k->tag >> 7);
+	__u8 proto = k->tag & ~NAT_TAG_REPLY;
+
+	if (!k->v6)
+		return flow_hash(k->w[0], k->w[1], ports, ports >> 16, proto, seed);
+	return flow_hash(fold_addr6(&k->w[0]), fold_addr6(&k->w[4]), ports, ports >> 16, proto, seed);
+}
+
+/* A nat4 value holds words 0, 4 and 8-15 of a struct nat_val (nat6's value
+ * is the struct nat_val itself). */
+static __always_inline __u32 nat4_word(int i)
+{
+	return i == 0 ? 0 : i == 1 ? 4 : 6 + i;
+}
+
+/* nat_ft_get finds k's entry: 1 with its value in out, 0 if there is none.
+ * It sets k->bits in the entry, and, when k->tick is not 0, refreshes its
+ * seen stamp if that is NAT_TOUCH_TICKS old. */
+__attribute__((noinline)) int nat_ft_get(struct nat_fkey *k, struct nat_val *out)
+{
+	struct ft_ref r = {};
+	__u32 *w = (__u32 *)out, *val;
+	int v6;
+
+	if (!k || !out)
+		return 0;
+	v6 = k->v6;
+	if (!v6) {
+		if (!ft_find(&nat4, cfg_nat4_mask, nat_hash(k), k->w, k->tag, NAT4_GEOM, &r))
+			return 0;
+		val = r.e + 1 + NAT4_GEOM.kw;
+#pragma unroll
+		for (int i = 0; i < NAT4_GEOM.vw; i++)
+			w[nat4_word(i)] = val[i];
+	} else {
+		if (!ft_find(&nat6, cfg_nat6_mask, nat_hash(k), k->w, k->tag, NAT6_GEOM, &r))
+			return 0;
+		val = r.e + 1 + NAT6_GEOM.kw;
+#pragma unroll
+		for (int i = 0; i < NAT6_GEOM.vw; i++)
+			w[i] = val[i];
+	}
+	if (!ft_stable(&r))
+		return 0;
+	if (cfg_dry_run)
+		return 1;
+	/* The value's bits and seen words. The program builds for BPF v1,
+	 * whose atomic or is 64-bit only: bits is 8-byte aligned, and seen,
+	 * the high half, is ored with 0. */
+	{
+		__u32 *bits = val + (v6 ? 10 : 4);
+
+		if ((out->bits & k->bits) != k->bits)
+			__sync_fetch_and_or((__u64 *)bits, (__u64)k->bits);
+		if (k->tick && k->tick - out->seen >= NAT_TOUCH_TICKS) {
+			bits[1] = k->tick;
+			ft_touch(&r);
+		}
+	}
+	return 1;
+}
+
+/* nat_ft_add inserts an entry of a new flow, unless its key is there: the
+ * reply entry (sc->rk, sc->rv) or the forward one (sc->fk, sc->fv). It
+ * returns 0, or -FT_EEXIST, -FT_ENOSPC (the key's buckets are full),
+ * -FT_EBUSY (its home bucket stayed locked). An IPv4 value is packed in
+ * sc->packed: the program's stack has no room for it. */
+__attribute__((noinline)) int nat_ft_add(struct nat_scratch *sc, int reply)
+{
+	struct nat_fkey *k;
+	__u32 *w;
+
+	if (!sc)
+		return -FT_ENOSPC;
+	k = reply ? &sc->rk : &sc->fk;
+	w = reply ? (__u32 *)&sc->rv : (__u32 *)&sc->fv;
+	if (k->v6)
+		return ft_insert(&nat6, cfg_nat6_mask, nat_hash(k), k->w, k->tag, w, NAT6_GEOM, 0);
+#pragma unroll
+	for (int i = 0; i < NAT4_GEOM.vw; i++)
+		sc->packed[i] = w[nat4_word(i)];
+	return ft_insert(&nat4, cfg_nat4_mask, nat_hash(k), k->w, k->tag, sc->packed, NAT4_GEOM, 0);
+}
+
+/* nat_ft_del removes k's entry: 1 if it did. */
+__attribute__((noinline)) int nat_ft_del(struct nat_fkey *k)
+{
+	struct ft_ref r = {};
+	int found;
+
+	if (!k)
+		return 0;
+	if (k->v6)
+		found = ft_find(&nat6, cfg_nat6_mask, nat_hash(k), k->w, k->tag, NAT6_GEOM, &r);
+	else
+		found = ft_find(&nat4, cfg_nat4_mask, nat_hash(k), k->w, k->tag, NAT4_GEOM, &r);
+	return found && ft_delete(&r);
+}
 
 static __always_inline struct nat_config *nat_cfg(void)
 {
@@ -103,96 +253,74 @@ static __always_inline int nat_is_source(struct nat_config *cfg, struct pkt *p)
 	return 0;
 }
 
-static __always_inline void nat_key_of(struct nat_key *k, struct pkt *p, __u8 dir)
+/* nat_fill_key fills in k for a packet from saddr:sport to daddr:dport (of
+ * family fam) in direction dir: the key words and the tag. */
+static __always_inline void nat_fill_key(struct nat_fkey *k, const __u32 *saddr, const __u32 *daddr, __be16 sport,
+				    __be16 dport, __u8 proto, __u8 fam, __u32 dir)
 {
-	__builtin_memcpy(k->saddr, p->saddr, 16);
-	__builtin_memcpy(k->daddr, p->daddr, 16);
-	k->sport = p->sport;
-	k->dport = p->dport;
-	k->proto = p->proto;
-	k->family = p->family;
-	k->dir = dir;
+	__u32 ports = (__u32)sport | ((__u32)dport << 16);
+
+	k->tag = proto | (dir ? NAT_TAG_REPLY : 0);
+	k->bits = 0;
+	k->tick = 0;
+	if (fam == 4) {
+		k->v6 = 0;
+		k->w[0] = saddr[0];
+		k->w[1] = daddr[0];
+		k->w[2] = ports;
+		return;
+	}
+	k->v6 = 1;
+	__builtin_memcpy(&k->w[0], saddr, 16);
+	__builtin_memcpy(&k->w[4], daddr, 16);
+	k->w[8] = ports;
 }
 
-/* nat_lookup_fwd finds the flow of a client's packet. */
-static __always_inline struct nat_value *nat_lookup_fwd(struct pkt *p)
+/* nat_key_of fills in k for packet p in direction dir. */
+static __always_inline void nat_key_of(struct nat_fkey *k, struct pkt *p, __u32 dir)
 {
-	struct nat_key k = {};
-
-	nat_key_of(&k, p, NAT_DIR_FWD);
-	return bpf_map_lookup_elem(&nat_flows, &k);
-}
-
-/* nat_lookup_reply finds the flow of a backend's reply. */
-static __always_inline struct nat_value *nat_lookup_reply(struct pkt *p)
-{
-	struct nat_key k = {};
-
-	nat_key_of(&k, p, NAT_DIR_REPLY);
-	return bpf_map_lookup_elem(&nat_flows, &k);
+	nat_fill_key(k, p->saddr, p->daddr, p->sport, p->dport, p->proto, p->family, dir);
 }
 
 /* nat_reply_key is the key of the reply entry of the flow whose forward
  * translation is v. */
-static __always_inline void nat_reply_key(struct nat_key *k, struct nat_value *v, __u8 proto, __u8 family)
+static __always_inline void nat_reply_key(struct nat_fkey *k, struct nat_val *v, __u8 proto, __u8 family)
 {
-	__builtin_memcpy(k->saddr, v->daddr, 16);
-	__builtin_memcpy(k->daddr, v->saddr, 16);
-	k->sport = v->dport;
-	k->dport = v->sport;
-	k->proto = proto;
-	k->family = family;
-	k->dir = NAT_DIR_REPLY;
+	nat_fill_key(k, v->daddr, v->saddr, v->dport, v->sport, proto, family, NAT_DIR_REPLY);
 }
 
-/* nat_delete_pair removes both entries of the flow whose forward entry is v. */
-static __always_inline void nat_delete_pair(struct pkt *p, struct nat_value *v)
+/* nat_delete_pair removes both entries of the flow of client packet p, whose
+ * forward translation is v (k: scratch space for the keys). */
+static __always_inline void nat_delete_pair(struct pkt *p, struct nat_val *v, struct nat_fkey *k)
 {
-	struct nat_key k = {};
-
 	if (cfg_dry_run)
 		return;
-	nat_reply_key(&k, v, p->proto, p->family);
-	bpf_map_delete_elem(&nat_flows, &k);
-	__builtin_memset(&k, 0, sizeof(k));
-	nat_key_of(&k, p, NAT_DIR_FWD);
-	bpf_map_delete_elem(&nat_flows, &k);
+	nat_key_of(k, p, NAT_DIR_FWD);
+	nat_ft_del(k);
+	nat_reply_key(k, v, p->proto, p->family);
+	nat_ft_del(k);
 }
 
-/* nat_insert_pair claims the reply key (BPF_NOEXIST: the port), then adds
- * the forward entry. It returns 0, -EEXIST_ when the source:port is taken
- * toward that backend, 1 when another CPU created the flow's forward entry
- * first (the claim is given back), or another negative error (the table is
- * full). */
-static __always_inline long nat_insert_pair(struct nat_key *fk, struct nat_value *fv, struct nat_key *rk,
-					    struct nat_value *rv)
+/* nat_insert_pair claims the reply key (the port), then adds the forward
+ * entry. It returns 0; -FT_EEXIST when the source:port is taken toward that
+ * backend; -FT_ENOSPC when the reply key's buckets are full (another port
+ * may find room); NAT_FWD_FULL when the forward key's are (no port can
+ * help); 1 when another CPU created the flow's forward entry first (the
+ * claim is given back). */
+#define NAT_FWD_FULL 2
+static __always_inline int nat_insert_pair(struct nat_scratch *sc)
 {
-	long err;
+	int err;
 
-	err = bpf_map_update_elem(&nat_flows, rk, rv, BPF_NOEXIST);
+	err = nat_ft_add(sc, 1);
 	if (err)
-		return err;
-	err = bpf_map_update_elem(&nat_flows, fk, fv, BPF_NOEXIST);
+		return err == -FT_EBUSY ? -FT_EEXIST : err; /* a busy bucket: try another port */
+	err = nat_ft_add(sc, 0);
 	if (err) {
-		bpf_map_delete_elem(&nat_flows, rk);
-		return err == -EEXIST_ ? 1 : err;
+		nat_ft_del(&sc->rk);
+		return err == -FT_EEXIST ? 1 : NAT_FWD_FULL;
 	}
 	return 0;
-}
-
-/* nat_touch notes what a packet of the entry's direction shows (state bits)
- * and refreshes its stamp at most every NAT_TOUCH_NS. */
-static __always_inline void nat_touch(struct nat_value *v, __u32 bits)
-{
-	__u64 now;
-
-	if (cfg_dry_run)
-		return;
-	if ((v->state & bits) != bits)
-		__sync_fetch_and_or(&v->state, bits);
-	now = bpf_ktime_get_coarse_ns();
-	if (v->last_seen + NAT_TOUCH_NS < now)
-		v->last_seen = now;
 }
 
 /* nat_tcp_bits are the state bits a TCP packet shows (at l4 of the frame). */
@@ -345,10 +473,10 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 	void *data_end = (void *)(long)ctx->data_end;
 	struct nat_config *cfg = nat_cfg();
 	struct ethhdr *eth = data;
-	struct nat_value *fv = &sc->fv, *rv = &sc->rv;
-	__u32 first = 0, idx;
+	struct nat_val *fv = &sc->fv, *rv = &sc->rv;
+	__u32 first = 0, idx, full = 0;
 	__u64 now;
-	long err;
+	int err = 0;
 
 	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || cfg->port_hi < cfg->port_lo)
 		return CNT_DROP_NAT_NO_SOURCE;
@@ -358,35 +486,34 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		return CNT_DROP_TRUNCATED;
 	now = bpf_ktime_get_coarse_ns();
 
-	/* A full table: an insert costs about a microsecond before it fails
-	 * here, so after a failure this CPU fails new flows at once for
-	 * NAT_BACKOFF_NS (counted the same). */
+	/* A full table: an insert walks all of a key's buckets before it
+	 * fails. After NAT_FULL_STREAK new flows in a row failed for want of
+	 * room, this CPU fails new flows at once for NAT_BACKOFF_NS (counted
+	 * the same). One failure is no sign of a full table: a key's buckets
+	 * can be full while the table has room. */
 	if (now < sc->full_until)
 		return CNT_DROP_NAT_FULL;
-	__builtin_memset(&sc->fk, 0, sizeof(sc->fk));
-	__builtin_memset(&sc->rk, 0, sizeof(sc->rk));
 	__builtin_memset(fv, 0, sizeof(*fv));
 	__builtin_memset(rv, 0, sizeof(*rv));
 	nat_key_of(&sc->fk, p, NAT_DIR_FWD);
 	__builtin_memcpy(fv->daddr, b->addr, 16);
 	fv->dport = b->port ? b->port : p->dport;
 	fv->backend_id = id;
-	fv->vip_id = m->vip_id;
-	fv->state = p->syn ? NAT_S_SYN : 0;
-	fv->created = now;
-	fv->last_seen = now;
+	fv->bits = p->syn ? NAT_S_SYN : 0;
+	fv->seen = now >> FT_TICK_SHIFT;
+	fv->aux = now >> NAT_CREATED_SHIFT;
 
 	__builtin_memcpy(rv->saddr, p->daddr, 16);
 	__builtin_memcpy(rv->daddr, p->saddr, 16);
 	rv->sport = p->dport;
 	rv->dport = p->sport;
 	rv->backend_id = id;
-	rv->ifindex = ctx->ingress_ifindex;
+	rv->seen = fv->seen;
+	rv->aux = ctx->ingress_ifindex;
 	__builtin_memcpy(rv->dmac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(rv->smac, eth->h_dest, ETH_ALEN);
-	rv->vip_id = m->vip_id;
-	rv->created = now;
 
+#pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < NAT_PORT_TRIES; i++) {
 		idx = nat_pick(cfg, p, hash, i, fv->saddr, &fv->sport);
 		if (i == 0)
@@ -394,26 +521,33 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		if (cfg_dry_run)
 			return 0;
 		nat_reply_key(&sc->rk, fv, p->proto, p->family);
-		err = nat_insert_pair(&sc->fk, fv, &sc->rk, rv);
+		err = nat_insert_pair(sc);
 		if (err == 0) {
+			sc->full_streak = 0;
 			nat_count_src(idx, 0);
 			count(CNT_EV_NAT_CREATED);
 			return 0;
 		}
 		if (err == 1) {
 			/* Another CPU made this flow a moment ago: follow it. */
-			struct nat_value *o = nat_lookup_fwd(p);
-
-			if (!o)
+			if (!nat_ft_get(&sc->fk, fv))
 				return CNT_DROP_NAT_FULL;
-			__builtin_memcpy(fv, o, sizeof(*fv));
 			return 0;
 		}
-		if (err != -EEXIST_) {
-			sc->full_until = now + NAT_BACKOFF_NS;
-			return CNT_DROP_NAT_FULL;
+		if (err == NAT_FWD_FULL)
+			break;
+		if (err == -FT_ENOSPC) {
+			full = 1;
+			continue;
 		}
 		count(CNT_EV_NAT_PORT_RETRY);
+	}
+	if (full || err == NAT_FWD_FULL) {
+		if (++sc->full_streak >= NAT_FULL_STREAK) {
+			sc->full_streak = 0;
+			sc->full_until = now + NAT_BACKOFF_NS;
+		}
+		return CNT_DROP_NAT_FULL;
 	}
 	nat_count_src(first, 1);
 	return CNT_DROP_NAT_NO_PORT;
@@ -536,9 +670,8 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 {
 	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
 	struct nat_scratch *sc;
-	struct nat_value *v;
+	struct nat_val *v;
 	struct backend *b = NULL;
-	__u32 zero = 0;
 	__u32 id = 0, r, hash, bits = NAT_S_SEEN;
 	struct tcphdr *t = NULL;
 
@@ -558,13 +691,19 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 			return CNT_DROP_TRUNCATED;
 		bits = nat_tcp_bits(t);
 	}
+	sc = nat_scratch();
+	if (!sc)
+		return CNT_DROP_NAT_FULL;
 
-	v = nat_lookup_fwd(p);
-	if (v) {
+	v = &sc->v;
+	nat_key_of(&sc->k, p, NAT_DIR_FWD);
+	sc->k.bits = bits;
+	sc->k.tick = bpf_ktime_get_coarse_ns() >> FT_TICK_SHIFT;
+	if (nat_ft_get(&sc->k, v)) {
 		b = backend_lookup(v->backend_id);
 		if (!backend_up(b)) {
 			count(CNT_EV_NAT_BACKEND_LOST);
-			nat_delete_pair(p, v);
+			nat_delete_pair(p, v, &sc->k);
 			if (t && !p->syn) {
 				if (t->rst)
 					return CNT_DROP_NO_BACKEND;
@@ -574,8 +713,9 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		} else {
 			id = v->backend_id;
 			nat_dry_backend(id);
-			nat_touch(v, bits);
 		}
+	} else {
+		v = NULL;
 	}
 	if (!v) {
 		if (t && !p->syn)
@@ -592,9 +732,6 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		if (!backend_up(b))
 			return CNT_DROP_NO_BACKEND;
 		nat_dry_backend(id);
-		sc = bpf_map_lookup_elem(&nat_scratch_map, &zero);
-		if (!sc)
-			return CNT_DROP_NAT_FULL;
 		r = nat_create(ctx, p, m, b, id, hash, sc);
 		if (r)
 			return r;
@@ -613,13 +750,13 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 }
 
 /* nat_to_client sends the frame to the client side of NAT flow entry v
- * (a reply entry): to the neighbour and through the interface the flow's
- * first packet came from. */
-static __always_inline __u32 nat_to_client(struct xdp_md *ctx, struct nat_value *v, __u32 tx, __u32 redirect)
+ * (a reply entry's value): to the neighbour and through the interface the
+ * flow's first packet came from. */
+static __always_inline __u32 nat_to_client(struct xdp_md *ctx, struct nat_val *v, __u32 tx, __u32 redirect)
 {
 	if (set_macs(ctx, v->dmac, v->smac))
 		return CNT_DROP_ADJUST;
-	return xmit_to(ctx, v->ifindex, tx, redirect);
+	return xmit_to(ctx, v->aux, tx, redirect);
 }
 
 /* nat_reply translates a backend's reply to a SNAT source:port back to the
@@ -630,10 +767,26 @@ static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
 	const int l2 = p->vlan ? ETH_HLEN + VLAN_HLEN : ETH_HLEN;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct nat_value *v = nat_lookup_reply(p);
+	struct nat_scratch *sc = nat_scratch();
 	__u32 bits = NAT_S_SEEN, r;
+	struct nat_val *v;
 
-	if (!v)
+	if (!sc)
+		return 0;
+	if (p->proto == IPPROTO_TCP_) {
+		struct tcphdr *t = data + l2 + (p->family == 4 ? IPV4_HLEN : IPV6_HLEN);
+
+		if ((void *)(t + 1) <= data_end)
+			bits = nat_tcp_bits(t);
+	}
+	v = &sc->v;
+	nat_key_of(&sc->k, p, NAT_DIR_REPLY);
+	/* A fragment's entry is not touched: it is dropped. */
+	if (!p->frag_first) {
+		sc->k.bits = bits;
+		sc->k.tick = bpf_ktime_get_coarse_ns() >> FT_TICK_SHIFT;
+	}
+	if (!nat_ft_get(&sc->k, v))
 		return 0;
 	if (p->frag_first)
 		return CNT_DROP_NAT_UNSUPPORTED;
@@ -642,9 +795,7 @@ static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
 
 		if ((void *)(t + 1) > data_end)
 			return CNT_DROP_TRUNCATED;
-		bits = nat_tcp_bits(t);
 	}
-	nat_touch(v, bits);
 	p->backend_id = v->backend_id;
 	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
 	if (r)
@@ -668,11 +819,14 @@ static __always_inline __u32 nat_icmp(struct xdp_md *ctx, struct pkt *p, __u32 l
 	__u32 *ports, newports, hlen;
 	__u64 dmsg = 0, din = 0, dp;
 	struct icmp_common *ic;
-	struct nat_key k = {};
-	struct nat_value *v;
+	struct nat_scratch *sc = nat_scratch();
+	struct nat_val *v;
 	__u16 *ck, old;
 	__u8 proto;
 
+	if (!sc)
+		return 0;
+	v = &sc->v;
 	if (p->family == 4) {
 		struct iphdr *ip = data + l2;
 		struct iphdr *in;
@@ -695,15 +849,13 @@ static __always_inline __u32 nat_icmp(struct xdp_md *ctx, struct pkt *p, __u32 l
 		ports = (void *)(in + 1);
 		if ((void *)(ports + 1) > data_end)
 			return 0;
-		k.saddr[0] = in->daddr;
-		k.daddr[0] = in->saddr;
-		k.sport = ((__be16 *)ports)[1];
-		k.dport = ((__be16 *)ports)[0];
-		k.proto = proto;
-		k.family = 4;
-		k.dir = NAT_DIR_REPLY;
-		v = bpf_map_lookup_elem(&nat_flows, &k);
-		if (!v)
+		{
+			__u32 s4 = in->daddr, d4 = in->saddr;
+
+			nat_fill_key(&sc->k, &s4, &d4, ((__be16 *)ports)[1], ((__be16 *)ports)[0], proto, 4,
+				     NAT_DIR_REPLY);
+		}
+		if (!nat_ft_get(&sc->k, v))
 			return 0;
 		/* The outer header: to the client, from the VIP if the backend
 		 * sent it. */
@@ -745,15 +897,15 @@ static __always_inline __u32 nat_icmp(struct xdp_md *ctx, struct pkt *p, __u32 l
 		ports = (void *)(in + 1);
 		if ((void *)(ports + 1) > data_end)
 			return 0;
-		__builtin_memcpy(k.saddr, &in->daddr, 16);
-		__builtin_memcpy(k.daddr, &in->saddr, 16);
-		k.sport = ((__be16 *)ports)[1];
-		k.dport = ((__be16 *)ports)[0];
-		k.proto = proto;
-		k.family = 6;
-		k.dir = NAT_DIR_REPLY;
-		v = bpf_map_lookup_elem(&nat_flows, &k);
-		if (!v)
+		{
+			__u32 s6[4], d6[4];
+
+			__builtin_memcpy(s6, &in->daddr, 16);
+			__builtin_memcpy(d6, &in->saddr, 16);
+			nat_fill_key(&sc->k, s6, d6, ((__be16 *)ports)[1], ((__be16 *)ports)[0], proto, 6,
+				     NAT_DIR_REPLY);
+		}
+		if (!nat_ft_get(&sc->k, v))
 			return 0;
 		if (__builtin_memcmp(&ip6->saddr, &in->daddr, 16) == 0)
 			__builtin_memcpy(src, v->saddr, 16);

@@ -210,8 +210,9 @@ struct dry_outcome {
 	__u32 done;         /* 1 once the program ran to its end */
 };
 
-/* Keys of nat_flows (nat.h): a packet's tuple as it arrives, in one of the
- * two directions of a translated flow. IPv4 addresses take the first word. */
+/* The NAT map of earlier releases (a hash map, nat_flows), for copying its
+ * flows into nat4 and nat6 (xdp/upgrade.go): a packet's tuple as it arrives
+ * in one direction of a flow, and what the packet becomes. */
 struct nat_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
@@ -223,24 +224,107 @@ struct nat_key {
 	__u8 pad;
 };
 
-/* Value of nat_flows: what a packet of the key's direction becomes. Forward:
- * source the SNAT source:port, destination the backend:port. Reply: source
- * the VIP:port, destination the client:port, sent through ifindex to dmac
- * (the neighbour the client's first packet came from) from smac. */
 struct nat_value {
 	__u32 saddr[4];
 	__u32 daddr[4];
 	__be16 sport;
 	__be16 dport;
 	__u32 backend_id;
-	__u32 ifindex;      /* reply: the client side's interface */
+	__u32 ifindex;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 vip_id;
+	__u32 pad;
+	__u64 state;
+	__u64 created;
+	__u64 last_seen;
+};
+
+/* A NAT entry in the flow table nat4: one direction of a translated flow.
+ * The key is the packet's tuple as it arrives (addresses, then the ports as
+ * one word); the tag (flowtable.h) is the protocol, plus NAT_TAG_REPLY in a
+ * reply entry. The value is what the packet becomes, and the flow's state.
+ * Words after the state: key 3, value 10. */
+struct nat4 {
+	__u32 state;        /* flowtable.h */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__be32 to_saddr;    /* value: forward, the SNAT source and the backend; */
+	__be32 to_daddr;    /* reply, the VIP and the client */
+	__be16 to_sport;
+	__be16 to_dport;
+	__u32 backend_id;
+	__u32 bits;         /* enum xdplb_nat_state seen in this direction (atomic or) */
+	__u32 seen;         /* CLOCK_MONOTONIC_COARSE ns >> FT_TICK_SHIFT, modulo 2^32,
+			     * refreshed at most every NAT_TOUCH_NS */
+	__u32 aux;          /* forward: created, ns >> NAT_CREATED_SHIFT; reply: the
+			     * client side's interface */
 	__u8 dmac[6];       /* reply: the client side's next hop */
 	__u8 smac[6];       /* reply: the appliance's MAC on that interface */
-	__u32 vip_id;       /* the service's counters */
-	__u32 pad;
-	__u64 state;        /* enum xdplb_nat_state, seen in this direction (atomic or) */
-	__u64 created;      /* CLOCK_MONOTONIC_COARSE ns */
-	__u64 last_seen;    /* refreshed at most every NAT_TOUCH_NS */
+};
+
+/* A bucket of nat4: two cache lines (128 bytes), an entry in each (e1
+ * starts at byte 64). */
+struct nat4_bucket {
+	struct ft_head head;
+	struct nat4 e0;
+	struct nat4 e1;
+	__u32 pad[2];
+};
+
+/* A NAT entry in nat6. Words after the state: key 9, value 16. */
+struct nat6 {
+	__u32 state;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 to_saddr[16];
+	__u8 to_daddr[16];
+	__be16 to_sport;
+	__be16 to_dport;
+	__u32 backend_id;
+	__u32 bits;
+	__u32 seen;
+	__u32 aux;
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+/* A bucket of nat6: four cache lines (256 bytes), an entry in each half
+ * (e1 starts at byte 128). */
+struct nat6_bucket {
+	struct ft_head head;
+	struct nat6 e0;
+	__u32 gap[4];
+	struct nat6 e1;
+	__u32 pad[6];
+};
+
+/* A NAT entry's key as the nat_ft_* functions of nat.h take it,
+ * for either family, and what a lookup does to the entry it finds. */
+struct nat_fkey {
+	__u32 w[9];         /* IPv4: saddr, daddr, ports; IPv6: saddr, daddr, ports */
+	__u32 tag;          /* protocol, plus NAT_TAG_REPLY */
+	__u32 v6;
+	__u32 bits;         /* lookup: state bits to set in the entry found */
+	__u32 tick;         /* lookup: now >> FT_TICK_SHIFT, or 0 not to touch */
+};
+
+/* A NAT entry's value for either family (nat4 and nat6 store it packed). */
+struct nat_val {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;
+	__u32 bits;
+	__u32 seen;
+	__u32 aux;
+	__u8 dmac[6];
+	__u8 smac[6];
 };
 
 /* SNAT settings (one entry of nat_config). Ports are host order. */
