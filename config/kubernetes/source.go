@@ -385,13 +385,24 @@ func (s *Source) sync(ctx context.Context, l *listers, update func([]config.Serv
 
 // settingsOf returns a Service's settings from its annotations. A Service
 // whose annotations are bad keeps its last good settings (and is left out
-// when it never had any); the problem is logged and, by the leader, made an
-// Event, once per distinct problem.
+// when it never had any, or when they are snat ones that the file's
+// snat.sources no longer serve); the problem is logged and, by the leader,
+// made an Event, once per distinct problem.
 func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.EventRecorder) (settings, bool) {
 	st, err := parseSettings(svc.Annotations, cfg.Maglev.TableSize)
 	if err == nil && len(st.IPs) == 0 && svc.Spec.LoadBalancerIP != "" {
 		if a, perr := netip.ParseAddr(svc.Spec.LoadBalancerIP); perr == nil {
 			st.IPs = []netip.Addr{a}
+		}
+	}
+	snatErr := func(st settings) error {
+		return checkSNAT(st, append(ingressAddrs(svc), st.IPs...), wantedFamilies(svc), cfg.SNAT)
+	}
+	if serr := snatErr(st); serr != nil {
+		if err != nil {
+			err = fmt.Errorf("%w; %w", err, serr)
+		} else {
+			err = serr
 		}
 	}
 	k := key(svc)
@@ -402,17 +413,34 @@ func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.
 		delete(s.reported, k)
 		return st, true
 	}
+	good, had := s.lastGood[k]
+	if had && snatErr(good) != nil {
+		// A reload took the SNAT source of its family away: nothing good
+		// is left to keep.
+		good, had = settings{}, false
+	}
 	if s.reported[k] != err.Error() {
 		s.reported[k] = err.Error()
 		s.metrics.badAnnotations.Inc()
-		_, had := s.lastGood[k]
 		s.log.Warn("bad annotation; the Service keeps its last good settings", "service", k, "err", err, "had_good", had)
 		if s.leader.Load() {
 			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; the Service keeps its last good settings")
 		}
 	}
-	good, had := s.lastGood[k]
 	return good, had
+}
+
+// wantedFamilies are the address families a Service asks for: those of
+// spec.ipFamilies (IPv4 when unset), only the first with SingleStack.
+func wantedFamilies(svc *corev1.Service) []corev1.IPFamily {
+	fams := svc.Spec.IPFamilies
+	if len(fams) == 0 {
+		return []corev1.IPFamily{corev1.IPv4Protocol}
+	}
+	if svc.Spec.IPFamilyPolicy != nil && *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicySingleStack {
+		return fams[:1]
+	}
+	return fams
 }
 
 // writeStatus is the leader's work: allocate addresses to the Services of
@@ -422,14 +450,8 @@ func (s *Source) writeStatus(ctx context.Context, cfg *config.Config, all, mine 
 	var reqs []request
 	for _, svc := range mine {
 		st := sts[key(svc)]
-		r := request{key: key(svc), labels: svc.Labels, created: svc.CreationTimestamp.Unix(), families: svc.Spec.IPFamilies,
+		r := request{key: key(svc), labels: svc.Labels, created: svc.CreationTimestamp.Unix(), families: wantedFamilies(svc),
 			current: ingressAddrs(svc), want: st.IPs, sharingKey: st.SharingKey}
-		if len(r.families) == 0 {
-			r.families = []corev1.IPFamily{corev1.IPv4Protocol}
-		}
-		if svc.Spec.IPFamilyPolicy != nil && *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicySingleStack {
-			r.families = r.families[:1]
-		}
 		for _, p := range svc.Spec.Ports {
 			r.ports = append(r.ports, portKey{p.Port, p.Protocol})
 		}
