@@ -422,9 +422,13 @@ func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.
 	if s.reported[k] != err.Error() {
 		s.reported[k] = err.Error()
 		s.metrics.badAnnotations.Inc()
-		s.log.Warn("bad annotation; the Service keeps its last good settings", "service", k, "err", err, "had_good", had)
+		then := "the Service keeps its last good settings"
+		if !had {
+			then = "the Service is not served"
+		}
+		s.log.Warn("bad annotation; "+then, "service", k, "err", err)
 		if s.leader.Load() {
-			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; the Service keeps its last good settings")
+			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; "+then)
 		}
 	}
 	return good, had

@@ -170,7 +170,7 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 	if st, ok := src.settingsOf(svc, without, rec); ok {
 		t.Errorf("after a reload without the source: %+v, want no settings to serve with", st)
 	}
-	if got := event(); got == "" {
-		t.Error("no event after a reload without the source")
+	if got, want := event(), `Warning InvalidAnnotation annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; the Service is not served`; got != want {
+		t.Errorf("event after a reload without the source %q\nwant  %q", got, want)
 	}
 }
