@@ -180,9 +180,9 @@ func (s *Source) LastEvent() time.Time {
 	return time.Unix(0, n)
 }
 
-// ConfigChanged takes the configuration of a reload: its pools and Maglev
-// table size. The rest of the kubernetes section takes effect at the next
-// start.
+// ConfigChanged takes the configuration of a reload: its pools, Maglev
+// table size and SNAT sources. The rest of the kubernetes section takes
+// effect at the next start.
 func (s *Source) ConfigChanged(cfg *config.Config) {
 	s.mu.Lock()
 	s.cfg = cfg
