@@ -3,9 +3,12 @@ package kubernetes
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/xdplb/xdplb/config"
 )
@@ -13,8 +16,8 @@ import (
 // The annotations a Service may carry. docs/kubernetes.md describes them.
 const (
 	AnnotationPrefix      = "xdplb.io/"
-	AnnotationMode        = "xdplb.io/mode"         // dsr (snat once supported)
-	AnnotationEncap       = "xdplb.io/encap"        // none | ipip
+	AnnotationMode        = "xdplb.io/mode"         // dsr | snat
+	AnnotationEncap       = "xdplb.io/encap"        // none | ipip, for dsr only
 	AnnotationTableSize   = "xdplb.io/table-size"   // a prime, 251 to 131071
 	AnnotationHealthCheck = "xdplb.io/health-check" // a healthCheck as in the file, in YAML flow style
 	AnnotationIPs         = "xdplb.io/ips"          // addresses to take, comma-separated
@@ -25,7 +28,8 @@ var knownAnnotations = []string{AnnotationMode, AnnotationEncap, AnnotationTable
 
 // settings are a Service's per-service settings, from its annotations.
 type settings struct {
-	Mode        config.Mode
+	Mode config.Mode
+	// Encap is empty for mode snat, as in the file.
 	Encap       config.Encap
 	TableSize   int
 	HealthCheck config.HealthCheck
@@ -57,13 +61,16 @@ func parseSettings(ann map[string]string, defaultTableSize int) (settings, error
 			case "dsr":
 				s.Mode = config.ModeDSR
 			case "snat":
-				bad(k, "is not supported yet")
+				s.Mode = config.ModeSNAT
 			default:
 				bad(k, "is not one of dsr, snat")
 			}
 		case AnnotationEncap:
-			switch v {
-			case "none", "ipip":
+			switch {
+			case ann[AnnotationMode] == "snat":
+				// Any value: snat reaches its backends by address and port.
+				bad(k, "applies to mode dsr only, and %s is %q", AnnotationMode, "snat")
+			case v == "none" || v == "ipip":
 				s.Encap = config.Encap(v)
 			default:
 				bad(k, "is not one of none, ipip")
@@ -105,10 +112,51 @@ func parseSettings(ann map[string]string, defaultTableSize int) (settings, error
 			bad(k, "is not an xdplb annotation (known: %s)", strings.Join(knownAnnotations, ", "))
 		}
 	}
+	if s.Mode == config.ModeSNAT {
+		s.Encap = ""
+	}
 	if len(problems) > 0 {
 		return s, fmt.Errorf("%s", strings.Join(problems, "; "))
 	}
 	return s, nil
+}
+
+// checkSNAT reports the address families a snat Service would be served
+// in that have no SNAT source under the file's snat.sources, in the words
+// of the file's check of its own services: the families of its addresses
+// (those in its status, then those it asks for), then the families it asks
+// for in spec.ipFamilies that it has no address of yet. Other modes need
+// no source.
+func checkSNAT(st settings, addrs []netip.Addr, families []corev1.IPFamily, snat config.SNAT) error {
+	if st.Mode != config.ModeSNAT {
+		return nil
+	}
+	var problems []string
+	var seen [2]bool // IPv4, IPv6: already checked
+	need := func(v6 bool, what string) {
+		fam, i := "IPv4", 0
+		if v6 {
+			fam, i = "IPv6", 1
+		}
+		if seen[i] {
+			return
+		}
+		seen[i] = true
+		if !slices.ContainsFunc(snat.Sources, func(src netip.Addr) bool { return src.Is6() == v6 }) {
+			problems = append(problems, fmt.Sprintf("annotation %s: %q needs an %s address under snat.sources for %s", AnnotationMode, "snat", fam, what))
+		}
+	}
+	for _, a := range addrs {
+		need(a.Unmap().Is6(), a.Unmap().String())
+	}
+	for _, f := range families {
+		v6 := f == corev1.IPv6Protocol
+		need(v6, "the "+string(f)+" address spec.ipFamilies asks for")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 // oneLine joins the lines of an error.

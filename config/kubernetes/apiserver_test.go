@@ -3,6 +3,7 @@ package kubernetes
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -64,7 +65,12 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 // runSource runs a source with the user's client until the test ends (or
 // stop is called).
 func runSource(t *testing.T, client kubernetes.Interface, id string) (*Source, *offers, func()) {
-	src, err := New(ipamConfig(t), Options{Client: client, Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond})
+	return runSourceWith(t, client, id, ipamConfig(t))
+}
+
+// runSourceWith is runSource with a configuration of the test's own.
+func runSourceWith(t *testing.T, client kubernetes.Interface, id string, cfg *config.Config) (*Source, *offers, func()) {
+	src, err := New(cfg, Options{Client: client, Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,4 +358,96 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 		}
 		return slices.Equal(names, []string{"default/ds:80 198.18.20.1 198.18.0.11", "default/ds:80/v6 2001:db8:20::1 2001:db8::11"})
 	})
+}
+
+// TestSourceSNAT: a Service annotated xdplb.io/mode: snat is offered as a
+// snat service, with no encap and the endpoints of its address's family on
+// their own port; a snat Service of a family without a SNAT source, or with
+// xdplb.io/encap, gets an InvalidAnnotation Event and is not served; a
+// reload that takes the source away stops serving the first one too.
+func TestSourceSNAT(t *testing.T) {
+	admin, user := apiServer(t)
+	ctx := context.Background()
+	parse := func(snat string) *config.Config {
+		cfg, err := config.Parse("test.yaml", []byte(`
+interfaces: [{name: eth0}]
+maglev: {seed: AAAAAAAAAAAAAAAAAAAAAA==}
+pools:
+  - name: both
+    blocks: [{cidr: 198.18.20.0/29}, {cidr: 2001:db8:20::/125}]
+kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
+`+snat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	src, o, _ := runSourceWith(t, user, "nat", parse("snat: {sources: [198.18.0.1]}\n"))
+	svcs := admin.CoreV1().Services("default")
+	snat := map[string]string{AnnotationMode: "snat"}
+	if _, err := svcs.Create(ctx, newLB("nat", nil, snat, 80), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []struct {
+		name string
+		typ  discoveryv1.AddressType
+		addr string
+	}{{"nat-4", discoveryv1.AddressTypeIPv4, "198.18.0.11"}, {"nat-6", discoveryv1.AddressTypeIPv6, "2001:db8::11"}} {
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: fam.name, Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "nat"}},
+			AddressType: fam.typ,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr("p80"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{fam.addr}}},
+		}
+		if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offered := func() []string {
+		got, _ := o.get()
+		var out []string
+		for _, s := range got {
+			line := fmt.Sprintf("%s %s mode %s encap %q", s.Name, s.Addr, s.Mode, s.Encap)
+			for _, b := range s.Backends {
+				line += fmt.Sprintf(" %s weight %d", netip.AddrPortFrom(b.Addr, b.Port), b.Weight)
+			}
+			out = append(out, line)
+		}
+		return out
+	}
+	want := []string{`default/nat:80 198.18.20.1 mode snat encap "" 198.18.0.11:8080 weight 1`}
+	waitFor(t, "nat offered as snat", func() bool { return slices.Equal(offered(), want) })
+
+	// No IPv6 source: the Service asking for an IPv6 address is refused,
+	// and so is encap beside snat.
+	nat6 := newLB("nat6", nil, map[string]string{AnnotationMode: "snat", AnnotationIPs: "2001:db8:20::3"}, 80)
+	nat6.Spec.IPFamilyPolicy = ptr(corev1.IPFamilyPolicySingleStack)
+	nat6.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	encap := newLB("encap", nil, map[string]string{AnnotationMode: "snat", AnnotationEncap: "ipip"}, 80)
+	for _, s := range []*corev1.Service{nat6, encap} {
+		if _, err := svcs.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, event := range map[string]string{
+		"nat6":  `InvalidAnnotation: annotation xdplb.io/mode: "snat" needs an IPv6 address under snat.sources for 2001:db8:20::3; the Service is not served`,
+		"encap": `InvalidAnnotation: annotation xdplb.io/encap: "ipip" applies to mode dsr only, and xdplb.io/mode is "snat"; the Service is not served`,
+	} {
+		waitFor(t, name+"'s event", func() bool { return slices.Contains(eventsOf(t, admin, name), event) })
+	}
+	if got := offered(); !slices.Equal(got, want) {
+		t.Errorf("offered %q, want %q", got, want)
+	}
+	for _, name := range []string{"nat6", "encap"} {
+		if got := ingressOf(t, admin, name); len(got) != 0 {
+			t.Errorf("%s, which is not served, has the addresses %v", name, got)
+		}
+	}
+
+	// A reload without the source.
+	src.ConfigChanged(parse(""))
+	waitFor(t, "nat's event after the reload", func() bool {
+		return slices.Contains(eventsOf(t, admin, "nat"), `InvalidAnnotation: annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; the Service is not served`)
+	})
+	waitFor(t, "nat no longer offered", func() bool { return len(offered()) == 0 })
 }

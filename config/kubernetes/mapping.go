@@ -113,8 +113,9 @@ func mapService(svc *corev1.Service, addrs []netip.Addr, st settings, slices_ []
 }
 
 // podBackends are the endpoints of the slices of addr's family with the
-// port the slices name for the Service port p. An address in several slices
-// counts once, with its highest weight.
+// port the slices name for the Service port p; an address of the other
+// family in a slice (which the API server refuses) is no backend either.
+// An address in several slices counts once, with its highest weight.
 func podBackends(p corev1.ServicePort, addr netip.Addr, eps []*discoveryv1.EndpointSlice) []config.Backend {
 	byAddr := map[netip.Addr]config.Backend{}
 	for _, es := range eps {
@@ -132,8 +133,8 @@ func podBackends(p corev1.ServicePort, addr netip.Addr, eps []*discoveryv1.Endpo
 			}
 			for _, s := range ep.Addresses {
 				a, err := netip.ParseAddr(s)
-				if err != nil {
-					continue
+				if err != nil || a.Unmap().Is4() != addr.Is4() {
+					continue // of another family: snat does not translate between families
 				}
 				a = a.Unmap()
 				if old, ok := byAddr[a]; ok && old.Weight >= w {

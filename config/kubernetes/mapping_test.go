@@ -125,7 +125,16 @@ func TestParseSettings(t *testing.T) {
 			}},
 		{name: "bad table size", ann: map[string]string{AnnotationTableSize: "1000"}, wantErr: `annotation xdplb.io/table-size: "1000" is not a prime between 251 and 131071`},
 		{name: "bad encap", ann: map[string]string{AnnotationEncap: "gre"}, wantErr: `annotation xdplb.io/encap: "gre" is not one of none, ipip`},
-		{name: "snat", ann: map[string]string{AnnotationMode: "snat"}, wantErr: `annotation xdplb.io/mode: "snat" is not supported yet`},
+		{name: "snat", ann: map[string]string{AnnotationMode: "snat"}, check: func(s settings) bool {
+			return s.Mode == config.ModeSNAT && s.Encap == ""
+		}},
+		{name: "dsr", ann: map[string]string{AnnotationMode: "dsr", AnnotationEncap: "none"}, check: func(s settings) bool {
+			return s.Mode == config.ModeDSR && s.Encap == config.EncapNone
+		}},
+		{name: "bad mode", ann: map[string]string{AnnotationMode: "nat"}, wantErr: `annotation xdplb.io/mode: "nat" is not one of dsr, snat`},
+		{name: "snat with encap", ann: map[string]string{AnnotationMode: "snat", AnnotationEncap: "none"}, wantErr: `annotation xdplb.io/encap: "none" applies to mode dsr only, and xdplb.io/mode is "snat"`},
+		{name: "snat with a bad encap", ann: map[string]string{AnnotationMode: "snat", AnnotationEncap: "gre", AnnotationTableSize: "1"},
+			wantErr: `annotation xdplb.io/encap: "gre" applies to mode dsr only, and xdplb.io/mode is "snat"; annotation xdplb.io/table-size: "1" is not a prime between 251 and 131071`},
 		{name: "bad check", ann: map[string]string{AnnotationHealthCheck: "{type: http, pth: /}"}, wantErr: `annotation xdplb.io/health-check: "{type: http, pth: /}" is not a health check: healthCheck.pth: unknown key; did you mean path? (line 1, column 14)`},
 		{name: "unknown", ann: map[string]string{"xdplb.io/modes": "dsr"}, wantErr: `annotation xdplb.io/modes: "dsr" is not an xdplb annotation (known: xdplb.io/mode, xdplb.io/encap, xdplb.io/table-size, xdplb.io/health-check, xdplb.io/ips, xdplb.io/sharing-key)`},
 		{name: "other prefixes are not ours", ann: map[string]string{"example.com/x": "y"}, check: func(s settings) bool { return true }},
@@ -142,5 +151,86 @@ func TestParseSettings(t *testing.T) {
 				t.Errorf("settings %+v, %v", s, err)
 			}
 		})
+	}
+}
+
+// TestCheckSNAT: a snat Service needs a SNAT source of the family of each
+// address it has or asks for, and of each family of spec.ipFamilies it has
+// no address of yet; the error names the address when there is one.
+func TestCheckSNAT(t *testing.T) {
+	v4, v6 := corev1.IPv4Protocol, corev1.IPv6Protocol
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out
+	}
+	snat := settings{Mode: config.ModeSNAT}
+	for _, tc := range []struct {
+		name     string
+		st       settings
+		addrs    []netip.Addr
+		families []corev1.IPFamily
+		sources  []netip.Addr
+		wantErr  string
+	}{
+		{name: "dsr needs none", st: settings{Mode: config.ModeDSR}, addrs: addrs("198.18.20.1"), families: []corev1.IPFamily{v4}},
+		{name: "source of the family", st: snat, addrs: addrs("198.18.20.1"), families: []corev1.IPFamily{v4}, sources: addrs("2001:db8::1", "198.18.0.1")},
+		{name: "no IPv4 source", st: snat, addrs: addrs("198.18.20.1"), families: []corev1.IPFamily{v4}, sources: addrs("2001:db8::1"),
+			wantErr: `annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1`},
+		{name: "no address yet", st: snat, families: []corev1.IPFamily{v6}, sources: addrs("198.18.0.1"),
+			wantErr: `annotation xdplb.io/mode: "snat" needs an IPv6 address under snat.sources for the IPv6 address spec.ipFamilies asks for`},
+		{name: "an asked-for address", st: snat, addrs: addrs("198.18.20.1", "2001:db8:20::3"), families: []corev1.IPFamily{v4, v6}, sources: addrs("198.18.0.1"),
+			wantErr: `annotation xdplb.io/mode: "snat" needs an IPv6 address under snat.sources for 2001:db8:20::3`},
+		{name: "no source at all, once per family", st: snat, addrs: addrs("198.18.20.1", "198.18.20.2"), families: []corev1.IPFamily{v6, v4},
+			wantErr: `annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; annotation xdplb.io/mode: "snat" needs an IPv6 address under snat.sources for the IPv6 address spec.ipFamilies asks for`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkSNAT(tc.st, tc.addrs, tc.families, config.SNAT{Sources: tc.sources})
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.wantErr {
+				t.Errorf("error %q\nwant  %q", got, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestMapServiceSNAT: a snat Service maps to snat services with no encap,
+// whose backends are the endpoints of the VIP's family only, on the port
+// the slice gives (snat sends the flows to it).
+func TestMapServiceSNAT(t *testing.T) {
+	svc := lbService("nat", corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP})
+	ports := []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}}
+	eps := []*discoveryv1.EndpointSlice{
+		{AddressType: discoveryv1.AddressTypeIPv4, Ports: ports, Endpoints: []discoveryv1.Endpoint{
+			endpoint("198.18.0.11", nil, nil, nil),
+			endpoint("2001:db8::99", nil, nil, nil), // in an IPv4 slice: not a backend of either VIP
+		}},
+		{AddressType: discoveryv1.AddressTypeIPv6, Ports: ports, Endpoints: []discoveryv1.Endpoint{
+			endpoint("2001:db8::11", nil, nil, nil),
+			endpoint("198.18.0.99", nil, nil, nil),
+		}},
+	}
+	st, err := parseSettings(map[string]string{AnnotationMode: "snat"}, config.DefaultTableSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := mapService(svc, []netip.Addr{netip.MustParseAddr("198.18.100.10"), netip.MustParseAddr("2001:db8:100::10")}, st, eps, nil, &config.Kubernetes{Backends: config.BackendsPods})
+	want := []config.Service{
+		{Name: "default/nat:80", Addr: netip.MustParseAddr("198.18.100.10"),
+			Backends: []config.Backend{{Addr: netip.MustParseAddr("198.18.0.11"), Port: 8080, Weight: 1}}},
+		{Name: "default/nat:80/v6", Addr: netip.MustParseAddr("2001:db8:100::10"),
+			Backends: []config.Backend{{Addr: netip.MustParseAddr("2001:db8::11"), Port: 8080, Weight: 1}}},
+	}
+	for i := range want {
+		want[i].Protocol, want[i].Ports, want[i].Mode, want[i].TableSize, want[i].MinHealthyBackends, want[i].Announce, want[i].HealthCheck =
+			config.ProtocolTCP, []uint16{80}, config.ModeSNAT, config.DefaultTableSize, 1, true, st.HealthCheck
+	}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("mapService (-want +got):\n%s", diff)
 	}
 }

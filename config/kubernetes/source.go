@@ -180,9 +180,9 @@ func (s *Source) LastEvent() time.Time {
 	return time.Unix(0, n)
 }
 
-// ConfigChanged takes the configuration of a reload: its pools and Maglev
-// table size. The rest of the kubernetes section takes effect at the next
-// start.
+// ConfigChanged takes the configuration of a reload: its pools, Maglev
+// table size and SNAT sources. The rest of the kubernetes section takes
+// effect at the next start.
 func (s *Source) ConfigChanged(cfg *config.Config) {
 	s.mu.Lock()
 	s.cfg = cfg
@@ -385,13 +385,24 @@ func (s *Source) sync(ctx context.Context, l *listers, update func([]config.Serv
 
 // settingsOf returns a Service's settings from its annotations. A Service
 // whose annotations are bad keeps its last good settings (and is left out
-// when it never had any); the problem is logged and, by the leader, made an
-// Event, once per distinct problem.
+// when it never had any, or when they are snat ones that the file's
+// snat.sources no longer serve); the problem is logged and, by the leader,
+// made an Event, once per distinct problem.
 func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.EventRecorder) (settings, bool) {
 	st, err := parseSettings(svc.Annotations, cfg.Maglev.TableSize)
 	if err == nil && len(st.IPs) == 0 && svc.Spec.LoadBalancerIP != "" {
 		if a, perr := netip.ParseAddr(svc.Spec.LoadBalancerIP); perr == nil {
 			st.IPs = []netip.Addr{a}
+		}
+	}
+	snatErr := func(st settings) error {
+		return checkSNAT(st, append(ingressAddrs(svc), st.IPs...), wantedFamilies(svc), cfg.SNAT)
+	}
+	if serr := snatErr(st); serr != nil {
+		if err != nil {
+			err = fmt.Errorf("%w; %w", err, serr)
+		} else {
+			err = serr
 		}
 	}
 	k := key(svc)
@@ -402,17 +413,38 @@ func (s *Source) settingsOf(svc *corev1.Service, cfg *config.Config, rec record.
 		delete(s.reported, k)
 		return st, true
 	}
+	good, had := s.lastGood[k]
+	if had && snatErr(good) != nil {
+		// A reload took the SNAT source of its family away: nothing good
+		// is left to keep.
+		good, had = settings{}, false
+	}
 	if s.reported[k] != err.Error() {
 		s.reported[k] = err.Error()
 		s.metrics.badAnnotations.Inc()
-		_, had := s.lastGood[k]
-		s.log.Warn("bad annotation; the Service keeps its last good settings", "service", k, "err", err, "had_good", had)
+		then := "the Service keeps its last good settings"
+		if !had {
+			then = "the Service is not served"
+		}
+		s.log.Warn("bad annotation; "+then, "service", k, "err", err)
 		if s.leader.Load() {
-			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; the Service keeps its last good settings")
+			rec.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", err.Error()+"; "+then)
 		}
 	}
-	good, had := s.lastGood[k]
 	return good, had
+}
+
+// wantedFamilies are the address families a Service asks for: those of
+// spec.ipFamilies (IPv4 when unset), only the first with SingleStack.
+func wantedFamilies(svc *corev1.Service) []corev1.IPFamily {
+	fams := svc.Spec.IPFamilies
+	if len(fams) == 0 {
+		return []corev1.IPFamily{corev1.IPv4Protocol}
+	}
+	if svc.Spec.IPFamilyPolicy != nil && *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicySingleStack {
+		return fams[:1]
+	}
+	return fams
 }
 
 // writeStatus is the leader's work: allocate addresses to the Services of
@@ -422,14 +454,8 @@ func (s *Source) writeStatus(ctx context.Context, cfg *config.Config, all, mine 
 	var reqs []request
 	for _, svc := range mine {
 		st := sts[key(svc)]
-		r := request{key: key(svc), labels: svc.Labels, created: svc.CreationTimestamp.Unix(), families: svc.Spec.IPFamilies,
+		r := request{key: key(svc), labels: svc.Labels, created: svc.CreationTimestamp.Unix(), families: wantedFamilies(svc),
 			current: ingressAddrs(svc), want: st.IPs, sharingKey: st.SharingKey}
-		if len(r.families) == 0 {
-			r.families = []corev1.IPFamily{corev1.IPv4Protocol}
-		}
-		if svc.Spec.IPFamilyPolicy != nil && *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicySingleStack {
-			r.families = r.families[:1]
-		}
 		for _, p := range svc.Spec.Ports {
 			r.ports = append(r.ports, portKey{p.Port, p.Protocol})
 		}

@@ -11,6 +11,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/xdplb/xdplb/config"
 )
@@ -113,5 +114,63 @@ func TestSourceFake(t *testing.T) {
 	ot, _ := client.CoreV1().Services("default").Get(ctx, "other", metav1.GetOptions{})
 	if len(ot.Status.LoadBalancer.Ingress) != 0 {
 		t.Errorf("a Service of another class got %v", ot.Status.LoadBalancer.Ingress)
+	}
+}
+
+// TestSettingsOfSNAT: the SNAT source check is reported like a bad
+// annotation, as an Event from the leader: a dsr Service annotated snat
+// without a source of its family keeps dsr; with the source it is snat; a
+// reload that takes the source away leaves it with nothing good to keep.
+func TestSettingsOfSNAT(t *testing.T) {
+	parse := func(snat string) *config.Config {
+		cfg, err := config.Parse("test.yaml", []byte(`
+interfaces: [{name: eth0}]
+maglev: {seed: AAAAAAAAAAAAAAAAAAAAAA==}
+pools: [{name: k8s, blocks: [{cidr: 198.18.20.0/29}]}]
+kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
+`+snat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	without, with := parse(""), parse(`snat: {sources: ["2001:db8::1", 198.18.0.1]}`)
+	src, err := New(without, Options{Client: fake.NewClientset(), Identity: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.leader.Store(true)
+	rec := record.NewFakeRecorder(10)
+	svc := lbService("nat", corev1.ServicePort{Port: 80})
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.18.20.1"}}
+	event := func() string {
+		select {
+		case e := <-rec.Events:
+			return e
+		default:
+			return ""
+		}
+	}
+	if st, ok := src.settingsOf(svc, without, rec); !ok || st.Mode != config.ModeDSR {
+		t.Fatalf("dsr: %+v, %v", st, ok)
+	}
+	svc.Annotations = map[string]string{AnnotationMode: "snat"}
+	if st, ok := src.settingsOf(svc, without, rec); !ok || st.Mode != config.ModeDSR || st.Encap != config.EncapNone {
+		t.Errorf("snat without a source: %+v, %v; want the last good settings (dsr)", st, ok)
+	}
+	if got, want := event(), `Warning InvalidAnnotation annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; the Service keeps its last good settings`; got != want {
+		t.Errorf("event %q\nwant  %q", got, want)
+	}
+	if st, ok := src.settingsOf(svc, without, rec); !ok || event() != "" {
+		t.Errorf("the same problem again: %+v, %v; want it reported once", st, ok)
+	}
+	if st, ok := src.settingsOf(svc, with, rec); !ok || st.Mode != config.ModeSNAT || st.Encap != "" {
+		t.Errorf("snat with a source: %+v, %v", st, ok)
+	}
+	if st, ok := src.settingsOf(svc, without, rec); ok {
+		t.Errorf("after a reload without the source: %+v, want no settings to serve with", st)
+	}
+	if got, want := event(), `Warning InvalidAnnotation annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; the Service is not served`; got != want {
+		t.Errorf("event after a reload without the source %q\nwant  %q", got, want)
 	}
 }
