@@ -69,6 +69,13 @@ type benchFragValue struct {
 	Seen      uint64
 }
 
+type benchFtBackoff struct {
+	_      structs.HostLayout
+	Until  uint64
+	Streak uint32
+	Pad    uint32
+}
+
 type benchLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -182,11 +189,9 @@ type benchNatConfig struct {
 }
 
 type benchNatScratch struct {
-	_          structs.HostLayout
-	FullUntil  uint64
-	FullStreak uint32
-	Pad        uint32
-	K          struct {
+	_    structs.HostLayout
+	Full benchFtBackoff
+	K    struct {
 		_    structs.HostLayout
 		W    [9]uint32
 		Tag  uint32

@@ -69,6 +69,13 @@ type benchablateFragValue struct {
 	Seen      uint64
 }
 
+type benchablateFtBackoff struct {
+	_      structs.HostLayout
+	Until  uint64
+	Streak uint32
+	Pad    uint32
+}
+
 type benchablateLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -182,11 +189,9 @@ type benchablateNatConfig struct {
 }
 
 type benchablateNatScratch struct {
-	_          structs.HostLayout
-	FullUntil  uint64
-	FullStreak uint32
-	Pad        uint32
-	K          struct {
+	_    structs.HostLayout
+	Full benchablateFtBackoff
+	K    struct {
 		_    structs.HostLayout
 		W    [9]uint32
 		Tag  uint32

@@ -60,6 +60,13 @@ type dryrunFragValue struct {
 	Seen      uint64
 }
 
+type dryrunFtBackoff struct {
+	_      structs.HostLayout
+	Until  uint64
+	Streak uint32
+	Pad    uint32
+}
+
 type dryrunLbStats struct {
 	_        structs.HostLayout
 	Packets  uint64
@@ -173,11 +180,9 @@ type dryrunNatConfig struct {
 }
 
 type dryrunNatScratch struct {
-	_          structs.HostLayout
-	FullUntil  uint64
-	FullStreak uint32
-	Pad        uint32
-	K          struct {
+	_    structs.HostLayout
+	Full dryrunFtBackoff
+	K    struct {
 		_    structs.HostLayout
 		W    [9]uint32
 		Tag  uint32

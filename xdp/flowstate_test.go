@@ -481,11 +481,11 @@ func TestHandshakeAgreesWithoutPin(t *testing.T) {
 					}
 				}
 			} else {
-				until := make([]uint64, ebpf.MustPossibleCPU())
-				for i := range until {
-					until[i] = math.MaxUint64
+				bo := make([]lbFtBackoff, ebpf.MustPossibleCPU())
+				for i := range bo {
+					bo[i].Until = math.MaxUint64
 				}
-				if err := w.d.objs.PinBackoff.Put(uint32(0), until); err != nil {
+				if err := w.d.objs.PinBackoff.Put(uint32(0), bo); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -615,5 +615,64 @@ func TestSYNRemovesStalePin(t *testing.T) {
 	}
 	if got := send(packet.TCPAck); got != 2 {
 		t.Errorf("once backend 1 is up again the connection's ACK went to %d, want 2", got)
+	}
+}
+
+// TestPinBackoffAfterAStreak: one pin that finds its buckets full does not
+// stop a CPU's pins (a key's buckets can be full while the table has room);
+// FT_FULL_STREAK (4) in a row do, for FT_BACKOFF_NS, even once there is
+// room again. The test runs on one CPU: the backoff is per CPU.
+func TestPinBackoffAfterAStreak(t *testing.T) {
+	_, unpin, err := pinToCurrentCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unpin()
+	w := newFSWorld(t, Options{MaxFlows: 8}) // 8 buckets of 2: every key's window is the whole table
+	vip := w.vip4
+	w.setAll(t, vip, fsA)
+	flow := func(port uint16) Flow {
+		in := fsFrame(vip, port, packet.TCPAck)
+		return Flow{Src: fxAP(netip.AddrFrom4([4]byte(in[26:30])), port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
+	}
+	var filled []Flow
+	for port := uint16(1000); ; port++ {
+		err := w.d.PinFlow(flow(port))
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		filled = append(filled, flow(port))
+	}
+	if len(filled) != 16 {
+		t.Fatalf("%d pins fill the table, want 16", len(filled))
+	}
+	unpinOne := func() {
+		t.Helper()
+		f := filled[0]
+		filled = filled[1:]
+		key, tag, hash := pinKey(f)
+		tb := w.d.pinTable(false)
+		r, ok := tb.find(hash, key, tag)
+		r.home = hash & tb.mask
+		if !ok || !tb.delete(r) {
+			t.Fatalf("removing the pin of %s", f.Src)
+		}
+	}
+	w.setAll(t, vip, fsB) // every slot moved: a SYN is pinned to B, or goes to A without a pin
+	for port := uint16(40001); port <= 40003; port++ {
+		w.expect(t, vip, port, packet.TCPSyn, fsA, "event/pin_table_full")
+	}
+	unpinOne()
+	w.expect(t, vip, 40004, packet.TCPSyn, fsB, "event/pin_created") // 3 failures in a row: no backoff
+	for port := uint16(40005); port <= 40008; port++ {
+		w.expect(t, vip, port, packet.TCPSyn, fsA, "event/pin_table_full")
+	}
+	unpinOne()
+	w.expect(t, vip, 40009, packet.TCPSyn, fsA, "event/pin_table_full") // 4 in a row: backing off
+	if _, ok, err := w.d.LookupFlow(flow(40009).Src, flow(40009).Dst, TCP); err != nil || ok {
+		t.Errorf("flow 40009 pinned during the backoff (%v)", err)
 	}
 }

@@ -89,6 +89,13 @@ type lbFragValue struct {
 	Seen      uint64
 }
 
+type lbFtBackoff struct {
+	_      structs.HostLayout
+	Until  uint64
+	Streak uint32
+	Pad    uint32
+}
+
 type lbFtHead struct {
 	_    structs.HostLayout
 	Ovf  uint32
@@ -231,11 +238,9 @@ type lbNatKey struct {
 }
 
 type lbNatScratch struct {
-	_          structs.HostLayout
-	FullUntil  uint64
-	FullStreak uint32
-	Pad        uint32
-	K          struct {
+	_    structs.HostLayout
+	Full lbFtBackoff
+	K    struct {
 		_    structs.HostLayout
 		W    [9]uint32
 		Tag  uint32

@@ -93,21 +93,19 @@
  * a pinned flow writes its entry about once a second, not once a packet. */
 #define PIN_TOUCH_NS 1000000000ULL
 
-/* How long a CPU stops trying to pin after the flow table was full (ns). */
-#define PIN_BACKOFF_NS 100000000ULL
+/* A flow table's inserts back off (struct ft_backoff): after FT_FULL_STREAK
+ * inserts in a row found no room, a CPU tries none for FT_BACKOFF_NS. */
+#define FT_FULL_STREAK 4
+#define FT_BACKOFF_NS 100000000ULL
 
 /* SNAT (nat.h): sources per family, ports tried per new flow, how often a
- * flow's entries refresh their seen stamp (ns), how long a CPU stops trying
- * to insert (ns) after NAT_FULL_STREAK new flows in a row found no room,
- * the default size of the NAT tables (buckets), the seed of the hash that
- * places an entry in its table (plus the direction), the tag bit of reply
- * entries, and the unit of a forward entry's creation stamp (2^30 ns, about
- * a second). */
+ * flow's entries refresh their seen stamp (ns), the default size of the NAT
+ * tables (buckets), the seed of the hash that places an entry in its table
+ * (plus the direction), the tag bit of reply entries, and the unit of a
+ * forward entry's creation stamp (2^30 ns, about a second). */
 #define NAT_MAX_SOURCES 8
 #define NAT_PORT_TRIES 8
 #define NAT_TOUCH_NS 1000000000ULL
-#define NAT_BACKOFF_NS 100000000ULL
-#define NAT_FULL_STREAK 4
 #define DEFAULT_NAT_BUCKETS 524288
 #define NAT_HASH_SEED 0x27d4eb2fu
 #define NAT_TAG_REPLY 0x80

@@ -266,4 +266,29 @@ unlock:
 	return err;
 }
 
+/* Backing off: when a table is full, every insert walks a key's buckets
+ * before it fails. After FT_FULL_STREAK inserts in a row found no room, a
+ * CPU tries none for FT_BACKOFF_NS (they fail at once). One failure is no
+ * sign of a full table: a key's buckets can be full while the table has
+ * room (a few keys in 10^5 at half its entries). */
+static __always_inline int ft_backing_off(const struct ft_backoff *b, __u64 now)
+{
+	return b && now < b->until;
+}
+
+/* ft_no_room notes an insert that found no room; ft_room one that did. */
+static __always_inline void ft_no_room(struct ft_backoff *b, __u64 now)
+{
+	if (b && ++b->streak >= FT_FULL_STREAK) {
+		b->streak = 0;
+		b->until = now + FT_BACKOFF_NS;
+	}
+}
+
+static __always_inline void ft_room(struct ft_backoff *b)
+{
+	if (b && b->streak)
+		b->streak = 0;
+}
+
 #endif

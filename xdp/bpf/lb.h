@@ -343,14 +343,13 @@ static __always_inline int pin_find(struct pkt *p, struct pin_ref *pr)
 	return 1;
 }
 
-/* When the flow table is full, every insert walks a full bucket before it
- * fails: after a failure this CPU stops trying for PIN_BACKOFF_NS (pins then
- * fail at once, counted the same). */
+/* Each CPU's backoff from pins4 and pins6 (ft_backing_off: pins then fail
+ * at once, counted the same). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ft_backoff);
 } pin_backoff SEC(".maps");
 
 /* ct_pin pins the flow to backend_id; it returns 0 if the flow is pinned
@@ -360,7 +359,7 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 {
 	__u32 val[2] = { backend_id, (__u32)(now >> FT_TICK_SHIFT) };
 	__u32 zero = 0;
-	__u64 *until = bpf_map_lookup_elem(&pin_backoff, &zero);
+	struct ft_backoff *bo = bpf_map_lookup_elem(&pin_backoff, &zero);
 	struct pin_ref pr;
 	int err;
 
@@ -371,7 +370,7 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 			r->pin = replace ? DRY_PIN_REPLACE : DRY_PIN_CREATE;
 		return 0;
 	}
-	if (until && now < *until) {
+	if (ft_backing_off(bo, now)) {
 		count(CNT_EV_PIN_FULL);
 		return -1;
 	}
@@ -391,15 +390,16 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 		}
 		pin_mark(hash);
 		count(CNT_EV_PIN_CREATED);
+		ft_room(bo);
 	} else if (err == -FT_EBUSY && pin_find(p, &pr)) {
 		/* Another CPU held the bucket that long: it was pinning this
 		 * flow. */
 	} else if (err != -FT_EEXIST) { /* EEXIST: another CPU pinned it first */
 		count(CNT_EV_PIN_FULL);
-		/* The flow's buckets are full: back off. A bucket another CPU
-		 * kept locked is no sign of a full table. */
-		if (until && err == -FT_ENOSPC)
-			*until = now + PIN_BACKOFF_NS;
+		/* The flow's buckets are full. A bucket another CPU kept
+		 * locked is no sign of a full table. */
+		if (err == -FT_ENOSPC)
+			ft_no_room(bo, now);
 		return -1;
 	}
 	return 0;
@@ -672,12 +672,22 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 	return xmit(ctx, b, CNT_TX_IPIP, CNT_REDIRECT_IPIP);
 }
 
-/* icmp_sum adds the len bytes at w (an ICMP message, at most
- * ICMP_HLEN + ICMP6_QUOTE long, ending at data_end) to sum, as 16-bit
- * words in memory order; an odd last byte counts as a word padded with
- * zero. */
-static __always_inline __u64 icmp_sum(__u16 *w, void *data_end, __u32 len, __u64 sum)
+/* icmp_sum adds the len bytes at offset off of the frame (an ICMP message,
+ * at most ICMP_HLEN + ICMP6_QUOTE long) to sum, as 16-bit words in memory
+ * order; an odd last byte counts as a word padded with zero. A global BPF
+ * function: its unrolled loop is verified and stored once, where inlined it
+ * took about 5,900 of the program's instructions (a copy per call site and
+ * header length), and the program's branches reach at most 32,767
+ * instructions. */
+__attribute__((noinline)) __u64 icmp_sum(struct xdp_md *ctx, __u32 off, __u32 len, __u64 sum)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 *w;
+
+	if (off > ETH_HLEN + VLAN_HLEN + IPV6_HLEN)
+		return sum;
+	w = data + off;
 #pragma unroll
 	for (int i = 0; i < (ICMP_HLEN + ICMP6_QUOTE) / 2; i++) {
 		if ((__u32)(2 * i + 2) > len || (void *)(w + i + 1) > data_end)
@@ -685,8 +695,13 @@ static __always_inline __u64 icmp_sum(__u16 *w, void *data_end, __u32 len, __u64
 		sum += w[i];
 	}
 	if (len & 1 && len <= ICMP_HLEN + ICMP6_QUOTE) {
-		__u8 *last = (__u8 *)w + len - 1;
+		__u32 n = len - 1;
+		__u8 *last;
 
+		/* The last byte's offset, not the end's minus one: the verifier
+		 * refuses a read before a variable packet pointer. */
+		asm volatile("" : "+r"(n));
+		last = (__u8 *)w + (n & 63); /* n < ICMP_HLEN + ICMP6_QUOTE = 56 */
 		if ((void *)(last + 1) <= data_end)
 			sum += *last;
 	}
@@ -739,7 +754,6 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 	if (p->family == 4) {
 		struct iphdr *ip = data + l2;
 		struct icmp_common *ic = data + l2 + IPV4_HLEN;
-		__u16 *w = (void *)ic;
 
 		if (data + l2 + IPV4_HLEN + ICMP_HLEN > data_end)
 			return CNT_DROP_ADJUST;
@@ -755,12 +769,11 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		ic->code = too_big ? ICMP_FRAG_NEEDED : 0;
 		ic->checksum = 0;
 		ic->rest = bpf_htonl(mtu & 0xffff);
-		sum = icmp_sum(w, data_end, ICMP_HLEN + quote, 0);
+		sum = icmp_sum(ctx, l2 + IPV4_HLEN, ICMP_HLEN + quote, 0);
 		ic->checksum = csum_fold(sum);
 	} else {
 		struct ipv6hdr *ip6 = data + l2;
 		struct icmp_common *ic = data + l2 + IPV6_HLEN;
-		__u16 *w = (void *)ic;
 		__u32 len = ICMP_HLEN + quote;
 
 		if (data + l2 + IPV6_HLEN + ICMP_HLEN > data_end)
@@ -780,7 +793,7 @@ static __always_inline __u32 icmp_back(struct xdp_md *ctx, struct pkt *p, int to
 		for (int i = 0; i < 4; i++)
 			sum += (__u64)p->saddr[i] + p->daddr[i];
 		sum += (__u64)bpf_htonl(len) + bpf_htonl(IPPROTO_ICMPV6_);
-		sum = icmp_sum(w, data_end, len, sum);
+		sum = icmp_sum(ctx, l2 + IPV6_HLEN, len, sum);
 		ic->checksum = csum_fold(sum);
 	}
 	return too_big ? CNT_TX_ICMP_TOO_BIG : CNT_TX_ICMP_TIME_EXCEEDED;

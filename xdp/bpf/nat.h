@@ -93,9 +93,7 @@ struct {
  * them (XDP runs a CPU's packets one at a time). k and v serve lookups; a
  * new flow builds its two entries in fk, fv, rk and rv. */
 struct nat_scratch {
-	__u64 full_until;   /* CLOCK_MONOTONIC_COARSE ns: no insert tried before */
-	__u32 full_streak;  /* new flows in a row that found no room */
-	__u32 pad;
+	struct ft_backoff full; /* this CPU's backoff from nat4 and nat6 */
 	struct nat_fkey k;
 	struct nat_val v;
 	struct nat_fkey fk;
@@ -486,12 +484,9 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		return CNT_DROP_TRUNCATED;
 	now = bpf_ktime_get_coarse_ns();
 
-	/* A full table: an insert walks all of a key's buckets before it
-	 * fails. After NAT_FULL_STREAK new flows in a row failed for want of
-	 * room, this CPU fails new flows at once for NAT_BACKOFF_NS (counted
-	 * the same). One failure is no sign of a full table: a key's buckets
-	 * can be full while the table has room. */
-	if (now < sc->full_until)
+	/* A full table (ft_backing_off): new flows fail at once, counted the
+	 * same. */
+	if (ft_backing_off(&sc->full, now))
 		return CNT_DROP_NAT_FULL;
 	__builtin_memset(fv, 0, sizeof(*fv));
 	__builtin_memset(rv, 0, sizeof(*rv));
@@ -523,7 +518,7 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		nat_reply_key(&sc->rk, fv, p->proto, p->family);
 		err = nat_insert_pair(sc);
 		if (err == 0) {
-			sc->full_streak = 0;
+			ft_room(&sc->full);
 			nat_count_src(idx, 0);
 			count(CNT_EV_NAT_CREATED);
 			return 0;
@@ -543,10 +538,7 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		count(CNT_EV_NAT_PORT_RETRY);
 	}
 	if (full || err == NAT_FWD_FULL) {
-		if (++sc->full_streak >= NAT_FULL_STREAK) {
-			sc->full_streak = 0;
-			sc->full_until = now + NAT_BACKOFF_NS;
-		}
+		ft_no_room(&sc->full, now);
 		return CNT_DROP_NAT_FULL;
 	}
 	nat_count_src(first, 1);

@@ -113,6 +113,13 @@ struct ft_head {
 	__u32 lock;         /* 1 while an insert of a key of this home runs */
 };
 
+/* A CPU's backoff from a flow table's inserts (flowtable.h). */
+struct ft_backoff {
+	__u64 until;        /* CLOCK_MONOTONIC_COARSE ns: no insert tried before */
+	__u32 streak;       /* inserts in a row that found no room */
+	__u32 pad;
+};
+
 /* A pin in the flow table pins4: the flow stays on backend_id while the
  * backend is up. The key is the client's side of the flow, as seen arriving,
  * and its protocol, which is the tag byte of the state word (flowtable.h).
