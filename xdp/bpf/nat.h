@@ -220,6 +220,25 @@ __attribute__((noinline)) int nat_ft_del(struct nat_fkey *k)
 	return found && ft_delete(&r);
 }
 
+/* nat_ft_peek reads the first word of k's home bucket, and nothing else:
+ * a load issued early, whose cache miss overlaps with what comes next
+ * (BPF has no prefetch). */
+__attribute__((noinline)) int nat_ft_peek(struct nat_fkey *k)
+{
+	__u32 idx, *b;
+
+	if (!k)
+		return 0;
+	if (k->v6) {
+		idx = nat_hash(k) & cfg_nat6_mask;
+		b = bpf_map_lookup_elem(&nat6, &idx);
+	} else {
+		idx = nat_hash(k) & cfg_nat4_mask;
+		b = bpf_map_lookup_elem(&nat4, &idx);
+	}
+	return b ? *(volatile __u32 *)b : 0;
+}
+
 static __always_inline struct nat_config *nat_cfg(void)
 {
 	__u32 zero = 0;
@@ -461,6 +480,25 @@ static __always_inline __u32 nat_pick(struct nat_config *cfg, struct pkt *p, __u
 	return NAT_MAX_SOURCES + s;
 }
 
+/* nat_peek_reply reads the home bucket of the reply entry that a new flow
+ * of packet p toward backend b would claim first. A SYN most likely starts
+ * a flow, whose two entries are two cache misses in random buckets: the
+ * forward entry's lookup comes first, and the reply entry's insert, a
+ * locked compare-and-swap, cannot start before it. Read early, the two
+ * misses overlap. */
+static __always_inline void nat_peek_reply(struct pkt *p, struct backend *b, __u32 hash, struct nat_scratch *sc)
+{
+	struct nat_config *cfg = nat_cfg();
+	struct nat_val *fv = &sc->fv;
+
+	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || b->family != p->family)
+		return;
+	nat_pick(cfg, p, hash, 0, fv->saddr, &fv->sport);
+	nat_fill_key(&sc->rk, (const __u32 *)b->addr, fv->saddr, b->port ? b->port : p->dport, fv->sport, p->proto, p->family,
+		     NAT_DIR_REPLY);
+	nat_ft_peek(&sc->rk);
+}
+
 /* nat_create makes the flow of a client's first packet toward backend b
  * (id): it allocates a source and port and inserts both entries. It returns
  * 0 with the forward translation in fv, or a drop reason. */
@@ -654,6 +692,15 @@ static __always_inline void nat_dry_backend(__u32 id)
 	}
 }
 
+/* nat_flow_hash is the flow hash of p, as lb_forward computes it for DSR:
+ * only new flows need it. */
+static __always_inline __u32 nat_flow_hash(struct pkt *p, struct vip_meta *m)
+{
+	if (p->family == 4)
+		return flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
+	return flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto, m->hash_seed);
+}
+
 /* nat_forward sends a client's packet of a `snat` service: it follows the
  * flow's NAT entry, or creates one on a TCP SYN or any UDP datagram. A flow
  * whose backend is down or gone is answered with a RST (TCP) or moved to
@@ -664,7 +711,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	struct nat_scratch *sc;
 	struct nat_val *v;
 	struct backend *b = NULL;
-	__u32 id = 0, r, hash, bits = NAT_S_SEEN;
+	__u32 id = 0, new_id = 0, r, hash = 0, bits = NAT_S_SEEN;
 	struct tcphdr *t = NULL;
 
 	/* Not handled on purpose: later fragments carry no ports to
@@ -687,6 +734,17 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	if (!sc)
 		return CNT_DROP_NAT_FULL;
 
+	if (p->syn) {
+		/* Most likely a new flow: its backend, and an early read of
+		 * its reply entry's bucket (nat_peek_reply). */
+		struct backend *nb;
+
+		hash = nat_flow_hash(p, m);
+		new_id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
+		nb = backend_lookup(new_id);
+		if (backend_up(nb))
+			nat_peek_reply(p, nb, hash, sc);
+	}
 	v = &sc->v;
 	nat_key_of(&sc->k, p, NAT_DIR_FWD);
 	sc->k.bits = bits;
@@ -712,14 +770,11 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	if (!v) {
 		if (t && !p->syn)
 			return CNT_DROP_NAT_NO_FLOW;
-		/* The flow hash, as lb_forward computes it for DSR: only new
-		 * flows need it. */
-		if (p->family == 4)
-			hash = flow_hash(p->saddr[0], p->daddr[0], p->sport, p->dport, p->proto, m->hash_seed);
-		else
-			hash = flow_hash(fold_addr6(p->saddr), fold_addr6(p->daddr), p->sport, p->dport, p->proto,
-					 m->hash_seed);
-		id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
+		if (!p->syn) {
+			hash = nat_flow_hash(p, m);
+			new_id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
+		}
+		id = new_id;
 		b = backend_lookup(id);
 		if (!backend_up(b))
 			return CNT_DROP_NO_BACKEND;
