@@ -252,6 +252,16 @@ var errorCases = []struct {
 		want: []string{`maglev.tableSize: 131101 is not a prime between 251 and 131071 (line 5, column 14)`},
 	},
 	{
+		name: "maxNATFlows 0",
+		file: head + "conntrack:\n  maxNATFlows: 0\n",
+		want: []string{`conntrack.maxNATFlows: 0 is out of range (1 to 67108864) (line 6, column 16)`},
+	},
+	{
+		name: "maxNATFlows past 2^26",
+		file: head + "conntrack:\n  maxNATFlows: 67108865\n",
+		want: []string{`conntrack.maxNATFlows: 67108865 is out of range (1 to 67108864) (line 6, column 16)`},
+	},
+	{
 		name: "maxFlows 0 and a bad idleTimeout",
 		file: head + "conntrack:\n  maxFlows: 0\n  idleTimeout: 900\n",
 		want: []string{

@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 	}{
 		{"xdpMode", minimal, func(c *Config) any { return c.Interfaces[0].XDPMode }, XDPModeAuto},
 		{"maglev.tableSize", minimal, func(c *Config) any { return c.Maglev.TableSize }, 16381},
-		{"conntrack", minimal, func(c *Config) any { return c.Conntrack }, Conntrack{MaxFlows: 1048576, IdleTimeout: 15 * time.Minute}},
+		{"conntrack", minimal, func(c *Config) any { return c.Conntrack }, Conntrack{MaxFlows: 1048576, IdleTimeout: 15 * time.Minute, MaxNATFlows: 262144}},
 		{"encap", minimal, func(c *Config) any { return c.Encap }, EncapSources{}},
 		{"pools", minimal, func(c *Config) any { return c.Pools }, []Pool(nil)},
 		{"announce", minimal, func(c *Config) any { return c.Announce }, Announce{L2: L2Announce{GratuitousCount: 3, GratuitousInterval: time.Second, Mode: L2ModeAlways}}},

@@ -22,7 +22,7 @@ var rootKeys = []string{"interfaces", "maglev", "conntrack", "encap", "snat", "p
 
 func (d *decoder) config(c *Config, n *yaml.Node) {
 	c.Maglev.TableSize = DefaultTableSize
-	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout}
+	c.Conntrack = Conntrack{MaxFlows: DefaultMaxFlows, IdleTimeout: DefaultIdleTimeout, MaxNATFlows: DefaultMaxNATFlows}
 	c.SNAT = SNAT{PortLo: DefaultSNATPortLo, PortHi: DefaultSNATPortHi, Timeouts: SNATTimeouts{
 		TCPEstablished: DefaultSNATTCPEstablished, TCPTransitory: DefaultSNATTCPTransitory, UDP: DefaultSNATUDP}}
 	c.Announce.L2 = L2Announce{GratuitousCount: DefaultGratuitousCount, GratuitousInterval: DefaultGratuitousInterval, Mode: L2ModeAlways}
@@ -184,7 +184,7 @@ func isPrime(n int64) bool {
 	return true
 }
 
-var conntrackKeys = []string{"maxFlows", "idleTimeout"}
+var conntrackKeys = []string{"maxFlows", "idleTimeout", "maxNATFlows"}
 
 func (d *decoder) conntrack(ct *Conntrack, path string, n *yaml.Node) {
 	d.fields(path, n, conntrackKeys, func(key, path string, v *yaml.Node) {
@@ -196,6 +196,10 @@ func (d *decoder) conntrack(ct *Conntrack, path string, n *yaml.Node) {
 		case "idleTimeout":
 			if t, ok := d.duration(path, v, time.Second); ok {
 				ct.IdleTimeout = t
+			}
+		case "maxNATFlows":
+			if m, ok := d.integer(path, v, 1, MaxMaxNATFlows, "1 to 67108864"); ok {
+				ct.MaxNATFlows = uint32(m)
 			}
 		}
 	})

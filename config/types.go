@@ -16,6 +16,8 @@ const (
 	DefaultPath               = "/etc/xdplb/xdplb.yaml"
 	DefaultTableSize          = 16381 // as lb.DefaultTableSize
 	DefaultMaxFlows           = 1 << 20
+	DefaultMaxNATFlows        = 1 << 18
+	MaxMaxNATFlows            = 1 << 26
 	DefaultIdleTimeout        = 15 * time.Minute
 	DefaultGratuitousCount    = 3
 	DefaultGratuitousInterval = time.Second
@@ -153,6 +155,9 @@ type Conntrack struct {
 	MaxFlows uint32
 	// IdleTimeout is how long a pinned flow may stay idle before it expires.
 	IdleTimeout time.Duration
+	// MaxNATFlows is the number of NAT flows (snat services) the state
+	// holds per family.
+	MaxNATFlows uint32
 }
 
 // SNAT is the appliance's side of full NAT: the source addresses and ports

@@ -90,7 +90,7 @@ var (
 	snatFlowsDesc = prometheus.NewDesc("xdplb_snat_flows",
 		"NAT flows of snat services (both directions of each), as of the last maintenance pass.", nil, nil)
 	snatCapacityDesc = prometheus.NewDesc("xdplb_snat_capacity",
-		"NAT flows the NAT table can hold; when it is full new flows are dropped (reason snat_table_full) and established ones are untouched.", nil, nil)
+		"NAT flows of each family the NAT tables are sized for (conntrack.maxNATFlows); a new flow whose buckets are full is dropped (reason snat_table_full) and established ones are untouched.", nil, nil)
 	snatSourceFlowsDesc = prometheus.NewDesc("xdplb_snat_source_flows_total",
 		"NAT flows created with the SNAT source.", []string{"source"}, nil)
 	snatAllocFailDesc = prometheus.NewDesc("xdplb_snat_allocation_failures_total",

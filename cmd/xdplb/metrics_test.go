@@ -232,7 +232,7 @@ xdplb_datapath_packets_total{action="tx",reason="dsr_l2"} 1000
 # HELP xdplb_snat_allocation_failures_total New flows dropped because every port of the SNAT source they tried was taken toward their backend.
 # TYPE xdplb_snat_allocation_failures_total counter
 xdplb_snat_allocation_failures_total{source="198.18.0.1"} 2
-# HELP xdplb_snat_capacity NAT flows the NAT table can hold; when it is full new flows are dropped (reason snat_table_full) and established ones are untouched.
+# HELP xdplb_snat_capacity NAT flows of each family the NAT tables are sized for (conntrack.maxNATFlows); a new flow whose buckets are full is dropped (reason snat_table_full) and established ones are untouched.
 # TYPE xdplb_snat_capacity gauge
 xdplb_snat_capacity 262144
 # HELP xdplb_snat_expired_total NAT flows removed by the daemon since it started, by reason: tcp_established_idle, tcp_transitory_idle, udp_idle, orphan.

@@ -58,8 +58,8 @@ func (p *Plane) Plan(ctx context.Context, name string, data []byte) (PlanInfo, e
 	running := p.cfg
 	info.Running = running.SHA256()
 	info.Candidate = cfg.SHA256()
-	if cfg.Conntrack.MaxFlows != running.Conntrack.MaxFlows {
-		info.Errors = append(info.Errors, fmt.Sprintf("conntrack.maxFlows changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", running.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows))
+	if err := tableResize(running, cfg); err != nil {
+		info.Errors = append(info.Errors, err.Error())
 	}
 	info.Other = configChanges(running, cfg)
 	addrs, svcErrs, err := p.alloc.Preview(cfg)

@@ -206,7 +206,7 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		p.l2[a] = true
 	}
 	p.announcers = append(p.announcers, opts.Announcers...)
-	p.dp, err = xdp.Open(xdp.Options{PinPath: cfg.Paths.BPF, MaxFlows: int(cfg.Conntrack.MaxFlows)})
+	p.dp, err = xdp.Open(xdp.Options{PinPath: cfg.Paths.BPF, MaxFlows: int(cfg.Conntrack.MaxFlows), MaxNATFlows: int(cfg.Conntrack.MaxNATFlows)})
 	if err != nil {
 		p.closeAnnouncers()
 		return nil, err
@@ -403,6 +403,24 @@ func (p *Plane) offer(source string, services []config.Service) {
 	}
 }
 
+// tableResize is the error of a configuration that changes the size of the
+// flow tables (conntrack.maxFlows, conntrack.maxNATFlows) from running's:
+// they are sized when the datapath is created.
+func tableResize(running, cfg *config.Config) error {
+	for _, c := range []struct {
+		key       string
+		old, next uint32
+	}{
+		{"conntrack.maxFlows", running.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows},
+		{"conntrack.maxNATFlows", running.Conntrack.MaxNATFlows, cfg.Conntrack.MaxNATFlows},
+	} {
+		if c.old != c.next {
+			return fmt.Errorf("%s changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", c.key, c.old, c.next)
+		}
+	}
+	return nil
+}
+
 // applyConfig makes cfg the running configuration (interfaces,
 // encapsulation sources, pools) with the services of the file and of every
 // source merged. Errors of single services are reported in the status and
@@ -413,8 +431,10 @@ func (p *Plane) applyConfig(ctx context.Context, cfg *config.Config, trigger str
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cfg != nil && cfg.Conntrack.MaxFlows != p.cfg.Conntrack.MaxFlows {
-		return fmt.Errorf("conntrack.maxFlows changed from %d to %d: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them", p.cfg.Conntrack.MaxFlows, cfg.Conntrack.MaxFlows)
+	if p.cfg != nil {
+		if err := tableResize(p.cfg, cfg); err != nil {
+			return err
+		}
 	}
 	if p.cfg != nil && cfg.Announce.L2.Mode != p.cfg.Announce.L2.Mode {
 		// A change of mode starts from what the new mode says at start:

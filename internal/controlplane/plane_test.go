@@ -431,9 +431,10 @@ func TestGeneratedSeed(t *testing.T) {
 }
 
 // TestSNATConfigReachesDatapath: the snat section goes to the datapath (its
-// sources and ports), a snat service's backends carry their own port, and a
-// source that is no host address is announced like a VIP while one of the
-// host's is not.
+// sources and ports), conntrack.maxNATFlows sizes its NAT tables (and a
+// change of it is refused until a restart), a snat service's backends carry
+// their own port, and a source that is no host address is announced like a
+// VIP while one of the host's is not.
 func TestSNATConfigReachesDatapath(t *testing.T) {
 	dir, bpf := testFiles(t)
 	snat := testSeed + "snat:\n  sources: [198.18.0.1, 198.18.0.99, \"2001:db8::9\"]\n  ports: 40000-40100\n"
@@ -445,7 +446,16 @@ func TestSNATConfigReachesDatapath(t *testing.T) {
     backends:
       - {address: 198.18.0.21, port: 15432}
 `
-	p, _, start := startPlane(t, writeConfig(t, dir, bpf, snat, services))
+	path := writeConfig(t, dir, bpf, snat, services)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = []byte(strings.Replace(string(data), "  maxFlows: 65536\n", "  maxFlows: 65536\n  maxNATFlows: 1000\n", 1))
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, _, start := startPlane(t, path)
 	start()
 	waitFor(t, "the snat service applied", func() bool { return p.Status().Counts.VIPs == 1 })
 
@@ -454,8 +464,15 @@ func TestSNATConfigReachesDatapath(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("datapath NAT config %v, want %v", got, want)
 	}
-	if c := p.Status().Counts; c.NATCapacity != 1<<18 {
-		t.Errorf("status: NAT capacity %d, want %d (xdplb status shows NAT flows when snat.sources is set)", c.NATCapacity, 1<<18)
+	if c := p.Status().Counts; c.NATCapacity != 1000 {
+		t.Errorf("status: NAT capacity %d, want 1000, conntrack.maxNATFlows (xdplb status shows NAT flows when snat.sources is set)", c.NATCapacity)
+	}
+	plan, err := p.Plan(context.Background(), "next.yaml", []byte(strings.Replace(string(data), "maxNATFlows: 1000", "maxNATFlows: 2000", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "conntrack.maxNATFlows changed from 1000 to 2000: the flow tables are sized when the datapath is created; restart with `xdplb detach` first to resize them"; !slices.Contains(plan.Errors, want) {
+		t.Errorf("plan of a new conntrack.maxNATFlows: errors %q, want %q", plan.Errors, want)
 	}
 	bes, err := p.dp.Backends()
 	if err != nil {
