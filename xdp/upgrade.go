@@ -50,21 +50,32 @@ func (d *Datapath) copyOldPins() error {
 	return nil
 }
 
+// copyCount counts the entries of an earlier release's map copied into a
+// flow table, and those lost because their buckets were full.
+type copyCount struct{ copied, lost int }
+
+// note counts an entry whose insert returned err, and returns err when it
+// is neither of those.
+func (c *copyCount) note(err error) error {
+	switch {
+	case err == nil:
+		c.copied++
+	case errors.Is(err, errFTExists): // copied before, by an open that failed later
+	case errors.Is(err, ErrFull):
+		c.lost++
+	default:
+		return err
+	}
+	return nil
+}
+
 func (d *Datapath) copyPins(m *ebpf.Map, v6 bool) (copied, lost int, err error) {
 	var v lbCtValue
+	var c copyCount
+	defer func() { copied, lost = c.copied, c.lost }()
 	put := func(f Flow) error {
 		f.BackendID = v.BackendId
-		err := d.putPin(f, time.Duration(v.LastSeen), false)
-		switch {
-		case err == nil:
-			copied++
-		case errors.Is(err, errFTExists): // copied before, by an open that failed later
-		case errors.Is(err, ErrFull):
-			lost++
-		default:
-			return err
-		}
-		return nil
+		return c.note(d.putPin(f, time.Duration(v.LastSeen), false))
 	}
 	if !v6 {
 		var k lbFlow4
@@ -106,20 +117,13 @@ func (d *Datapath) copyOldNAT() error {
 		return fmt.Errorf("opening the earlier release's nat_flows: %w", err)
 	}
 	var (
-		k            lbNatKey
-		v            lbNatValue
-		copied, lost int
+		k lbNatKey
+		v lbNatValue
+		c copyCount
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		err := d.natPut(natFromOld(k, v))
-		switch {
-		case err == nil:
-			copied++
-		case errors.Is(err, errFTExists): // copied before, by an open that failed later
-		case errors.Is(err, ErrFull):
-			lost++
-		default:
+		if err := c.note(d.natPut(natFromOld(k, v))); err != nil {
 			m.Close()
 			return fmt.Errorf("copying the NAT flows of the earlier release: %w", err)
 		}
@@ -129,8 +133,8 @@ func (d *Datapath) copyOldNAT() error {
 	if err != nil {
 		return fmt.Errorf("reading the earlier release's nat_flows: %w", err)
 	}
-	if lost > 0 {
-		slog.Warn("NAT entries of the earlier release not copied: their buckets are full", "copied", copied, "lost", lost)
+	if c.lost > 0 {
+		slog.Warn("NAT entries of the earlier release not copied: their buckets are full", "copied", c.copied, "lost", c.lost)
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("removing the earlier release's nat_flows: %w", err)
