@@ -99,12 +99,13 @@ const (
 	AblateIndex   = Ablation(benchXdplbAblationABLATE_INDEX)    // the vip_index cache (services from the vips hash)
 	AblateHash    = Ablation(benchXdplbAblationABLATE_HASH)     // the flow hash (a constant: the backend changes)
 	AblateTable   = Ablation(benchXdplbAblationABLATE_TABLE)    // the Maglev slot's read (slot 0: the backend changes)
+	AblateSNAT    = Ablation(benchXdplbAblationABLATE_SNAT)     // the SNAT-source check before the service lookup
 )
 
 // Ablations names the stages, for flags and reports.
 var Ablations = map[string]Ablation{
 	"monitor": AblateMonitor, "stats": AblateStats, "lbstats": AblateLBStats, "index": AblateIndex, "hash": AblateHash,
-	"table": AblateTable,
+	"table": AblateTable, "snat": AblateSNAT,
 }
 
 // ablationBuild, with stages or alone, asks benchObjects for the ablation

@@ -377,6 +377,7 @@ const (
 	benchXdplbAblationABLATE_INDEX    benchXdplbAblation = 8
 	benchXdplbAblationABLATE_HASH     benchXdplbAblation = 16
 	benchXdplbAblationABLATE_TABLE    benchXdplbAblation = 32
+	benchXdplbAblationABLATE_SNAT     benchXdplbAblation = 64
 )
 
 type benchXdplbCounter uint32

@@ -53,6 +53,7 @@ enum xdplb_ablation {
 	ABLATE_INDEX = 8,    /* the vip_index cache: every service from the vips hash */
 	ABLATE_HASH = 16,    /* the flow hash: a constant instead (changes the backend) */
 	ABLATE_TABLE = 32,   /* the Maglev slot read: the table's first slot instead (changes the backend) */
+	ABLATE_SNAT = 64,    /* the SNAT-source check of packets to a VIP address (no reply is translated) */
 };
 #ifdef XDPLB_ABLATE
 volatile const __u32 bench_ablate = 0;
@@ -1136,7 +1137,7 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 	/* A reply to a SNAT source:port is translated back to its client; one
 	 * of no NAT flow may be the host's own traffic (or for a VIP at the
 	 * same address). */
-	r = nat_is_source(nat_cfg(), p);
+	r = ablated(ABLATE_SNAT) ? 0 : nat_is_source(nat_cfg(), p);
 	if (r) {
 		__u32 reason = nat_reply(ctx, p);
 
