@@ -277,10 +277,13 @@ func (c *Config) Model(env Env) *xdp.FrameModel {
 	}
 	for i, v := range c.VIPs {
 		mv := xdp.ModelVIP{Key: v.Key, Mode: v.Mode, Seed: v.Seed, HasPins: hasPins[i]}
-		if n := len(v.Tables); n > 0 {
-			mv.Table = v.Tables[n-1]
+		// SetTable does not write again the table a service has: that
+		// starts no transition.
+		tables := slices.CompactFunc(slices.Clone(v.Tables), slices.Equal)
+		if n := len(tables); n > 0 {
+			mv.Table = tables[n-1]
 			if n > 1 {
-				mv.Prev, mv.InTransition, mv.HasPins = v.Tables[n-2], true, true
+				mv.Prev, mv.InTransition, mv.HasPins = tables[n-2], true, true
 			}
 		}
 		s.VIPs[v.Key] = mv
