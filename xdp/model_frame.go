@@ -86,13 +86,14 @@ const (
 // Known program bugs: rules the program is known to break. The model
 // follows the rule; with FrameModel.KnownBugs it predicts what the program
 // does instead (a rule the program breaks appends its name to
-// FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a campaign can look past
-// them for other differences. Every frame that meets one is marked in
-// FrameOutcome.Bugs either way. None is known now: the two the fuzzing
-// found first (an ICMP error's quote read up to the end of the frame
-// rather than of the IP packet; time exceeded and too big quoting 28 or 48
-// bytes of a shorter packet) are fixed, and TestKnownProgramBugs keeps
-// their reproducers.
+// FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a
+// campaign can look past them for other differences. Every frame that meets
+// one is marked in FrameOutcome.Bugs either way. One is known now,
+// BugSNATRSTAtomic (model_nat.go); TestKnownProgramBugs keeps its
+// reproducer. The two the fuzzing found first (an ICMP error's quote read
+// up to the end of the frame rather than of the IP packet; time exceeded
+// and too big quoting 28 or 48 bytes of a shorter packet) are fixed, and
+// TestFixedProgramBugs keeps their reproducers.
 
 // FlowKey names a flow as the program pins it: the client's side, as the
 // packets arrive.
