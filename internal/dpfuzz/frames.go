@@ -93,7 +93,8 @@ func (g *Frames) tos() uint8 {
 func (g *Frames) transport(src, dst netip.AddrPort, proto xdp.Proto) packet.Layer {
 	s := g.s
 	if proto == xdp.UDP {
-		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload()}
+		// Now and then without a checksum (none, over IPv4).
+		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload(), NoChecksum: s.Chance(5)}
 	}
 	flags := Pick(s, packet.TCPSyn, packet.TCPAck, packet.TCPSyn|packet.TCPAck, packet.TCPAck|packet.TCPPsh,
 		packet.TCPFin|packet.TCPAck, packet.TCPRst, 0, packet.TCPFlags(s.U16()&0x1ff))
@@ -133,9 +134,10 @@ func (g *Frames) ipPacket() []byte {
 	switch n := s.N(100); {
 	case n < 40: // a packet of a flow to a service
 		syn := false
+		var again *flow
 		if len(g.flows) > 0 && s.Chance(40) { // an SNAT flow's, again
 			f := Pick(s, g.flows...)
-			src, dst, proto = f.src, f.dst, f.proto
+			src, dst, proto, again = f.src, f.dst, f.proto, &f
 		} else if i, ok := g.cfg.lookup(dst, proto); ok && g.cfg.VIPs[i].Mode == xdp.ModeSNAT && s.Chance(60) {
 			// A flow begins: a TCP one with a SYN.
 			g.flows = append(g.flows, flow{src, dst, proto})
@@ -148,6 +150,11 @@ func (g *Frames) ipPacket() []byte {
 		if t, ok := tl.(packet.TCP); ok && syn {
 			t.Flags = packet.TCPSyn
 			tl = t
+		}
+		if again != nil {
+			if from, to, _, ok := g.translatedOf(*again); ok {
+				tl = g.zeroSum(tl, from, to)
+			}
 		}
 		l = g.ip(src.Addr(), dst.Addr(), tl)
 	case n < 52:
@@ -410,8 +417,9 @@ func twin(a netip.Addr) netip.Addr { return twins[a] }
 // source and port.
 func (g *Frames) natFrame() []byte {
 	s := g.s
-	src, to, proto, ok := g.translated()
+	src, to, proto, f, ok := g.translated()
 	if !ok || s.Chance(20) { // no flow's
+		ok = false
 		a := Pick(s, g.cfg.NAT.Sources...)
 		port := g.cfg.NAT.PortLo + uint16(s.N(int(g.cfg.NAT.PortHi-g.cfg.NAT.PortLo)+1))
 		if s.Chance(20) {
@@ -429,7 +437,11 @@ func (g *Frames) natFrame() []byte {
 		to, proto = netip.AddrPortFrom(b.Addr, bport), Pick(s, xdp.TCP, xdp.UDP)
 	}
 	if s.Chance(70) {
-		return packet.MustBuild(g.ip(to.Addr(), src.Addr(), g.transport(to, src, proto)))
+		l := g.transport(to, src, proto)
+		if ok {
+			l = g.zeroSum(l, f.dst, f.src) // as it leaves: from the VIP to the client
+		}
+		return packet.MustBuild(g.ip(to.Addr(), src.Addr(), l))
 	}
 	// An ICMP error about the packet to the backend: from the backend
 	// (port unreachable) or from a router on the way.
@@ -451,16 +463,22 @@ func (g *Frames) natFrame() []byte {
 	return packet.MustBuild(packet.IPv6{Src: from, Dst: src.Addr(), TrafficClass: g.tos(), HopLimit: g.ttl(), Payload: m})
 }
 
-// translated is a flow the frames began, as it leaves toward its backend:
-// the source and port it took (the first try of xdp.NATPick, now and then a
-// later one) and the backend's address and port, by the configuration's
-// current table.
-func (g *Frames) translated() (src, to netip.AddrPort, proto xdp.Proto, ok bool) {
-	s := g.s
+// translated is a flow the frames began (f), as it leaves toward its
+// backend (translatedOf).
+func (g *Frames) translated() (src, to netip.AddrPort, proto xdp.Proto, f flow, ok bool) {
 	if len(g.flows) == 0 {
-		return src, to, proto, false
+		return src, to, proto, f, false
 	}
-	f := Pick(s, g.flows...)
+	f = Pick(g.s, g.flows...)
+	src, to, proto, ok = g.translatedOf(f)
+	return src, to, proto, f, ok
+}
+
+// translatedOf is flow f as it leaves toward its backend: the source and
+// port it took (the first try of xdp.NATPick, now and then a later one) and
+// the backend's address and port, by the configuration's current table.
+func (g *Frames) translatedOf(f flow) (src, to netip.AddrPort, proto xdp.Proto, ok bool) {
+	s := g.s
 	i, ok := g.cfg.lookup(f.dst, f.proto)
 	if !ok || len(g.cfg.VIPs[i].Tables) == 0 {
 		return src, to, proto, false
@@ -490,4 +508,36 @@ func (g *Frames) translated() (src, to netip.AddrPort, proto xdp.Proto, ok bool)
 		return netip.AddrPortFrom(a, sport), netip.AddrPortFrom(b.Addr, port), f.proto, true
 	}
 	return src, to, proto, false
+}
+
+// zeroSum sets, now and then, the first two bytes of a UDP datagram's
+// payload so that the datagram, once translated to go from src to dst,
+// sums to 0xffff: its checksum computes to 0, sent as 0xffff.
+func (g *Frames) zeroSum(l packet.Layer, src, dst netip.AddrPort) packet.Layer {
+	u, ok := l.(packet.UDP)
+	if !ok || len(u.Payload) < 2 || u.NoChecksum || !g.s.Chance(20) {
+		return l
+	}
+	u.Payload = append([]byte{0, 0}, u.Payload[2:]...)
+	n := 8 + len(u.Payload)
+	b := append(append([]byte{}, src.Addr().AsSlice()...), dst.Addr().AsSlice()...)
+	b = binary.BigEndian.AppendUint16(b, 17)
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	b = append(b, 0, 0)
+	b = append(b, u.Payload...)
+	if len(b)%2 == 1 {
+		b = append(b, 0)
+	}
+	var sum uint32
+	for i := 0; i < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(u.Payload, ^uint16(sum))
+	return u
 }
