@@ -93,8 +93,9 @@ func (g *Frames) tos() uint8 {
 func (g *Frames) transport(src, dst netip.AddrPort, proto xdp.Proto) packet.Layer {
 	s := g.s
 	if proto == xdp.UDP {
-		// Now and then without a checksum (none, over IPv4).
-		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload(), NoChecksum: s.Chance(5)}
+		// Now and then without a checksum (none, over IPv4; over IPv6 a
+		// zero checksum is invalid, and gopacket reads it as none).
+		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload(), NoChecksum: src.Addr().Is4() && s.Chance(5)}
 	}
 	flags := Pick(s, packet.TCPSyn, packet.TCPAck, packet.TCPSyn|packet.TCPAck, packet.TCPAck|packet.TCPPsh,
 		packet.TCPFin|packet.TCPAck, packet.TCPRst, 0, packet.TCPFlags(s.U16()&0x1ff))
