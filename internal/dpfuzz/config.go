@@ -70,9 +70,9 @@ type Config struct {
 }
 
 // Flip turns backend ID down if it is up, up if it is down, before frame
-// At (counted from 0) and every Every frames after it, 4 times in all (each
-// write of a backend entry changed a moment before waits for the programs
-// running: a flip costs a millisecond or more).
+// At (counted from 0) and every Every frames after it, 4 times, then every
+// 1,000 frames (each write of a backend entry changed a moment before waits
+// for the programs running: a flip costs a millisecond or more).
 type Flip struct {
 	ID        uint32
 	At, Every int
@@ -301,7 +301,8 @@ func NewConfig(s *Source) *Config {
 func (c *Config) Step(m *xdp.FrameModel, n int) []uint32 {
 	var ids []uint32
 	for _, f := range c.Flips {
-		if n >= f.At && (n-f.At)%f.Every == 0 && (n-f.At)/f.Every < 4 {
+		k := n - f.At
+		if k >= 0 && (k < 4*f.Every && k%f.Every == 0 || k >= 4*f.Every && k%1000 == 0) {
 			b := m.State.Backends[f.ID]
 			b.Up = !b.Up
 			m.State.Backends[f.ID] = b
