@@ -20,10 +20,10 @@ import (
 // It is written from the rules, not translated from bpf/lb.h: where the two
 // disagree, one of them is wrong, and the rule decides which. The model
 // keeps what the program keeps between packets (the pins it makes, the first
-// fragments it remembers) so that a sequence of frames can be checked, but not
-// the clock: transitions are running or not for the whole run, remembered
-// fragments never time out, and the flow table never fills (the caller sizes
-// it for the run).
+// fragments it remembers, the NAT flows of snat services) so that a sequence
+// of frames can be checked, but not the clock: transitions are running or
+// not for the whole run, remembered fragments never time out, NAT flows never
+// expire, and the flow table never fills (the caller sizes it for the run).
 
 // Verdict counters and events of the frame model, as "action/reason" (the
 // names of xdp/counters.go).
@@ -52,6 +52,15 @@ const (
 	cDropNATNoSource  = "drop/snat_no_source"
 	cDropNATNoFlow    = "drop/snat_no_flow"
 	cDropNATUnsupp    = "drop/snat_unsupported"
+	cDropNATNoPort    = "drop/snat_no_port"
+	cPassNATNoFlow    = "pass/snat_no_flow"
+	cTxSNAT           = "tx/snat"
+	cRedirectSNAT     = "redirect/snat"
+	cTxSNATReply      = "tx/snat_reply"
+	cRedirectSNATRep  = "redirect/snat_reply"
+	cTxSNATRST        = "tx/snat_rst"
+	cTxSNATICMP       = "tx/snat_icmp_error"
+	cRedirectSNATICMP = "redirect/snat_icmp_error"
 	cTxL2             = "tx/dsr_l2"
 	cRedirectL2       = "redirect/dsr_l2"
 	cTxIPIP           = "tx/dsr_ipip"
@@ -69,18 +78,22 @@ const (
 	evNewFlow         = "event/tcp_syn"
 	evFragmentFirst   = "event/fragment_first"
 	evFragmentFollows = "event/fragment_followed"
+	evNATCreated      = "event/snat_flow_created"
+	evNATPortRetry    = "event/snat_port_retry"
+	evNATBackendLost  = "event/snat_backend_lost"
 )
 
 // Known program bugs: rules the program is known to break. The model
 // follows the rule; with FrameModel.KnownBugs it predicts what the program
 // does instead (a rule the program breaks appends its name to
-// FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a campaign can look past
-// them for other differences. Every frame that meets one is marked in
-// FrameOutcome.Bugs either way. None is known now: the two the fuzzing
-// found first (an ICMP error's quote read up to the end of the frame
-// rather than of the IP packet; time exceeded and too big quoting 28 or 48
-// bytes of a shorter packet) are fixed, and TestKnownProgramBugs keeps
-// their reproducers.
+// FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a
+// campaign can look past them for other differences. Every frame that meets
+// one is marked in FrameOutcome.Bugs either way. One is known now,
+// BugSNATRSTAtomic (model_nat.go); TestKnownProgramBugs keeps its
+// reproducer. The two the fuzzing found first (an ICMP error's quote read
+// up to the end of the frame rather than of the IP packet; time exceeded
+// and too big quoting 28 or 48 bytes of a shorter packet) are fixed, and
+// TestFixedProgramBugs keeps their reproducers.
 
 // FlowKey names a flow as the program pins it: the client's side, as the
 // packets arrive.
@@ -124,6 +137,9 @@ type FrameModel struct {
 	// KnownBugs: predict what the program does where it is known to break
 	// a rule (the Bug... constants) instead of what the rule says.
 	KnownBugs bool
+	// NAT is the SNAT config (Datapath.SetNAT): the sources and the port
+	// range new NAT flows take their source and port from.
+	NAT NATConfig
 	// MaxFlows sizes each family's flow table as Options.MaxFlows does (0:
 	// unbounded). A new pin fails when the buckets its key may live in
 	// are full: the model keeps tables of the program's geometry (which
@@ -140,6 +156,32 @@ type FrameModel struct {
 	vipAddr map[netip.Addr]bool
 	tables  [2]*flowTable // IPv4, IPv6 pins (with MaxFlows), filled at the first Run
 	added   []FlowKey     // AddPin's keys, in order
+	// nat holds both entries of every NAT flow the model's frames made,
+	// keyed as the program keys them (the packet as it arrives, and its
+	// direction). The model's NAT tables never fill: the caller sizes the
+	// program's (Options.MaxNATFlows) far beyond the flows of a run, so
+	// snat_table_full and the backoff after it are not modelled.
+	nat    map[mnatKey]mnatVal
+	natSrc map[netip.Addr]bool // the SNAT sources, from NAT
+}
+
+// mnatKey is the key of a NAT entry: a packet's tuple as it arrives, and its
+// direction (the client's packets, or the backend's replies).
+type mnatKey struct {
+	src, dst netip.AddrPort
+	proto    Proto
+	reply    bool
+}
+
+// mnatVal is what a packet of a NAT entry becomes: its new source and
+// destination, and the flow's backend; a reply entry also keeps where the
+// flow's first frame came from (the MACs to send back with, and the
+// interface).
+type mnatVal struct {
+	toSrc, toDst netip.AddrPort
+	backendID    uint32
+	dmac, smac   [6]byte
+	ifindex      int
 }
 
 // AddPin pins a flow before the first Run, as Datapath.PinFlow does: pins
@@ -189,14 +231,19 @@ func (m *FrameModel) pinFails(k FlowKey) bool {
 	return !t.room(hash)
 }
 
-// NewFrameModel returns a frame model over s (whose Pin it replaces by a
-// lookup in the model's pins) with no pins and no fragments yet.
+// NewFrameModel returns a frame model over s (whose Pin and NATFlow it
+// replaces by lookups in the model's pins and NAT flows) with no pins, no
+// fragments and no NAT flows yet.
 func NewFrameModel(s *ModelState) *FrameModel {
 	m := &FrameModel{State: s, Pins: map[FlowKey]uint32{}, TxPorts: map[int]bool{}, TTL: 64, Echo: true,
-		frags: map[fragKey]fragEntry{}}
+		frags: map[fragKey]fragEntry{}, nat: map[mnatKey]mnatVal{}}
 	s.Pin = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
 		id, ok := m.Pins[FlowKey{src, dst, proto}]
 		return id, ok
+	}
+	s.NATFlow = func(src, dst netip.AddrPort, proto Proto) (uint32, bool) {
+		v, ok := m.nat[mnatKey{src, dst, proto, false}]
+		return v.backendID, ok
 	}
 	return m
 }
@@ -235,6 +282,8 @@ type mflow struct {
 	sport, dport uint16
 	proto        uint8
 	syn          bool
+	rst          bool // TCP: the RST flag
+	atomic       bool // IPv6: an atomic fragment (a fragment header, offset 0, no more)
 	icmpErr      bool
 	tos, ttl     uint8
 	df           bool
@@ -253,6 +302,12 @@ func (m *FrameModel) Run(frame []byte, ingress int) FrameOutcome {
 		for k := range m.State.VIPs {
 			m.filter[FilterBit(k.Addr)] = true
 			m.vipAddr[k.Addr] = true
+		}
+		// SNAT sources set their prefilter bits too.
+		m.natSrc = map[netip.Addr]bool{}
+		for _, a := range m.NAT.Sources {
+			m.filter[FilterBit(a.Unmap())] = true
+			m.natSrc[a.Unmap()] = true
 		}
 		m.pinTables()
 	}
@@ -389,6 +444,7 @@ func (r *frameRun) ipv6(l2 int) string {
 			return r.follow(&f)
 		}
 		f.first = off&1 != 0 // offset 0 and no more: an atomic fragment, an ordinary packet
+		f.atomic = !f.first
 	}
 	if ipv6Ext[f.proto] {
 		return r.forVIP(dst, cDropIPv6Ext, cPassNotVIP)
@@ -408,6 +464,7 @@ func (r *frameRun) l4(f *mflow, l4 []byte) string {
 		}
 		f.sport, f.dport = be16(l4), be16(l4[2:])
 		f.syn = l4[13]&0x02 != 0 && l4[13]&0x10 == 0
+		f.rst = l4[13]&0x04 != 0
 	case f.proto == 17:
 		if len(l4) < 8 {
 			return r.forVIP(f.dst, cDropTruncated, cPassNotVIP)
@@ -415,6 +472,14 @@ func (r *frameRun) l4(f *mflow, l4 []byte) string {
 		f.sport, f.dport = be16(l4), be16(l4[2:])
 	case f.family == 4 && f.proto == 1, f.family == 6 && f.proto == 58:
 		if !r.m.vipAddr[f.dst] {
+			// An error to a SNAT source about a NAT flow goes to its
+			// client; any other ICMP to an address that is no VIP is
+			// the host's.
+			if r.m.natSrc[f.dst] {
+				if c := r.natICMP(f, l4); c != "" {
+					return c
+				}
+			}
 			return cPassNotVIP
 		}
 		if len(l4) < 8 {
@@ -427,8 +492,19 @@ func (r *frameRun) l4(f *mflow, l4 []byte) string {
 	default:
 		return r.forVIP(f.dst, cDropProtocol, cPassNotVIP)
 	}
+	// A packet to a SNAT source: the reply of a NAT flow is translated back
+	// to its client; one of no flow goes on (the host's own traffic, or a
+	// VIP at the same address), and is passed as snat_no_flow when no
+	// service takes it.
+	pass := cPassNotVIP
+	if r.m.natSrc[f.dst] {
+		if c := r.natReply(f); c != "" {
+			return c
+		}
+		pass = cPassNATNoFlow
+	}
 	if _, ok := r.m.State.LookupVIP(netip.AddrPortFrom(f.dst, f.dport), Proto(f.proto)); !ok {
-		return r.forVIP(f.dst, cDropNoService, cPassNotVIP)
+		return r.forVIP(f.dst, cDropNoService, pass)
 	}
 	return r.forward(f)
 }
@@ -652,30 +728,6 @@ func (r *frameRun) forward(f *mflow) string {
 	return r.send(f, v, d.BackendID, d.Hash)
 }
 
-// snat is the program's way with a packet of a SNAT service, as far as the
-// model goes. The model has no SNAT sources: translation, NAT state and
-// replies are out of its scope (the fuzzer configures no source, and the
-// fixtures of xdp/nat_test.go hold the program to exact bytes instead), so
-// a new flow ends at "no SNAT source", after the checks that come first.
-func (r *frameRun) snat(f *mflow, p Packet, v ModelVIP) string {
-	switch {
-	case f.first: // fragments are not translated
-		return cDropNATUnsupp
-	case f.icmpErr:
-		return cDropICMP
-	case p.Proto == TCP && !f.syn: // no NAT flow exists
-		return cDropNATNoFlow
-	}
-	var id uint32
-	if len(v.Table) > 0 {
-		id = v.Table[Slot(FlowHash(p.Src, p.Dst, p.Proto, v.Seed), len(v.Table))]
-	}
-	if !r.m.State.up(id) {
-		return cDropNoBackend
-	}
-	return cDropNATNoSource
-}
-
 // send sends the packet to backend id by the VIP's mode.
 func (r *frameRun) send(f *mflow, v ModelVIP, id, hash uint32) string {
 	r.out.BackendID = id
@@ -702,10 +754,16 @@ func (r *frameRun) xmit(f *mflow, b Backend, tx, redirect string) string {
 	if f.icmpErr {
 		tx, redirect = cTxICMPError, cRedirectICMPErr
 	}
-	if b.IfIndex == r.ingress {
+	return r.xmitTo(b.IfIndex, tx, redirect)
+}
+
+// xmitTo is XDP_TX when ifindex is the interface the frame came in on, else
+// a redirect, which needs the interface in the tx ports.
+func (r *frameRun) xmitTo(ifindex int, tx, redirect string) string {
+	if ifindex == r.ingress {
 		return tx
 	}
-	if r.m.TxPorts[b.IfIndex] {
+	if r.m.TxPorts[ifindex] {
 		return redirect
 	}
 	return cDropRedirect

@@ -36,6 +36,8 @@ type BackendDef struct {
 	Egress Egress
 	MTU    int
 	Up     bool
+	// Port is where SNAT sends a service's flows (0: the service's port).
+	Port uint16
 }
 
 // VIPDef is a service of a configuration. Tables are given to SetTable in
@@ -59,6 +61,21 @@ type Config struct {
 	// MaxFlows is Options.MaxFlows (0: far more than a run pins). A small
 	// one fills the flow tables.
 	MaxFlows int
+	// NAT is the SNAT config: 0 to 2 sources of each family (mostly 1 or
+	// 2) and a port range, small ones among them so that flows to one
+	// backend run out of ports.
+	NAT xdp.NATConfig
+	// Flips turn backends down and up again between frames.
+	Flips []Flip
+}
+
+// Flip turns backend ID down if it is up, up if it is down, before frame
+// At (counted from 0) and every Every frames after it, 4 times, then every
+// 1,000 frames (each write of a backend entry changed a moment before waits
+// for the programs running: a flip costs a millisecond or more).
+type Flip struct {
+	ID        uint32
+	At, Every int
 }
 
 // Addresses of the fuzzing world (198.18.0.0/15 and 2001:db8::/32 only).
@@ -75,6 +92,8 @@ var (
 	router6  = netip.MustParseAddr("2001:db8:5::1")
 	other4   = netip.MustParseAddr("198.18.9.9")
 	other6   = netip.MustParseAddr("2001:db8:9::9")
+	nat4Pool = []netip.Addr{netip.MustParseAddr("198.18.6.1"), netip.MustParseAddr("198.18.6.2")}
+	nat6Pool = []netip.Addr{netip.MustParseAddr("2001:db8:6::1"), netip.MustParseAddr("2001:db8:6::2")}
 
 	encap4Choices = []netip.Prefix{{}, netip.MustParsePrefix("198.18.3.1/32"), netip.MustParsePrefix("198.18.4.0/24"),
 		netip.MustParsePrefix("198.18.4.77/20"), netip.MustParsePrefix("198.18.0.0/16")}
@@ -112,6 +131,7 @@ func NewConfig(s *Source) *Config {
 		if s.Chance(50) {
 			b.MTU = Pick(s, 1280, 1400, 1500, 576+s.N(1000))
 		}
+		b.Port = Pick[uint16](s, 0, 0, 8080, 53, 40000)
 		c.Backends = append(c.Backends, b)
 	}
 	ids := func() uint32 {
@@ -135,9 +155,9 @@ func NewConfig(s *Source) *Config {
 		}
 		v := VIPDef{Key: k, Seed: s.U32()}
 		switch n := s.N(20); {
-		case n < 9:
+		case n < 8:
 			v.Mode = xdp.ModeDSRL2
-		case n < 18:
+		case n < 16:
 			v.Mode = xdp.ModeDSRIPIP
 		default:
 			v.Mode = xdp.ModeSNAT
@@ -153,6 +173,15 @@ func NewConfig(s *Source) *Config {
 			// A few backends per table; a table made from the previous one
 			// keeps most of its slots, as Maglev does.
 			few := []uint32{ids(), ids(), ids()}[:1+s.N(3)]
+			if v.Mode == xdp.ModeSNAT && s.Chance(80) {
+				// SNAT does not translate between families: mostly
+				// backends of the service's.
+				for i, id := range few {
+					if id != missingID && c.Backends[id-1].Addr.Is4() != k.Addr.Is4() {
+						few[i] = sameFamily(s, c.Backends, k.Addr.Is4(), id)
+					}
+				}
+			}
 			for i := range t {
 				if prev != nil && len(prev) == size && s.Chance(70) {
 					t[i] = prev[i]
@@ -179,6 +208,15 @@ func NewConfig(s *Source) *Config {
 		}
 		c.Pins = append(c.Pins, f)
 	}
+	// SNAT sources and ports: a range of one port, or a few, makes flows to
+	// one backend address and port collide (snat_port_retry) and run out
+	// (snat_no_port).
+	for _, pool := range [][]netip.Addr{nat4Pool, nat6Pool} {
+		c.NAT.Sources = append(c.NAT.Sources, pool[:Pick(s, 1, 1, 2, 2, 0)]...)
+	}
+	size := Pick(s, 1, 1, 2, 3, 4, 16, 300, 65536)
+	c.NAT.PortLo = Pick[uint16](s, 1024, 20000, 60000, 65535, 1+uint16(s.N(65535)))
+	c.NAT.PortHi = uint16(min(65535, int(c.NAT.PortLo)+size-1))
 	c.Encap4 = Pick(s, encap4Choices...)
 	c.Encap6 = Pick(s, encap6Choices...)
 	c.TTL = Pick[uint8](s, 0, 0, 17, 255)
@@ -231,15 +269,74 @@ func NewConfig(s *Source) *Config {
 		}
 		c.Pins = pins
 	}
+	// Backends that go down and up again, so that NAT flows lose theirs
+	// (and pins go stale). Not with a small flow table: a pin that goes
+	// stale in a full table would be replaced, where the model has no
+	// backoff to tell when.
+	if c.MaxFlows == 0 && s.Chance(40) {
+		// Mostly a backend of a snat service's table.
+		var snat []uint32
+		for _, v := range c.VIPs {
+			if v.Mode == xdp.ModeSNAT && len(v.Tables) > 0 {
+				for _, id := range v.Tables[len(v.Tables)-1] {
+					if id != missingID {
+						snat = append(snat, id)
+					}
+				}
+			}
+		}
+		for range 1 + s.N(2) {
+			id := uint32(1 + s.N(nb))
+			if len(snat) > 0 && s.Chance(70) {
+				id = Pick(s, snat...)
+			}
+			c.Flips = append(c.Flips, Flip{ID: id, At: s.N(64), Every: Pick(s, 7, 16, 40, 1<<30)})
+		}
+	}
 	return c
+}
+
+// Step applies to the model what happens before frame n (counted from 0):
+// the backends that flip. It returns their ids.
+func (c *Config) Step(m *xdp.FrameModel, n int) []uint32 {
+	var ids []uint32
+	for _, f := range c.Flips {
+		k := n - f.At
+		if k >= 0 && (k < 4*f.Every && k%f.Every == 0 || k >= 4*f.Every && k%1000 == 0) {
+			b := m.State.Backends[f.ID]
+			b.Up = !b.Up
+			m.State.Backends[f.ID] = b
+			ids = append(ids, f.ID)
+		}
+	}
+	return ids
+}
+
+// sameFamily is a backend of the family (v4 or not), or id when there is
+// none.
+func sameFamily(s *Source, bs []BackendDef, v4 bool, id uint32) uint32 {
+	var ids []uint32
+	for _, b := range bs {
+		if b.Addr.Is4() == v4 {
+			ids = append(ids, b.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return id
+	}
+	return Pick(s, ids...)
 }
 
 // String is the configuration as a reproducer reads it.
 func (c *Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "config: encap4 %v encap6 %v ttl %d disable-echo %v max-flows %d\n", c.Encap4, c.Encap6, c.TTL, c.DisableEcho, c.MaxFlows)
+	fmt.Fprintf(&b, "  snat sources %v ports %d-%d\n", c.NAT.Sources, c.NAT.PortLo, c.NAT.PortHi)
 	for _, be := range c.Backends {
-		fmt.Fprintf(&b, "  backend %d: %s mac %s egress %s mtu %d up %v\n", be.ID, be.Addr, be.MAC, be.Egress, be.MTU, be.Up)
+		fmt.Fprintf(&b, "  backend %d: %s port %d mac %s egress %s mtu %d up %v\n", be.ID, be.Addr, be.Port, be.MAC, be.Egress, be.MTU, be.Up)
+	}
+	for _, f := range c.Flips {
+		fmt.Fprintf(&b, "  flip backend %d before frame %d and every %d after\n", f.ID, f.At, f.Every)
 	}
 	for _, v := range c.VIPs {
 		fmt.Fprintf(&b, "  vip %s: %s seed %#x tables %v\n", v.Key, v.Mode, v.Seed, v.Tables)
@@ -277,10 +374,13 @@ func (c *Config) Model(env Env) *xdp.FrameModel {
 	}
 	for i, v := range c.VIPs {
 		mv := xdp.ModelVIP{Key: v.Key, Mode: v.Mode, Seed: v.Seed, HasPins: hasPins[i]}
-		if n := len(v.Tables); n > 0 {
-			mv.Table = v.Tables[n-1]
+		// SetTable does not write again the table a service has: that
+		// starts no transition.
+		tables := slices.CompactFunc(slices.Clone(v.Tables), slices.Equal)
+		if n := len(tables); n > 0 {
+			mv.Table = tables[n-1]
 			if n > 1 {
-				mv.Prev, mv.InTransition, mv.HasPins = v.Tables[n-2], true, true
+				mv.Prev, mv.InTransition, mv.HasPins = tables[n-2], true, true
 			}
 		}
 		s.VIPs[v.Key] = mv
@@ -296,11 +396,12 @@ func (c *Config) Model(env Env) *xdp.FrameModel {
 	}
 	m.Echo = !c.DisableEcho
 	m.MaxFlows = c.MaxFlows
+	m.NAT = c.NAT
 	return m
 }
 
 func (c *Config) backend(b BackendDef, env Env) xdp.Backend {
-	be := xdp.Backend{Addr: b.Addr, NextHopMAC: b.MAC, SrcMAC: egressMAC, MTU: b.MTU, Up: b.Up}
+	be := xdp.Backend{Addr: b.Addr, NextHopMAC: b.MAC, SrcMAC: egressMAC, MTU: b.MTU, Up: b.Up, Port: b.Port}
 	switch b.Egress {
 	case EgressIngress:
 		be.IfIndex = env.Ingress
@@ -334,6 +435,11 @@ func (c *Config) Apply(d *xdp.Datapath, env Env) error {
 	}
 	for _, p := range c.Pins {
 		if err := d.PinFlow(p); err != nil {
+			return err
+		}
+	}
+	if len(c.NAT.Sources) > 0 {
+		if err := d.SetNAT(c.NAT); err != nil {
 			return err
 		}
 	}

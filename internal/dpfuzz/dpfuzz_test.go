@@ -16,7 +16,8 @@ func TestFramesRepeat(t *testing.T) {
 		m := cfg.Model(env)
 		g := NewFrames(s, cfg)
 		var fs [][]byte
-		for range 2000 {
+		for i := range 2000 {
+			cfg.Step(m, i)
 			f := g.Frame()
 			if len(f) < 14 {
 				t.Fatalf("frame of %d bytes: BPF_PROG_TEST_RUN takes at least an Ethernet header", len(f))

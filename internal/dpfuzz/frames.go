@@ -13,10 +13,23 @@ import (
 // unknown), ICMP (echo, errors quoting VIP flows, neighbour discovery,
 // others), odd headers (IPv4 options, IPv6 extension headers, other
 // protocols and EtherTypes), VLAN tags (one or two), and mutations of all of
-// these (cut short, bytes flipped, lengths wrong, padding).
+// these (cut short, bytes flipped, lengths wrong, padding). With SNAT
+// sources, also the packets of the SNAT flows it made before (the client's
+// again, and the backend's replies to the source and port the flow took,
+// as far as the generator can tell), replies of no flow, and ICMP errors to
+// a source quoting a flow's translated packet or no flow's.
 type Frames struct {
 	s   *Source
 	cfg *Config
+	// flows are the client's flows to snat services the frames began, the
+	// last 32.
+	flows []flow
+}
+
+// flow is a client's flow to a service.
+type flow struct {
+	src, dst netip.AddrPort
+	proto    xdp.Proto
 }
 
 // NewFrames makes frames for cfg from s.
@@ -80,7 +93,9 @@ func (g *Frames) tos() uint8 {
 func (g *Frames) transport(src, dst netip.AddrPort, proto xdp.Proto) packet.Layer {
 	s := g.s
 	if proto == xdp.UDP {
-		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload()}
+		// Now and then without a checksum (none, over IPv4; over IPv6 a
+		// zero checksum is invalid, and gopacket reads it as none).
+		return packet.UDP{SrcPort: src.Port(), DstPort: dst.Port(), Payload: g.payload(), NoChecksum: src.Addr().Is4() && s.Chance(5)}
 	}
 	flags := Pick(s, packet.TCPSyn, packet.TCPAck, packet.TCPSyn|packet.TCPAck, packet.TCPAck|packet.TCPPsh,
 		packet.TCPFin|packet.TCPAck, packet.TCPRst, 0, packet.TCPFlags(s.U16()&0x1ff))
@@ -111,12 +126,38 @@ func (g *Frames) Frame() []byte {
 // the EtherType in its first two bytes after a 0xff marker).
 func (g *Frames) ipPacket() []byte {
 	s := g.s
+	if len(g.cfg.NAT.Sources) > 0 && s.Chance(20) && (len(g.flows) > 0 || s.Chance(20)) {
+		return g.natFrame()
+	}
 	dst, proto := g.target()
 	src := g.client(dst.Addr().Is4())
 	var l packet.Layer
 	switch n := s.N(100); {
 	case n < 40: // a packet of a flow to a service
-		l = g.ip(src.Addr(), dst.Addr(), g.transport(src, dst, proto))
+		syn := false
+		var again *flow
+		if len(g.flows) > 0 && s.Chance(40) { // an SNAT flow's, again
+			f := Pick(s, g.flows...)
+			src, dst, proto, again = f.src, f.dst, f.proto, &f
+		} else if i, ok := g.cfg.lookup(dst, proto); ok && g.cfg.VIPs[i].Mode == xdp.ModeSNAT && s.Chance(60) {
+			// A flow begins: a TCP one with a SYN.
+			g.flows = append(g.flows, flow{src, dst, proto})
+			if len(g.flows) > 32 {
+				g.flows = g.flows[1:]
+			}
+			syn = true
+		}
+		tl := g.transport(src, dst, proto)
+		if t, ok := tl.(packet.TCP); ok && syn {
+			t.Flags = packet.TCPSyn
+			tl = t
+		}
+		if again != nil {
+			if from, to, _, ok := g.translatedOf(*again); ok {
+				tl = g.zeroSum(tl, from, to)
+			}
+		}
+		l = g.ip(src.Addr(), dst.Addr(), tl)
 	case n < 52:
 		return g.fragment(src, dst, proto)
 	case n < 64:
@@ -370,3 +411,134 @@ var twins = func() map[netip.Addr]netip.Addr {
 }()
 
 func twin(a netip.Addr) netip.Addr { return twins[a] }
+
+// natFrame is a packet to a SNAT source: a backend's reply to a flow the
+// frames began (to the source and port the generator expects it took), or
+// to no flow; or an ICMP error quoting a packet to a backend from such a
+// source and port.
+func (g *Frames) natFrame() []byte {
+	s := g.s
+	src, to, proto, f, ok := g.translated()
+	if !ok || s.Chance(20) { // no flow's
+		ok = false
+		a := Pick(s, g.cfg.NAT.Sources...)
+		port := g.cfg.NAT.PortLo + uint16(s.N(int(g.cfg.NAT.PortHi-g.cfg.NAT.PortLo)+1))
+		if s.Chance(20) {
+			port = s.U16()
+		}
+		src = netip.AddrPortFrom(a, port)
+		b := Pick(s, g.cfg.Backends...)
+		bport := Pick(s, b.Port, 80, 53, s.U16())
+		if b.Addr.Is4() != a.Is4() {
+			b.Addr = other6
+			if a.Is4() {
+				b.Addr = other4
+			}
+		}
+		to, proto = netip.AddrPortFrom(b.Addr, bport), Pick(s, xdp.TCP, xdp.UDP)
+	}
+	if s.Chance(70) {
+		l := g.transport(to, src, proto)
+		if ok {
+			l = g.zeroSum(l, f.dst, f.src) // as it leaves: from the VIP to the client
+		}
+		return packet.MustBuild(g.ip(to.Addr(), src.Addr(), l))
+	}
+	// An ICMP error about the packet to the backend: from the backend
+	// (port unreachable) or from a router on the way.
+	q := packet.MustBuild(g.ip(src.Addr(), to.Addr(), g.transport(src, to, proto)))
+	from := to.Addr()
+	if s.Chance(40) {
+		from = router6
+		if from.Is4() != src.Addr().Is4() {
+			from = router4
+		}
+	}
+	if src.Addr().Is4() {
+		n := min(len(q), Pick(s, 28, 28, 48, 64, 20, 24, 26, 36, 100))
+		m := packet.ICMPv4{Type: Pick[uint8](s, 3, 3, 11, 12, 5), Code: Pick[uint8](s, 3, 4, 0, 1), Rest: packet.FragNeededRest(1200), Body: q[:n]}
+		return packet.MustBuild(packet.IPv4{Src: from, Dst: src.Addr(), TOS: g.tos(), TTL: g.ttl(), Payload: m})
+	}
+	n := min(len(q), Pick(s, 48, 48, 68, 100, 40, 44, 46, 56, 120))
+	m := packet.ICMPv6{Type: Pick[uint8](s, 1, 2, 1, 3, 4, 5, 128), Code: Pick[uint8](s, 4, 0, 1), Rest: packet.PacketTooBigRest(1280), Body: q[:n]}
+	return packet.MustBuild(packet.IPv6{Src: from, Dst: src.Addr(), TrafficClass: g.tos(), HopLimit: g.ttl(), Payload: m})
+}
+
+// translated is a flow the frames began (f), as it leaves toward its
+// backend (translatedOf).
+func (g *Frames) translated() (src, to netip.AddrPort, proto xdp.Proto, f flow, ok bool) {
+	if len(g.flows) == 0 {
+		return src, to, proto, f, false
+	}
+	f = Pick(g.s, g.flows...)
+	src, to, proto, ok = g.translatedOf(f)
+	return src, to, proto, f, ok
+}
+
+// translatedOf is flow f as it leaves toward its backend: the source and
+// port it took (the first try of xdp.NATPick, now and then a later one) and
+// the backend's address and port, by the configuration's current table.
+func (g *Frames) translatedOf(f flow) (src, to netip.AddrPort, proto xdp.Proto, ok bool) {
+	s := g.s
+	i, ok := g.cfg.lookup(f.dst, f.proto)
+	if !ok || len(g.cfg.VIPs[i].Tables) == 0 {
+		return src, to, proto, false
+	}
+	v := g.cfg.VIPs[i]
+	t := v.Tables[len(v.Tables)-1]
+	h := xdp.FlowHash(f.src, f.dst, f.proto, v.Seed)
+	id := t[xdp.Slot(h, len(t))]
+	var srcs []netip.Addr
+	for _, a := range g.cfg.NAT.Sources {
+		if a.Is4() == f.src.Addr().Is4() {
+			srcs = append(srcs, a)
+		}
+	}
+	if len(srcs) == 0 {
+		return src, to, proto, false
+	}
+	for _, b := range g.cfg.Backends {
+		if b.ID != id || b.Addr.Is4() != f.src.Addr().Is4() {
+			continue
+		}
+		port := b.Port
+		if port == 0 {
+			port = f.dst.Port()
+		}
+		a, sport := xdp.NATPick(h, Pick(s, 0, 0, 0, 1, 2, 7), srcs, g.cfg.NAT.PortLo, g.cfg.NAT.PortHi)
+		return netip.AddrPortFrom(a, sport), netip.AddrPortFrom(b.Addr, port), f.proto, true
+	}
+	return src, to, proto, false
+}
+
+// zeroSum sets, now and then, the first two bytes of a UDP datagram's
+// payload so that the datagram, once translated to go from src to dst,
+// sums to 0xffff: its checksum computes to 0, sent as 0xffff.
+func (g *Frames) zeroSum(l packet.Layer, src, dst netip.AddrPort) packet.Layer {
+	u, ok := l.(packet.UDP)
+	if !ok || len(u.Payload) < 2 || u.NoChecksum || !g.s.Chance(20) {
+		return l
+	}
+	u.Payload = append([]byte{0, 0}, u.Payload[2:]...)
+	n := 8 + len(u.Payload)
+	b := append(append([]byte{}, src.Addr().AsSlice()...), dst.Addr().AsSlice()...)
+	b = binary.BigEndian.AppendUint16(b, 17)
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	b = append(b, 0, 0)
+	b = append(b, u.Payload...)
+	if len(b)%2 == 1 {
+		b = append(b, 0)
+	}
+	var sum uint32
+	for i := 0; i < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(u.Payload, ^uint16(sum))
+	return u
+}
