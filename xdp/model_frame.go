@@ -88,12 +88,12 @@ const (
 // does instead (a rule the program breaks appends its name to
 // FrameOutcome.Bugs and, with KnownBugs, takes the program's way), so that a
 // campaign can look past them for other differences. Every frame that meets
-// one is marked in FrameOutcome.Bugs either way. One is known now,
-// BugSNATRSTAtomic (model_nat.go); TestKnownProgramBugs keeps its
-// reproducer. The two the fuzzing found first (an ICMP error's quote read
-// up to the end of the frame rather than of the IP packet; time exceeded
-// and too big quoting 28 or 48 bytes of a shorter packet) are fixed, and
-// TestFixedProgramBugs keeps their reproducers.
+// one is marked in FrameOutcome.Bugs either way. None is known now. The
+// three the fuzzing found (an ICMP error's quote read up to the end of the
+// frame rather than of the IP packet; time exceeded and too big quoting 28
+// or 48 bytes of a shorter packet; a RST to a SNAT client built from an
+// IPv6 atomic fragment's fragment header, snat-rst-atomic-fragment) are
+// fixed, and TestFixedProgramBugs keeps their reproducers.
 
 // FlowKey names a flow as the program pins it: the client's side, as the
 // packets arrive.
@@ -471,15 +471,15 @@ func (r *frameRun) l4(f *mflow, l4 []byte) string {
 		}
 		f.sport, f.dport = be16(l4), be16(l4[2:])
 	case f.family == 4 && f.proto == 1, f.family == 6 && f.proto == 58:
-		if !r.m.vipAddr[f.dst] {
-			// An error to a SNAT source about a NAT flow goes to its
-			// client; any other ICMP to an address that is no VIP is
-			// the host's.
-			if r.m.natSrc[f.dst] {
-				if c := r.natICMP(f, l4); c != "" {
-					return c
-				}
+		// An error to a SNAT source about a NAT flow goes to its client,
+		// also when the source is a VIP address; any other ICMP to an
+		// address that is no VIP is the host's.
+		if r.m.natSrc[f.dst] {
+			if c := r.natICMP(f, l4); c != "" {
+				return c
 			}
+		}
+		if !r.m.vipAddr[f.dst] {
 			return cPassNotVIP
 		}
 		if len(l4) < 8 {

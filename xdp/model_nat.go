@@ -16,16 +16,6 @@ import (
 // a TCP packet of a flow whose backend is lost is answered with a RST. The
 // model keeps its own NAT flows (FrameModel.nat), never the program's.
 
-// BugSNATRSTAtomic: a TCP packet in an IPv6 atomic fragment (a fragment
-// header with offset 0 and no more fragments: an ordinary packet, by the
-// rules) of a NAT flow whose backend is lost is answered with a RST built
-// from the packet's TCP header. The program reads the TCP header right after
-// the IPv6 header, in the fragment header: it takes its RST flag, data offset
-// and sequence numbers from the wrong bytes, writes the RST's TCP header over
-// the fragment header and keeps next header 44, so the client gets a
-// malformed packet (or nothing, when the bytes it reads show a RST flag).
-const BugSNATRSTAtomic = "snat-rst-atomic-fragment"
-
 // snat is the program's way with a packet of a snat service (p, its flow as
 // the model sees it, to service v): the flow's NAT entry while its backend
 // is up (ModelState.Decide, with the model's NAT flows), else a new flow on
@@ -39,6 +29,12 @@ func (r *frameRun) snat(f *mflow, p Packet, v ModelVIP) string {
 	d := r.m.State.Decide(p)
 	if d.Rule == RuleNATICMP { // an error from the client's side
 		return cDropICMP
+	}
+	// An IPv6 extension header (an atomic fragment's) moves the transport
+	// header: not translated, and the flow is neither made, nor removed,
+	// nor answered.
+	if f.atomic {
+		return cDropNATUnsupp
 	}
 	// A flow whose backend is down or gone is removed by its next packet,
 	// whatever becomes of the packet.
@@ -226,14 +222,7 @@ func (r *frameRun) natRST(f *mflow) string {
 	if f.family == 6 {
 		l3 = 40
 	}
-	tcp := f.l2 + l3 // where the TCP header is
-	bug := f.atomic
-	if bug {
-		r.out.Bugs = append(r.out.Bugs, BugSNATRSTAtomic)
-		if !r.m.KnownBugs {
-			tcp += 8 // after the fragment header
-		}
-	}
+	tcp := f.l2 + l3 // where the TCP header is (no extension header: snat)
 	t := r.in[tcp:]
 	if t[13]&0x04 != 0 {
 		return cDropNoBackend
@@ -274,9 +263,6 @@ func (r *frameRun) natRST(f *mflow) string {
 		copy(ip[8:24], f.dst.AsSlice())
 		copy(ip[24:40], f.src.AsSlice())
 		binary.BigEndian.PutUint16(ip[4:], 20)
-		if !bug || !r.m.KnownBugs {
-			ip[6] = 6
-		}
 		ip[7] = r.m.TTL
 	}
 	tcpOut := out[f.l2+l3:]

@@ -732,3 +732,33 @@ func TestUpgradeCopiesOldNAT(t *testing.T) {
 	})
 	natFlowDiff(t, w.flows(t), []NATFlow{{Client: c, VIP: v, Source: src, Backend: be, Proto: TCP, BackendID: fxSNATID4, State: NATStateEstablished}})
 }
+
+// TestSNATSourceIsAVIP: a SNAT source may be a VIP address: the backends'
+// replies to it and ICMP errors about its flows go back to the clients,
+// and pings to it are answered as the VIP's.
+func TestSNATSourceIsAVIP(t *testing.T) {
+	w := newNATWorld(t, Options{})
+	if err := w.d.SetNAT(NATConfig{Sources: []netip.Addr{fxSNATVIP4, fxSNATSrc6}, PortLo: fxSNATPortLo, PortHi: fxSNATPortHi}); err != nil {
+		t.Fatal(err)
+	}
+	c, v := fxAP(fxClient4, 44100), fxAP(fxSNATVIP4, 53)
+	a, p := NATPick(FlowHash(c, v, UDP, w.vips[VIPKey{v.Addr(), v.Port(), UDP}].HashSeed), 0, []netip.Addr{fxSNATVIP4}, fxSNATPortLo, fxSNATPortHi)
+	src, be := netip.AddrPortFrom(a, p), netip.AddrPortFrom(fxSNATBE4, w.be[fxSNATID4].Port)
+	payload := bytes.Repeat([]byte{0xcd}, 64)
+	toBackend := packet.MustBuild(fxUDP(src, be, payload))
+	unreach := func(from, to netip.Addr, quote []byte) packet.Layer {
+		return packet.IPv4{Src: from, Dst: to, TTL: 64, Payload: packet.ICMPv4{Type: packet.ICMPv4DestUnreachable, Code: 3, Body: quote[:28]}}
+	}
+	w.run(t, []natStep{
+		{name: "UDP flow from the VIP's address", in: fxIn(fxUDP(c, v, payload), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID4], packet.RawIP(toBackend), nil), wantCounter: "tx/snat"},
+		{name: "reply to the VIP's address", in: fxFromBackend(fxUDP(be, src, payload)), wantVerdict: fxTX,
+			wantOut: fxToClient(fxUDP(v, c, payload)), wantCounter: "tx/snat_reply"},
+		{name: "port unreachable to the VIP's address", in: fxFromBackend(unreach(be.Addr(), src.Addr(), toBackend)), wantVerdict: fxTX,
+			wantOut: fxToClient(unreach(v.Addr(), c.Addr(), packet.MustBuild(fxUDP(c, v, payload)))), wantCounter: "tx/snat_icmp_error"},
+		{name: "ping to the VIP", in: fxIn(packet.IPv4{Src: fxClient4, Dst: fxSNATVIP4, TTL: 61, Payload: packet.ICMPv4{Type: packet.ICMPv4EchoRequest, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}, nil),
+			wantVerdict: fxTX, wantCounter: "tx/icmp_echo_reply",
+			wantOut: packet.MustBuild(packet.Ethernet{Dst: fxRouterMAC, Src: fxLBMAC, Payload: packet.IPv4{Src: fxSNATVIP4, Dst: fxClient4, TTL: 64,
+				Payload: packet.ICMPv4{Type: packet.ICMPv4EchoReply, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}})},
+	})
+}

@@ -1111,17 +1111,17 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 		p->dport = udph->dest;
 	} else if ((p->family == 4 && p->proto == IPPROTO_ICMP_) ||
 		   (p->family == 6 && p->proto == IPPROTO_ICMPV6_)) {
-		info = vip_addr_lookup(p);
-		if (!info) {
-			/* An ICMP error about a NAT flow goes to its client. */
-			if (nat_is_source(nat_cfg(), p)) {
-				__u32 reason = nat_icmp(ctx, p, l4_len);
+		/* An ICMP error about a NAT flow goes to its client, also when
+		 * its SNAT source is a VIP address. */
+		if (nat_is_source(nat_cfg(), p)) {
+			__u32 reason = nat_icmp(ctx, p, l4_len);
 
-				if (reason)
-					return reason;
-			}
-			return CNT_PASS_NOT_VIP;
+			if (reason)
+				return reason;
 		}
+		info = vip_addr_lookup(p);
+		if (!info)
+			return CNT_PASS_NOT_VIP;
 		r = parse_icmp(c, &ic, l4_len);
 		if (r < 0)
 			return CNT_DROP_TRUNCATED;

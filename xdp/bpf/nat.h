@@ -714,17 +714,28 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	__u32 id = 0, new_id = 0, r, hash = 0, bits = NAT_S_SEEN;
 	struct tcphdr *t = NULL;
 
-	/* Not handled on purpose: later fragments carry no ports to
-	 * translate, and ICMP errors about a SNAT flow arriving at the VIP
-	 * (the client's side) are not translated toward the backend. */
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	/* Not handled on purpose: fragments carry no ports to translate (the
+	 * first, its datagram's), an IPv6 extension header (an atomic
+	 * fragment's) moves the transport header, and ICMP errors about a
+	 * SNAT flow arriving at the VIP (the client's side) are not translated
+	 * toward the backend. All before the flow is looked up: such a packet
+	 * makes, removes and answers no flow. */
 	if (p->frag_first)
 		return CNT_DROP_NAT_UNSUPPORTED;
 	if (p->icmp_err)
 		return CNT_DROP_ICMP;
-	if (p->proto == IPPROTO_TCP_) {
-		void *data = (void *)(long)ctx->data;
-		void *data_end = (void *)(long)ctx->data_end;
+	if (p->family == 6) {
+		struct ipv6hdr *ip6 = data + l2;
 
+		if ((void *)(ip6 + 1) > data_end)
+			return CNT_DROP_TRUNCATED;
+		if (ip6->nexthdr != p->proto)
+			return CNT_DROP_NAT_UNSUPPORTED;
+	}
+	if (p->proto == IPPROTO_TCP_) {
 		t = data + l2 + (p->family == 4 ? IPV4_HLEN : IPV6_HLEN);
 		if ((void *)(t + 1) > data_end)
 			return CNT_DROP_TRUNCATED;
