@@ -713,6 +713,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	struct backend *b = NULL;
 	__u32 id = 0, new_id = 0, r, hash = 0, bits = NAT_S_SEEN;
 	struct tcphdr *t = NULL;
+	__u64 now;
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -744,6 +745,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	sc = nat_scratch();
 	if (!sc)
 		return CNT_DROP_NAT_FULL;
+	now = bpf_ktime_get_coarse_ns();
 
 	if (p->syn) {
 		/* Most likely a new flow: its backend, and an early read of
@@ -753,13 +755,15 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		hash = nat_flow_hash(p, m);
 		new_id = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
 		nb = backend_lookup(new_id);
-		if (backend_up(nb))
+		/* Not while this CPU backs off from a full table: no flow will
+		 * be made. */
+		if (backend_up(nb) && !ft_backing_off(&sc->full, now))
 			nat_peek_reply(p, nb, hash, sc);
 	}
 	v = &sc->v;
 	nat_key_of(&sc->k, p, NAT_DIR_FWD);
 	sc->k.bits = bits;
-	sc->k.tick = bpf_ktime_get_coarse_ns() >> FT_TICK_SHIFT;
+	sc->k.tick = now >> FT_TICK_SHIFT;
 	if (nat_ft_get(&sc->k, v)) {
 		b = backend_lookup(v->backend_id);
 		if (!backend_up(b)) {
