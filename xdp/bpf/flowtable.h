@@ -54,9 +54,11 @@
 #define FT_GEN_MASK 0xffff0000u
 /* Buckets a key may live in: its home and the next FT_PROBE - 1. */
 #define FT_PROBE 12
-/* Tries to take a bucket's insert lock before giving up (another CPU holds
- * it for the few stores of one insert). */
-#define FT_LOCK_TRIES 64
+/* Tries to take a bucket's insert lock before giving up: another CPU holds
+ * it for the few stores of one insert, unless an interrupt or the
+ * hypervisor stops that CPU meanwhile (each try is a load and a branch,
+ * a compare-and-swap when the lock looks free). */
+#define FT_LOCK_TRIES 2048
 /* Words of struct ft_head before the first entry of a bucket. */
 #define FT_HEAD_WORDS 2
 #define FT_LOCKED (1ULL << 32) /* struct ft_head.lock, as part of its u64 */
@@ -88,6 +90,23 @@ static __always_inline __u64 ft_load(const __u32 *w)
 static __always_inline __u64 ft_cas(__u32 *w, __u64 old, __u64 new)
 {
 	return __sync_val_compare_and_swap((__u64 *)w, old, new);
+}
+
+/* ft_lock takes the insert lock of the bucket whose head is at hb: 1, or 0
+ * after FT_LOCK_TRIES tries. A global BPF function: its loop is verified
+ * once, where inlined it is verified again at every insert's call site, try
+ * by try (the verifier's budget allowed 64 tries so). */
+__attribute__((noinline)) int ft_lock(__u64 *hb)
+{
+	if (!hb)
+		return 0;
+	for (int t = 0; t < FT_LOCK_TRIES; t++) {
+		__u64 v = *(volatile __u64 *)hb;
+
+		if (!(v & FT_LOCKED) && __sync_val_compare_and_swap(hb, v, v | FT_LOCKED) == v)
+			return 1;
+	}
+	return 0;
 }
 
 /* ft_with_state is the entry's first 8 bytes v with the state word s. */
@@ -190,20 +209,13 @@ static __always_inline int ft_insert(void *map, __u32 mask, __u32 hash, const __
 {
 	__u32 home = hash & mask, *hb, *e = 0, busy = 0;
 	struct ft_ref r = {};
-	int locked = 0, probe = 0, err = 0;
+	int probe = 0, err = 0;
 	__u64 v;
 
 	hb = bpf_map_lookup_elem(map, &home);
 	if (!hb)
 		return -FT_ENOSPC;
-	for (int t = 0; t < FT_LOCK_TRIES; t++) {
-		v = ft_load(hb);
-		if (!(v & FT_LOCKED) && ft_cas(hb, v, v | FT_LOCKED) == v) {
-			locked = 1;
-			break;
-		}
-	}
-	if (!locked)
+	if (!ft_lock((__u64 *)hb))
 		return -FT_EBUSY;
 
 	if (ft_find(map, mask, hash, key, tag, g, &r)) {
