@@ -623,7 +623,7 @@ func TestSYNRemovesStalePin(t *testing.T) {
 // FT_FULL_STREAK (4) in a row do, for FT_BACKOFF_NS, even once there is
 // room again. The test runs on one CPU: the backoff is per CPU.
 func TestPinBackoffAfterAStreak(t *testing.T) {
-	_, unpin, err := pinToCurrentCPU()
+	cpu, unpin, err := pinToCurrentCPU()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -667,11 +667,35 @@ func TestPinBackoffAfterAStreak(t *testing.T) {
 	}
 	unpinOne()
 	w.expect(t, vip, 40004, packet.TCPSyn, fsB, "event/pin_created") // 3 failures in a row: no backoff
+	backoff := func() lbFtBackoff {
+		t.Helper()
+		var bo []lbFtBackoff
+		if err := w.d.objs.PinBackoff.Lookup(uint32(0), &bo); err != nil {
+			t.Fatal(err)
+		}
+		return bo[cpu]
+	}
 	for port := uint16(40005); port <= 40008; port++ {
 		w.expect(t, vip, port, packet.TCPSyn, fsA, "event/pin_table_full")
+		if b := backoff(); port < 40008 && (b.Streak != uint32(port-40004) || b.Until != 0) {
+			t.Errorf("after flow %d: backoff %+v, want a streak of %d and none yet", port, b, port-40004)
+		}
+	}
+	// The fourth in a row: this CPU backs off for 100 ms from the coarse
+	// clock's now (at most a tick behind the monotonic clock).
+	now := monotonicNow()
+	b := backoff()
+	if b.Streak != 0 || time.Duration(b.Until) < now || time.Duration(b.Until) > now+100*time.Millisecond {
+		t.Fatalf("after 4 failures in a row: backoff %+v at %v, want until about %v", b, now, now+100*time.Millisecond)
 	}
 	unpinOne()
-	w.expect(t, vip, 40009, packet.TCPSyn, fsA, "event/pin_table_full") // 4 in a row: backing off
+	if d := monotonicNow() - now; d > 50*time.Millisecond {
+		// A loaded host stopped the test too long to send the next SYN
+		// within the backoff: its state above is what the test shows.
+		t.Logf("%v after the fourth failure: no SYN sent within the backoff", d)
+		return
+	}
+	w.expect(t, vip, 40009, packet.TCPSyn, fsA, "event/pin_table_full") // backing off, though there is room
 	if _, ok, err := w.d.LookupFlow(flow(40009).Src, flow(40009).Dst, TCP); err != nil || ok {
 		t.Errorf("flow 40009 pinned during the backoff (%v)", err)
 	}
