@@ -1,7 +1,6 @@
 package xdp
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"time"
 )
@@ -33,20 +32,9 @@ func (d *Datapath) pinTable(v6 bool) *flowTable {
 
 // pinKey is f's key in its table, its tag and its hash there.
 func pinKey(f Flow) (key []uint32, tag, hash uint32) {
-	ports := uint32(port(f.Src.Port())) | uint32(port(f.Dst.Port()))<<16
-	hash = FlowHash(f.Src, f.Dst, f.Proto, pinHashSeed)
-	if f.Src.Addr().Is4() {
-		s, t := f.Src.Addr().As4(), f.Dst.Addr().As4()
-		return []uint32{leUint32(s[:]), leUint32(t[:]), ports}, uint32(f.Proto), hash
-	}
-	key = make([]uint32, 9)
-	s, t := f.Src.Addr().As16(), f.Dst.Addr().As16()
-	for i := range 4 {
-		key[i] = leUint32(s[4*i:])
-		key[4+i] = leUint32(t[4*i:])
-	}
-	key[8] = ports
-	return key, uint32(f.Proto), hash
+	key = append(addrWords(f.Src.Addr()), addrWords(f.Dst.Addr())...)
+	key = append(key, portsWord(f.Src.Port(), f.Dst.Port()))
+	return key, uint32(f.Proto), FlowHash(f.Src, f.Dst, f.Proto, pinHashSeed)
 }
 
 // pinFrom is the pin of an entry's tag and words (key, value): the flow
@@ -57,19 +45,8 @@ func pinFrom(v6 bool, tag uint32, w []uint32) (f Flow, hash, seen uint32) {
 		n = 9
 	}
 	sport, dport := port(uint16(w[n-1])), port(uint16(w[n-1]>>16))
-	if !v6 {
-		var s, t [4]byte
-		binary.LittleEndian.PutUint32(s[:], w[0])
-		binary.LittleEndian.PutUint32(t[:], w[1])
-		f.Src, f.Dst = netip.AddrPortFrom(netip.AddrFrom4(s), sport), netip.AddrPortFrom(netip.AddrFrom4(t), dport)
-	} else {
-		var s, t [16]byte
-		for i := range 4 {
-			binary.LittleEndian.PutUint32(s[4*i:], w[i])
-			binary.LittleEndian.PutUint32(t[4*i:], w[4+i])
-		}
-		f.Src, f.Dst = netip.AddrPortFrom(netip.AddrFrom16(s), sport), netip.AddrPortFrom(netip.AddrFrom16(t), dport)
-	}
+	a := (n - 1) / 2 // words of an address
+	f.Src, f.Dst = netip.AddrPortFrom(wordsAddr(w[:a]), sport), netip.AddrPortFrom(wordsAddr(w[a:2*a]), dport)
 	f.Proto, f.BackendID = Proto(tag), w[n]
 	return f, FlowHash(f.Src, f.Dst, f.Proto, pinHashSeed), w[n+1]
 }

@@ -500,10 +500,10 @@ static __always_inline void nat_peek_reply(struct pkt *p, struct backend *b, __u
 }
 
 /* nat_create makes the flow of a client's first packet toward backend b
- * (id): it allocates a source and port and inserts both entries. It returns
+ * (id) at now (CLOCK_MONOTONIC_COARSE ns): it allocates a source and port and inserts both entries. It returns
  * 0 with the forward translation in fv, or a drop reason. */
 static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m, struct backend *b,
-					__u32 id, __u32 hash, struct nat_scratch *sc)
+					__u32 id, __u32 hash, struct nat_scratch *sc, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -511,7 +511,6 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 	struct ethhdr *eth = data;
 	struct nat_val *fv = &sc->fv, *rv = &sc->rv;
 	__u32 first = 0, idx, full = 0;
-	__u64 now;
 	int err = 0;
 
 	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || cfg->port_hi < cfg->port_lo)
@@ -520,7 +519,6 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 		return CNT_DROP_NAT_NO_SOURCE; /* no translation between families */
 	if ((void *)(eth + 1) > data_end)
 		return CNT_DROP_TRUNCATED;
-	now = bpf_ktime_get_coarse_ns();
 
 	/* A full table (ft_backing_off): new flows fail at once, counted the
 	 * same. */
@@ -794,7 +792,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		if (!backend_up(b))
 			return CNT_DROP_NO_BACKEND;
 		nat_dry_backend(id);
-		r = nat_create(ctx, p, m, b, id, hash, sc);
+		r = nat_create(ctx, p, m, b, id, hash, sc, now);
 		if (r)
 			return r;
 		v = &sc->fv;
@@ -852,12 +850,6 @@ static __always_inline __u32 nat_reply(struct xdp_md *ctx, struct pkt *p)
 		return 0;
 	if (p->frag_first)
 		return CNT_DROP_NAT_UNSUPPORTED;
-	if (p->proto == IPPROTO_TCP_) {
-		struct tcphdr *t = data + l2 + (p->family == 4 ? IPV4_HLEN : IPV6_HLEN);
-
-		if ((void *)(t + 1) > data_end)
-			return CNT_DROP_TRUNCATED;
-	}
 	p->backend_id = v->backend_id;
 	r = nat_rewrite(ctx, p, v->saddr, v->sport, v->daddr, v->dport, l2);
 	if (r)
