@@ -878,6 +878,10 @@ type BenchCase struct {
 	expect   func(pkt []byte) ([]byte, error) // the output for an input
 	counters map[string]uint64                // "action/reason" -> growth per packet
 	prepare  func(d *Datapath) error          // once, before the first run
+	// reset, when set, restores the state a run consumes (snat_new_flow's
+	// empty NAT table) before every run of a sample: the case's, and those
+	// of -ablate and -versus beside it, so that each starts alike.
+	reset    func(d *Datapath) error
 	prepared bool
 }
 
@@ -1142,6 +1146,11 @@ type benchVariant struct {
 // backend).
 func (c *BenchCase) runVariant(d *Datapath, repeat int, v benchVariant) (time.Duration, error) {
 	ablate := v.ablate
+	if c.reset != nil {
+		if err := c.reset(d); err != nil {
+			return 0, fmt.Errorf("%s: %w", c.Name, err)
+		}
+	}
 	var (
 		before  map[string]uint64
 		dur     time.Duration

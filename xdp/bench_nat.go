@@ -294,13 +294,8 @@ func (s *BenchSuite) natCases() []*BenchCase {
 		About: fmt.Sprintf("TCP SYNs of %d new flows (65536 source ports to each of %d SNAT VIPs), each a new NAT flow: "+
 			"port allocation (claim of the reply key with BPF_NOEXIST) and both entries inserted; the table is emptied before each run", benchNATFlows, benchNATVIPs),
 		Budget: 200 * time.Nanosecond,
-		dp: func() (*Datapath, error) {
-			d, err := s.natDP()
-			if err != nil {
-				return nil, err
-			}
-			return d, clearNAT(d)
-		},
+		dp:     s.natDP,
+		reset:  clearNAT,
 		frame: BenchFrame{Data: benchTCPFrame(netip.AddrPortFrom(benchNATClient, 0), vip0, true),
 			VaryOffset: benchOffDaddr + 2, VaryCount: benchNATFlows},
 		verdict:  XDPTx,

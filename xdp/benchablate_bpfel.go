@@ -198,6 +198,7 @@ type benchablateNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	V struct {
 		_         structs.HostLayout
@@ -219,6 +220,7 @@ type benchablateNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Rk struct {
 		_    structs.HostLayout
@@ -227,6 +229,7 @@ type benchablateNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Fv struct {
 		_         structs.HostLayout
@@ -254,8 +257,11 @@ type benchablateNatScratch struct {
 		Dmac      [6]uint8
 		Smac      [6]uint8
 	}
-	Packed [10]uint32
-	_      [4]byte
+	Packed  [10]uint32
+	Peeked  uint32
+	PeekId  uint32
+	PeekIdx uint32
+	_       [4]byte
 }
 
 type benchablateNatSrcStats struct {

@@ -189,6 +189,7 @@ type dryrunNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	V struct {
 		_         structs.HostLayout
@@ -210,6 +211,7 @@ type dryrunNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Rk struct {
 		_    structs.HostLayout
@@ -218,6 +220,7 @@ type dryrunNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Fv struct {
 		_         structs.HostLayout
@@ -245,8 +248,11 @@ type dryrunNatScratch struct {
 		Dmac      [6]uint8
 		Smac      [6]uint8
 	}
-	Packed [10]uint32
-	_      [4]byte
+	Packed  [10]uint32
+	Peeked  uint32
+	PeekId  uint32
+	PeekIdx uint32
+	_       [4]byte
 }
 
 type dryrunNatSrcStats struct {

@@ -247,6 +247,7 @@ type lbNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	V struct {
 		_         structs.HostLayout
@@ -268,6 +269,7 @@ type lbNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Rk struct {
 		_    structs.HostLayout
@@ -276,6 +278,7 @@ type lbNatScratch struct {
 		V6   uint32
 		Bits uint32
 		Tick uint32
+		Hash uint32
 	}
 	Fv struct {
 		_         structs.HostLayout
@@ -303,8 +306,11 @@ type lbNatScratch struct {
 		Dmac      [6]uint8
 		Smac      [6]uint8
 	}
-	Packed [10]uint32
-	_      [4]byte
+	Packed  [10]uint32
+	Peeked  uint32
+	PeekId  uint32
+	PeekIdx uint32
+	_       [4]byte
 }
 
 type lbNatSrcStats struct {

@@ -101,6 +101,11 @@ struct nat_scratch {
 	struct nat_val fv;
 	struct nat_val rv;
 	__u32 packed[10];   /* nat_ft_add: an IPv4 value as nat4 holds it */
+	/* nat_peek_reply left in rk the reply key of a new flow's first try
+	 * toward backend peek_id: 1, else 0 (nat_forward clears it). */
+	__u32 peeked;
+	__u32 peek_id;
+	__u32 peek_idx; /* and the source's index of that try (nat_pick) */
 };
 
 struct {
@@ -118,15 +123,22 @@ static __always_inline struct nat_scratch *nat_scratch(void)
 }
 
 /* nat_hash is k's hash in its table: the flow hash of its tuple with
- * NAT_HASH_SEED plus its direction (xdp/nat.go computes the same). */
-static __always_inline __u32 nat_hash(const struct nat_fkey *k)
+ * NAT_HASH_SEED plus its direction (xdp/nat.go computes the same). It is
+ * computed once per key and kept in k->hash (nat_fill_key clears it): a new
+ * flow's keys go through two or three nat_ft_* calls. */
+static __always_inline __u32 nat_hash(struct nat_fkey *k)
 {
-	__u32 ports = k->w[k->v6 ? 8 : 2], seed = NAT_HASH_SEED + (k->tag >> 7);
+	__u32 ports = k->w[k->v6 ? 8 : 2], seed = NAT_HASH_SEED + (k->tag >> 7), h;
 	__u8 proto = k->tag & ~NAT_TAG_REPLY;
 
+	if (k->hash)
+		return k->hash;
 	if (!k->v6)
-		return flow_hash(k->w[0], k->w[1], ports, ports >> 16, proto, seed);
-	return flow_hash(fold_addr6(&k->w[0]), fold_addr6(&k->w[4]), ports, ports >> 16, proto, seed);
+		h = flow_hash(k->w[0], k->w[1], ports, ports >> 16, proto, seed);
+	else
+		h = flow_hash(fold_addr6(&k->w[0]), fold_addr6(&k->w[4]), ports, ports >> 16, proto, seed);
+	k->hash = h;
+	return h;
 }
 
 /* A nat4 value holds words 0, 4 and 8-15 of a struct nat_val (nat6's value
@@ -220,9 +232,9 @@ __attribute__((noinline)) int nat_ft_del(struct nat_fkey *k)
 	return found && ft_delete(&r);
 }
 
-/* nat_ft_peek reads the first word of k's home bucket, and nothing else:
- * a load issued early, whose cache miss overlaps with what comes next
- * (BPF has no prefetch). */
+/* nat_ft_peek reads the first word of each cache line of k's home bucket,
+ * and nothing else: loads issued early, whose cache misses overlap with what
+ * comes next (BPF has no prefetch). */
 __attribute__((noinline)) int nat_ft_peek(struct nat_fkey *k)
 {
 	__u32 idx, *b;
@@ -232,11 +244,16 @@ __attribute__((noinline)) int nat_ft_peek(struct nat_fkey *k)
 	if (k->v6) {
 		idx = nat_hash(k) & cfg_nat6_mask;
 		b = bpf_map_lookup_elem(&nat6, &idx);
-	} else {
-		idx = nat_hash(k) & cfg_nat4_mask;
-		b = bpf_map_lookup_elem(&nat4, &idx);
+		if (!b)
+			return 0;
+		return *(volatile __u32 *)b + *(volatile __u32 *)(b + 16) + *(volatile __u32 *)(b + 32) +
+		       *(volatile __u32 *)(b + 48);
 	}
-	return b ? *(volatile __u32 *)b : 0;
+	idx = nat_hash(k) & cfg_nat4_mask;
+	b = bpf_map_lookup_elem(&nat4, &idx);
+	if (!b)
+		return 0;
+	return *(volatile __u32 *)b + *(volatile __u32 *)(b + 16);
 }
 
 static __always_inline struct nat_config *nat_cfg(void)
@@ -280,6 +297,7 @@ static __always_inline void nat_fill_key(struct nat_fkey *k, const __u32 *saddr,
 	k->tag = proto | (dir ? NAT_TAG_REPLY : 0);
 	k->bits = 0;
 	k->tick = 0;
+	k->hash = 0;
 	if (fam == 4) {
 		k->v6 = 0;
 		k->w[0] = saddr[0];
@@ -486,17 +504,20 @@ static __always_inline __u32 nat_pick(struct nat_config *cfg, struct pkt *p, __u
  * forward entry's lookup comes first, and the reply entry's insert, a
  * locked compare-and-swap, cannot start before it. Read early, the two
  * misses overlap. */
-static __always_inline void nat_peek_reply(struct pkt *p, struct backend *b, __u32 hash, struct nat_scratch *sc)
+static __always_inline void nat_peek_reply(struct pkt *p, struct backend *b, __u32 id, __u32 hash,
+					   struct nat_scratch *sc)
 {
 	struct nat_config *cfg = nat_cfg();
 	struct nat_val *fv = &sc->fv;
 
 	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || b->family != p->family)
 		return;
-	nat_pick(cfg, p, hash, 0, fv->saddr, &fv->sport);
+	sc->peek_idx = nat_pick(cfg, p, hash, 0, fv->saddr, &fv->sport);
 	nat_fill_key(&sc->rk, (const __u32 *)b->addr, fv->saddr, b->port ? b->port : p->dport, fv->sport, p->proto, p->family,
 		     NAT_DIR_REPLY);
 	nat_ft_peek(&sc->rk);
+	sc->peeked = 1;
+	sc->peek_id = id;
 }
 
 /* nat_create makes the flow of a client's first packet toward backend b
@@ -511,6 +532,7 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 	struct ethhdr *eth = data;
 	struct nat_val *fv = &sc->fv, *rv = &sc->rv;
 	__u32 first = 0, idx, full = 0;
+	__be16 sport;
 	int err = 0;
 
 	if (!cfg || (p->family == 4 ? cfg->n4 : cfg->n6) == 0 || cfg->port_hi < cfg->port_lo)
@@ -524,9 +546,16 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 	 * same. */
 	if (ft_backing_off(&sc->full, now))
 		return CNT_DROP_NAT_FULL;
-	__builtin_memset(fv, 0, sizeof(*fv));
+	/* The forward key is nat_forward's lookup key, whose hash is known
+	 * (nat_hash). The first try's source and port: nat_peek_reply's, kept
+	 * in fv with the reply key in rk. */
+	sc->fk = sc->k;
+	sc->fk.bits = 0;
+	sc->fk.tick = 0;
+	sport = fv->sport;
+	__builtin_memset(fv->daddr, 0, sizeof(*fv) - __builtin_offsetof(struct nat_val, daddr));
+	fv->sport = sport;
 	__builtin_memset(rv, 0, sizeof(*rv));
-	nat_key_of(&sc->fk, p, NAT_DIR_FWD);
 	__builtin_memcpy(fv->daddr, b->addr, 16);
 	fv->dport = b->port ? b->port : p->dport;
 	fv->backend_id = id;
@@ -546,12 +575,16 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < NAT_PORT_TRIES; i++) {
-		idx = nat_pick(cfg, p, hash, i, fv->saddr, &fv->sport);
+		if (i == 0 && sc->peeked && sc->peek_id == id) {
+			idx = sc->peek_idx;
+		} else {
+			idx = nat_pick(cfg, p, hash, i, fv->saddr, &fv->sport);
+			nat_reply_key(&sc->rk, fv, p->proto, p->family);
+		}
 		if (i == 0)
 			first = idx;
 		if (cfg_dry_run)
 			return 0;
-		nat_reply_key(&sc->rk, fv, p->proto, p->family);
 		err = nat_insert_pair(sc);
 		if (err == 0) {
 			ft_room(&sc->full);
@@ -744,6 +777,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	if (!sc)
 		return CNT_DROP_NAT_FULL;
 	now = bpf_ktime_get_coarse_ns();
+	sc->peeked = 0;
 
 	if (p->syn) {
 		/* Most likely a new flow: its backend, and an early read of
@@ -756,7 +790,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		/* Not while this CPU backs off from a full table: no flow will
 		 * be made. */
 		if (backend_up(nb) && !ft_backing_off(&sc->full, now))
-			nat_peek_reply(p, nb, hash, sc);
+			nat_peek_reply(p, nb, new_id, hash, sc);
 	}
 	v = &sc->v;
 	nat_key_of(&sc->k, p, NAT_DIR_FWD);
@@ -766,7 +800,7 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		b = backend_lookup(v->backend_id);
 		if (!backend_up(b)) {
 			count(CNT_EV_NAT_BACKEND_LOST);
-			nat_delete_pair(p, v, &sc->k);
+			nat_delete_pair(p, v, &sc->fk);
 			if (t && !p->syn) {
 				if (t->rst)
 					return CNT_DROP_NO_BACKEND;

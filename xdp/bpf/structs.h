@@ -318,6 +318,7 @@ struct nat_fkey {
 	__u32 v6;
 	__u32 bits;         /* lookup: state bits to set in the entry found */
 	__u32 tick;         /* lookup: now >> FT_TICK_SHIFT, or 0 not to touch */
+	__u32 hash;         /* its hash in its table, once a nat_ft_* function computed it; 0 before */
 };
 
 /* A NAT entry's value for either family (nat4 and nat6 store it packed). */
