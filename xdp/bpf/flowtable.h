@@ -109,6 +109,17 @@ __attribute__((noinline)) int ft_lock(__u64 *hb)
 	return 0;
 }
 
+/* ft_trylock takes the lock at hb if it is free at its first try: the
+ * common case, inlined, so that an insert calls ft_lock only to wait
+ * (snat_new_flow, two inserts: -4 and -12 ns in two runs beside the
+ * build before). */
+static __always_inline int ft_trylock(__u64 *hb)
+{
+	__u64 v = *(volatile __u64 *)hb;
+
+	return !(v & FT_LOCKED) && __sync_val_compare_and_swap(hb, v, v | FT_LOCKED) == v;
+}
+
 /* ft_with_state is the entry's first 8 bytes v with the state word s. */
 static __always_inline __u64 ft_with_state(__u64 v, __u32 s)
 {
@@ -215,7 +226,7 @@ static __always_inline int ft_insert(void *map, __u32 mask, __u32 hash, const __
 	hb = bpf_map_lookup_elem(map, &home);
 	if (!hb)
 		return -FT_ENOSPC;
-	if (!ft_lock((__u64 *)hb))
+	if (!ft_trylock((__u64 *)hb) && !ft_lock((__u64 *)hb))
 		return -FT_EBUSY;
 
 	if (ft_find(map, mask, hash, key, tag, g, &r)) {
