@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
 
@@ -198,10 +199,8 @@ func containsName(names []string, n string) bool {
 
 // snatConn is a connection through a SNAT VIP, with what its backend saw.
 type snatConn struct {
-	net.Conn
-	r       *bufio.Reader
-	backend string
-	seen    netip.AddrPort // where the backend saw it come from
+	*scenario.Conn
+	seen netip.AddrPort // where the backend saw it come from
 }
 
 func dialSNAT(ctx context.Context, topo *testnet.Topology, vip string, port int) (*snatConn, error) {
@@ -225,23 +224,7 @@ func dialSNAT(ctx context.Context, topo *testnet.Topology, vip string, port int)
 		c.Close()
 		return nil, fmt.Errorf("greeting %q: %w", line, err)
 	}
-	return &snatConn{Conn: c, r: r, backend: name, seen: netip.AddrPortFrom(seen.Addr().Unmap(), seen.Port())}, nil
-}
-
-func (c *snatConn) echo(msg string) error {
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := fmt.Fprintf(c, "%s\n", msg); err != nil {
-		return err
-	}
-	got, err := c.r.ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(got) != msg {
-		return fmt.Errorf("echo: sent %q, got %q", msg, got)
-	}
-	return nil
+	return &snatConn{Conn: scenario.NewConn(c, r, name), seen: netip.AddrPortFrom(seen.Addr().Unmap(), seen.Port())}, nil
 }
 
 func TestSNATEndToEnd(t *testing.T) {
@@ -320,12 +303,12 @@ func TestSNATEndToEnd(t *testing.T) {
 				}
 				defer c.Close()
 				if c.seen.Addr() != src4 {
-					errs = append(errs, fmt.Errorf("backend %s saw the connection from %s, want the SNAT source %s", c.backend, c.seen, src4))
+					errs = append(errs, fmt.Errorf("backend %s saw the connection from %s, want the SNAT source %s", c.Backend, c.seen, src4))
 				}
 				if p := c.seen.Port(); p < 20000 || p > 29999 {
-					errs = append(errs, fmt.Errorf("backend %s saw source port %d, outside snat.ports %s", c.backend, p, snatPortsYAML))
+					errs = append(errs, fmt.Errorf("backend %s saw source port %d, outside snat.ports %s", c.Backend, p, snatPortsYAML))
 				}
-				counts[c.backend]++
+				counts[c.Backend]++
 			}()
 		}
 		wg.Wait()
@@ -346,10 +329,10 @@ func TestSNATEndToEnd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.backend != "far" || c.seen.Addr() != src4 {
-				t.Errorf("answered by %s, which saw the connection from %s; want far, from %s", c.backend, c.seen, src4)
+			if c.Backend != "far" || c.seen.Addr() != src4 {
+				t.Errorf("answered by %s, which saw the connection from %s; want far, from %s", c.Backend, c.seen, src4)
 			}
-			if err := c.echo("across two arms"); err != nil {
+			if err := c.Echo("across two arms"); err != nil {
 				t.Error(err)
 			}
 			c.Close()
@@ -363,9 +346,9 @@ func TestSNATEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.seen.Addr() != src6 {
-				t.Errorf("backend %s saw the connection from %s, want the SNAT source %s", c.backend, c.seen, src6)
+				t.Errorf("backend %s saw the connection from %s, want the SNAT source %s", c.Backend, c.seen, src6)
 			}
-			if err := c.echo("hello over IPv6"); err != nil {
+			if err := c.Echo("hello over IPv6"); err != nil {
 				t.Error(err)
 			}
 			c.Close()
@@ -495,11 +478,11 @@ func TestSNATEndToEnd(t *testing.T) {
 		var removed int
 		for i, c := range held {
 			start := time.Now()
-			err := c.echo(fmt.Sprintf("still there %d", i))
+			err := c.Echo(fmt.Sprintf("still there %d", i))
 			took := time.Since(start)
-			if c.backend != "b1" {
+			if c.Backend != "b1" {
 				if err != nil {
-					t.Errorf("connection %d to %s broke: %v", i, c.backend, err)
+					t.Errorf("connection %d to %s broke: %v", i, c.Backend, err)
 				}
 				continue
 			}

@@ -370,6 +370,12 @@ func (s *Servers) Dial(ctx context.Context, vip netip.Addr) (*Conn, error) {
 	return &Conn{Conn: c, Backend: strings.TrimSpace(name), r: r}, nil
 }
 
+// NewConn is c, whose backend's greeting (naming it backend) r read: the
+// rest of the stream is r's.
+func NewConn(c net.Conn, r *bufio.Reader, backend string) *Conn {
+	return &Conn{Conn: c, Backend: backend, r: r}
+}
+
 // Echo sends msg and reads it back, proving the connection still works.
 func (c *Conn) Echo(msg string) error {
 	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
