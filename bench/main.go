@@ -6,6 +6,7 @@
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
 //	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-q]
 //	go run ./bench e2e [-json] [-rounds N] [-duration D] [-workers N] [-modes LIST] [-q]
+//	go run ./bench memlat [-json] [-size MiB] [-chains LIST] [-loads N]
 //
 // datapath measures the XDP program per packet with BPF_PROG_TEST_RUN, case
 // by case, next to the frame-restore floor and an empty XDP program measured
@@ -37,6 +38,11 @@
 // live-frames generator (not for HAProxy), TCP connections per second from a
 // Go load generator, and the appliance's CPU per packet and per connection,
 // the appliance pinned to one CPU. It needs root, two CPUs, nft and haproxy.
+//
+// memlat measures the machine's memory latency as a flow-table lookup meets
+// it: dependent loads at random cache lines of a large area (a pointer
+// chase), with 4 KiB and with transparent huge pages, one chain and several
+// in lockstep (how far misses overlap). It needs no privilege.
 //
 // soak runs the real daemon (cmd/xdplb, built for the run) in network
 // namespaces with long-lived and new TCP connections through four VIPs while
@@ -83,6 +89,7 @@ const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
        bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-q]
        bench e2e [-json] [-rounds 5] [-duration 2s] [-workers 32] [-modes xdplb,nftables,haproxy] [-q]
+       bench memlat [-json] [-size 256] [-chains 1,2,4] [-loads 2000000]
 
 datapath  per-packet cost of the XDP program, case by case (needs root)
 fuzz      differential fuzzing of the XDP program against its Go model: packets
@@ -95,6 +102,8 @@ forward   forwarding rate of the attached program on veths, frames sent with
 e2e       xdplb against nftables DNAT and HAProxy on the same VIP and backends:
           UDP packets/s, TCP connections/s, appliance CPU (needs root, two CPUs,
           nft and haproxy)
+memlat    memory latency as the flow tables meet it: ns per dependent load at
+          random cache lines, 4 KiB and huge pages, 1 or more chains at once
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -106,6 +115,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return forward(ctx, args[1:], stdout, stderr)
 		case "e2e":
 			return e2e(ctx, args[1:], stdout, stderr)
+		case "memlat":
+			return memlat(ctx, args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 || (args[0] != "datapath" && args[0] != "soak") {
