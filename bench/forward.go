@@ -18,6 +18,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/scenario"
@@ -34,6 +35,10 @@ var (
 	fwdLBOut    = netip.MustParsePrefix("198.18.2.1/24")
 	fwdSinkAddr = netip.MustParsePrefix("198.18.2.2/24")
 	fwdVIP      = netip.MustParseAddr("198.18.100.1")
+	// fwdOneArmBackend is the backend of the one-arm cases: on the
+	// generator's link, its MAC the generator's veth's (a permanent
+	// neighbour entry in the appliance's namespace).
+	fwdOneArmBackend = netip.MustParseAddr("198.18.1.3")
 )
 
 const (
@@ -54,6 +59,10 @@ type fwdCase struct {
 	// Hairpin: the frames come back to the generator's namespace (counted
 	// there) instead of going on to the backend's.
 	Hairpin bool
+	// OneArm: xdplb's backend is on the link the frames came in by (DSR's
+	// usual one-arm layout): they leave by XDP_TX out of the ingress veth,
+	// as the hairpin's do, and are counted on the generator's side.
+	OneArm bool
 }
 
 var fwdCases = []fwdCase{
@@ -61,6 +70,8 @@ var fwdCases = []fwdCase{
 	{Name: "xdp_redirect", About: "trivial XDP_REDIRECT through a device map to the backend's veth, untouched"},
 	{Name: "xdplb_dsr_l2", About: "xdplb, DSR L2: backend MAC written, redirected to the backend's veth", XDPLB: true, Mode: xdp.ModeDSRL2},
 	{Name: "xdplb_dsr_ipip", About: "xdplb, DSR IPIP: outer IPv4 header toward the backend, redirected to its veth", XDPLB: true, Mode: xdp.ModeDSRIPIP},
+	{Name: "xdplb_dsr_l2_onearm", About: "xdplb, DSR L2, one-arm: the backend on the generator's link, its MAC written, XDP_TX back out of the ingress veth (as the hairpin), counted on the generator's side", XDPLB: true, Mode: xdp.ModeDSRL2, OneArm: true},
+	{Name: "xdplb_dsr_ipip_onearm", About: "xdplb, DSR IPIP, one-arm: outer IPv4 header toward the backend on the generator's link, XDP_TX back out of the ingress veth", XDPLB: true, Mode: xdp.ModeDSRIPIP, OneArm: true},
 }
 
 // fwdOptions configure the forward benchmark.
@@ -110,6 +121,7 @@ type fwdNet struct {
 
 	genCount, sinkCount *ebpf.Map
 	sinkDrop, sinkPass  *ebpf.Program
+	genDrop, genPass    *ebpf.Program
 	genSink, sinkLink   link.Link
 	progs               []*ebpf.Program
 	maps                []*ebpf.Map
@@ -160,11 +172,14 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 		return nil, err
 	}
 	n.maps = append(n.maps, n.sinkCount)
-	genDrop, err := sinkProgram(n.genCount, 0, xdpDrop)
-	if err != nil {
+	if n.genDrop, err = sinkProgram(n.genCount, 0, xdpDrop); err != nil {
 		return nil, err
 	}
-	n.progs = append(n.progs, genDrop)
+	n.progs = append(n.progs, n.genDrop)
+	if n.genPass, err = sinkProgram(n.genCount, 0, xdpPass); err != nil {
+		return nil, err
+	}
+	n.progs = append(n.progs, n.genPass)
 	if n.sinkDrop, err = sinkProgram(n.sinkCount, 0, xdpDrop); err != nil {
 		return nil, err
 	}
@@ -173,7 +188,7 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 		return nil, err
 	}
 	n.progs = append(n.progs, n.sinkPass)
-	if n.genSink, err = attachXDP(n.g0, genDrop); err != nil {
+	if n.genSink, err = attachXDP(n.g0, n.genDrop); err != nil {
 		return nil, err
 	}
 	if n.sinkLink, err = attachXDP(n.s0, n.sinkDrop); err != nil {
@@ -222,6 +237,12 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 	if err := n.dp.SetEncapSource(netip.PrefixFrom(fwdLBOut.Addr(), 32), netip.Prefix{}); err != nil {
 		return nil, err
 	}
+	// The one-arm backend's neighbour entry: the generator's veth answers
+	// no ARP for it.
+	if err := app.Netlink().NeighAdd(&netlink.Neigh{LinkIndex: n.a0.Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		IP: fwdOneArmBackend.AsSlice(), HardwareAddr: n.g0.MAC}); err != nil {
+		return nil, fmt.Errorf("neighbour entry of the one-arm backend: %w", err)
+	}
 	n.rec = lb.NewReconciler(n.dp, scenario.NextHops{NS: app}, lb.Options{MaxBackends: 64})
 	if err := waitUp(ctx, n.g0, n.a0, n.a1, n.s0); err != nil {
 		return nil, err
@@ -229,14 +250,22 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 	return n, nil
 }
 
-// setMode points the VIP at the backend in mode.
-func (n *fwdNet) setMode(ctx context.Context, mode xdp.Mode) error {
+// backend is c's backend address.
+func (c fwdCase) backend() netip.Addr {
+	if c.OneArm {
+		return fwdOneArmBackend
+	}
+	return fwdSinkAddr.Addr()
+}
+
+// setMode points the VIP at c's backend in c's mode.
+func (n *fwdNet) setMode(ctx context.Context, c fwdCase) error {
 	st := n.rec.Apply(ctx, lb.State{Seed: maglevSeed, Services: []lb.Service{{
-		Name: "bench", Addr: fwdVIP, Proto: xdp.UDP, Ports: []uint16{fwdPort}, Mode: mode,
-		Backends: []lb.Backend{{Addr: fwdSinkAddr.Addr(), Weight: 1}},
+		Name: "bench", Addr: fwdVIP, Proto: xdp.UDP, Ports: []uint16{fwdPort}, Mode: c.Mode,
+		Backends: []lb.Backend{{Addr: c.backend(), Weight: 1}},
 	}}}, nil)
 	if len(st.Errors) > 0 {
-		return fmt.Errorf("configuring the VIP (%s): %s", mode, st.Errors[0].Err)
+		return fmt.Errorf("configuring the VIP (%s): %s", c.Name, st.Errors[0].Err)
 	}
 	return nil
 }
@@ -245,7 +274,7 @@ func (n *fwdNet) setMode(ctx context.Context, mode xdp.Mode) error {
 // its NAPI threads, pinned to the appliance's CPU, and how to take it off.
 func (n *fwdNet) attach(ctx context.Context, c fwdCase) (threads []napiThread, detach func() error, err error) {
 	if c.XDPLB {
-		if err := n.setMode(ctx, c.Mode); err != nil {
+		if err := n.setMode(ctx, c); err != nil {
 			return nil, nil, err
 		}
 		err := n.a0.NS.Do(func() error { _, err := n.dp.Attach(n.a0.Name, xdp.AttachNative); return err })
@@ -275,19 +304,31 @@ func (n *fwdNet) attach(ctx context.Context, c fwdCase) (threads []napiThread, d
 }
 
 func (n *fwdNet) sinkOf(c fwdCase) *ebpf.Map {
-	if c.Hairpin {
+	if c.Hairpin || c.OneArm {
 		return n.genCount
 	}
 	return n.sinkCount
 }
 
-// xdplbForwarded is xdplb's count of frames redirected in mode.
-func (n *fwdNet) xdplbForwarded(mode xdp.Mode) (uint64, error) {
-	reason := "dsr_l2"
-	if mode == xdp.ModeDSRIPIP {
+// egressOf is the appliance's interface c's frames leave by.
+func (n *fwdNet) egressOf(c fwdCase) *iface {
+	if c.Hairpin || c.OneArm {
+		return n.a0
+	}
+	return n.a1
+}
+
+// xdplbForwarded is xdplb's count of frames it forwarded in c: sent back
+// out (one-arm) or redirected.
+func (n *fwdNet) xdplbForwarded(c fwdCase) (uint64, error) {
+	action, reason := "redirect", "dsr_l2"
+	if c.OneArm {
+		action = "tx"
+	}
+	if c.Mode == xdp.ModeDSRIPIP {
 		reason = "dsr_ipip"
 	}
-	return n.dp.Counter("redirect", reason)
+	return n.dp.Counter(action, reason)
 }
 
 // measure runs the generator for d and reads the counters around it. With
@@ -301,11 +342,11 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 			return
 		}
 		if c.XDPLB {
-			if fwd, err = n.xdplbForwarded(c.Mode); err != nil {
+			if fwd, err = n.xdplbForwarded(c); err != nil {
 				return
 			}
 		}
-		st, err := linkStats(n.a1)
+		st, err := linkStats(n.egressOf(c))
 		if err != nil {
 			return
 		}
@@ -339,7 +380,7 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 	}
 	s.Delivered, s.Dropped, s.CPU, s.CPUBusy = c1-c0, d1-d0, cpu1-cpu0, busy1-busy0
 	if c.XDPLB && s.Delivered+s.Dropped != f1-f0 {
-		return s, fmt.Errorf("check failed: %s: xdplb redirected %d frames, the backend counted %d and the egress veth dropped %d", c.Name, f1-f0, s.Delivered, s.Dropped)
+		return s, fmt.Errorf("check failed: %s: xdplb forwarded %d frames, the backend counted %d and the egress veth dropped %d", c.Name, f1-f0, s.Delivered, s.Dropped)
 	}
 	if s.Delivered == 0 {
 		return s, fmt.Errorf("check failed: %s: no frame reached the sink", c.Name)
@@ -347,32 +388,36 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 	return s, nil
 }
 
-// validate sends a few frames through xdplb in mode with the backend's sink
-// passing them to a packet socket, and checks each against what xdplb
+// validate sends a few frames through xdplb as case c with the backend's
+// sink passing them to a packet socket, and checks each against what xdplb
 // should make of it, and the counters against the frames.
-func (n *fwdNet) validate(ctx context.Context, mode xdp.Mode) error {
-	c := fwdCase{Name: "validate " + mode.String(), XDPLB: true, Mode: mode}
+func (n *fwdNet) validate(ctx context.Context, c fwdCase) error {
 	_, detach, err := n.attach(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer detach()
-	if err := n.sinkLink.Update(n.sinkPass); err != nil {
+	sinkLink, pass, drop, at := n.sinkLink, n.sinkPass, n.sinkDrop, n.s0
+	if c.OneArm {
+		sinkLink, pass, drop, at = n.genSink, n.genPass, n.genDrop, n.g0
+	}
+	if err := sinkLink.Update(pass); err != nil {
 		return fmt.Errorf("letting the sink pass frames: %w", err)
 	}
-	defer n.sinkLink.Update(n.sinkDrop)
-	capt, err := openCapture(n.s0)
+	defer sinkLink.Update(drop)
+	capt, err := openCapture(at)
 	if err != nil {
 		return err
 	}
 	defer capt.Close()
 
 	const frames = 16
-	c0, err := readCounter(n.sinkCount)
+	sink := n.sinkOf(c)
+	c0, err := readCounter(sink)
 	if err != nil {
 		return err
 	}
-	f0, err := n.xdplbForwarded(mode)
+	f0, err := n.xdplbForwarded(c)
 	if err != nil {
 		return err
 	}
@@ -384,33 +429,37 @@ func (n *fwdNet) validate(ctx context.Context, mode xdp.Mode) error {
 		return err
 	}
 	time.Sleep(20 * time.Millisecond)
-	c1, err := readCounter(n.sinkCount)
+	c1, err := readCounter(sink)
 	if err != nil {
 		return err
 	}
-	f1, err := n.xdplbForwarded(mode)
+	f1, err := n.xdplbForwarded(c)
 	if err != nil {
 		return err
 	}
 	if len(got) != frames || c1-c0 != frames || f1-f0 != frames {
-		return fmt.Errorf("check failed: %s: sent %d frames; captured %d at the backend, its sink counted %d, xdplb redirected %d", mode, frames, len(got), c1-c0, f1-f0)
+		return fmt.Errorf("check failed: %s: sent %d frames; captured %d at the backend, its sink counted %d, xdplb forwarded %d", c.Name, frames, len(got), c1-c0, f1-f0)
 	}
 	for i, f := range got {
-		if err := n.checkFrame(mode, f); err != nil {
-			return fmt.Errorf("check failed: %s: frame %d: %w", mode, i, err)
+		if err := n.checkFrame(c, f); err != nil {
+			return fmt.Errorf("check failed: %s: frame %d: %w", c.Name, i, err)
 		}
 	}
 	return nil
 }
 
-// checkFrame checks one frame that reached the backend: from the
+// checkFrame checks one frame of case c that reached the backend: from the
 // appliance's egress MAC to the backend's, carrying the generator's IP packet
 // unchanged (but for the source port the generator varies), in IPIP mode
 // with its TTL one less inside an outer IPv4 header from the encap source to
 // the backend.
-func (n *fwdNet) checkFrame(mode xdp.Mode, f []byte) error {
-	if !bytes.Equal(f[0:6], n.s0.MAC) || !bytes.Equal(f[6:12], n.a1.MAC) {
-		return fmt.Errorf("MACs %v -> %v, want %v -> %v", net.HardwareAddr(f[6:12]), net.HardwareAddr(f[0:6]), n.a1.MAC, n.s0.MAC)
+func (n *fwdNet) checkFrame(c fwdCase, f []byte) error {
+	mode, from, to := c.Mode, n.a1.MAC, n.s0.MAC
+	if c.OneArm {
+		from, to = n.a0.MAC, n.g0.MAC
+	}
+	if !bytes.Equal(f[0:6], to) || !bytes.Equal(f[6:12], from) {
+		return fmt.Errorf("MACs %v -> %v, want %v -> %v", net.HardwareAddr(f[6:12]), net.HardwareAddr(f[0:6]), from, to)
 	}
 	inner := f[14:]
 	if mode == xdp.ModeDSRIPIP {
@@ -422,8 +471,8 @@ func (n *fwdNet) checkFrame(mode xdp.Mode, f []byte) error {
 			return fmt.Errorf("outer header: %w", err)
 		}
 		src, dst := netip.AddrFrom4([4]byte(outer[12:16])), netip.AddrFrom4([4]byte(outer[16:20]))
-		if outer[0] != 0x45 || outer[9] != 4 || src != fwdLBOut.Addr() || dst != fwdSinkAddr.Addr() || int(outer[2])<<8|int(outer[3]) != len(f)-14 {
-			return fmt.Errorf("outer header % x: want IPv4, protocol 4 (IPIP), %v -> %v, total length %d", outer, fwdLBOut.Addr(), fwdSinkAddr.Addr(), len(f)-14)
+		if outer[0] != 0x45 || outer[9] != 4 || src != fwdLBOut.Addr() || dst != c.backend() || int(outer[2])<<8|int(outer[3]) != len(f)-14 {
+			return fmt.Errorf("outer header % x: want IPv4, protocol 4 (IPIP), %v -> %v, total length %d", outer, fwdLBOut.Addr(), c.backend(), len(f)-14)
 		}
 		inner = f[34:]
 	}
@@ -516,10 +565,10 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 	}
 	for _, c := range cases {
 		if c.XDPLB {
-			if err := n.validate(ctx, c.Mode); err != nil {
+			if err := n.validate(ctx, c); err != nil {
 				return nil, err
 			}
-			fmt.Fprintf(progress, "%s: sample frames checked at the backend, counters match\n", c.Mode)
+			fmt.Fprintf(progress, "%s: sample frames checked at the backend, counters match\n", c.Name)
 		}
 	}
 	samples := make([][]fwdSample, len(cases))
@@ -548,7 +597,7 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 				return nil, err
 			}
 			samples[i] = append(samples[i], s)
-			fmt.Fprintf(progress, "round %d %-16s %6.2f Mpps per vCPU, %5.2f Mpps, appliance thread %3.0f%% (CPU %d busy %3.0f%%), offered %5.2f Mpps, egress drops %d\n",
+			fmt.Fprintf(progress, "round %d %-21s %6.2f Mpps per vCPU, %5.2f Mpps, appliance thread %3.0f%% (CPU %d busy %3.0f%%), offered %5.2f Mpps, egress drops %d\n",
 				round+1, c.Name, s.MppsPerCPU(), s.Mpps(), 100*s.Util(), applianceCPU, 100*s.CPUBusy.Seconds()/s.Wall.Seconds(), float64(s.Offered)/s.Wall.Seconds()/1e6, s.Dropped)
 		}
 	}

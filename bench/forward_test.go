@@ -39,8 +39,10 @@ func TestForward(t *testing.T) {
 			t.Errorf("%s: samples %+v: want one that delivered frames", r.Case, r.Samples)
 		}
 	}
-	if !strings.Contains(progress.String(), "dsr-l2: sample frames checked") || !strings.Contains(progress.String(), "dsr-ipip: sample frames checked") {
-		t.Error("the sample frames of both DSR modes were not checked")
+	for _, c := range fwdCases {
+		if c.XDPLB && !strings.Contains(progress.String(), c.Name+": sample frames checked") {
+			t.Errorf("%s: its sample frames were not checked", c.Name)
+		}
 	}
 	assertGone(t, names)
 }
