@@ -214,6 +214,13 @@ func NewConfig(s *Source) *Config {
 	for _, pool := range [][]netip.Addr{nat4Pool, nat6Pool} {
 		c.NAT.Sources = append(c.NAT.Sources, pool[:Pick(s, 1, 1, 2, 2, 0)]...)
 	}
+	// A source that is also a VIP's address: replies to its ports are
+	// translated before any service of that address is looked up, ICMP
+	// errors about its flows go to their clients, anything else is the
+	// VIP's.
+	if len(c.VIPs) > 0 && s.Chance(15) {
+		c.NAT.Sources = append(c.NAT.Sources, Pick(s, c.VIPs...).Key.Addr)
+	}
 	size := Pick(s, 1, 1, 2, 3, 4, 16, 300, 65536)
 	c.NAT.PortLo = Pick[uint16](s, 1024, 20000, 60000, 65535, 1+uint16(s.N(65535)))
 	c.NAT.PortHi = uint16(min(65535, int(c.NAT.PortLo)+size-1))
