@@ -77,7 +77,11 @@ func memlat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				unix.Munmap(mem)
 				return ctx.Err()
 			}
-			d := memlatChase(mem, k, *loads)
+			d, end := memlatChase(mem, k, *loads)
+			if end >= uint64(size/memlatLine) {
+				unix.Munmap(mem)
+				return fmt.Errorf("memlat: the chase left the area (line %d)", end)
+			}
 			out = append(out, memlatResult{Pages: pages, Chains: k, NsPerStep: float64(d.Nanoseconds()) / float64(*loads)})
 		}
 		if err := unix.Munmap(mem); err != nil {
@@ -118,8 +122,9 @@ func memlatCycle(mem []byte, seed uint64) {
 }
 
 // memlatChase walks k chains of mem's cycle in lockstep for steps steps,
-// the chains starting a k-th of the area apart, and returns the time taken.
-func memlatChase(mem []byte, k, steps int) time.Duration {
+// the chains starting a k-th of the area apart, and returns the time taken
+// and where the first chain ended (so that the loads are used).
+func memlatChase(mem []byte, k, steps int) (time.Duration, uint64) {
 	n := len(mem) / memlatLine
 	var at [16]uint64
 	for j := range k {
@@ -131,10 +136,5 @@ func memlatChase(mem []byte, k, steps int) time.Duration {
 			at[j] = binary.LittleEndian.Uint64(mem[at[j]*memlatLine:])
 		}
 	}
-	d := time.Since(start)
-	memlatSink = at[0]
-	return d
+	return time.Since(start), at[0]
 }
-
-// memlatSink keeps the chase's result alive.
-var memlatSink uint64
