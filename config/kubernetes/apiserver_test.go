@@ -330,21 +330,7 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 	if _, err := admin.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, fam := range []struct {
-		name string
-		typ  discoveryv1.AddressType
-		addr string
-	}{{"ds-4", discoveryv1.AddressTypeIPv4, "198.18.0.11"}, {"ds-6", discoveryv1.AddressTypeIPv6, "2001:db8::11"}} {
-		es := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: fam.name, Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "ds"}},
-			AddressType: fam.typ,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr("p80"), Port: ptr(int32(80)), Protocol: ptr(corev1.ProtocolTCP)}},
-			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{fam.addr}}},
-		}
-		if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createDualStackSlices(ctx, t, admin, "ds", 80)
 	waitFor(t, "both families in the status", func() bool {
 		return slices.Equal(ingressOf(t, admin, "ds"), []string{"2001:db8:20::1", "198.18.20.1"})
 	})
@@ -388,21 +374,7 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 	if _, err := svcs.Create(ctx, newLB("nat", nil, snat, 80), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, fam := range []struct {
-		name string
-		typ  discoveryv1.AddressType
-		addr string
-	}{{"nat-4", discoveryv1.AddressTypeIPv4, "198.18.0.11"}, {"nat-6", discoveryv1.AddressTypeIPv6, "2001:db8::11"}} {
-		es := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: fam.name, Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "nat"}},
-			AddressType: fam.typ,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr("p80"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
-			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{fam.addr}}},
-		}
-		if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createDualStackSlices(ctx, t, admin, "nat", 8080)
 	offered := func() []string {
 		got, _ := o.get()
 		var out []string
@@ -450,4 +422,26 @@ kubernetes: {kubeconfig: /dev/null, leaseNamespace: default}
 		return slices.Contains(eventsOf(t, admin, "nat"), `InvalidAnnotation: annotation xdplb.io/mode: "snat" needs an IPv4 address under snat.sources for 198.18.20.1; the Service is not served`)
 	})
 	waitFor(t, "nat no longer offered", func() bool { return len(offered()) == 0 })
+}
+
+// createDualStackSlices gives Service svc one EndpointSlice per family,
+// svc-4 with 198.18.0.11 and svc-6 with 2001:db8::11, each serving port
+// "p80" on port.
+func createDualStackSlices(ctx context.Context, t *testing.T, admin kubernetes.Interface, svc string, port int32) {
+	t.Helper()
+	for _, fam := range []struct {
+		suffix string
+		typ    discoveryv1.AddressType
+		addr   string
+	}{{"-4", discoveryv1.AddressTypeIPv4, "198.18.0.11"}, {"-6", discoveryv1.AddressTypeIPv6, "2001:db8::11"}} {
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + fam.suffix, Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: fam.typ,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr("p80"), Port: ptr(port), Protocol: ptr(corev1.ProtocolTCP)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{fam.addr}}},
+		}
+		if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -92,23 +92,6 @@ static __always_inline __u64 ft_cas(__u32 *w, __u64 old, __u64 new)
 	return __sync_val_compare_and_swap((__u64 *)w, old, new);
 }
 
-/* ft_lock takes the insert lock of the bucket whose head is at hb: 1, or 0
- * after FT_LOCK_TRIES tries. A global BPF function: its loop is verified
- * once, where inlined it is verified again at every insert's call site, try
- * by try (the verifier's budget allowed 64 tries so). */
-__attribute__((noinline)) int ft_lock(__u64 *hb)
-{
-	if (!hb)
-		return 0;
-	for (int t = 0; t < FT_LOCK_TRIES; t++) {
-		__u64 v = *(volatile __u64 *)hb;
-
-		if (!(v & FT_LOCKED) && __sync_val_compare_and_swap(hb, v, v | FT_LOCKED) == v)
-			return 1;
-	}
-	return 0;
-}
-
 /* ft_trylock takes the lock at hb if it is free at its first try: the
  * common case, inlined, so that an insert calls ft_lock only to wait
  * (snat_new_flow, two inserts: -4 and -12 ns in two runs beside the
@@ -118,6 +101,20 @@ static __always_inline int ft_trylock(__u64 *hb)
 	__u64 v = *(volatile __u64 *)hb;
 
 	return !(v & FT_LOCKED) && __sync_val_compare_and_swap(hb, v, v | FT_LOCKED) == v;
+}
+
+/* ft_lock takes the insert lock of the bucket whose head is at hb: 1, or 0
+ * after FT_LOCK_TRIES tries. A global BPF function: its loop is verified
+ * once, where inlined it is verified again at every insert's call site, try
+ * by try (the verifier's budget allowed 64 tries so). */
+__attribute__((noinline)) int ft_lock(__u64 *hb)
+{
+	if (!hb)
+		return 0;
+	for (int t = 0; t < FT_LOCK_TRIES; t++)
+		if (ft_trylock(hb))
+			return 1;
+	return 0;
 }
 
 /* ft_with_state is the entry's first 8 bytes v with the state word s. */
