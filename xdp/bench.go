@@ -100,12 +100,16 @@ const (
 	AblateHash    = Ablation(benchXdplbAblationABLATE_HASH)     // the flow hash (a constant: the backend changes)
 	AblateTable   = Ablation(benchXdplbAblationABLATE_TABLE)    // the Maglev slot's read (slot 0: the backend changes)
 	AblateSNAT    = Ablation(benchXdplbAblationABLATE_SNAT)     // the SNAT-source check before the service lookup
+	// A new NAT flow's steps (snat_new_flow), with the others run alike.
+	AblateNATPeek   = Ablation(benchXdplbAblationABLATE_NAT_PEEK)   // a SYN's early read of its reply entry's bucket
+	AblateNATLookup = Ablation(benchXdplbAblationABLATE_NAT_LOOKUP) // the forward entry's lookup (always a miss)
+	AblateNATInsert = Ablation(benchXdplbAblationABLATE_NAT_INSERT) // a new flow's two inserts (nothing written)
 )
 
 // Ablations names the stages, for flags and reports.
 var Ablations = map[string]Ablation{
 	"monitor": AblateMonitor, "stats": AblateStats, "lbstats": AblateLBStats, "index": AblateIndex, "hash": AblateHash,
-	"table": AblateTable, "snat": AblateSNAT,
+	"table": AblateTable, "snat": AblateSNAT, "natpeek": AblateNATPeek, "natlookup": AblateNATLookup, "natinsert": AblateNATInsert,
 }
 
 // ablationBuild, with stages or alone, asks benchObjects for the ablation
@@ -1143,7 +1147,7 @@ type benchVariant struct {
 // runVariant is run by another build of the program. What the stages an
 // ablation leaves out would change is not checked: the counters without the
 // counting stages, the output without the flow hash or the table (another
-// backend).
+// backend) or the NAT inserts (no flow).
 func (c *BenchCase) runVariant(d *Datapath, repeat int, v benchVariant) (time.Duration, error) {
 	ablate := v.ablate
 	if c.reset != nil {
@@ -1180,7 +1184,7 @@ func (c *BenchCase) runVariant(d *Datapath, repeat int, v benchVariant) (time.Du
 	if verdict != c.verdict {
 		return 0, fmt.Errorf("%s: verdict %d after %d packets, want %d", c.Name, verdict, repeat, c.verdict)
 	}
-	if ablate&(AblateHash|AblateTable) != 0 {
+	if ablate&(AblateHash|AblateTable|AblateNATInsert) != 0 {
 		return dur, nil
 	}
 	last := c.frame.Varied(uint32(repeat - 1))

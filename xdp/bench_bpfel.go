@@ -377,13 +377,16 @@ type benchVipSlot struct {
 type benchXdplbAblation uint32
 
 const (
-	benchXdplbAblationABLATE_MONITOR  benchXdplbAblation = 1
-	benchXdplbAblationABLATE_STATS    benchXdplbAblation = 2
-	benchXdplbAblationABLATE_LB_STATS benchXdplbAblation = 4
-	benchXdplbAblationABLATE_INDEX    benchXdplbAblation = 8
-	benchXdplbAblationABLATE_HASH     benchXdplbAblation = 16
-	benchXdplbAblationABLATE_TABLE    benchXdplbAblation = 32
-	benchXdplbAblationABLATE_SNAT     benchXdplbAblation = 64
+	benchXdplbAblationABLATE_MONITOR    benchXdplbAblation = 1
+	benchXdplbAblationABLATE_STATS      benchXdplbAblation = 2
+	benchXdplbAblationABLATE_LB_STATS   benchXdplbAblation = 4
+	benchXdplbAblationABLATE_INDEX      benchXdplbAblation = 8
+	benchXdplbAblationABLATE_HASH       benchXdplbAblation = 16
+	benchXdplbAblationABLATE_TABLE      benchXdplbAblation = 32
+	benchXdplbAblationABLATE_SNAT       benchXdplbAblation = 64
+	benchXdplbAblationABLATE_NAT_PEEK   benchXdplbAblation = 128
+	benchXdplbAblationABLATE_NAT_LOOKUP benchXdplbAblation = 256
+	benchXdplbAblationABLATE_NAT_INSERT benchXdplbAblation = 512
 )
 
 type benchXdplbCounter uint32

@@ -585,7 +585,7 @@ static __always_inline __u32 nat_create(struct xdp_md *ctx, struct pkt *p, struc
 			first = idx;
 		if (cfg_dry_run)
 			return 0;
-		err = nat_insert_pair(sc);
+		err = ablated(ABLATE_NAT_INSERT) ? 0 : nat_insert_pair(sc);
 		if (err == 0) {
 			ft_room(&sc->full);
 			nat_count_src(idx, 0);
@@ -789,14 +789,14 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 		nb = backend_lookup(new_id);
 		/* Not while this CPU backs off from a full table: no flow will
 		 * be made. */
-		if (backend_up(nb) && !ft_backing_off(&sc->full, now))
+		if (backend_up(nb) && !ft_backing_off(&sc->full, now) && !ablated(ABLATE_NAT_PEEK))
 			nat_peek_reply(p, nb, new_id, hash, sc);
 	}
 	v = &sc->v;
 	nat_key_of(&sc->k, p, NAT_DIR_FWD);
 	sc->k.bits = bits;
 	sc->k.tick = now >> FT_TICK_SHIFT;
-	if (nat_ft_get(&sc->k, v)) {
+	if (!ablated(ABLATE_NAT_LOOKUP) && nat_ft_get(&sc->k, v)) {
 		b = backend_lookup(v->backend_id);
 		if (!backend_up(b)) {
 			count(CNT_EV_NAT_BACKEND_LOST);
