@@ -232,28 +232,40 @@ __attribute__((noinline)) int nat_ft_del(struct nat_fkey *k)
 	return found && ft_delete(&r);
 }
 
-/* nat_ft_peek reads the first word of each cache line of k's home bucket,
- * and nothing else: loads issued early, whose cache misses overlap with what
- * comes next (BPF has no prefetch). */
-__attribute__((noinline)) int nat_ft_peek(struct nat_fkey *k)
+/* nat_peek reads the first word of each cache line of the home buckets of
+ * keys a and b, of one family (v6), whose hashes are computed (nat_hash),
+ * and nothing else: loads issued together, whose cache misses overlap with
+ * each other and with what comes next (BPF has no prefetch). Inlined: a
+ * call's return can cost as much as the reads save (on a kernel with the
+ * Safe RET mitigation every return is a mispredicted branch). */
+static __always_inline void nat_peek(const struct nat_fkey *a, const struct nat_fkey *b, int v6)
 {
-	__u32 idx, *b;
+	__u32 ia, ib, *ba, *bb;
 
-	if (!k)
-		return 0;
-	if (k->v6) {
-		idx = nat_hash(k) & cfg_nat6_mask;
-		b = bpf_map_lookup_elem(&nat6, &idx);
-		if (!b)
-			return 0;
-		return *(volatile __u32 *)b + *(volatile __u32 *)(b + 16) + *(volatile __u32 *)(b + 32) +
-		       *(volatile __u32 *)(b + 48);
+	if (v6) {
+		ia = a->hash & cfg_nat6_mask;
+		ib = b->hash & cfg_nat6_mask;
+		ba = bpf_map_lookup_elem(&nat6, &ia);
+		bb = bpf_map_lookup_elem(&nat6, &ib);
+		if (!ba || !bb)
+			return;
+#pragma unroll
+		for (int i = 0; i < 64; i += 16) {
+			(void)*(volatile __u32 *)(ba + i);
+			(void)*(volatile __u32 *)(bb + i);
+		}
+		return;
 	}
-	idx = nat_hash(k) & cfg_nat4_mask;
-	b = bpf_map_lookup_elem(&nat4, &idx);
-	if (!b)
-		return 0;
-	return *(volatile __u32 *)b + *(volatile __u32 *)(b + 16);
+	ia = a->hash & cfg_nat4_mask;
+	ib = b->hash & cfg_nat4_mask;
+	ba = bpf_map_lookup_elem(&nat4, &ia);
+	bb = bpf_map_lookup_elem(&nat4, &ib);
+	if (!ba || !bb)
+		return;
+	(void)*(volatile __u32 *)ba;
+	(void)*(volatile __u32 *)bb;
+	(void)*(volatile __u32 *)(ba + 16);
+	(void)*(volatile __u32 *)(bb + 16);
 }
 
 static __always_inline struct nat_config *nat_cfg(void)
@@ -520,8 +532,7 @@ static __always_inline void nat_peek_reply(struct pkt *p, struct backend *b, __u
 		     NAT_DIR_REPLY);
 	nat_hash(&sc->k);
 	nat_hash(&sc->rk);
-	nat_ft_peek(&sc->rk);
-	nat_ft_peek(&sc->k);
+	nat_peek(&sc->rk, &sc->k, p->family == 6);
 	sc->peeked = 1;
 	sc->peek_id = id;
 }
