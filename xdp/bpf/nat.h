@@ -199,14 +199,13 @@ __attribute__((noinline)) int nat_ft_get(struct nat_fkey *k, struct nat_val *out
  * reply entry (sc->rk, sc->rv) or the forward one (sc->fk, sc->fv). It
  * returns 0, or -FT_EEXIST, -FT_ENOSPC (the key's buckets are full),
  * -FT_EBUSY (its home bucket stayed locked). An IPv4 value is packed in
- * sc->packed: the program's stack has no room for it. */
-__attribute__((noinline)) int nat_ft_add(struct nat_scratch *sc, int reply)
+ * sc->packed: the program's stack has no room for it. Inlined into
+ * nat_ft_add_pair's loop, which the verifier checks once. */
+static __always_inline int nat_ft_add(struct nat_scratch *sc, int reply)
 {
 	struct nat_fkey *k;
 	__u32 *w;
 
-	if (!sc)
-		return -FT_ENOSPC;
 	k = reply ? &sc->rk : &sc->fk;
 	w = reply ? (__u32 *)&sc->rv : (__u32 *)&sc->fv;
 	if (k->v6)
@@ -348,6 +347,26 @@ static __always_inline void nat_delete_pair(struct pkt *p, struct nat_val *v, st
 	nat_ft_del(k);
 }
 
+/* nat_ft_add_pair inserts the reply entry, then the forward one: 0, the
+ * reply insert's error (negative), or the forward insert's negated
+ * (positive). One call for both (a return costs a mispredicted branch with
+ * the Safe RET mitigation), a loop so that the insert's code is there
+ * once. */
+__attribute__((noinline)) int nat_ft_add_pair(struct nat_scratch *sc)
+{
+	int err = 0, reply = 1;
+
+	if (!sc)
+		return -FT_ENOSPC;
+#pragma clang loop unroll(disable)
+	for (; reply >= 0; reply--) {
+		err = nat_ft_add(sc, reply);
+		if (err)
+			return reply ? err : -err;
+	}
+	return 0;
+}
+
 /* nat_insert_pair claims the reply key (the port), then adds the forward
  * entry. It returns 0; -FT_EEXIST when the source:port is taken toward that
  * backend; -FT_ENOSPC when the reply key's buckets are full (another port
@@ -355,19 +374,15 @@ static __always_inline void nat_delete_pair(struct pkt *p, struct nat_val *v, st
  * help); 1 when another CPU created the flow's forward entry first (the
  * claim is given back). */
 #define NAT_FWD_FULL 2
+
 static __always_inline int nat_insert_pair(struct nat_scratch *sc)
 {
-	int err;
+	int err = nat_ft_add_pair(sc);
 
-	err = nat_ft_add(sc, 1);
-	if (err)
+	if (err <= 0)
 		return err == -FT_EBUSY ? -FT_EEXIST : err; /* a busy bucket: try another port */
-	err = nat_ft_add(sc, 0);
-	if (err) {
-		nat_ft_del(&sc->rk);
-		return err == -FT_EEXIST ? 1 : NAT_FWD_FULL;
-	}
-	return 0;
+	nat_ft_del(&sc->rk);
+	return err == FT_EEXIST ? 1 : NAT_FWD_FULL;
 }
 
 /* nat_tcp_bits are the state bits a TCP packet shows (at l4 of the frame). */
