@@ -101,7 +101,7 @@ const (
 	AblateTable   = Ablation(benchXdplbAblationABLATE_TABLE)    // the Maglev slot's read (slot 0: the backend changes)
 	AblateSNAT    = Ablation(benchXdplbAblationABLATE_SNAT)     // the SNAT-source check before the service lookup
 	// A new NAT flow's steps (snat_new_flow), with the others run alike.
-	AblateNATPeek   = Ablation(benchXdplbAblationABLATE_NAT_PEEK)   // a SYN's early read of its reply entry's bucket
+	AblateNATPeek   = Ablation(benchXdplbAblationABLATE_NAT_PEEK)   // a SYN's early read of both its entries' buckets
 	AblateNATLookup = Ablation(benchXdplbAblationABLATE_NAT_LOOKUP) // the forward entry's lookup (always a miss)
 	AblateNATInsert = Ablation(benchXdplbAblationABLATE_NAT_INSERT) // a new flow's two inserts (nothing written)
 )

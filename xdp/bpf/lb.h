@@ -54,7 +54,7 @@ enum xdplb_ablation {
 	ABLATE_HASH = 16,    /* the flow hash: a constant instead (changes the backend) */
 	ABLATE_TABLE = 32,   /* the Maglev slot read: the table's first slot instead (changes the backend) */
 	ABLATE_SNAT = 64,    /* the SNAT-source check of packets to a VIP address (no reply is translated) */
-	ABLATE_NAT_PEEK = 128,   /* a SYN's early read of its reply entry's bucket (nat_peek_reply) */
+	ABLATE_NAT_PEEK = 128,   /* a SYN's early read of both its entries' buckets (nat_peek_reply) */
 	ABLATE_NAT_LOOKUP = 256, /* a SNAT packet's forward entry lookup: always a miss (every SYN a new flow) */
 	ABLATE_NAT_INSERT = 512, /* a new NAT flow's two inserts: taken as done, nothing written */
 };

@@ -236,7 +236,10 @@ __attribute__((noinline)) int nat_ft_del(struct nat_fkey *k)
  * and nothing else: loads issued together, whose cache misses overlap with
  * each other and with what comes next (BPF has no prefetch). Inlined: a
  * call's return can cost as much as the reads save (on a kernel with the
- * Safe RET mitigation every return is a mispredicted branch). */
+ * Safe RET mitigation every return is a mispredicted branch). The two
+ * families are written out apart: with the reads shared after the branches
+ * (a loop over the bucket's lines), snat_new_flow was +34 and +62 ns
+ * slower beside this version. */
 static __always_inline void nat_peek(const struct nat_fkey *a, const struct nat_fkey *b, int v6)
 {
 	__u32 ia, ib, *ba, *bb;
