@@ -85,7 +85,7 @@ type e2eNet struct {
 	links      []link.Link // sinks and pass programs that stay
 	progs      []*ebpf.Program
 	pass       *ebpf.Program
-	gen        *ebpf.Program
+	gen        *generator
 	frame      []byte
 	servers    []net.Listener
 	serverWG   sync.WaitGroup
@@ -180,10 +180,9 @@ func newE2ENet(ctx context.Context) (_ *e2eNet, err error) {
 	}
 
 	n.frame = udpFrame(n.c0.MAC, n.l0.MAC, e2eClient.Addr(), e2eVIP, fwdBasePort, e2eUDPPort)
-	if n.gen, err = generatorProgram(n.frame, e2eFlows, fwdBasePort); err != nil {
+	if n.gen, err = newGenerator(n.frame, e2eFlows, fwdBasePort); err != nil {
 		return nil, err
 	}
-	n.progs = append(n.progs, n.gen)
 	all := append([]*iface{n.c0, n.l0}, n.lOut...)
 	all = append(all, n.bIn...)
 	if err := waitUp(ctx, all...); err != nil {
@@ -625,7 +624,7 @@ func (n *e2eNet) measureUDP(ctx context.Context, m *e2eMode, d time.Duration) (e
 		if err := ctx.Err(); err != nil {
 			return s, err
 		}
-		if err := sendFrames(n.gen, n.c0, n.frame, chunk, otherCPU); err != nil {
+		if err := n.gen.send(n.c0, chunk, otherCPU); err != nil {
 			return s, err
 		}
 	}
@@ -769,6 +768,9 @@ func (n *e2eNet) Close() error {
 	for _, p := range n.progs {
 		p.Close()
 	}
+	if n.gen != nil {
+		errs = append(errs, n.gen.Close())
+	}
 	for _, m := range n.sinkCounts {
 		m.Close()
 	}
@@ -794,8 +796,9 @@ type e2eOptions struct {
 
 // e2eResult is one mode over every round.
 type e2eResult struct {
-	Mode    string      `json:"mode"`
-	Samples []e2eSample `json:"samples"`
+	Mode      string      `json:"mode"`
+	Generator string      `json:"generator"` // how the UDP frames were sent (generator.Kind)
+	Samples   []e2eSample `json:"samples"`
 }
 
 func runE2E(ctx context.Context, opts e2eOptions) ([]e2eResult, error) {
@@ -854,6 +857,9 @@ func runE2E(ctx context.Context, opts e2eOptions) ([]e2eResult, error) {
 				round+1, opts.Modes[i], udp, s.ConnsPerSec(), float64(s.TCPCPUPerConn())/1e3, s.Failed, s.PerServer)
 		}
 	}
+	for i := range results {
+		results[i].Generator = n.gen.Kind()
+	}
 	return results, nil
 }
 
@@ -882,10 +888,14 @@ func (n *e2eNet) measureMode(ctx context.Context, mode string, opts e2eOptions) 
 }
 
 func printE2E(w io.Writer, results []e2eResult, opts e2eOptions) error {
+	var kind string
+	if len(results) > 0 {
+		kind = results[0].Generator
+	}
 	fmt.Fprintf(w, "%s\n%d rounds of %v per figure, modes interleaved. Appliance: its interfaces' NAPI threads (and HAProxy) pinned to CPU %d;\n"+
-		"client, generator, backends on CPU %d. UDP: %d flows of 64-byte frames from a live-frames generator, counted at the backends.\n"+
+		"client, generator, backends on CPU %d. UDP: %d flows of 64-byte frames from the %s, counted at the backends.\n"+
 		"TCP: %d client goroutines, connect / request / answer / close. Medians, min-max over rounds.\n\n",
-		machine(), opts.Rounds, opts.Duration, applianceCPU, otherCPU, e2eFlows, opts.Workers)
+		machine(), opts.Rounds, opts.Duration, applianceCPU, otherCPU, e2eFlows, generatorName(kind), opts.Workers)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "mode\tUDP Mpps\tmin-max\tCPU-s/Mpkt\tmin-max\tTCP conn/s\tmin-max\tµs CPU/conn\tmin-max\t")
 	med := map[string][4]float64{}

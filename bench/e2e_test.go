@@ -51,6 +51,9 @@ func TestE2E(t *testing.T) {
 		if s.Conns == 0 || len(s.PerServer) != e2eBackends {
 			t.Errorf("%s: %d connections, per backend %v: want some on every backend", r.Mode, s.Conns, s.PerServer)
 		}
+		if r.Generator != genLiveFrames && r.Generator != genPacketSocket {
+			t.Errorf("%s: generator %q, want %q or %q", r.Mode, r.Generator, genLiveFrames, genPacketSocket)
+		}
 	}
 	assertGone(t, names)
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")

@@ -38,6 +38,9 @@ func TestForward(t *testing.T) {
 		if len(r.Samples) != 1 || r.Samples[0].Delivered == 0 || r.MppsPerCPU <= 0 {
 			t.Errorf("%s: samples %+v: want one that delivered frames", r.Case, r.Samples)
 		}
+		if r.Generator != genLiveFrames && r.Generator != genPacketSocket {
+			t.Errorf("%s: generator %q, want %q or %q", r.Case, r.Generator, genLiveFrames, genPacketSocket)
+		}
 	}
 	for _, c := range fwdCases {
 		if c.XDPLB && !strings.Contains(progress.String(), c.Name+": sample frames checked") {

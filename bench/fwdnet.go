@@ -162,27 +162,6 @@ func udpFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport
 	return b
 }
 
-// sendFrames runs gen with live frames on out (in its namespace, on the
-// calling thread pinned to cpu): repeat copies of frame, transmitted out of
-// out toward its peer.
-func sendFrames(gen *ebpf.Program, out *iface, frame []byte, repeat int, cpu int) error {
-	return out.NS.Do(func() error {
-		return onCPU(cpu, func() error {
-			_, err := gen.Run(&ebpf.RunOptions{
-				Data:      frame,
-				Repeat:    uint32(repeat),
-				Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-				BatchSize: genBatch,
-				Context:   xdpMd{DataEnd: uint32(len(frame)), IngressIfindex: uint32(out.Index)},
-			})
-			if err != nil {
-				return fmt.Errorf("sending %d frames out of %s with BPF_F_TEST_XDP_LIVE_FRAMES: %w", repeat, out.Name, err)
-			}
-			return nil
-		})
-	})
-}
-
 // capture reads the IPv4 frames that arrive on e (not those it sends) with
 // a packet socket, until n have come or timeout passes.
 type capture struct {
