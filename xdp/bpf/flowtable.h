@@ -25,8 +25,9 @@
  * - insert: take the home bucket's lock (compare-and-swap 0 -> 1; inserts of
  *   one key are serialised there, so a key is never live twice); look the key
  *   up; claim an empty entry (CAS EMPTY -> BUSY, new generation); count it in
- *   the home's ovf if it is not in the home; write key and value; publish (CAS
- *   BUSY -> LIVE); unlock.
+ *   the home's ovf if it is not in the home; write key and value; publish
+ *   (BUSY -> LIVE: a plain store, ft_release64); unlock (a plain store of
+ *   the lock word).
  * - lookup: an entry counts only if LIVE with the key; the caller reads the
  *   value and then checks the state word again (ft_stable): a generation or
  *   state change meanwhile makes it a miss.
@@ -115,6 +116,25 @@ __attribute__((noinline)) int ft_lock(__u64 *hb)
 		if (ft_trylock(hb))
 			return 1;
 	return 0;
+}
+
+/* ft_release64 and ft_release32 store v at w with a plain store, after
+ * every store before them (a compiler barrier; x86-64 keeps stores in
+ * program order, as the program's plain loads rely on x86-64's load order):
+ * a locked operation would also be a full barrier, which costs the insert
+ * of a new flow more than the store. Only where no other writer can race:
+ * an entry this insert claimed (busy: no delete, touch or claim acts on
+ * it), and its home bucket's lock word, which only its holder writes. */
+static __always_inline void ft_release64(__u32 *w, __u64 v)
+{
+	barrier();
+	*(volatile __u64 *)w = v;
+}
+
+static __always_inline void ft_release32(__u32 *w, __u32 v)
+{
+	barrier();
+	*(volatile __u32 *)w = v;
 }
 
 /* ft_with_state is the entry's first 8 bytes v with the state word s. */
@@ -279,10 +299,9 @@ claimed:
 #pragma unroll
 	for (int i = 0; i < g.vw; i++)
 		e[1 + g.kw + i] = val[i];
-	v = ft_load(e);
-	ft_cas(e, v, ((__u64)key[0] << 32) | (busy & ~(FT_STATE_MASK | FT_TAG_MASK)) | (tag << FT_TAG_SHIFT) | FT_LIVE);
+	ft_release64(e, ((__u64)key[0] << 32) | (busy & ~(FT_STATE_MASK | FT_TAG_MASK)) | (tag << FT_TAG_SHIFT) | FT_LIVE);
 unlock:
-	__sync_fetch_and_add((__u64 *)hb, -FT_LOCKED);
+	ft_release32(hb + 1, 0); /* struct ft_head.lock */
 	return err;
 }
 
