@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"runtime"
-	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -38,15 +38,12 @@ const (
 // CPU, as the live-frames run's do. Kind says which way a run sent, and the
 // results carry it.
 type generator struct {
-	prog  *ebpf.Program
-	tmpl  []byte
-	flows int
-	base  uint16
-
-	mu      sync.Mutex
+	prog    *ebpf.Program
+	tmpl    []byte
+	flows   int
 	socket  bool            // live frames were refused: feeders send
 	feeders map[int]*feeder // per interface index
-	frames  []byte          // one frame per flow, back to back
+	frames  []byte          // the feeders' frames: one per flow, back to back
 	iovs    []unix.Iovec    // sendmmsg's batch
 	msgs    []unix.Mmsghdr
 	rnd     uint64
@@ -60,14 +57,29 @@ func newGenerator(tmpl []byte, flows int, basePort uint16) (*generator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &generator{prog: prog, tmpl: tmpl, flows: flows, base: basePort, feeders: map[int]*feeder{}, rnd: 0x9E3779B97F4A7C15}, nil
+	g := &generator{
+		prog: prog, tmpl: tmpl, flows: flows, feeders: map[int]*feeder{},
+		frames: make([]byte, flows*len(tmpl)),
+		iovs:   make([]unix.Iovec, socketBatch),
+		msgs:   make([]unix.Mmsghdr, socketBatch),
+		rnd:    0x9E3779B97F4A7C15,
+	}
+	for i := range flows {
+		fr := g.frames[i*len(tmpl) : (i+1)*len(tmpl)]
+		copy(fr, tmpl)
+		binary.BigEndian.PutUint16(fr[frameSportOffset:], basePort+uint16(i))
+	}
+	for i := range g.msgs {
+		g.iovs[i].SetLen(len(tmpl))
+		g.msgs[i].Hdr.Iov = &g.iovs[i]
+		g.msgs[i].Hdr.SetIovlen(1)
+	}
+	return g, nil
 }
 
 // Kind says how the frames were sent: genLiveFrames, or genPacketSocket
 // once the kernel refused live frames.
 func (g *generator) Kind() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.socket {
 		return genPacketSocket
 	}
@@ -76,8 +88,6 @@ func (g *generator) Kind() string {
 
 // Close closes the program and removes the feeders.
 func (g *generator) Close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	var errs []error
 	for _, f := range g.feeders {
 		errs = append(errs, f.Close())
@@ -89,8 +99,6 @@ func (g *generator) Close() error {
 // send transmits n frames out of out (from its namespace, on the calling
 // thread pinned to cpu).
 func (g *generator) send(out *iface, n int, cpu int) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if !g.socket {
 		err := out.NS.Do(func() error {
 			return onCPU(cpu, func() error {
@@ -122,24 +130,6 @@ func (g *generator) sendSocket(out *iface, n int, cpu int) error {
 	if err != nil {
 		return err
 	}
-	fd := f.fd
-	if g.frames == nil {
-		size := len(g.tmpl)
-		g.frames = make([]byte, g.flows*size)
-		for f := range g.flows {
-			fr := g.frames[f*size : (f+1)*size]
-			copy(fr, g.tmpl)
-			port := g.base + uint16(f)
-			fr[frameSportOffset], fr[frameSportOffset+1] = byte(port>>8), byte(port)
-		}
-		g.iovs = make([]unix.Iovec, socketBatch)
-		g.msgs = make([]unix.Mmsghdr, socketBatch)
-		for i := range g.msgs {
-			g.iovs[i].SetLen(size)
-			g.msgs[i].Hdr.Iov = &g.iovs[i]
-			g.msgs[i].Hdr.SetIovlen(1)
-		}
-	}
 	size := len(g.tmpl)
 	return onCPU(cpu, func() error {
 		for n > 0 {
@@ -150,21 +140,23 @@ func (g *generator) sendSocket(out *iface, n int, cpu int) error {
 				g.rnd ^= g.rnd << 13
 				g.rnd ^= g.rnd >> 7
 				g.rnd ^= g.rnd << 17
-				f := int(g.rnd & uint64(g.flows-1))
-				g.iovs[i].Base = &g.frames[f*size]
+				flow := int(g.rnd & uint64(g.flows-1))
+				g.iovs[i].Base = &g.frames[flow*size]
 			}
-			sent, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&g.msgs[0])), uintptr(k), 0, 0, 0)
+			sent, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&g.msgs[0])), uintptr(k), 0, 0, 0)
 			runtime.KeepAlive(g.msgs)
 			runtime.KeepAlive(g.iovs)
 			runtime.KeepAlive(g.frames)
 			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // to the feeder's NAPI thread
-			switch {
-			case errno == 0:
+			switch errno {
+			case 0:
 				n -= int(sent)
-			case errno == unix.ENOBUFS || errno == unix.EAGAIN || errno == unix.EINTR:
-				// The peer's ring was full: that frame is the peer's
-				// drop (its counters say so), not one to send again.
+			case unix.ENOBUFS:
+				// The first frame met a full ring on the way: dropped
+				// there (the veth's counters say so), not sent again.
 				n--
+			case unix.EAGAIN, unix.EINTR:
+				// Nothing sent: try again.
 			default:
 				return fmt.Errorf("sending %d frames out of %s from a packet socket: %w", k, out.Name, errno)
 			}
