@@ -136,6 +136,29 @@ func runtimeOf(pid int) (time.Duration, error) {
 	return time.Duration(ns), err
 }
 
+// threadsRuns sums the times threads were scheduled in (the third field of
+// /proc/PID/schedstat): for a NAPI thread that sleeps when its rings are
+// empty, its wake-ups.
+func threadsRuns(threads []napiThread) (uint64, error) {
+	var sum uint64
+	for _, t := range threads {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(t.PID), "schedstat"))
+		if err != nil {
+			return 0, fmt.Errorf("napi thread %d (%s): %w", t.PID, t.Dev, err)
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 3 {
+			return 0, fmt.Errorf("/proc/%d/schedstat: %q: want 3 fields", t.PID, b)
+		}
+		n, err := strconv.ParseUint(f[2], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/schedstat: %w", t.PID, err)
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
 // threadsRuntime sums the CPU time of threads.
 func threadsRuntime(threads []napiThread) (time.Duration, error) {
 	var sum time.Duration

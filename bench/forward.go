@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -63,10 +64,17 @@ type fwdCase struct {
 	// usual one-arm layout): they leave by XDP_TX out of the ingress veth,
 	// as the hairpin's do, and are counted on the generator's side.
 	OneArm bool
+	// Swap: the hairpin's program reads the frame's Ethernet header and
+	// swaps its MACs before XDP_TX (Hairpin is set too).
+	Swap bool
+	// Versus: the xdplb case run by another build's program (the lb object
+	// at this path, -versus) on the same maps.
+	Versus string
 }
 
 var fwdCases = []fwdCase{
 	{Name: "xdp_tx_hairpin", About: "trivial XDP_TX: every frame back out of the ingress veth, untouched, counted on the generator's side", Hairpin: true},
+	{Name: "xdp_tx_swap", About: "trivial XDP_TX that swaps the frame's MACs first: the hairpin plus the cost of touching the frame", Hairpin: true, Swap: true},
 	{Name: "xdp_redirect", About: "trivial XDP_REDIRECT through a device map to the backend's veth, untouched"},
 	{Name: "xdplb_dsr_l2", About: "xdplb, DSR L2: backend MAC written, redirected to the backend's veth", XDPLB: true, Mode: xdp.ModeDSRL2},
 	{Name: "xdplb_dsr_ipip", About: "xdplb, DSR IPIP: outer IPv4 header toward the backend, redirected to its veth", XDPLB: true, Mode: xdp.ModeDSRIPIP},
@@ -82,6 +90,9 @@ type fwdOptions struct {
 	Flows    int
 	SinkCPU  int
 	Cases    *regexp.Regexp
+	// Versus, if set, is another build's lb object (xdp/lb_bpfel.o): each
+	// xdplb case is also run by its program, beside this build's.
+	Versus   string
 	Progress io.Writer // nil: quiet
 	// topology, if set, is told the namespaces the benchmark made (tests
 	// check that they are gone afterwards).
@@ -96,6 +107,7 @@ type fwdSample struct {
 	CPU       time.Duration // the appliance's NAPI thread
 	CPUBusy   time.Duration // the appliance CPU's busy time (/proc/stat), everything on it
 	Dropped   uint64        // frames the egress veth dropped (peer's ring full)
+	Wakeups   uint64        // times the appliance's NAPI thread was scheduled in
 }
 
 // MppsPerCPU is the delivered rate per second of the appliance thread's CPU
@@ -105,6 +117,15 @@ func (s fwdSample) MppsPerCPU() float64 {
 		return 0
 	}
 	return float64(s.Delivered) / s.CPU.Seconds() / 1e6
+}
+
+// FramesPerWakeup is how many frames the appliance's thread forwarded each
+// time it was woken, on average.
+func (s fwdSample) FramesPerWakeup() float64 {
+	if s.Wakeups == 0 {
+		return 0
+	}
+	return float64(s.Delivered) / float64(s.Wakeups)
 }
 
 // Mpps is the delivered rate in wall time.
@@ -131,6 +152,7 @@ type fwdNet struct {
 	rec                 *lb.Reconciler
 	backend             netip.Addr // the VIP's backend now
 	hairpin, redirect   *ebpf.Program
+	swap                *ebpf.Program
 }
 
 func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
@@ -214,6 +236,10 @@ func newFwdNet(ctx context.Context, flows, sinkCPU int) (_ *fwdNet, err error) {
 		return nil, err
 	}
 	n.progs = append(n.progs, n.hairpin)
+	if n.swap, err = swapProgram(); err != nil {
+		return nil, err
+	}
+	n.progs = append(n.progs, n.swap)
 	var devmap *ebpf.Map
 	if err := app.Do(func() error { devmap, err = newDevmap(n.a1.Index); return err }); err != nil {
 		return nil, err
@@ -291,9 +317,22 @@ func (n *fwdNet) attach(ctx context.Context, c fwdCase) (threads []napiThread, d
 			return nil, nil, err
 		}
 		detach = func() error { return n.a0.NS.Do(func() error { return n.dp.Detach(n.a0.Name) }) }
+		if c.Versus != "" {
+			restore, err := n.dp.BenchAttachFile(n.a0.Name, c.Versus)
+			if err != nil {
+				return nil, nil, errors.Join(err, detach())
+			}
+			plain := detach
+			detach = func() error { return errors.Join(restore(), plain()) }
+			if err := n.checkVersus(c); err != nil {
+				return nil, nil, errors.Join(err, detach())
+			}
+		}
 	} else {
 		prog := n.redirect
-		if c.Hairpin {
+		if c.Swap {
+			prog = n.swap
+		} else if c.Hairpin {
 			prog = n.hairpin
 		}
 		l, err := attachXDP(n.a0, prog)
@@ -310,6 +349,25 @@ func (n *fwdNet) attach(ctx context.Context, c fwdCase) (threads []napiThread, d
 		return nil, nil, errors.Join(err, detach())
 	}
 	return threads, detach, nil
+}
+
+// checkVersus checks that the program on the appliance's ingress interface
+// is not this build's: a -versus case that measured this build would
+// report no difference where there may be one.
+func (n *fwdNet) checkVersus(c fwdCase) error {
+	l, err := n.a0.NS.Netlink().LinkByIndex(n.a0.Index)
+	if err != nil {
+		return err
+	}
+	info, err := n.dp.Program().Info()
+	if err != nil {
+		return err
+	}
+	own, _ := info.ID()
+	if x := l.Attrs().Xdp; x == nil || !x.Attached || x.ProgId == uint32(own) {
+		return fmt.Errorf("check failed: %s: the program of %s does not run on %s", c.Name, c.Versus, n.a0.Name)
+	}
+	return nil
 }
 
 func (n *fwdNet) sinkOf(c fwdCase) *ebpf.Map {
@@ -346,7 +404,7 @@ func (n *fwdNet) xdplbForwarded(c fwdCase) (uint64, error) {
 func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d time.Duration) (fwdSample, error) {
 	var s fwdSample
 	sink := n.sinkOf(c)
-	read := func() (count, fwd, pins, dropped uint64, cpu, busy time.Duration, err error) {
+	read := func() (count, fwd, pins, dropped, wakeups uint64, cpu, busy time.Duration, err error) {
 		if count, err = readCounter(sink); err != nil {
 			return
 		}
@@ -366,10 +424,13 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 		if cpu, err = threadsRuntime(threads); err != nil {
 			return
 		}
+		if wakeups, err = threadsRuns(threads); err != nil {
+			return
+		}
 		busy, _, err = cpuBusy(applianceCPU)
 		return
 	}
-	c0, f0, p0, d0, cpu0, busy0, err := read()
+	c0, f0, p0, d0, w0, cpu0, busy0, err := read()
 	if err != nil {
 		return s, err
 	}
@@ -386,7 +447,7 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 	}
 	s.Wall = time.Since(start)
 	time.Sleep(20 * time.Millisecond) // let the rings drain
-	c1, f1, p1, d1, cpu1, busy1, err := read()
+	c1, f1, p1, d1, w1, cpu1, busy1, err := read()
 	if err != nil {
 		return s, err
 	}
@@ -395,7 +456,7 @@ func (n *fwdNet) measure(ctx context.Context, c fwdCase, threads []napiThread, d
 	if p1 != p0 {
 		return s, fmt.Errorf("check failed: %s: %d packets followed a pin: a table transition was under way", c.Name, p1-p0)
 	}
-	s.Delivered, s.Dropped, s.CPU, s.CPUBusy = c1-c0, d1-d0, cpu1-cpu0, busy1-busy0
+	s.Delivered, s.Dropped, s.CPU, s.CPUBusy, s.Wakeups = c1-c0, d1-d0, cpu1-cpu0, busy1-busy0, w1-w0
 	if c.XDPLB && s.Delivered+s.Dropped != f1-f0 {
 		return s, fmt.Errorf("check failed: %s: xdplb forwarded %d frames, the backend counted %d and the egress veth dropped %d", c.Name, f1-f0, s.Delivered, s.Dropped)
 	}
@@ -549,6 +610,7 @@ type fwdResult struct {
 	Mpps       float64     `json:"mpps_wall"`
 	Util       float64     `json:"appliance_thread_util"`
 	CPUBusy    float64     `json:"appliance_cpu_busy"`
+	PerWakeup  float64     `json:"frames_per_wakeup"`
 	Ratio      float64     `json:"ratio_to_hairpin,omitempty"`
 	Ratios     []float64   `json:"ratio_to_hairpin_runs,omitempty"`
 	Budget     float64     `json:"budget_ratio,omitempty"`
@@ -563,6 +625,16 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 	for _, c := range fwdCases {
 		if opts.Cases == nil || opts.Cases.MatchString(c.Name) {
 			cases = append(cases, c)
+		}
+	}
+	if opts.Versus != "" {
+		for _, c := range cases {
+			if c.XDPLB {
+				c.Name += "_versus"
+				c.About = fmt.Sprintf("as %s, run by the program of %s", strings.TrimSuffix(c.Name, "_versus"), opts.Versus)
+				c.Versus = opts.Versus
+				cases = append(cases, c)
+			}
 		}
 	}
 	if len(cases) == 0 {
@@ -618,16 +690,17 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 				return nil, err
 			}
 			samples[i] = append(samples[i], s)
-			fmt.Fprintf(progress, "round %d %-21s %6.2f Mpps per vCPU, %5.2f Mpps, appliance thread %3.0f%% (CPU %d busy %3.0f%%), offered %5.2f Mpps, egress drops %d\n",
-				round+1, c.Name, s.MppsPerCPU(), s.Mpps(), 100*s.Util(), applianceCPU, 100*s.CPUBusy.Seconds()/s.Wall.Seconds(), float64(s.Offered)/s.Wall.Seconds()/1e6, s.Dropped)
+			fmt.Fprintf(progress, "round %d %-28s %6.2f Mpps per vCPU, %5.2f Mpps, appliance thread %3.0f%% (CPU %d busy %3.0f%%), offered %5.2f Mpps, egress drops %d, %.0f frames per wake-up\n",
+				round+1, c.Name, s.MppsPerCPU(), s.Mpps(), 100*s.Util(), applianceCPU, 100*s.CPUBusy.Seconds()/s.Wall.Seconds(), float64(s.Offered)/s.Wall.Seconds()/1e6, s.Dropped, s.FramesPerWakeup())
 		}
 	}
 	var results []fwdResult
-	hairpin := slices.IndexFunc(cases, func(c fwdCase) bool { return c.Hairpin })
+	hairpin := slices.IndexFunc(cases, func(c fwdCase) bool { return c.Hairpin && !c.Swap })
 	for i, c := range cases {
 		r := fwdResult{Case: c.Name, About: c.About, Samples: samples[i]}
-		var mpps, util, busy []float64
+		var mpps, util, busy, wake []float64
 		for j, s := range samples[i] {
+			wake = append(wake, s.FramesPerWakeup())
 			r.Runs = append(r.Runs, s.MppsPerCPU())
 			mpps = append(mpps, s.Mpps())
 			util = append(util, s.Util())
@@ -636,7 +709,7 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 				r.Ratios = append(r.Ratios, s.MppsPerCPU()/samples[hairpin][j].MppsPerCPU())
 			}
 		}
-		r.MppsPerCPU, r.Mpps, r.Util, r.CPUBusy = xdp.Median(r.Runs), xdp.Median(mpps), xdp.Median(util), xdp.Median(busy)
+		r.MppsPerCPU, r.Mpps, r.Util, r.CPUBusy, r.PerWakeup = xdp.Median(r.Runs), xdp.Median(mpps), xdp.Median(util), xdp.Median(busy), xdp.Median(wake)
 		if len(r.Ratios) > 0 {
 			r.Ratio = xdp.Median(r.Ratios)
 		}
@@ -644,7 +717,7 @@ func runForward(ctx context.Context, opts fwdOptions) ([]fwdResult, error) {
 		// The budget is judged on live frames only: the feeder's lower
 		// rate adds wake-ups to every case's cost per frame, which
 		// brings the ratios toward 1 (docs/bench.md).
-		if c.XDPLB && hairpin >= 0 && r.Generator == genLiveFrames {
+		if c.XDPLB && c.Versus == "" && hairpin >= 0 && r.Generator == genLiveFrames {
 			r.Budget = fwdBudget
 			r.Within = r.Ratio >= fwdBudget
 		}
@@ -673,7 +746,7 @@ func printForward(w io.Writer, results []fwdResult, opts fwdOptions) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "case\tMpps/vCPU\truns min-max\tMpps wall\tthread busy\tratio\tratio min-max\tbudget\t\t")
+	fmt.Fprintln(tw, "case\tMpps/vCPU\truns min-max\tMpps wall\tthread busy\tframes/wake-up\tratio\tratio min-max\tbudget\t\t")
 	for _, r := range results {
 		lo, hi := spread(r.Runs)
 		ratio, ratios, budget, verdict := "-", "-", "-", "info"
@@ -687,7 +760,7 @@ func printForward(w io.Writer, results []fwdResult, opts fwdOptions) error {
 				verdict = "MISS"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f-%.2f\t%.2f\t%.0f%%\t%s\t%s\t%s\t%s\t\n", r.Case, r.MppsPerCPU, lo, hi, r.Mpps, 100*r.Util, ratio, ratios, budget, verdict)
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f-%.2f\t%.2f\t%.0f%%\t%.0f\t%s\t%s\t%s\t%s\t\n", r.Case, r.MppsPerCPU, lo, hi, r.Mpps, 100*r.Util, r.PerWakeup, ratio, ratios, budget, verdict)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -711,6 +784,7 @@ func forward(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	only := fs.String("case", "", "run only the cases whose name matches this regular expression")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	sinkCPU := fs.Int("sink-cpu", otherCPU, "the CPU of the sinks' NAPI threads")
+	versus := fs.String("versus", "", "also run each xdplb case by the forwarding program of another build: its xdp/lb_bpfel.o (e.g. from `git show REV:xdp/lb_bpfel.o`)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -727,7 +801,7 @@ func forward(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if !canPin() {
 		return errors.New("forward needs two CPUs: one for the appliance alone, one for the generator and the sinks")
 	}
-	opts := fwdOptions{Rounds: *rounds, Duration: *dur, Warmup: 300 * time.Millisecond, Flows: *flows, SinkCPU: *sinkCPU, Cases: re, Progress: stderr}
+	opts := fwdOptions{Rounds: *rounds, Duration: *dur, Warmup: 300 * time.Millisecond, Flows: *flows, SinkCPU: *sinkCPU, Cases: re, Versus: *versus, Progress: stderr}
 	if *quiet {
 		opts.Progress = nil
 	}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,19 +20,7 @@ import (
 // both DSR modes with counters that match, every case delivers frames to its
 // sink, and every namespace is gone afterwards.
 func TestForward(t *testing.T) {
-	testnet.RequirePrivileged(t)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var names []string
-	var progress strings.Builder
-	results, err := runForward(ctx, fwdOptions{
-		Rounds: 1, Duration: 50 * time.Millisecond, Flows: 64, Progress: &progress,
-		topology: func(ns []string) { names = ns },
-	})
-	t.Logf("\n%s", progress.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	results, progress, names := testForward(t, fwdOptions{})
 	if len(results) != len(fwdCases) {
 		t.Errorf("%d results, want one per case (%d)", len(results), len(fwdCases))
 	}
@@ -43,11 +33,30 @@ func TestForward(t *testing.T) {
 		}
 	}
 	for _, c := range fwdCases {
-		if c.XDPLB && !strings.Contains(progress.String(), c.Name+": sample frames checked") {
+		if c.XDPLB && !strings.Contains(progress, c.Name+": sample frames checked") {
 			t.Errorf("%s: its sample frames were not checked", c.Name)
 		}
 	}
 	assertGone(t, names)
+}
+
+// testForward runs the forward benchmark as opts says, with one short round
+// of 64 flows, and returns its results, its progress output and the
+// namespaces it made.
+func testForward(t *testing.T, opts fwdOptions) (results []fwdResult, progress string, namespaces []string) {
+	t.Helper()
+	testnet.RequirePrivileged(t)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var out strings.Builder
+	opts.Rounds, opts.Duration, opts.Flows, opts.Progress = 1, 50*time.Millisecond, 64, &out
+	opts.topology = func(ns []string) { namespaces = ns }
+	results, err := runForward(ctx, opts)
+	t.Logf("\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return results, out.String(), namespaces
 }
 
 // assertGone checks that the named network namespaces were removed.
@@ -61,4 +70,33 @@ func assertGone(t *testing.T, names []string) {
 			t.Errorf("namespace %s is still there", n)
 		}
 	}
+}
+
+// TestForwardVersus runs an xdplb case beside the same case run by another
+// build's program (here the lb object of this build, loaded a second time):
+// the other program is the one on the interface during its case (attach
+// checks the program ID), its sample frames reach the backend as this
+// build's do, and this build's program is back on the interface after it.
+func TestForwardVersus(t *testing.T) {
+	results, progress, names := testForward(t, fwdOptions{
+		Cases:  regexp.MustCompile(`^(xdp_tx_hairpin|xdplb_dsr_l2_onearm)$`),
+		Versus: "../xdp/lb_bpfel.o",
+	})
+	var got []string
+	for _, r := range results {
+		got = append(got, r.Case)
+		if len(r.Samples) != 1 || r.Samples[0].Delivered == 0 {
+			t.Errorf("%s: samples %+v: want one that delivered frames", r.Case, r.Samples)
+		}
+		if strings.HasSuffix(r.Case, "_versus") && r.Budget != 0 {
+			t.Errorf("%s: budget %v: another build's case is not judged", r.Case, r.Budget)
+		}
+	}
+	if want := []string{"xdp_tx_hairpin", "xdplb_dsr_l2_onearm", "xdplb_dsr_l2_onearm_versus"}; !slices.Equal(got, want) {
+		t.Errorf("cases %q, want %q", got, want)
+	}
+	if !strings.Contains(progress, "xdplb_dsr_l2_onearm_versus: sample frames checked") {
+		t.Error("the other build's sample frames were not checked")
+	}
+	assertGone(t, names)
 }

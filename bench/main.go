@@ -4,7 +4,7 @@
 //	go run ./bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
 //	go run ./bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
 //	go run ./bench soak [-duration D] [-json] [-long N] [-rate R] [-pause D] [-changes KINDS] [-xdplb PATH] [-q]
-//	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-q]
+//	go run ./bench forward [-json] [-rounds N] [-duration D] [-flows N] [-case REGEXP] [-versus OBJECT] [-q]
 //	go run ./bench e2e [-json] [-rounds N] [-duration D] [-workers N] [-modes LIST] [-q]
 //	go run ./bench memlat [-json] [-size MiB] [-chains LIST] [-loads N]
 //
@@ -27,10 +27,12 @@
 // forward measures the forwarding rate on a real transmit path: frames sent
 // with BPF_F_TEST_XDP_LIVE_FRAMES into the appliance's veth in a namespace,
 // forwarded by the attached program (xdplb in DSR L2 and IPIP, a trivial
-// XDP_TX hairpin, a trivial XDP_REDIRECT) to a backend namespace that counts
+// XDP_TX hairpin, the hairpin that swaps the MACs, a trivial XDP_REDIRECT) to a backend namespace that counts
 // and drops them; Mpps per vCPU of the appliance's NAPI thread. It checks
 // sample frames at the backend and that the counts match xdplb's counters.
-// It needs root and two CPUs.
+// With -versus, each xdplb case is also run by another build's forwarding
+// program (its xdp/lb_bpfel.o) beside this build's. It needs root and two
+// CPUs.
 //
 // e2e balances one VIP over the same backends three ways in one namespace
 // topology: xdplb (DSR), the kernel's nftables DNAT and HAProxy in TCP mode,
@@ -87,7 +89,7 @@ func main() {
 const usage = `usage: bench datapath [-json] [-runs N] [-repeat N] [-case REGEXP] [-monitor] [-ablate STAGES] [-versus OBJECT]
        bench fuzz [-packets N] [-per-config N] [-seed N] [-strict]
        bench soak [-duration 10m] [-json] [-long 200] [-rate 20] [-pause 4s] [-changes KINDS] [-xdplb PATH] [-q]
-       bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-q]
+       bench forward [-json] [-rounds 5] [-duration 2s] [-flows 4096] [-case REGEXP] [-versus OBJECT] [-q]
        bench e2e [-json] [-rounds 5] [-duration 2s] [-workers 32] [-modes xdplb,nftables,haproxy] [-q]
        bench memlat [-json] [-size 256] [-chains 1,2,4] [-loads 2000000]
 

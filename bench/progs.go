@@ -147,6 +147,30 @@ func hairpinProgram() (*ebpf.Program, error) {
 	return newXDP("bench_hairpin", asm.Instructions{asm.Mov.Imm(asm.R0, xdpTX), asm.Return()})
 }
 
+// swapProgram is the hairpin that touches the frame: it reads the Ethernet
+// header and sends the frame back with its MACs swapped (what xdp-bench's
+// tx mode does by default); a frame shorter than that header passes.
+func swapProgram() (*ebpf.Program, error) {
+	return newXDP("bench_swap", asm.Instructions{
+		asm.Mov.Imm(asm.R0, xdpPass),
+		asm.LoadMem(asm.R2, asm.R1, mdData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R1, mdDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 12),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+		asm.LoadMem(asm.R4, asm.R2, 0, asm.Word),
+		asm.LoadMem(asm.R5, asm.R2, 4, asm.Half),
+		asm.LoadMem(asm.R6, asm.R2, 6, asm.Word),
+		asm.LoadMem(asm.R7, asm.R2, 10, asm.Half),
+		asm.StoreMem(asm.R2, 0, asm.R6, asm.Word),
+		asm.StoreMem(asm.R2, 4, asm.R7, asm.Half),
+		asm.StoreMem(asm.R2, 6, asm.R4, asm.Word),
+		asm.StoreMem(asm.R2, 10, asm.R5, asm.Half),
+		asm.Mov.Imm(asm.R0, xdpTX),
+		asm.Return().WithSymbol("out"),
+	})
+}
+
 // passProgram passes every frame; on a veth it makes the device receive in
 // NAPI (see internal/testnet).
 func passProgram() (*ebpf.Program, error) {

@@ -161,6 +161,66 @@ func (d *Datapath) benchRunFile(path string, f BenchFrame, repeat int) (time.Dur
 	return d.benchRun(b.BenchFrames, b.XdplbBench, f, repeat)
 }
 
+// loadOther loads the objects of another build's object file at path into
+// to (as LoadAndAssign), configured as this datapath and on its maps; an
+// object without one of them is of another datapath. d.mu is held.
+func (d *Datapath) loadOther(path string, to any) error {
+	spec, err := ebpf.LoadCollectionSpec(path)
+	if err != nil {
+		return err
+	}
+	if err := d.opts.configure(spec); err != nil {
+		return err
+	}
+	maps := d.maps()
+	for name := range maps {
+		if _, ok := spec.Maps[name]; !ok {
+			return fmt.Errorf("it has no map %s: another datapath", name)
+		}
+	}
+	return spec.LoadAndAssign(to, &ebpf.CollectionOptions{MapReplacements: maps})
+}
+
+// BenchAttachFile runs another build's forwarding program (the xdplb
+// program of its lb object, xdp/lb_bpfel.o) on iface in place of this
+// build's, on this datapath's maps, until the function it returns puts this
+// build's program back. iface must be attached (Attach); the swap updates
+// its link, so no frame goes without a program. `bench forward -versus`
+// measures two builds on the same transmit path with it.
+func (d *Datapath) BenchAttachFile(iface, path string) (restore func() error, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a, ok := d.links[iface]
+	if !ok {
+		return nil, fmt.Errorf("running %s on %q: %w", path, iface, ErrNotFound)
+	}
+	prog := d.benchProgs[path]
+	if prog == nil {
+		var o struct {
+			Xdplb *ebpf.Program `ebpf:"xdplb"`
+		}
+		if err := d.loadOther(path, &o); err != nil {
+			return nil, fmt.Errorf("loading the forwarding program of %s: %w", path, err)
+		}
+		if d.benchProgs == nil {
+			d.benchProgs = make(map[string]*ebpf.Program)
+		}
+		prog = o.Xdplb
+		d.benchProgs[path] = prog
+	}
+	if err := a.link.Update(prog); err != nil {
+		return nil, fmt.Errorf("running %s on %q: %w", path, iface, err)
+	}
+	return func() error {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if err := a.link.Update(d.objs.Xdplb); err != nil {
+			return fmt.Errorf("putting this build's program back on %q: %w", iface, err)
+		}
+		return nil
+	}, nil
+}
+
 // benchFileObjects are what BenchRunFile uses of another build's bench
 // object, whose variables may differ from this build's.
 type benchFileObjects struct {
@@ -181,21 +241,8 @@ func (d *Datapath) benchFile(path string) (*benchFileObjects, error) {
 	if b := d.benchFiles[path]; b != nil {
 		return b, nil
 	}
-	spec, err := ebpf.LoadCollectionSpec(path)
-	if err != nil {
-		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
-	}
-	if err := d.opts.configure(spec); err != nil {
-		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
-	}
-	maps := d.maps()
-	for name := range maps {
-		if _, ok := spec.Maps[name]; !ok {
-			return nil, fmt.Errorf("loading the bench wrappers of %s: it has no map %s: another datapath", path, name)
-		}
-	}
 	var b benchFileObjects
-	if err := spec.LoadAndAssign(&b, &ebpf.CollectionOptions{MapReplacements: maps}); err != nil {
+	if err := d.loadOther(path, &b); err != nil {
 		return nil, fmt.Errorf("loading the bench wrappers of %s: %w", path, err)
 	}
 	if d.benchFiles == nil {

@@ -110,6 +110,7 @@ type Datapath struct {
 	nowMono    func() time.Duration
 	bench      map[Ablation]*benchObjects   // the bench wrappers by ablation, loaded by the first benchmark run of each
 	benchFiles map[string]*benchFileObjects // bench wrappers of other builds (BenchRunFile), by path
+	benchProgs map[string]*ebpf.Program     // forwarding programs of other builds (BenchAttachFile), by path
 
 	dryMu     sync.Mutex // serialises dry runs (they share dry's result map)
 	dry       *dryObjects
@@ -323,6 +324,9 @@ func (d *Datapath) Close() error {
 	}
 	for _, b := range d.benchFiles {
 		errs = append(errs, b.Close())
+	}
+	for _, p := range d.benchProgs {
+		errs = append(errs, p.Close())
 	}
 	d.closeTables()
 	d.unmapIndex()
