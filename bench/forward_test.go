@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/xdplb/xdplb/internal/testnet"
 )
@@ -27,6 +31,9 @@ func TestForward(t *testing.T) {
 	for _, r := range results {
 		if len(r.Samples) != 1 || r.Samples[0].Delivered == 0 || r.MppsPerCPU <= 0 {
 			t.Errorf("%s: samples %+v: want one that delivered frames", r.Case, r.Samples)
+		}
+		if r.PerWakeup <= 0 {
+			t.Errorf("%s: %v frames per wake-up: the appliance's thread forwarded frames, so it ran", r.Case, r.PerWakeup)
 		}
 		if r.Generator != genLiveFrames && r.Generator != genPacketSocket {
 			t.Errorf("%s: generator %q, want %q or %q", r.Case, r.Generator, genLiveFrames, genPacketSocket)
@@ -99,4 +106,30 @@ func TestForwardVersus(t *testing.T) {
 		t.Error("the other build's sample frames were not checked")
 	}
 	assertGone(t, names)
+}
+
+// TestSwapProgram runs xdp_tx_swap's program on a frame: it goes back
+// (XDP_TX) with its MACs swapped and every other byte as it was. (Its
+// bounds check, a frame shorter than the two MACs, cannot be run:
+// BPF_PROG_TEST_RUN takes no XDP frame shorter than an Ethernet header.)
+func TestSwapProgram(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	prog, err := swapProgram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	dst, src := net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}, net.HardwareAddr{0x06, 0xaa, 0xbb, 0xcc, 0xdd, 0xee}
+	frame := udpFrame(src, dst, fwdGenAddr.Addr(), fwdVIP, fwdBasePort, fwdPort)
+	want := slices.Clone(frame)
+	copy(want[0:6], src)
+	copy(want[6:12], dst)
+	out := make([]byte, len(frame))
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != xdpTX || !bytes.Equal(out, want) {
+		t.Errorf("verdict %d, frame\n%x\nwant verdict %d (XDP_TX), frame\n%x", ret, out, xdpTX, want)
+	}
 }

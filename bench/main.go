@@ -25,10 +25,12 @@
 // throughput, and exits non-zero on any divergence. It needs root.
 //
 // forward measures the forwarding rate on a real transmit path: frames sent
-// with BPF_F_TEST_XDP_LIVE_FRAMES into the appliance's veth in a namespace,
-// forwarded by the attached program (xdplb in DSR L2 and IPIP, a trivial
-// XDP_TX hairpin, the hairpin that swaps the MACs, a trivial XDP_REDIRECT) to a backend namespace that counts
-// and drops them; Mpps per vCPU of the appliance's NAPI thread. It checks
+// with BPF_F_TEST_XDP_LIVE_FRAMES (or, where the kernel refuses it, from a
+// packet-socket feeder) into the appliance's veth in a namespace, forwarded
+// by the attached program (xdplb in DSR L2 and IPIP, a trivial XDP_TX
+// hairpin, the hairpin that swaps the MACs, a trivial XDP_REDIRECT) to a
+// backend namespace that counts and drops them; Mpps per vCPU of the
+// appliance's NAPI thread and frames per wake-up of it. It checks
 // sample frames at the backend and that the counts match xdplb's counters.
 // With -versus, each xdplb case is also run by another build's forwarding
 // program (its xdp/lb_bpfel.o) beside this build's. It needs root and two
@@ -99,8 +101,9 @@ fuzz      differential fuzzing of the XDP program against its Go model: packets
 soak      the real daemon under connections and changes; every broken
           connection classified, exit status 1 on any defect (needs root)
 forward   forwarding rate of the attached program on veths, frames sent with
-          live frames: xdplb DSR L2 and IPIP beside a trivial XDP_TX hairpin and
-          XDP_REDIRECT, Mpps per vCPU (needs root and two CPUs)
+          live frames: xdplb DSR L2 and IPIP beside a trivial XDP_TX hairpin
+          (untouched and MACs swapped) and XDP_REDIRECT, Mpps per vCPU;
+          -versus runs another build's program beside (needs root and two CPUs)
 e2e       xdplb against nftables DNAT and HAProxy on the same VIP and backends:
           UDP packets/s, TCP connections/s, appliance CPU (needs root, two CPUs,
           nft and haproxy)
