@@ -448,7 +448,8 @@ const (
 	benchXdplbCounterCNT_EV_NAT_CREATED        benchXdplbCounter = 52
 	benchXdplbCounterCNT_EV_NAT_PORT_RETRY     benchXdplbCounter = 53
 	benchXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchXdplbCounter = 54
-	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 55
+	benchXdplbCounterCNT_EV_PIN_BUSY           benchXdplbCounter = 55
+	benchXdplbCounterCOUNTER_MAX               benchXdplbCounter = 56
 )
 
 // Names of all BPF objects in the ELF.

@@ -433,7 +433,8 @@ const (
 	benchablateXdplbCounterCNT_EV_NAT_CREATED        benchablateXdplbCounter = 52
 	benchablateXdplbCounterCNT_EV_NAT_PORT_RETRY     benchablateXdplbCounter = 53
 	benchablateXdplbCounterCNT_EV_NAT_BACKEND_LOST   benchablateXdplbCounter = 54
-	benchablateXdplbCounterCOUNTER_MAX               benchablateXdplbCounter = 55
+	benchablateXdplbCounterCNT_EV_PIN_BUSY           benchablateXdplbCounter = 55
+	benchablateXdplbCounterCOUNTER_MAX               benchablateXdplbCounter = 56
 )
 
 // Names of all BPF objects in the ELF.

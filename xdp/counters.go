@@ -75,6 +75,7 @@ var counterNames = map[lbXdplbCounter]counterName{
 	lbXdplbCounterCNT_EV_NAT_CREATED:        {"event", "snat_flow_created"},
 	lbXdplbCounterCNT_EV_NAT_PORT_RETRY:     {"event", "snat_port_retry"},
 	lbXdplbCounterCNT_EV_NAT_BACKEND_LOST:   {"event", "snat_backend_lost"},
+	lbXdplbCounterCNT_EV_PIN_BUSY:           {"event", "pin_bucket_busy"},
 }
 
 // Counters reads the global counters, summed over CPUs, in index order.

@@ -424,7 +424,8 @@ const (
 	dryrunXdplbCounterCNT_EV_NAT_CREATED        dryrunXdplbCounter = 52
 	dryrunXdplbCounterCNT_EV_NAT_PORT_RETRY     dryrunXdplbCounter = 53
 	dryrunXdplbCounterCNT_EV_NAT_BACKEND_LOST   dryrunXdplbCounter = 54
-	dryrunXdplbCounterCOUNTER_MAX               dryrunXdplbCounter = 55
+	dryrunXdplbCounterCNT_EV_PIN_BUSY           dryrunXdplbCounter = 55
+	dryrunXdplbCounterCOUNTER_MAX               dryrunXdplbCounter = 56
 )
 
 // Names of all BPF objects in the ELF.

@@ -116,7 +116,7 @@ func (w *fsWorld) expect(t *testing.T, vip VIPKey, port uint16, flags packet.TCP
 	for _, e := range events {
 		wantEv[e]++
 	}
-	for _, e := range []string{"event/pin_created", "event/pin_hit", "event/pin_stale", "event/pin_table_full"} {
+	for _, e := range []string{"event/pin_created", "event/pin_hit", "event/pin_stale", "event/pin_table_full", "event/pin_bucket_busy"} {
 		if d := after[e] - before[e]; d != wantEv[e] {
 			t.Errorf("flow %d: %s moved by %d, want %d", port, e, d, wantEv[e])
 		}
@@ -698,5 +698,56 @@ func TestPinBackoffAfterAStreak(t *testing.T) {
 	w.expect(t, vip, 40009, packet.TCPSyn, fsA, "event/pin_table_full") // backing off, though there is room
 	if _, ok, err := w.d.LookupFlow(flow(40009).Src, flow(40009).Dst, TCP); err != nil || ok {
 		t.Errorf("flow 40009 pinned during the backoff (%v)", err)
+	}
+}
+
+// TestPinBucketBusy: a pin that gives up at a bucket held locked (by user
+// space here; by another CPU's descheduled program in production) is counted
+// pin_bucket_busy, not pin_table_full, does not make the CPU back off, and
+// leaves the flow to its previous backend until a later packet pins it.
+func TestPinBucketBusy(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "IPv4", true: "IPv6"}[v6], func(t *testing.T) {
+			w := newFSWorld(t, Options{})
+			vip := w.vip4
+			if v6 {
+				vip = w.vip6
+			}
+			w.setAll(t, vip, fsA)
+			w.setAll(t, vip, fsB) // every slot moved: a new flow is pinned to A
+			tb := w.d.pinTable(v6)
+			home := func(port uint16) uint32 {
+				in := fsFrame(vip, port, packet.TCPAck)
+				src := netip.AddrFrom4([4]byte(in[26:30]))
+				if v6 {
+					src = netip.AddrFrom16([16]byte(in[22:38]))
+				}
+				_, _, hash := pinKey(Flow{Src: fxAP(src, port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP})
+				return hash & tb.mask
+			}
+			const port = 1000
+			other := uint16(port + 1)
+			for home(other) == home(port) {
+				other++
+			}
+			if !tb.lock(home(port)) {
+				t.Fatal("locking the flow's bucket")
+			}
+			locked := true
+			defer func() {
+				if locked {
+					tb.unlock(home(port))
+				}
+			}()
+			for range 5 { // no backoff: each packet tries again
+				w.expect(t, vip, port, packet.TCPAck, fsA, "event/pin_bucket_busy")
+			}
+			w.expect(t, vip, other, packet.TCPAck, fsA, "event/pin_created")
+			tb.unlock(home(port))
+			locked = false
+			w.expect(t, vip, port, packet.TCPAck, fsA, "event/pin_created")
+			w.expect(t, vip, port, packet.TCPAck, fsA, "event/pin_hit")
+			w.checkPins(t, vip, map[uint16]uint32{port: fsA, other: fsA})
+		})
 	}
 }

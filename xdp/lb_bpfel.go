@@ -499,7 +499,8 @@ const (
 	lbXdplbCounterCNT_EV_NAT_CREATED        lbXdplbCounter = 52
 	lbXdplbCounterCNT_EV_NAT_PORT_RETRY     lbXdplbCounter = 53
 	lbXdplbCounterCNT_EV_NAT_BACKEND_LOST   lbXdplbCounter = 54
-	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 55
+	lbXdplbCounterCNT_EV_PIN_BUSY           lbXdplbCounter = 55
+	lbXdplbCounterCOUNTER_MAX               lbXdplbCounter = 56
 )
 
 type lbXdplbDryPin uint32

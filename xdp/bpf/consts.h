@@ -227,6 +227,7 @@ enum xdplb_counter {
 	CNT_EV_NAT_CREATED,      /* SNAT flow created (both directions' entries) */
 	CNT_EV_NAT_PORT_RETRY,   /* SNAT port taken toward that backend: the next one was tried */
 	CNT_EV_NAT_BACKEND_LOST, /* SNAT flow whose backend is down or gone */
+	CNT_EV_PIN_BUSY,         /* pin not created: another CPU kept its bucket locked */
 	COUNTER_MAX,
 };
 

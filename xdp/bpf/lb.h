@@ -395,15 +395,18 @@ static __always_inline int ct_pin(struct pkt *p, __u32 backend_id, __u64 now, in
 		pin_mark(hash);
 		count(CNT_EV_PIN_CREATED);
 		ft_room(bo);
-	} else if (err == -FT_EBUSY && pin_find(p, &pr)) {
-		/* Another CPU held the bucket that long: it was pinning this
-		 * flow. */
+	} else if (err == -FT_EBUSY) {
+		/* Another CPU held the bucket that long (its vCPU may have
+		 * been descheduled): no sign of a full table, counted apart
+		 * and no backoff. If it was pinning this flow, the flow is
+		 * pinned. */
+		if (!pin_find(p, &pr)) {
+			count(CNT_EV_PIN_BUSY);
+			return -1;
+		}
 	} else if (err != -FT_EEXIST) { /* EEXIST: another CPU pinned it first */
-		count(CNT_EV_PIN_FULL);
-		/* The flow's buckets are full. A bucket another CPU kept
-		 * locked is no sign of a full table. */
-		if (err == -FT_ENOSPC)
-			ft_no_room(bo, now);
+		count(CNT_EV_PIN_FULL); /* the flow's buckets are full */
+		ft_no_room(bo, now);
 		return -1;
 	}
 	return 0;
