@@ -162,8 +162,10 @@ func (d *Datapath) benchRunFile(path string, f BenchFrame, repeat int) (time.Dur
 }
 
 // loadOther loads the objects of another build's object file at path into
-// to (as LoadAndAssign), configured as this datapath and on its maps; an
-// object without one of them is of another datapath. d.mu is held.
+// to (as LoadAndAssign), configured as this datapath and on the maps of it
+// that the object has: an earlier build lacks the maps added since, which
+// it does not use. An object without the datapath's counters and services
+// is of another datapath. d.mu is held.
 func (d *Datapath) loadOther(path string, to any) error {
 	spec, err := ebpf.LoadCollectionSpec(path)
 	if err != nil {
@@ -173,9 +175,14 @@ func (d *Datapath) loadOther(path string, to any) error {
 		return err
 	}
 	maps := d.maps()
-	for name := range maps {
+	for _, name := range []string{lbMapStats, lbMapVips, lbMapBackends} {
 		if _, ok := spec.Maps[name]; !ok {
 			return fmt.Errorf("it has no map %s: another datapath", name)
+		}
+	}
+	for name := range maps {
+		if _, ok := spec.Maps[name]; !ok {
+			delete(maps, name)
 		}
 	}
 	return spec.LoadAndAssign(to, &ebpf.CollectionOptions{MapReplacements: maps})

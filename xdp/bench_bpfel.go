@@ -177,15 +177,16 @@ type benchNat6Bucket struct {
 }
 
 type benchNatConfig struct {
-	_      structs.HostLayout
-	Filter uint64
-	PortLo uint16
-	PortHi uint16
-	N4     uint8
-	N6     uint8
-	Pad    [2]uint8
-	Src4   [8]uint32
-	Src6   [8][4]uint32
+	_          structs.HostLayout
+	Filter     uint64
+	PortLo     uint16
+	PortHi     uint16
+	N4         uint8
+	N6         uint8
+	FilterHalf uint8
+	Pad        uint8
+	Src4       [8]uint32
+	Src6       [8][4]uint32
 }
 
 type benchNatScratch struct {
@@ -468,6 +469,7 @@ const (
 	benchMapNat4             = "nat4"
 	benchMapNat6             = "nat6"
 	benchMapNatConfigMap     = "nat_config_map"
+	benchMapNatFilter        = "nat_filter"
 	benchMapNatScratchMap    = "nat_scratch_map"
 	benchMapNatSourceStats   = "nat_source_stats"
 	benchMapPinBackoff       = "pin_backoff"
@@ -556,6 +558,7 @@ type benchMapSpecs struct {
 	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
 	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.MapSpec `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -618,6 +621,7 @@ type benchMaps struct {
 	Nat4           *ebpf.Map `ebpf:"nat4"`
 	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.Map `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -649,6 +653,7 @@ func (m *benchMaps) Close() error {
 		m.Nat4,
 		m.Nat6,
 		m.NatConfigMap,
+		m.NatFilter,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,

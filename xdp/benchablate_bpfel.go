@@ -177,15 +177,16 @@ type benchablateNat6Bucket struct {
 }
 
 type benchablateNatConfig struct {
-	_      structs.HostLayout
-	Filter uint64
-	PortLo uint16
-	PortHi uint16
-	N4     uint8
-	N6     uint8
-	Pad    [2]uint8
-	Src4   [8]uint32
-	Src6   [8][4]uint32
+	_          structs.HostLayout
+	Filter     uint64
+	PortLo     uint16
+	PortHi     uint16
+	N4         uint8
+	N6         uint8
+	FilterHalf uint8
+	Pad        uint8
+	Src4       [8]uint32
+	Src6       [8][4]uint32
 }
 
 type benchablateNatScratch struct {
@@ -453,6 +454,7 @@ const (
 	benchablateMapNat4             = "nat4"
 	benchablateMapNat6             = "nat6"
 	benchablateMapNatConfigMap     = "nat_config_map"
+	benchablateMapNatFilter        = "nat_filter"
 	benchablateMapNatScratchMap    = "nat_scratch_map"
 	benchablateMapNatSourceStats   = "nat_source_stats"
 	benchablateMapPinBackoff       = "pin_backoff"
@@ -542,6 +544,7 @@ type benchablateMapSpecs struct {
 	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
 	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.MapSpec `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -605,6 +608,7 @@ type benchablateMaps struct {
 	Nat4           *ebpf.Map `ebpf:"nat4"`
 	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.Map `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -636,6 +640,7 @@ func (m *benchablateMaps) Close() error {
 		m.Nat4,
 		m.Nat6,
 		m.NatConfigMap,
+		m.NatFilter,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,

@@ -75,7 +75,7 @@ func (d *Datapath) PinFlow(f Flow) error {
 	if err := d.putPin(f, d.nowMono()-f.Idle, true); err != nil {
 		return fmt.Errorf("pinning flow %s -> %s: %w", f.Src, f.Dst, err)
 	}
-	d.markPin(FlowHash(f.Src, f.Dst, f.Proto, st.meta.HashSeed))
+	d.pinFilter.mark(FlowHash(f.Src, f.Dst, f.Proto, st.meta.HashSeed))
 	return nil
 }
 

@@ -87,10 +87,11 @@ type Datapath struct {
 	links      map[string]*Attachment
 	empty      *ebpf.Map // placeholder put into released maglev_tables slots
 	emptyID    ebpf.MapID
-	syncMap    *ebpf.Map // updated to wait for an RCU grace period (Sync)
-	syncGen    uint64    // Syncs so far
-	vipIndex   []byte    // vip_index, mapped
-	pinFilter  []byte    // pin_filter, mapped
+	syncMap    *ebpf.Map   // updated to wait for an RCU grace period (Sync)
+	syncGen    uint64      // Syncs so far
+	vipIndex   []byte      // vip_index, mapped
+	pinFilter  *halfFilter // pin_filter, mapped
+	natFilter  *halfFilter // nat_filter, mapped
 	pins4      *flowTable
 	pins6      *flowTable
 	nat4       *flowTable
@@ -143,6 +144,9 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	var copts ebpf.CollectionOptions
+	// A release before the NAT filter pinned NAT tables but no filter:
+	// their flows' bits are set once the maps are open (markOldNAT).
+	oldNAT := opts.PinPath != NoPin && pinExists(opts.PinPath, lbMapNat4) && !pinExists(opts.PinPath, lbMapNatFilter)
 	if opts.PinPath != NoPin {
 		if err := ensureBPFFS(opts.PinPath); err != nil {
 			return nil, err
@@ -211,13 +215,13 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	fail := func(err error) (*Datapath, error) {
 		d.unmapPins()
-		d.unmapPinFilter()
+		d.unmapFilters()
 		d.unmapIndex()
 		d.closeTables()
 		d.objs.Close()
 		return nil, err
 	}
-	if err := d.mapPinFilter(); err != nil {
+	if err := d.mapFilters(); err != nil {
 		return fail(err)
 	}
 	if err := d.mapPins(); err != nil {
@@ -239,6 +243,9 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		if err := d.copyOldNAT(); err != nil {
 			return fail(err)
+		}
+		if oldNAT {
+			d.markOldNAT()
 		}
 	}
 	return d, nil
@@ -330,7 +337,7 @@ func (d *Datapath) Close() error {
 	}
 	d.closeTables()
 	d.unmapIndex()
-	d.unmapPinFilter()
+	d.unmapFilters()
 	d.unmapPins()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
@@ -359,13 +366,7 @@ func (d *Datapath) Unpin() error {
 	if err := d.objs.Xdplb.Unpin(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, m := range []*ebpf.Map{
-		d.objs.VipFilter, d.objs.VipAddrs, d.objs.Vips, d.objs.MaglevTables, d.objs.Backends,
-		d.objs.Pins4, d.objs.Pins6, d.objs.Stats, d.objs.VipStats, d.objs.BackendStats,
-		d.objs.TxPorts, d.objs.SettingsMap, d.objs.VipIndex, d.objs.VipSlots, d.objs.PinFilter,
-		d.objs.Frags, d.objs.MonitorEvents, d.objs.MonitorOn, d.objs.MonitorLost,
-		d.objs.Nat4, d.objs.Nat6, d.objs.NatConfigMap, d.objs.NatSourceStats,
-	} {
+	for _, m := range d.maps() { // every map, so that none added later is left behind
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, err)

@@ -168,15 +168,16 @@ type dryrunNat6Bucket struct {
 }
 
 type dryrunNatConfig struct {
-	_      structs.HostLayout
-	Filter uint64
-	PortLo uint16
-	PortHi uint16
-	N4     uint8
-	N6     uint8
-	Pad    [2]uint8
-	Src4   [8]uint32
-	Src6   [8][4]uint32
+	_          structs.HostLayout
+	Filter     uint64
+	PortLo     uint16
+	PortHi     uint16
+	N4         uint8
+	N6         uint8
+	FilterHalf uint8
+	Pad        uint8
+	Src4       [8]uint32
+	Src6       [8][4]uint32
 }
 
 type dryrunNatScratch struct {
@@ -443,6 +444,7 @@ const (
 	dryrunMapNat4            = "nat4"
 	dryrunMapNat6            = "nat6"
 	dryrunMapNatConfigMap    = "nat_config_map"
+	dryrunMapNatFilter       = "nat_filter"
 	dryrunMapNatScratchMap   = "nat_scratch_map"
 	dryrunMapNatSourceStats  = "nat_source_stats"
 	dryrunMapPinBackoff      = "pin_backoff"
@@ -541,6 +543,7 @@ type dryrunMapSpecs struct {
 	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
 	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.MapSpec `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -615,6 +618,7 @@ type dryrunMaps struct {
 	Nat4           *ebpf.Map `ebpf:"nat4"`
 	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.Map `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -645,6 +649,7 @@ func (m *dryrunMaps) Close() error {
 		m.Nat4,
 		m.Nat6,
 		m.NatConfigMap,
+		m.NatFilter,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,

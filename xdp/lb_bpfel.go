@@ -214,15 +214,16 @@ type lbNat6Bucket struct {
 }
 
 type lbNatConfig struct {
-	_      structs.HostLayout
-	Filter uint64
-	PortLo uint16
-	PortHi uint16
-	N4     uint8
-	N6     uint8
-	Pad    [2]uint8
-	Src4   [8]uint32
-	Src6   [8][4]uint32
+	_          structs.HostLayout
+	Filter     uint64
+	PortLo     uint16
+	PortHi     uint16
+	N4         uint8
+	N6         uint8
+	FilterHalf uint8
+	Pad        uint8
+	Src4       [8]uint32
+	Src6       [8][4]uint32
 }
 
 type lbNatKey struct {
@@ -566,6 +567,7 @@ const (
 	lbMapNat4            = "nat4"
 	lbMapNat6            = "nat6"
 	lbMapNatConfigMap    = "nat_config_map"
+	lbMapNatFilter       = "nat_filter"
 	lbMapNatScratchMap   = "nat_scratch_map"
 	lbMapNatSourceStats  = "nat_source_stats"
 	lbMapPinBackoff      = "pin_backoff"
@@ -664,6 +666,7 @@ type lbMapSpecs struct {
 	Nat4           *ebpf.MapSpec `ebpf:"nat4"`
 	Nat6           *ebpf.MapSpec `ebpf:"nat6"`
 	NatConfigMap   *ebpf.MapSpec `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.MapSpec `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.MapSpec `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.MapSpec `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.MapSpec `ebpf:"pin_backoff"`
@@ -738,6 +741,7 @@ type lbMaps struct {
 	Nat4           *ebpf.Map `ebpf:"nat4"`
 	Nat6           *ebpf.Map `ebpf:"nat6"`
 	NatConfigMap   *ebpf.Map `ebpf:"nat_config_map"`
+	NatFilter      *ebpf.Map `ebpf:"nat_filter"`
 	NatScratchMap  *ebpf.Map `ebpf:"nat_scratch_map"`
 	NatSourceStats *ebpf.Map `ebpf:"nat_source_stats"`
 	PinBackoff     *ebpf.Map `ebpf:"pin_backoff"`
@@ -768,6 +772,7 @@ func (m *lbMaps) Close() error {
 		m.Nat4,
 		m.Nat6,
 		m.NatConfigMap,
+		m.NatFilter,
 		m.NatScratchMap,
 		m.NatSourceStats,
 		m.PinBackoff,

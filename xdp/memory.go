@@ -21,6 +21,7 @@ func (d *Datapath) Memory() (map[string]uint64, error) {
 		"stats": d.objs.Stats, "vip_stats": d.objs.VipStats, "backend_stats": d.objs.BackendStats,
 		"tx_ports": d.objs.TxPorts, "settings_map": d.objs.SettingsMap,
 		"vip_index": d.objs.VipIndex, "vip_slots": d.objs.VipSlots, "pin_filter": d.objs.PinFilter,
+		"nat4": d.objs.Nat4, "nat6": d.objs.Nat6, "nat_filter": d.objs.NatFilter,
 	}
 	for name, m := range maps {
 		n, err := memlock(m)

@@ -84,6 +84,7 @@ func (d *Datapath) SetNAT(c NATConfig) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	v.FilterHalf = d.natConfig.FilterHalf // MaintainNAT's
 	old := natSources(d.natConfig)
 	// The new sources' prefilter bits before the config that names them,
 	// the old ones' cleared after: a reply never meets a config whose
@@ -291,11 +292,18 @@ func (d *Datapath) natFind(src, dst netip.AddrPort, proto Proto, reply bool) (na
 	return natFrom(t.g.kw == 9, tag, append(key, val...)), natRef{t, r}, true
 }
 
-// natPut inserts e (which must not be there) into its table.
+// natPut inserts e (which must not be there) into its table, and a forward
+// entry's bit into the NAT filter after it, as the program does.
 func (d *Datapath) natPut(e natEntry) error {
 	t := d.natTable(!e.src.Addr().Is4())
 	key, tag, hash := natKey(e.src, e.dst, e.proto, e.reply)
-	return t.insert(hash, key, tag, e.value(), false)
+	if err := t.insert(hash, key, tag, e.value(), false); err != nil {
+		return err
+	}
+	if !e.reply {
+		d.natFilter.mark(hash)
+	}
+	return nil
 }
 
 // delete removes the entry r names if it is unchanged since it was found.
@@ -430,10 +438,13 @@ type NATMaintainResult struct {
 // no flow (after a second: a flow being made has both within
 // microseconds). A flow whose forward entry was touched between the walk
 // and its removal stays: the removal is a compare-and-swap of the state
-// word the walk read (flowtable.h).
+// word the walk read (flowtable.h). It rebuilds the NAT filter from the
+// flows that remain. Calls must not overlap.
 func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 	res := NATMaintainResult{Expired: map[string]int{}}
+	d.clearNATFilter() // before the walk, so no flow made meanwhile loses its bit
 	flows, orphans := d.natWalk()
+	var hashes []uint32
 	for _, f := range flows {
 		limit, reason := t.TCPTransitory, NATExpiredTransitory
 		switch f.State {
@@ -444,6 +455,8 @@ func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 		}
 		if f.Idle <= limit || !f.fwd.delete() {
 			res.Remaining++
+			_, _, hash := natKey(f.Client, f.VIP, f.Proto, false)
+			hashes = append(hashes, hash)
 			continue
 		}
 		if f.hasRev && !f.rev.delete() {
@@ -459,6 +472,9 @@ func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
 		if r.delete() {
 			res.Expired[NATExpiredOrphan]++
 		}
+	}
+	if err := d.switchNATFilter(hashes); err != nil {
+		return res, err
 	}
 	d.mu.Lock()
 	for r, n := range res.Expired {

@@ -356,6 +356,124 @@ func TestSNATTableFull(t *testing.T) {
 	w.run(t, steps)
 }
 
+// natBackOff makes every CPU back off from the NAT tables as after a run
+// of inserts that found them full (until: for an hour; or not at all).
+func natBackOff(t *testing.T, d *Datapath, on bool) {
+	t.Helper()
+	var sc []lbNatScratch
+	if err := d.objs.NatScratchMap.Lookup(uint32(0), &sc); err != nil {
+		t.Fatal(err)
+	}
+	for i := range sc {
+		sc[i].Full.Until, sc[i].Full.Streak = 0, 0
+		if on {
+			sc[i].Full.Until = uint64(monotonicNow() + time.Hour)
+		}
+	}
+	if err := d.objs.NatScratchMap.Put(uint32(0), sc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSNATFilterWhileFull: while a CPU backs off from a full NAT table, a
+// packet that would make a flow (a SYN, a datagram) is refused without a
+// table read unless the NAT filter has its forward key's bit: a SYN or a
+// datagram of a flow that exists (a retransmission, the client's next
+// query) follows the flow. MaintainNAT rebuilds the filter from the flows
+// that remain.
+func TestSNATFilterWhileFull(t *testing.T) {
+	for _, fam := range []struct {
+		name   string
+		client netip.Addr
+		vip    netip.Addr
+		id     uint32
+	}{
+		{"IPv4", fxClient4, fxSNATVIP4, fxSNATID4},
+		{"IPv6", fxClient6, fxSNATVIP6, fxSNATID6},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			w := newNATWorld(t, Options{})
+			now := time.Duration(0)
+			w.d.nowMono = func() time.Duration { return now }
+			tv, uv := netip.AddrPortFrom(fam.vip, 80), netip.AddrPortFrom(fam.vip, 53)
+			c, u := netip.AddrPortFrom(fam.client, 44000), netip.AddrPortFrom(fam.client, 44001)
+			nc, nu := netip.AddrPortFrom(fam.client, 44002), netip.AddrPortFrom(fam.client, 44003)
+			src, be := w.translation(c, tv, TCP)
+			usrc, ube := w.translation(u, uv, UDP)
+			q := []byte("query")
+			syn := fxIn(fxIP(c, tv, packet.TCPSyn, nil), nil)
+			query := fxIn(fxUDP(u, uv, q), nil)
+			made := []natStep{
+				{name: "SYN makes a flow", in: syn, wantVerdict: fxTX,
+					wantOut: fxL2Out(w.be[fam.id], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"},
+				{name: "datagram makes a flow", in: query, wantVerdict: fxTX,
+					wantOut: fxL2Out(w.be[fam.id], fxUDP(usrc, ube, q), nil), wantCounter: "tx/snat"},
+			}
+			w.run(t, made)
+			natBackOff(t, w.d, true)
+			made[0].name, made[1].name = "SYN again follows its flow", "next datagram follows its flow"
+			w.run(t, append(made,
+				natStep{name: "new SYN refused", in: fxIn(fxIP(nc, tv, packet.TCPSyn, nil), nil), wantVerdict: fxDrop,
+					wantCounter: "drop/snat_table_full"},
+				natStep{name: "new datagram refused", in: fxIn(fxUDP(nu, uv, q), nil), wantVerdict: fxDrop,
+					wantCounter: "drop/snat_table_full"},
+			))
+			bit := func(client, vip netip.AddrPort, proto Proto) bool {
+				_, _, hash := natKey(client, vip, proto, false)
+				return w.d.natFilter.has(uint32(w.d.natConfig.FilterHalf), hash)
+			}
+			for _, f := range []struct {
+				client, vip netip.AddrPort
+				proto       Proto
+				want        bool
+			}{{c, tv, TCP, true}, {u, uv, UDP, true}, {nc, tv, TCP, false}, {nu, uv, UDP, false}} {
+				if got := bit(f.client, f.vip, f.proto); got != f.want {
+					t.Errorf("filter bit of %s -> %s: %v, want %v", f.client, f.vip, got, f.want)
+				}
+			}
+
+			// The UDP flow expires: the half packets read next has the
+			// TCP flow's bit only, and its datagram, still backing off,
+			// is refused.
+			half := w.d.natConfig.FilterHalf
+			now = monotonicNow() + 90*time.Second
+			res, err := w.d.MaintainNAT(NATTimeouts{TCPEstablished: time.Hour, TCPTransitory: time.Hour, UDP: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Remaining != 1 || res.Expired[NATExpiredUDP] != 1 {
+				t.Fatalf("MaintainNAT: %+v, want the UDP flow expired", res)
+			}
+			if w.d.natConfig.FilterHalf == half {
+				t.Errorf("MaintainNAT left packets reading filter half %d", half)
+			}
+			if !bit(c, tv, TCP) || bit(u, uv, UDP) {
+				t.Errorf("after MaintainNAT: filter bits %v (TCP flow) and %v (expired UDP flow), want true and false", bit(c, tv, TCP), bit(u, uv, UDP))
+			}
+			w.run(t, []natStep{
+				{name: "SYN still follows its flow", in: syn, wantVerdict: fxTX,
+					wantOut: fxL2Out(w.be[fam.id], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"},
+				{name: "datagram of the expired flow refused", in: query, wantVerdict: fxDrop, wantCounter: "drop/snat_table_full"},
+			})
+			// Writing the SNAT config again (a reload) keeps the half in use.
+			half = w.d.natConfig.FilterHalf
+			if err := w.d.SetNAT(NATConfig{Sources: []netip.Addr{fxSNATSrc4, fxSNATSrc6}, PortLo: fxSNATPortLo, PortHi: fxSNATPortHi}); err != nil {
+				t.Fatal(err)
+			}
+			var cfg lbNatConfig
+			if err := w.d.objs.NatConfigMap.Lookup(uint32(0), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if cfg.FilterHalf != half {
+				t.Errorf("SetNAT switched the filter half from %d to %d", half, cfg.FilterHalf)
+			}
+			natBackOff(t, w.d, false)
+			w.run(t, []natStep{{name: "a new flow once there is room again", in: query, wantVerdict: fxTX,
+				wantOut: fxL2Out(w.be[fam.id], fxUDP(usrc, ube, q), nil), wantCounter: "tx/snat"}})
+		})
+	}
+}
+
 // TestSNATMalformed: malformed packets to a SNAT service are dropped as any
 // VIP's; to a SNAT source (the host's address, maybe) they pass.
 func TestSNATMalformed(t *testing.T) {
@@ -558,31 +676,49 @@ func TestSNATUDPBackendDown(t *testing.T) {
 // a flow's replies before anyone calls SetNAT.
 func TestSNATRestart(t *testing.T) {
 	testnet.RequirePrivileged(t)
-	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
-	o := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128, MaxNATFlows: 64}
-	w := newNATWorld(t, o)
-	c, v := fxAP(fxClient4, 46000), fxAP(fxSNATVIP4, 80)
-	src, be := w.translation(c, v, TCP)
-	w.run(t, []natStep{{name: "SYN", in: fxIn(fxIP(c, v, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
-		wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"}})
-	if err := w.d.Close(); err != nil {
-		t.Fatal(err)
+	for _, earlier := range []bool{false, true} {
+		// earlier: the maps were pinned by a release before the NAT
+		// filter, which pinned none; Open sets the bits of their flows.
+		t.Run(map[bool]string{false: "restart", true: "from a release without the NAT filter"}[earlier], func(t *testing.T) {
+			pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+			o := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128, MaxNATFlows: 64}
+			w := newNATWorld(t, o)
+			c, v := fxAP(fxClient4, 46000), fxAP(fxSNATVIP4, 80)
+			src, be := w.translation(c, v, TCP)
+			syn := natStep{name: "SYN", in: fxIn(fxIP(c, v, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+				wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"}
+			w.run(t, []natStep{syn})
+			if err := w.d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if earlier {
+				if err := os.Remove(filepath.Join(pin, lbMapNatFilter)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d, err := Open(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Unpin(); d.Close() })
+			if got := d.NAT(); len(got.Sources) != 2 || got.PortLo != fxSNATPortLo || got.PortHi != fxSNATPortHi {
+				t.Errorf("SNAT config after the restart: %+v", got)
+			}
+			w.d = d
+			// The flow's bit is in the filter: its SYN, sent again while
+			// the CPU backs off from a full table, follows it.
+			natBackOff(t, d, true)
+			syn.name = "SYN again, backing off, after the restart"
+			w.run(t, []natStep{syn})
+			natBackOff(t, d, false)
+			w.run(t, []natStep{
+				{name: "SYN-ACK after the restart", in: fxFromBackend(fxIP(be, src, packet.TCPSyn|packet.TCPAck, nil)), wantVerdict: fxTX,
+					wantOut: fxToClient(fxIP(v, c, packet.TCPSyn|packet.TCPAck, nil)), wantCounter: "tx/snat_reply"},
+				{name: "ACK after the restart", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
+					wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
+			})
+		})
 	}
-	d, err := Open(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Unpin(); d.Close() })
-	if got := d.NAT(); len(got.Sources) != 2 || got.PortLo != fxSNATPortLo || got.PortHi != fxSNATPortHi {
-		t.Errorf("SNAT config after the restart: %+v", got)
-	}
-	w.d = d
-	w.run(t, []natStep{
-		{name: "SYN-ACK after the restart", in: fxFromBackend(fxIP(be, src, packet.TCPSyn|packet.TCPAck, nil)), wantVerdict: fxTX,
-			wantOut: fxToClient(fxIP(v, c, packet.TCPSyn|packet.TCPAck, nil)), wantCounter: "tx/snat_reply"},
-		{name: "ACK after the restart", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
-			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},
-	})
 }
 
 // TestSNATExplain: the model (Decide) and the dry run agree on snat
@@ -724,6 +860,12 @@ func TestUpgradeCopiesOldNAT(t *testing.T) {
 		t.Errorf("nat_flows still pinned: %v", err)
 	}
 	w.d = d
+	// The copy set the flow's NAT filter bit: its SYN, sent again while
+	// the CPU backs off from a full table, follows it.
+	natBackOff(t, d, true)
+	w.run(t, []natStep{{name: "SYN again, backing off, after the upgrade", in: fxIn(fxIP(c, v, packet.TCPSyn, nil), nil), wantVerdict: fxTX,
+		wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPSyn, nil), nil), wantCounter: "tx/snat"}})
+	natBackOff(t, d, false)
 	w.run(t, []natStep{
 		{name: "ACK after the upgrade", in: fxIn(fxIP(c, v, packet.TCPAck, nil), nil), wantVerdict: fxTX,
 			wantOut: fxL2Out(w.be[fxSNATID4], fxIP(src, be, packet.TCPAck, nil), nil), wantCounter: "tx/snat"},

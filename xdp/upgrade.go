@@ -142,6 +142,29 @@ func (d *Datapath) copyOldNAT() error {
 	return nil
 }
 
+func pinExists(dir, name string) bool {
+	_, err := os.Stat(filepath.Join(dir, name))
+	return err == nil
+}
+
+// markOldNAT sets the NAT filter bits of every forward entry of NAT tables
+// pinned by a release before the filter, which set none: without them a
+// SYN of such a flow would be refused while its CPU backs off from a full
+// table.
+func (d *Datapath) markOldNAT() {
+	n := 0
+	d.natEntries(func(e natEntry, _ natRef) {
+		if !e.reply {
+			_, _, hash := natKey(e.src, e.dst, e.proto, false)
+			d.natFilter.mark(hash)
+			n++
+		}
+	})
+	if n > 0 {
+		slog.Info("NAT filter built for the earlier release's flows", "flows", n)
+	}
+}
+
 // natFromOld is the entry of an earlier release's nat_flows key and value.
 func natFromOld(k lbNatKey, v lbNatValue) natEntry {
 	addr := func(w [4]uint32) netip.Addr {

@@ -70,6 +70,11 @@
 #define PIN_FILTER_SHIFT 24
 #define PIN_FILTER_WORDS ((1 << PIN_FILTER_SHIFT) / 64)
 
+/* The NAT filter: the same, a bit per forward NAT key's table hash >>
+ * (32 - NAT_FILTER_SHIFT). */
+#define NAT_FILTER_SHIFT 24
+#define NAT_FILTER_WORDS ((1 << NAT_FILTER_SHIFT) / 64)
+
 /* The vip_index array: VIP_INDEX_SIZE entries. */
 #define VIP_INDEX_SHIFT 16
 #define VIP_INDEX_SIZE (1 << VIP_INDEX_SHIFT)

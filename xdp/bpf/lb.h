@@ -260,18 +260,45 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
 	return s ? s->id[half & 1] : 0;
 }
 
+/* A filter of two halves of u64 words (pin_filter, nat_filter): word i of
+ * half h is at i * stride + h * hoff (pin_filter: the halves one after the
+ * other; nat_filter: interleaved, so a new flow's two words share a cache
+ * line). hf_has says whether bit is set in half (or the word cannot be
+ * read); hf_mark sets it in both halves, after the entry it stands for is
+ * in its table. Always a locked or, also when the bit reads set: a plain load may
+ * be satisfied before the entry's publishing store is visible, and user
+ * space may then clear the word and walk the table without seeing the
+ * entry (xdp/pinfilter.go, clear); the locked or is ordered after that
+ * store. */
+static __always_inline int hf_has(void *map, __u32 stride, __u32 hoff, __u32 half, __u32 bit)
+{
+	__u32 word = (bit >> 6) * stride + (half & 1) * hoff;
+	__u64 *w = bpf_map_lookup_elem(map, &word);
+
+	return !w || (*w & (1ULL << (bit & 63)));
+}
+
+static __always_inline void hf_mark(void *map, __u32 stride, __u32 hoff, __u32 bit)
+{
+	__u64 mask = 1ULL << (bit & 63), *w;
+	__u32 word = (bit >> 6) * stride;
+
+	w = bpf_map_lookup_elem(map, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+	word += hoff;
+	w = bpf_map_lookup_elem(map, &word);
+	if (w)
+		__sync_fetch_and_or(w, mask);
+}
+
 /* pin_maybe says whether a flow of this hash may have a pin. */
 static __always_inline int pin_maybe(__u32 hash)
 {
-	__u32 zero = 0, bit = hash >> (32 - PIN_FILTER_SHIFT), word;
+	__u32 zero = 0;
 	struct settings *s = bpf_map_lookup_elem(&settings_map, &zero);
-	__u64 *w;
 
-	if (!s)
-		return 1;
-	word = (s->pin_filter & 1) * PIN_FILTER_WORDS + (bit >> 6);
-	w = bpf_map_lookup_elem(&pin_filter, &word);
-	return !w || (*w & (1ULL << (bit & 63)));
+	return !s || hf_has(&pin_filter, 1, PIN_FILTER_WORDS, s->pin_filter, hash >> (32 - PIN_FILTER_SHIFT));
 }
 
 /* pin_mark sets a new pin's bit in both halves of the filter, once the pin
@@ -279,17 +306,7 @@ static __always_inline int pin_maybe(__u32 hash)
  * half (xdp/pinfilter.go). */
 static __always_inline void pin_mark(__u32 hash)
 {
-	__u32 bit = hash >> (32 - PIN_FILTER_SHIFT);
-	__u32 word = bit >> 6;
-	__u64 mask = 1ULL << (bit & 63), *w;
-
-	w = bpf_map_lookup_elem(&pin_filter, &word);
-	if (w)
-		__sync_fetch_and_or(w, mask);
-	word += PIN_FILTER_WORDS;
-	w = bpf_map_lookup_elem(&pin_filter, &word);
-	if (w)
-		__sync_fetch_and_or(w, mask);
+	hf_mark(&pin_filter, 1, PIN_FILTER_WORDS, hash >> (32 - PIN_FILTER_SHIFT));
 }
 
 /* Entry geometry of pins4 and pins6 in 32-bit words (flowtable.h). */

@@ -342,7 +342,8 @@ struct nat_config {
 	__u16 port_hi;
 	__u8 n4;            /* sources of each family in src4/src6 */
 	__u8 n6;
-	__u8 pad[2];
+	__u8 filter_half;   /* which half of nat_filter packets read (0 or 1) */
+	__u8 pad;
 	__be32 src4[NAT_MAX_SOURCES];
 	__u32 src6[NAT_MAX_SOURCES][4];
 };
