@@ -92,6 +92,7 @@ type Datapath struct {
 	vipIndex   []byte      // vip_index, mapped
 	pinFilter  *halfFilter // pin_filter, mapped
 	natFilter  *halfFilter // nat_filter, mapped
+	natMaint   sync.Mutex  // MaintainNAT: one filter rebuild at a time
 	pins4      *flowTable
 	pins6      *flowTable
 	nat4       *flowTable

@@ -439,8 +439,10 @@ type NATMaintainResult struct {
 // microseconds). A flow whose forward entry was touched between the walk
 // and its removal stays: the removal is a compare-and-swap of the state
 // word the walk read (flowtable.h). It rebuilds the NAT filter from the
-// flows that remain. Calls must not overlap.
+// flows that remain (one call at a time).
 func (d *Datapath) MaintainNAT(t NATTimeouts) (NATMaintainResult, error) {
+	d.natMaint.Lock()
+	defer d.natMaint.Unlock()
 	res := NATMaintainResult{Expired: map[string]int{}}
 	d.clearNATFilter() // before the walk, so no flow made meanwhile loses its bit
 	flows, orphans := d.natWalk()

@@ -265,9 +265,9 @@ static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u
  * other; nat_filter: interleaved, so a new flow's two words share a cache
  * line). hf_has says whether bit is set in half (or the word cannot be
  * read); hf_mark sets it in both halves, after the entry it stands for is
- * in its table. Always a locked or, also when the bit reads set: a plain load may
- * be satisfied before the entry's publishing store is visible, and user
- * space may then clear the word and walk the table without seeing the
+ * in its table. Always a locked or, also when the bit reads set: a plain
+ * load may be satisfied before the entry's publishing store is visible, and
+ * user space may then clear the word and walk the table without seeing the
  * entry (xdp/pinfilter.go, clear); the locked or is ordered after that
  * store. */
 static __always_inline int hf_has(void *map, __u32 stride, __u32 hoff, __u32 half, __u32 bit)

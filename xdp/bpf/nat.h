@@ -85,11 +85,11 @@ struct {
  * each forward entry's table hash is set, so a packet that would make a
  * flow while its CPU backs off from the full table (ft_backing_off), whose
  * bit is clear, is refused without reading the table (a cache miss in a
- * table of many MiB). Two halves, as the pin filter's, but interleaved (word
- * i of half h at 2i + h: a new flow's two words are in one cache line): the
- * program sets a new flow's bit in both and reads the one nat_config names; MaintainNAT
- * rebuilds the other from the flows that remain and switches. User space
- * writes it through mmap. */
+ * table of many MiB). Two halves, as the pin filter's, but interleaved
+ * (word i of half h at 2i + h: a new flow's two words are in one cache
+ * line): the program sets a new flow's bit in both and reads the one
+ * nat_config names; MaintainNAT rebuilds the other from the flows that
+ * remain and switches. User space writes it through mmap. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -296,7 +296,7 @@ static __always_inline struct nat_config *nat_cfg(void)
 
 /* nat_mark sets the filter bit of a forward key's table hash in both
  * halves, once its entry is in the table: MaintainNAT relies on that order
- * when it rebuilds a half (xdp/natfilter.go). */
+ * when it rebuilds a half (xdp/pinfilter.go). */
 static __always_inline void nat_mark(__u32 hash)
 {
 	hf_mark(&nat_filter, 2, 1, hash >> (32 - NAT_FILTER_SHIFT));
