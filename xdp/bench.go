@@ -171,15 +171,15 @@ func (d *Datapath) loadOther(path string, to any) error {
 	if err != nil {
 		return err
 	}
-	if err := d.opts.configure(spec); err != nil {
-		return err
-	}
-	maps := d.maps()
 	for _, name := range []string{lbMapStats, lbMapVips, lbMapBackends} {
 		if _, ok := spec.Maps[name]; !ok {
 			return fmt.Errorf("it has no map %s: another datapath", name)
 		}
 	}
+	if err := d.opts.configure(spec); err != nil {
+		return err
+	}
+	maps := d.maps()
 	for name := range maps {
 		if _, ok := spec.Maps[name]; !ok {
 			delete(maps, name)

@@ -2,8 +2,10 @@ package xdp
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
+	"github.com/xdplb/xdplb/internal/packet"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
 
@@ -82,5 +84,21 @@ func TestBenchAblateNAT(t *testing.T) {
 	}
 	if v, _ := run(est, AblateNATLookup|ablationBuild); v != XDPDrop {
 		t.Errorf("established ACK without natlookup: verdict %d, want %d (no flow)", v, XDPDrop)
+	}
+}
+
+// TestBenchRunFileOtherBuilds: -versus runs another build's bench wrapper
+// on this datapath's maps (this build's own object here, which has them
+// all); an object without the datapath's counters and services, such as
+// the decap program's, is refused by name.
+func TestBenchRunFileOtherBuilds(t *testing.T) {
+	d := fxOpen(t, Options{})
+	f := BenchFrame{Data: fxIn(fxIP(fxAP(fxClient4, 40000), fxAP(netip.MustParseAddr("198.19.200.1"), 80), packet.TCPAck, nil), nil)}
+	if _, v, _, err := d.BenchRunFile("bench_bpfel.o", f, 1); err != nil || v != XDPPass {
+		t.Errorf("this build's wrapper from its file: verdict %d, %v; want XDP_PASS (no VIP)", v, err)
+	}
+	_, _, _, err := d.BenchRunFile("decap_bpfel.o", f, 1)
+	if err == nil || !strings.Contains(err.Error(), "it has no map stats: another datapath") {
+		t.Errorf("the decap object: %v, want it refused as another datapath", err)
 	}
 }
