@@ -74,20 +74,18 @@ func (w *fsWorld) setAll(t *testing.T, k VIPKey, id uint32) {
 
 // fsFrame is a TCP packet of the flow client:port -> vip.
 func fsFrame(vip VIPKey, port uint16, flags packet.TCPFlags) []byte {
-	client := netip.AddrFrom4([4]byte{198, 18, 7, byte(port % 251)})
-	if vip.Addr.Is6() {
-		client = netip.MustParseAddr(fmt.Sprintf("2001:db8:7::%x", port))
-	}
-	return fxIn(fxIP(fxAP(client, port), fxAP(vip.Addr, vip.Port), flags, nil), nil)
+	return fxIn(fxIP(fsClient(vip, port), fxAP(vip.Addr, vip.Port), flags, nil), nil)
 }
 
-func fsFlowName(vip VIPKey, port uint16) string {
-	in := fsFrame(vip, port, packet.TCPAck)
-	if vip.Addr.Is4() {
-		return fmt.Sprintf("%s:%d", netip.AddrFrom4([4]byte(in[26:30])), port)
+// fsClient is the client's side of flow port to vip.
+func fsClient(vip VIPKey, port uint16) netip.AddrPort {
+	if vip.Addr.Is6() {
+		return fxAP(netip.MustParseAddr(fmt.Sprintf("2001:db8:7::%x", port)), port)
 	}
-	return fmt.Sprintf("[%s]:%d", netip.AddrFrom16([16]byte(in[22:38])), port)
+	return fxAP(netip.AddrFrom4([4]byte{198, 18, 7, byte(port % 251)}), port)
 }
+
+func fsFlowName(vip VIPKey, port uint16) string { return fsClient(vip, port).String() }
 
 // send runs one packet of flow port and returns the backend it went to.
 func (w *fsWorld) send(t *testing.T, vip VIPKey, port uint16, flags packet.TCPFlags) uint32 {
@@ -632,8 +630,7 @@ func TestPinBackoffAfterAStreak(t *testing.T) {
 	vip := w.vip4
 	w.setAll(t, vip, fsA)
 	flow := func(port uint16) Flow {
-		in := fsFrame(vip, port, packet.TCPAck)
-		return Flow{Src: fxAP(netip.AddrFrom4([4]byte(in[26:30])), port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
+		return Flow{Src: fsClient(vip, port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP, BackendID: fsC}
 	}
 	var filled []Flow
 	for port := uint16(1000); ; port++ {
@@ -717,12 +714,7 @@ func TestPinBucketBusy(t *testing.T) {
 			w.setAll(t, vip, fsB) // every slot moved: a new flow is pinned to A
 			tb := w.d.pinTable(v6)
 			home := func(port uint16) uint32 {
-				in := fsFrame(vip, port, packet.TCPAck)
-				src := netip.AddrFrom4([4]byte(in[26:30]))
-				if v6 {
-					src = netip.AddrFrom16([16]byte(in[22:38]))
-				}
-				_, _, hash := pinKey(Flow{Src: fxAP(src, port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP})
+				_, _, hash := pinKey(Flow{Src: fsClient(vip, port), Dst: fxAP(vip.Addr, vip.Port), Proto: TCP})
 				return hash & tb.mask
 			}
 			const port = 1000

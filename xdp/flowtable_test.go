@@ -212,8 +212,8 @@ func TestConcurrentPins(t *testing.T) {
 			// tries (on a loaded VM, its vCPU can be descheduled holding
 			// the lock): that flow is counted pin_bucket_busy and stays
 			// unpinned unless the other CPU was pinning it. One more
-			// packet of every flow, from one CPU, pins those and follows
-			// the others' pins.
+			// packet of every flow, one at a time, pins those and
+			// follows the others' pins.
 			raced, _ := fxCounters(t, d)
 			busy := raced["event/pin_bucket_busy"] - before["event/pin_bucket_busy"]
 			for cpu := range 2 {

@@ -64,8 +64,8 @@ func TestPinFilter(t *testing.T) {
 	if got := send(); got != 1 {
 		t.Fatalf("the established flow went to backend %d, want 1 (its previous table's)", got)
 	}
-	bit := FlowHash(src, netip.AddrPortFrom(k.Addr, 80), TCP, 42) >> (32 - pinFilterShift)
-	isSet := func(half uint32) bool { return atomic.LoadUint64(d.pinFilter.word(half, bit))&(1<<(bit&63)) != 0 }
+	hash := FlowHash(src, netip.AddrPortFrom(k.Addr, 80), TCP, 42)
+	isSet := func(half uint32) bool { return d.pinFilter.has(half, hash) }
 	if !isSet(0) || !isSet(1) {
 		t.Fatalf("the pin's filter bit: half 0 %v, half 1 %v; want both set", isSet(0), isSet(1))
 	}
@@ -188,8 +188,7 @@ func (w *pfWorld) check(t *testing.T) {
 	}
 	missing := 0
 	for _, f := range flows {
-		bit := FlowHash(f.Src, f.Dst, f.Proto, seed[f.Dst.Addr()]) >> (32 - pinFilterShift)
-		if atomic.LoadUint64(w.d.pinFilter.word(active, bit))&(1<<(bit&63)) == 0 {
+		if !w.d.pinFilter.has(active, FlowHash(f.Src, f.Dst, f.Proto, seed[f.Dst.Addr()])) {
 			if missing++; missing <= 5 {
 				t.Errorf("pin of %s -> %s (backend %d): its bit is clear in the half packets read", f.Src, f.Dst, f.BackendID)
 			}
