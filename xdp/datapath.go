@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,6 +42,10 @@ type Options struct {
 	TTL uint8
 	// DisableEcho stops the program answering pings to VIP addresses.
 	DisableEcho bool
+
+	// isaV3 loads the build for the v3 instruction set where the kernel
+	// has v4 (tests of the older kernels' build).
+	isaV3 bool
 }
 
 // NoPin as Options.PinPath keeps every object private to the process.
@@ -75,6 +80,7 @@ func (o *Options) setDefaults() {
 type Datapath struct {
 	opts Options
 	objs lbObjects
+	isa  string // the instruction set of the program loaded: "v4" or "v3"
 
 	mu         sync.Mutex
 	vips       map[VIPKey]*vipState
@@ -133,11 +139,26 @@ type vipState struct {
 	old     *innerTable // a previous inner map (the table size changed), while it may be the prev table
 }
 
+// forwardingSpec returns the forwarding program's object for this kernel,
+// and the instruction set it was built for. The program is built twice
+// from one source (xdp/gen.go): for BPF's v4 instruction set (Linux 6.6
+// and later), loaded where the kernel has it, and for v3 (Linux 5.1 and
+// later). v4's instructions (stores of immediates, byte swaps) make the
+// same program cheaper: established_l2 -5 ns, docs/bench.md.
+func forwardingSpec(v3 bool) (*ebpf.CollectionSpec, string, error) {
+	if !v3 && features.HaveV4ISA() == nil {
+		spec, err := loadLb()
+		return spec, "v4", err
+	}
+	spec, err := loadLbv3()
+	return spec, "v3", err
+}
+
 // Open loads the program, or reuses the maps pinned under opts.PinPath by an
 // earlier instance, and recovers its state from them. It attaches nothing.
 func Open(opts Options) (*Datapath, error) {
 	opts.setDefaults()
-	spec, err := loadLb()
+	spec, isa, err := forwardingSpec(opts.isaV3)
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +192,7 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{
 		opts:       opts,
+		isa:        isa,
 		zeroStats:  make([]lbLbStats, ebpf.MustPossibleCPU()),
 		vips:       map[VIPKey]*vipState{},
 		backends:   map[uint32]*backendState{},
@@ -346,6 +368,10 @@ func (d *Datapath) Close() error {
 
 // Program is the load-balancer program, for attaching elsewhere and for tests.
 func (d *Datapath) Program() *ebpf.Program { return d.objs.Xdplb }
+
+// ISA is the BPF instruction set the loaded program was built for: "v4"
+// where the kernel has it (Linux 6.6 and later), else "v3".
+func (d *Datapath) ISA() string { return d.isa }
 
 // PinPath is the directory the datapath's objects are pinned under, or NoPin.
 func (d *Datapath) PinPath() string { return d.opts.PinPath }

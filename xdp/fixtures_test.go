@@ -983,13 +983,28 @@ func checkFixture(t *testing.T, d *Datapath, f fixture) {
 }
 
 func TestDatapathFixtures(t *testing.T) {
+	runFixtures(t, Options{}, "v4")
+}
+
+// TestDatapathFixturesV3 runs the fixtures on the build for BPF's v3
+// instruction set, which kernels before 6.6 load: the same bytes out.
+func TestDatapathFixturesV3(t *testing.T) {
+	runFixtures(t, Options{isaV3: true}, "v3")
+}
+
+// runFixtures runs every fixture on datapaths opened with o, whose program
+// must be the build for instruction set isa.
+func runFixtures(t *testing.T, o Options, isa string) {
 	env := fxNewEnv(t)
 	datapaths := map[*fixtureSetup]*Datapath{}
 	datapath := func(t *testing.T, s *fixtureSetup) *Datapath {
 		if d, ok := datapaths[s]; ok {
 			return d
 		}
-		d := fxOpen(t, Options{})
+		d := fxOpen(t, o)
+		if d.ISA() != isa {
+			t.Fatalf("the datapath loaded the %s build, want %s", d.ISA(), isa)
+		}
 		fixtureWorld.apply(t, d, env)
 		if s != nil {
 			env.do(t, func() { s.apply(t, d) })

@@ -211,6 +211,7 @@ func New(ctx context.Context, opts Options) (*Plane, error) {
 		p.closeAnnouncers()
 		return nil, err
 	}
+	log.Info("datapath loaded", "isa", p.dp.ISA())
 	p.rec = lb.NewReconciler(p.dp, lb.KernelNextHops{}, lb.Options{MaxBackends: 65536})
 	// Take over what an earlier instance left: its backends keep their ids
 	// (and so their pinned flows and counters); what the configuration no

@@ -731,7 +731,7 @@ static __always_inline __u32 nat_rst(struct xdp_md *ctx, struct pkt *p, const in
 		ack = bpf_htonl(bpf_ntohl(t->seq) + len);
 		flags = bpf_htons(0x5014); /* data offset 5, RST, ACK */
 	}
-	if (bpf_xdp_adjust_tail(ctx, (int)(l2 + l3 + TCP_HLEN) - (int)(data_end - data)))
+	if (bpf_xdp_adjust_tail(ctx, (int)(l2 + l3 + TCP_HLEN) - (int)frame_bytes(data, data_end)))
 		return CNT_DROP_ADJUST;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

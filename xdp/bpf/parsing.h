@@ -11,6 +11,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "consts.h"
 
@@ -23,6 +24,17 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
 };
+
+/* frame_bytes is data_end - data as a 64-bit scalar. Left to itself, clang
+ * with 32-bit subregisters (-mcpu=v3) may subtract the two pointers' low
+ * halves, which the verifier refuses as 32-bit pointer arithmetic. */
+static __always_inline long frame_bytes(void *data, void *data_end)
+{
+	long n = data_end - data;
+
+	barrier_var(n);
+	return n;
+}
 
 /* parse_eth returns the ethertype (host order) after at most one 802.1Q/802.1ad
  * tag, -1 if the frame is too short, -2 for a second (stacked) tag, which the
