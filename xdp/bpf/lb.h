@@ -233,7 +233,9 @@ static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 		if (s && s->key.port == p->dport && s->key.proto == p->proto && s->key.family == p->family) {
 			__u32 *a = (__u32 *)s->key.addr;
 
-			if (a[0] == p->daddr[0] && a[1] == p->daddr[1] && a[2] == p->daddr[2] && a[3] == p->daddr[3])
+			/* An IPv4 key's other words are zero, as are the packet's. */
+			if (a[0] == p->daddr[0] &&
+			    (p->family == 4 || (a[1] == p->daddr[1] && a[2] == p->daddr[2] && a[3] == p->daddr[3])))
 				return &s->meta;
 		}
 	}
