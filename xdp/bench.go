@@ -99,7 +99,7 @@ const (
 	AblateIndex   = Ablation(benchXdplbAblationABLATE_INDEX)    // the vip_index cache (services from the vips hash)
 	AblateHash    = Ablation(benchXdplbAblationABLATE_HASH)     // the flow hash (a constant: the backend changes)
 	AblateTable   = Ablation(benchXdplbAblationABLATE_TABLE)    // the Maglev slot's read (slot 0: the backend changes)
-	AblateSNAT    = Ablation(benchXdplbAblationABLATE_SNAT)     // the SNAT-source check before the service lookup
+	AblateSNAT    = Ablation(benchXdplbAblationABLATE_SNAT)     // the SNAT-source check (services at a SNAT source, packets of no service)
 	// A new NAT flow's steps (snat_new_flow), with the others run alike.
 	AblateNATPeek   = Ablation(benchXdplbAblationABLATE_NAT_PEEK)   // a SYN's early read of both its entries' buckets
 	AblateNATLookup = Ablation(benchXdplbAblationABLATE_NAT_LOOKUP) // the forward entry's lookup (always a miss)

@@ -3,6 +3,7 @@ package xdp
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -110,9 +111,10 @@ type Datapath struct {
 	slotsUsed  map[uint32]use // vip id -> when its slots were last in use by a VIP gone
 	freed      []uint32       // maglev_tables slots to release at the next flush
 	zeroStats  []lbLbStats
-	natConfig  lbNatConfig       // the SNAT config written last
-	natExpired map[string]uint64 // NAT flows expired by MaintainNAT, by reason
-	natFlows   int               // NAT flows after the last MaintainNAT
+	natConfig  lbNatConfig         // the SNAT config written last
+	snatAddrs  map[netip.Addr]bool // addresses whose VIPs carry VIP_F_SNAT_SOURCE (snatflag.go)
+	natExpired map[string]uint64   // NAT flows expired by MaintainNAT, by reason
+	natFlows   int                 // NAT flows after the last MaintainNAT
 	closed     bool
 	monitoring bool // Monitor has a reader
 	nowMono    func() time.Duration
@@ -200,6 +202,7 @@ func Open(opts Options) (*Datapath, error) {
 		indexOwner: map[uint32]VIPKey{},
 		slotsUsed:  map[uint32]use{},
 		filter:     map[uint32]int{},
+		snatAddrs:  map[netip.Addr]bool{},
 		addrs:      map[addrKey]int{},
 		links:      map[string]*Attachment{},
 		nowMono:    monotonicNow,

@@ -79,6 +79,7 @@ func (d *Datapath) recoverIndex() {
 // writeMeta makes m the meta of VIP k: in the vips hash, and in the index
 // when the VIP is (or can now be) served by it.
 func (d *Datapath) writeMeta(k VIPKey, st *vipState, m lbVipMeta) error {
+	m.Flags = d.snatFlag(k.Addr, m.Flags)
 	if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateExist); err != nil {
 		return err
 	}

@@ -549,7 +549,8 @@ const (
 type lbXdplbVipFlags uint32
 
 const (
-	lbXdplbVipFlagsVIP_F_HAS_PINS lbXdplbVipFlags = 1
+	lbXdplbVipFlagsVIP_F_HAS_PINS    lbXdplbVipFlags = 1
+	lbXdplbVipFlagsVIP_F_SNAT_SOURCE lbXdplbVipFlags = 2
 )
 
 // Names of all BPF objects in the ELF.

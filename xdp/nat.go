@@ -94,10 +94,16 @@ func (d *Datapath) SetNAT(c NATConfig) error {
 			return fmt.Errorf("setting SNAT source %s: %w", a, err)
 		}
 	}
+	// Likewise the VIPs at a new source carry VIP_F_SNAT_SOURCE before
+	// the config names it, and those at an old one lose it after.
+	if err := d.setSNATAddrs(append(natSources(v), old...)); err != nil {
+		return fmt.Errorf("flagging the VIPs at SNAT sources: %w", err)
+	}
 	if err := d.objs.NatConfigMap.Put(uint32(0), &v); err != nil {
 		for _, a := range natSources(v) {
 			_ = d.setFilterBit(a, false)
 		}
+		_ = d.setSNATAddrs(old)
 		return fmt.Errorf("writing the SNAT config: %w", err)
 	}
 	for _, a := range old {
@@ -106,6 +112,9 @@ func (d *Datapath) SetNAT(c NATConfig) error {
 		}
 	}
 	d.natConfig = v
+	if err := d.setSNATAddrs(natSources(v)); err != nil {
+		return fmt.Errorf("flagging the VIPs at SNAT sources: %w", err)
+	}
 	return nil
 }
 

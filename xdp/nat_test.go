@@ -904,3 +904,156 @@ func TestSNATSourceIsAVIP(t *testing.T) {
 				Payload: packet.ICMPv4{Type: packet.ICMPv4EchoReply, Rest: packet.EchoRest(1, 2), Body: []byte("ping")}}})},
 	})
 }
+
+// natSourceFlags returns, per VIP at address a, whether its meta in the
+// vips hash and, when the index serves it, in its vip_slots slot carries
+// VIP_F_SNAT_SOURCE.
+func natSourceFlags(t *testing.T, d *Datapath, a netip.Addr) map[VIPKey][2]bool {
+	t.Helper()
+	const flag = uint8(lbXdplbVipFlagsVIP_F_SNAT_SOURCE)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[VIPKey][2]bool{}
+	for k, st := range d.vips {
+		if k.Addr != a {
+			continue
+		}
+		var m lbVipMeta
+		if err := d.objs.Vips.Lookup(k.bpf(), &m); err != nil {
+			t.Fatal(err)
+		}
+		got := [2]bool{m.Flags&flag != 0, m.Flags&flag != 0}
+		if st.indexed {
+			var s lbVipSlot
+			if err := d.objs.VipSlots.Lookup(st.slot, &s); err != nil {
+				t.Fatal(err)
+			}
+			got[1] = s.Meta.Flags&flag != 0
+		}
+		out[k] = got
+	}
+	return out
+}
+
+// TestSNATSourceFlag: a packet to a service skips the look for a NAT flow
+// unless the service's address is a SNAT source (VIP_F_SNAT_SOURCE). The
+// flag follows the SNAT config and the VIPs, and is set at Open on VIPs of
+// maps a release before it pinned. Its proof: a reply to a source:port that
+// is also a service's address and port goes back to the client, not to the
+// service.
+func TestSNATSourceFlag(t *testing.T) {
+	testnet.RequirePrivileged(t)
+	pin := filepath.Join(testnet.MountBPFFS(t), "xdplb")
+	o := Options{PinPath: pin, MaxVIPs: 16, MaxBackends: 64, MaxFlows: 128, MaxNATFlows: 64}
+	w := newNATWorld(t, o)
+	wantFlags := func(t *testing.T, d *Datapath, want bool) {
+		t.Helper()
+		flags := natSourceFlags(t, d, fxSNATVIP4)
+		if len(flags) != 2 {
+			t.Fatalf("VIPs at %s: %v, want 2", fxSNATVIP4, flags)
+		}
+		for k, f := range flags {
+			if f != [2]bool{want, want} {
+				t.Errorf("VIP %s: VIP_F_SNAT_SOURCE in vips, vip_slots %v, want %v", k, f, want)
+			}
+		}
+	}
+	wantFlags(t, w.d, false)
+	// The VIP's address as the only IPv4 source, with one port: the
+	// port of the UDP service at that address.
+	if err := w.d.SetNAT(NATConfig{Sources: []netip.Addr{fxSNATVIP4}, PortLo: 53, PortHi: 53}); err != nil {
+		t.Fatal(err)
+	}
+	wantFlags(t, w.d, true)
+	c, v := fxAP(fxClient4, 44200), fxAP(fxSNATVIP4, 53)
+	src, be := netip.AddrPortFrom(fxSNATVIP4, 53), netip.AddrPortFrom(fxSNATBE4, w.be[fxSNATID4].Port)
+	payload := bytes.Repeat([]byte{0x5a}, 32)
+	reply := natStep{name: "reply to the source:port that is the service's", in: fxFromBackend(fxUDP(be, src, payload)), wantVerdict: fxTX,
+		wantOut: fxToClient(fxUDP(v, c, payload)), wantCounter: "tx/snat_reply"}
+	w.run(t, []natStep{
+		{name: "datagram to the service", in: fxIn(fxUDP(c, v, payload), nil), wantVerdict: fxTX,
+			wantOut: fxL2Out(w.be[fxSNATID4], fxUDP(src, be, payload), nil), wantCounter: "tx/snat"},
+		reply,
+	})
+
+	// A VIP added at a source's address has the flag from the start.
+	web := VIPKey{fxSNATVIP4, 443, TCP}
+	if err := w.d.UpsertVIP(web, VIP{Mode: ModeSNAT}); err != nil {
+		t.Fatal(err)
+	}
+	if f := natSourceFlags(t, w.d, fxSNATVIP4)[web]; !f[0] {
+		t.Errorf("VIP %s added at a SNAT source: no VIP_F_SNAT_SOURCE", web)
+	}
+	if err := w.d.DeleteVIP(web); err != nil {
+		t.Fatal(err)
+	}
+
+	// A release before the flag pinned metas without it, in vips and in
+	// vip_slots: Open sets it before the program can be attached.
+	if err := w.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	vips, err := ebpf.LoadPinnedMap(filepath.Join(pin, lbMapVips), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		k lbVipKey
+		m lbVipMeta
+	)
+	var keys []lbVipKey
+	for it := vips.Iterate(); it.Next(&k, &m); {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if err := vips.Lookup(k, &m); err != nil {
+			t.Fatal(err)
+		}
+		m.Flags &^= uint8(lbXdplbVipFlagsVIP_F_SNAT_SOURCE)
+		if err := vips.Update(k, &m, ebpf.UpdateExist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vips.Close()
+	slots, err := ebpf.LoadPinnedMap(filepath.Join(pin, lbMapVipSlots), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := uint32(0); i < slots.MaxEntries(); i++ {
+		var s lbVipSlot
+		if err := slots.Lookup(i, &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Meta.Flags&uint8(lbXdplbVipFlagsVIP_F_SNAT_SOURCE) != 0 {
+			s.Meta.Flags &^= uint8(lbXdplbVipFlagsVIP_F_SNAT_SOURCE)
+			if err := slots.Put(i, &s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	slots.Close()
+	d, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Unpin(); d.Close() })
+	w.d = d
+	wantFlags(t, d, true)
+	reply.name += ", after the restart"
+	w.run(t, []natStep{reply})
+
+	// Without the source, the flag goes; the same datagram is the UDP
+	// service's (a new flow, from the IPv4 source left).
+	if err := d.SetNAT(NATConfig{Sources: []netip.Addr{fxSNATSrc4}, PortLo: fxSNATPortLo, PortHi: fxSNATPortHi}); err != nil {
+		t.Fatal(err)
+	}
+	wantFlags(t, d, false)
+	before, _ := fxCounters(t, d)
+	if ret, _ := fxRun(t, d.Program(), fxFromBackend(fxUDP(be, src, payload))); ret != fxTX {
+		t.Errorf("datagram to %s once it is no SNAT source: verdict %s, want XDP_TX", src, fxVerdict(ret))
+	}
+	after, _ := fxCounters(t, d)
+	if n := after["tx/snat"] - before["tx/snat"]; n != 1 {
+		t.Errorf("datagram to %s once it is no SNAT source: tx/snat moved by %d, want 1 (a new flow of the service)", src, n)
+	}
+}

@@ -211,7 +211,12 @@ func (d *Datapath) recover() error {
 	if err := d.recoverNAT(); err != nil {
 		return err
 	}
-	return d.writeFilter()
+	if err := d.writeFilter(); err != nil {
+		return err
+	}
+	// VIPs a release before VIP_F_SNAT_SOURCE left at a SNAT source's
+	// address get the flag before this program is attached.
+	return d.setSNATAddrs(natSources(d.natConfig))
 }
 
 func (d *Datapath) writeFilter() error {
@@ -287,7 +292,7 @@ func (d *Datapath) UpsertVIP(k VIPKey, v VIP) error {
 		}
 	}
 	d.addrs[addrKey{k.Addr}]++
-	m := lbVipMeta{VipId: id, Mode: uint8(v.Mode), HashSeed: v.HashSeed}
+	m := lbVipMeta{VipId: id, Mode: uint8(v.Mode), HashSeed: v.HashSeed, Flags: d.snatFlag(k.Addr, 0)}
 	if err := d.objs.Vips.Update(k.bpf(), &m, ebpf.UpdateNoExist); err != nil {
 		d.vipIDs.put(id)
 		d.releaseAddr(k.Addr)

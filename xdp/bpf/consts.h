@@ -151,6 +151,7 @@ enum xdplb_mode {
 /* vip_meta.flags */
 enum xdplb_vip_flags {
 	VIP_F_HAS_PINS = 1 << 0, /* flows of this VIP may have pins in pins4/pins6 */
+	VIP_F_SNAT_SOURCE = 1 << 1, /* the VIP's address is a SNAT source: its packets may be NAT replies */
 };
 
 /* vip_addr_info.flags */

@@ -53,7 +53,7 @@ enum xdplb_ablation {
 	ABLATE_INDEX = 8,    /* the vip_index cache: every service from the vips hash */
 	ABLATE_HASH = 16,    /* the flow hash: a constant instead (changes the backend) */
 	ABLATE_TABLE = 32,   /* the Maglev slot read: the table's first slot instead (changes the backend) */
-	ABLATE_SNAT = 64,    /* the SNAT-source check of packets to a VIP address (no reply is translated) */
+	ABLATE_SNAT = 64,    /* the SNAT-source check of packets of no service or of a flagged one (no reply is translated) */
 	ABLATE_NAT_PEEK = 128,   /* a SYN's early read of both its entries' buckets (nat_peek_reply) */
 	ABLATE_NAT_LOOKUP = 256, /* a SNAT packet's forward entry lookup: always a miss (every SYN a new flow) */
 	ABLATE_NAT_INSERT = 512, /* a new NAT flow's two inserts: taken as done, nothing written */
@@ -218,13 +218,13 @@ static __always_inline __u32 addr_verdict(struct pkt *p, __u32 drop, __u32 pass)
 	return vip_addr_lookup(p) ? drop : pass;
 }
 
-static __always_inline struct vip_meta *service_lookup(struct pkt *p)
+/* service_indexed returns the service of the packet's destination if the
+ * VIP index serves it (two inlined array reads), else NULL. */
+static __always_inline struct vip_meta *service_indexed(struct pkt *p)
 {
 	__u32 folded = p->family == 4 ? p->daddr[0] : fold_addr6(p->daddr);
 	__u32 idx = vip_index_of(folded, p->dport, p->proto);
-	struct vip_key k = {};
 	struct vip_slot *s;
-	struct vip_meta *m;
 	__u32 *slot;
 
 	slot = ablated(ABLATE_INDEX) ? NULL : bpf_map_lookup_elem(&vip_index, &idx);
@@ -239,6 +239,16 @@ static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 				return &s->meta;
 		}
 	}
+	return NULL;
+}
+
+/* service_hashed returns the service of the packet's destination from the
+ * vips hash (the reference, which the index caches): the exact key, else
+ * the address's port-0 service, which serves every port. */
+static __always_inline struct vip_meta *service_hashed(struct pkt *p)
+{
+	struct vip_key k = {};
+	struct vip_meta *m;
 
 	__builtin_memcpy(k.addr, p->daddr, 16);
 	k.port = p->dport;
@@ -247,8 +257,15 @@ static __always_inline struct vip_meta *service_lookup(struct pkt *p)
 	m = bpf_map_lookup_elem(&vips, &k);
 	if (m)
 		return m;
-	k.port = 0; /* a port-0 entry serves every port of its address */
+	k.port = 0;
 	return bpf_map_lookup_elem(&vips, &k);
+}
+
+static __always_inline struct vip_meta *service_lookup(struct pkt *p)
+{
+	struct vip_meta *m = service_indexed(p);
+
+	return m ? m : service_hashed(p);
 }
 
 static __always_inline __u32 table_lookup(__u32 idx, __u32 half, __u32 size, __u32 hash)
@@ -1189,15 +1206,24 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 
 	/* A reply to a SNAT source:port is translated back to its client; one
 	 * of no NAT flow may be the host's own traffic (or for a VIP at the
-	 * same address). */
-	r = ablated(ABLATE_SNAT) ? 0 : nat_is_source(nat_cfg(), p);
-	if (r) {
-		__u32 reason = nat_reply(ctx, p);
+	 * same address). A service the index serves, at an address that is no
+	 * SNAT source (no VIP_F_SNAT_SOURCE, which user space keeps in step
+	 * with the sources), has no replies to look for: its packets skip the
+	 * check. Others look first, and only then in the vips hash (a reply
+	 * finds no service: it would pay two hash lookups for nothing). */
+	m = service_indexed(p);
+	r = 0;
+	if (!m || (m->flags & VIP_F_SNAT_SOURCE)) {
+		r = ablated(ABLATE_SNAT) ? 0 : nat_is_source(nat_cfg(), p);
+		if (r) {
+			__u32 reason = nat_reply(ctx, p);
 
-		if (reason)
-			return reason;
+			if (reason)
+				return reason;
+		}
+		if (!m)
+			m = service_hashed(p);
 	}
-	m = service_lookup(p);
 	if (!m)
 		return addr_verdict(p, CNT_DROP_NO_SERVICE, r ? CNT_PASS_NAT_NO_FLOW : CNT_PASS_NOT_VIP);
 	return lb_forward(ctx, p, m);
