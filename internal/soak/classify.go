@@ -128,7 +128,11 @@ type Defect struct {
 	What     string    `json:"what"`
 	Recent   []string  `json:"recent_changes"`
 	Counters string    `json:"datapath_counters,omitempty"`
-	Line     string    `json:"line"`
+	// SoakStall is the soak's own longest stall in the 6 s before the
+	// defect (watchStalls): over a second or two, the soak's servers or
+	// clients may have caused it.
+	SoakStall Seconds `json:"soak_stall_s,omitempty"`
+	Line      string  `json:"line"`
 }
 
 // Seconds is a duration that marshals as seconds.
@@ -364,6 +368,9 @@ func (d Defect) String() string {
 	}
 	if d.Counters != "" {
 		s += "; datapath counters that moved around it: " + d.Counters
+	}
+	if st := time.Duration(d.SoakStall); st >= 500*time.Millisecond {
+		s += fmt.Sprintf("; the soak itself stalled %.1fs in the 6 s before it", st.Seconds())
 	}
 	return s
 }

@@ -211,3 +211,36 @@ func TestReportJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestSoakStall checks how a stall of the soak itself is told: the longest
+// in the window before a defect, named on its line from half a second up,
+// and in the JSON report.
+func TestSoakStall(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	s := &soak{stalls: []stall{{t0.Add(10 * time.Second), 300 * time.Millisecond}, {t0.Add(15 * time.Second), 2100 * time.Millisecond}}}
+	for _, c := range []struct {
+		at   time.Duration
+		want time.Duration
+	}{{9 * time.Second, 0}, {12 * time.Second, 300 * time.Millisecond}, {16 * time.Second, 2100 * time.Millisecond}, {22 * time.Second, 0}} {
+		if got := s.stallBefore(t0.Add(c.at), 6*time.Second); got != c.want {
+			t.Errorf("stall in the 6 s before +%v = %v, want %v", c.at, got, c.want)
+		}
+	}
+	d := Defect{At: t0, Service: "web", What: "broke", SoakStall: Seconds(2100 * time.Millisecond)}
+	if got, want := d.String(), "; the soak itself stalled 2.1s in the 6 s before it"; !strings.HasSuffix(got, want) {
+		t.Errorf("defect line %q: want it to end %q", got, want)
+	}
+	d.SoakStall = Seconds(300 * time.Millisecond)
+	if got := d.String(); strings.Contains(got, "stalled") {
+		t.Errorf("defect line %q names a stall of 0.3 s", got)
+	}
+	b, err := json.Marshal(Report{MaxStall: Seconds(2100 * time.Millisecond), Defects: []Defect{{SoakStall: Seconds(time.Second)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"max_stall_s":2.100`, `"soak_stall_s":1.000`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON report lacks %s:\n%s", want, b)
+		}
+	}
+}

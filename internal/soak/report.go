@@ -37,7 +37,10 @@ type Report struct {
 	// UnplannedDowns are backends the health checks took down without
 	// the soak stopping their listener (a slow machine can do that).
 	UnplannedDowns []string `json:"unplanned_downs,omitempty"`
-	Defects        []Defect `json:"defects"`
+	// MaxStall is the longest time the soak's own goroutines woke late
+	// (its servers and clients then ran late too).
+	MaxStall Seconds  `json:"max_stall_s"`
+	Defects  []Defect `json:"defects"`
 	// Evidence is a directory with the daemon's log and the timeline,
 	// kept when there are defects.
 	Evidence string `json:"evidence,omitempty"`
@@ -74,6 +77,7 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "  %s\n", u)
 		}
 	}
+	fmt.Fprintf(w, "the soak's own longest stall: %.2fs\n", time.Duration(r.MaxStall).Seconds())
 	fmt.Fprintf(w, "datapath counters that moved: %s\n", formatCounters(r.Counters))
 	fmt.Fprintf(w, "defects: %d\n", len(r.Defects))
 	for _, d := range r.Defects {

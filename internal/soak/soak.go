@@ -94,18 +94,20 @@ type soak struct {
 	rng      *rand.Rand
 
 	// The configuration: the four main services and the churn services.
-	cfgMu    sync.Mutex
-	main     []*service
-	churn    []*service
-	churnN   int
-	dialable []*service // churn services short connections may go to
-	inflight map[string]*sync.WaitGroup
+	cfgMu      sync.Mutex
+	main       []*service
+	churn      []*service
+	churnN     int
+	dialable   []*service // churn services short connections may go to
+	inflight   map[string]*sync.WaitGroup
+	explainSem chan struct{} // bounds the explains under way (whereIs)
 
 	mu       sync.Mutex
 	tl       Timeline
 	outcomes []Outcome
 	health   map[[2]string]healthSeen // (service, backend) -> what the monitor saw
 	snaps    []snapshot
+	stalls   []stall
 	problems []Defect
 	report   Report
 
@@ -161,7 +163,7 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 		return nil, fmt.Errorf("soak needs root (namespaces, XDP); running as uid %d", uid)
 	}
 	s := &soak{opts: opts, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
-		inflight: map[string]*sync.WaitGroup{}, health: map[[2]string]healthSeen{}}
+		inflight: map[string]*sync.WaitGroup{}, explainSem: make(chan struct{}, 2), health: map[[2]string]healthSeen{}}
 
 	// Everything set up is torn down in reverse order, also on error and
 	// when ctx is cancelled (Ctrl-C).
@@ -340,6 +342,7 @@ func (s *soak) run(ctx context.Context) (*Report, error) {
 	defer stopTimer.Stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.monitor(runCtx) })
+	wg.Go(func() { s.watchStalls(runCtx) })
 	for i := range s.opts.Long {
 		wg.Go(func() { s.longConn(runCtx, s.main[i%len(s.main)]) })
 	}
@@ -426,8 +429,14 @@ func (s *soak) finish(end time.Time) *Report {
 		r.ExpectedHow[e.Err]++
 		r.MaxBreakDelay = max(r.MaxBreakDelay, Seconds(e.Delay))
 	}
+	for _, st := range s.stalls {
+		r.MaxStall = max(r.MaxStall, Seconds(st.late))
+	}
 	for i := range defects {
 		defects[i].Counters = s.countersAround(defects[i].At)
+		// An echo every second and a server idle timeout of 4 s: a
+		// stall in the last 6 s can have broken it.
+		defects[i].SoakStall = Seconds(s.stallBefore(defects[i].At, 6*time.Second))
 		defects[i].Line = defects[i].String()
 	}
 	for _, p := range s.problems {
@@ -471,6 +480,42 @@ func delta(a, b map[string]float64) map[string]float64 {
 		}
 	}
 	return d
+}
+
+// stall is a time the soak's own goroutines ran late: its servers and
+// clients were off the CPU too, and a server that stalls past its idle
+// timeout closes a connection the datapath kept.
+type stall struct {
+	at   time.Time // when it ended
+	late time.Duration
+}
+
+// watchStalls notes when a goroutine that sleeps 50 ms wakes more than
+// 200 ms late.
+func (s *soak) watchStalls(ctx context.Context) {
+	const tick = 50 * time.Millisecond
+	for {
+		t0 := time.Now()
+		if !sleep(ctx, tick) {
+			return
+		}
+		if late := time.Since(t0) - tick; late > 200*time.Millisecond {
+			s.mu.Lock()
+			s.stalls = append(s.stalls, stall{time.Now(), late})
+			s.mu.Unlock()
+		}
+	}
+}
+
+// stallBefore is the longest stall of the soak in the window before at.
+func (s *soak) stallBefore(at time.Time, window time.Duration) time.Duration {
+	var m time.Duration
+	for _, st := range s.stalls {
+		if !st.at.Before(at.Add(-window)) && !st.at.After(at) {
+			m = max(m, st.late)
+		}
+	}
+	return m
 }
 
 func (s *soak) record(o Outcome) {
@@ -525,11 +570,17 @@ func (s *soak) whereIs(c *conn, svc *service) string {
 	defer cancel()
 	var e controlplane.ExplainInfo
 	where := "xdplb explain: "
-	out, err := s.d.cli(ctx, "explain", "--from", c.LocalAddr().String(), "--to", svc.vipPort()+"/tcp", "-o", "json")
-	if err == nil && json.Unmarshal([]byte(out), &e) == nil {
+	// A few at a time: a removal breaks dozens of connections at once.
+	s.explainSem <- struct{}{}
+	err := s.d.call(ctx, controlRequest{Command: "explain", From: c.LocalAddr().String(), VIP: svc.vipPort() + "/tcp"}, &e)
+	<-s.explainSem
+	if err == nil {
 		where += e.Text
+		if e.Program != nil && !e.Agree {
+			where += " (the datapath program and its model disagree)"
+		}
 	} else {
-		where += fmt.Sprintf("%v: %s", err, strings.TrimSpace(out))
+		where += err.Error()
 	}
 	holders := s.srv.holders(c.LocalAddr().String(), c.RemoteAddr().String(), s.tl.Start)
 	if len(holders) == 0 {
