@@ -272,13 +272,27 @@ func (d *Datapath) benchRunAblated(f BenchFrame, repeat int, ablate Ablation) (t
 
 // BenchFloor runs only the frame restore of the bench wrapper, as BenchRun
 // runs the whole program: the difference between the two is the program's
-// own cost. Its verdict is XDP_PASS.
-func (d *Datapath) BenchFloor(f BenchFrame, repeat int) (time.Duration, error) {
+// own cost. grow is how much the program changes the frame's length (IPIP
+// encapsulation: 20 or 40 bytes; 0 for most cases): the restore after such
+// a program then moves the frame's head back, one bpf_xdp_adjust_head a
+// run that is the benchmark's, and the floor makes it too
+// (xdplb_bench_floor_grow). Its verdict is XDP_PASS.
+func (d *Datapath) BenchFloor(f BenchFrame, grow int, repeat int) (time.Duration, error) {
 	b, err := d.benchObjects(0)
 	if err != nil {
 		return 0, err
 	}
-	dur, verdict, _, _, err := d.benchRun(b.BenchFrames, b.XdplbBenchFloor, f, repeat)
+	prog := b.XdplbBenchFloor
+	if grow != 0 {
+		if grow < -BenchMaxFrame || grow > BenchMaxFrame {
+			return 0, fmt.Errorf("bench floor: growth of %d bytes out of range", grow)
+		}
+		if err := b.BenchFloorGrow.Set(int32(grow)); err != nil {
+			return 0, fmt.Errorf("bench floor: setting bench_floor_grow: %w", err)
+		}
+		prog = b.XdplbBenchFloorGrow
+	}
+	dur, verdict, _, _, err := d.benchRun(b.BenchFrames, prog, f, repeat)
 	if err != nil {
 		return 0, err
 	}
@@ -941,6 +955,7 @@ type BenchCase struct {
 	// of -ablate and -versus beside it, so that each starts alike.
 	reset    func(d *Datapath) error
 	prepared bool
+	grow     int // how much the program changes the frame's length (BenchFloor)
 }
 
 // Frame is the frame the case runs.
@@ -1084,6 +1099,11 @@ func (c *BenchCase) Prepare() error {
 	if _, err := c.run(d, 1); err != nil {
 		return err
 	}
+	out, err := c.expect(c.frame.Varied(0))
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	c.grow = len(out) - len(c.frame.Data)
 	c.prepared = true
 	return nil
 }
@@ -1104,7 +1124,7 @@ func (c *BenchCase) Sample(repeat int, floorFirst bool) (BenchSample, error) {
 		return smp, err
 	}
 	ref := func() error {
-		if smp.Floor, err = d.BenchFloor(c.frame, repeat); err != nil {
+		if smp.Floor, err = d.BenchFloor(c.frame, c.grow, repeat); err != nil {
 			return fmt.Errorf("%s: %w", c.Name, err)
 		}
 		var v uint32

@@ -457,43 +457,45 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	benchMapBackendStats     = "backend_stats"
-	benchMapBackends         = "backends"
-	benchMapBenchFrames      = "bench_frames"
-	benchMapDryResult        = "dry_result"
-	benchMapFrags            = "frags"
-	benchMapMaglevTables     = "maglev_tables"
-	benchMapMonitorEvents    = "monitor_events"
-	benchMapMonitorLost      = "monitor_lost"
-	benchMapMonitorOn        = "monitor_on"
-	benchMapNat4             = "nat4"
-	benchMapNat6             = "nat6"
-	benchMapNatConfigMap     = "nat_config_map"
-	benchMapNatFilter        = "nat_filter"
-	benchMapNatScratchMap    = "nat_scratch_map"
-	benchMapNatSourceStats   = "nat_source_stats"
-	benchMapPinBackoff       = "pin_backoff"
-	benchMapPinFilter        = "pin_filter"
-	benchMapPins4            = "pins4"
-	benchMapPins6            = "pins6"
-	benchMapSettingsMap      = "settings_map"
-	benchMapStats            = "stats"
-	benchMapTxPorts          = "tx_ports"
-	benchMapVipAddrs         = "vip_addrs"
-	benchMapVipFilter        = "vip_filter"
-	benchMapVipIndex         = "vip_index"
-	benchMapVipSlots         = "vip_slots"
-	benchMapVipStats         = "vip_stats"
-	benchMapVips             = "vips"
-	benchProgXdplbBench      = "xdplb_bench"
-	benchProgXdplbBenchFloor = "xdplb_bench_floor"
-	benchVarBtfAblation      = "btf_ablation"
-	benchVarCfgIcmpEcho      = "cfg_icmp_echo"
-	benchVarCfgNat4Mask      = "cfg_nat4_mask"
-	benchVarCfgNat6Mask      = "cfg_nat6_mask"
-	benchVarCfgPins4Mask     = "cfg_pins4_mask"
-	benchVarCfgPins6Mask     = "cfg_pins6_mask"
-	benchVarCfgTtl           = "cfg_ttl"
+	benchMapBackendStats         = "backend_stats"
+	benchMapBackends             = "backends"
+	benchMapBenchFrames          = "bench_frames"
+	benchMapDryResult            = "dry_result"
+	benchMapFrags                = "frags"
+	benchMapMaglevTables         = "maglev_tables"
+	benchMapMonitorEvents        = "monitor_events"
+	benchMapMonitorLost          = "monitor_lost"
+	benchMapMonitorOn            = "monitor_on"
+	benchMapNat4                 = "nat4"
+	benchMapNat6                 = "nat6"
+	benchMapNatConfigMap         = "nat_config_map"
+	benchMapNatFilter            = "nat_filter"
+	benchMapNatScratchMap        = "nat_scratch_map"
+	benchMapNatSourceStats       = "nat_source_stats"
+	benchMapPinBackoff           = "pin_backoff"
+	benchMapPinFilter            = "pin_filter"
+	benchMapPins4                = "pins4"
+	benchMapPins6                = "pins6"
+	benchMapSettingsMap          = "settings_map"
+	benchMapStats                = "stats"
+	benchMapTxPorts              = "tx_ports"
+	benchMapVipAddrs             = "vip_addrs"
+	benchMapVipFilter            = "vip_filter"
+	benchMapVipIndex             = "vip_index"
+	benchMapVipSlots             = "vip_slots"
+	benchMapVipStats             = "vip_stats"
+	benchMapVips                 = "vips"
+	benchProgXdplbBench          = "xdplb_bench"
+	benchProgXdplbBenchFloor     = "xdplb_bench_floor"
+	benchProgXdplbBenchFloorGrow = "xdplb_bench_floor_grow"
+	benchVarBenchFloorGrow       = "bench_floor_grow"
+	benchVarBtfAblation          = "btf_ablation"
+	benchVarCfgIcmpEcho          = "cfg_icmp_echo"
+	benchVarCfgNat4Mask          = "cfg_nat4_mask"
+	benchVarCfgNat6Mask          = "cfg_nat6_mask"
+	benchVarCfgPins4Mask         = "cfg_pins4_mask"
+	benchVarCfgPins6Mask         = "cfg_pins6_mask"
+	benchVarCfgTtl               = "cfg_ttl"
 )
 
 // loadBench returns the embedded CollectionSpec for bench.
@@ -538,8 +540,9 @@ type benchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchProgramSpecs struct {
-	XdplbBench      *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	XdplbBench          *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
+	XdplbBenchFloor     *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	XdplbBenchFloorGrow *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor_grow"`
 }
 
 // benchMapSpecs contains maps before they are loaded into the kernel.
@@ -580,13 +583,14 @@ type benchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
-	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
-	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
-	CfgNat4Mask  *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
-	CfgNat6Mask  *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
-	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
-	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
-	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
+	BenchFloorGrow *ebpf.VariableSpec `ebpf:"bench_floor_grow"`
+	BtfAblation    *ebpf.VariableSpec `ebpf:"btf_ablation"`
+	CfgIcmpEcho    *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask    *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask    *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
+	CfgPins4Mask   *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask   *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
+	CfgTtl         *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
 // benchObjects contains all objects after they have been loaded into the kernel.
@@ -676,27 +680,30 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
-	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
-	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
-	CfgNat4Mask  *ebpf.Variable `ebpf:"cfg_nat4_mask"`
-	CfgNat6Mask  *ebpf.Variable `ebpf:"cfg_nat6_mask"`
-	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
-	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
-	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`
+	BenchFloorGrow *ebpf.Variable `ebpf:"bench_floor_grow"`
+	BtfAblation    *ebpf.Variable `ebpf:"btf_ablation"`
+	CfgIcmpEcho    *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask    *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask    *ebpf.Variable `ebpf:"cfg_nat6_mask"`
+	CfgPins4Mask   *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask   *ebpf.Variable `ebpf:"cfg_pins6_mask"`
+	CfgTtl         *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 
 // benchPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchPrograms struct {
-	XdplbBench      *ebpf.Program `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	XdplbBench          *ebpf.Program `ebpf:"xdplb_bench"`
+	XdplbBenchFloor     *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	XdplbBenchFloorGrow *ebpf.Program `ebpf:"xdplb_bench_floor_grow"`
 }
 
 func (p *benchPrograms) Close() error {
 	return _BenchClose(
 		p.XdplbBench,
 		p.XdplbBenchFloor,
+		p.XdplbBenchFloorGrow,
 	)
 }
 

@@ -442,44 +442,46 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	benchablateMapBackendStats     = "backend_stats"
-	benchablateMapBackends         = "backends"
-	benchablateMapBenchFrames      = "bench_frames"
-	benchablateMapDryResult        = "dry_result"
-	benchablateMapFrags            = "frags"
-	benchablateMapMaglevTables     = "maglev_tables"
-	benchablateMapMonitorEvents    = "monitor_events"
-	benchablateMapMonitorLost      = "monitor_lost"
-	benchablateMapMonitorOn        = "monitor_on"
-	benchablateMapNat4             = "nat4"
-	benchablateMapNat6             = "nat6"
-	benchablateMapNatConfigMap     = "nat_config_map"
-	benchablateMapNatFilter        = "nat_filter"
-	benchablateMapNatScratchMap    = "nat_scratch_map"
-	benchablateMapNatSourceStats   = "nat_source_stats"
-	benchablateMapPinBackoff       = "pin_backoff"
-	benchablateMapPinFilter        = "pin_filter"
-	benchablateMapPins4            = "pins4"
-	benchablateMapPins6            = "pins6"
-	benchablateMapSettingsMap      = "settings_map"
-	benchablateMapStats            = "stats"
-	benchablateMapTxPorts          = "tx_ports"
-	benchablateMapVipAddrs         = "vip_addrs"
-	benchablateMapVipFilter        = "vip_filter"
-	benchablateMapVipIndex         = "vip_index"
-	benchablateMapVipSlots         = "vip_slots"
-	benchablateMapVipStats         = "vip_stats"
-	benchablateMapVips             = "vips"
-	benchablateProgXdplbBench      = "xdplb_bench"
-	benchablateProgXdplbBenchFloor = "xdplb_bench_floor"
-	benchablateVarBenchAblate      = "bench_ablate"
-	benchablateVarBtfAblation      = "btf_ablation"
-	benchablateVarCfgIcmpEcho      = "cfg_icmp_echo"
-	benchablateVarCfgNat4Mask      = "cfg_nat4_mask"
-	benchablateVarCfgNat6Mask      = "cfg_nat6_mask"
-	benchablateVarCfgPins4Mask     = "cfg_pins4_mask"
-	benchablateVarCfgPins6Mask     = "cfg_pins6_mask"
-	benchablateVarCfgTtl           = "cfg_ttl"
+	benchablateMapBackendStats         = "backend_stats"
+	benchablateMapBackends             = "backends"
+	benchablateMapBenchFrames          = "bench_frames"
+	benchablateMapDryResult            = "dry_result"
+	benchablateMapFrags                = "frags"
+	benchablateMapMaglevTables         = "maglev_tables"
+	benchablateMapMonitorEvents        = "monitor_events"
+	benchablateMapMonitorLost          = "monitor_lost"
+	benchablateMapMonitorOn            = "monitor_on"
+	benchablateMapNat4                 = "nat4"
+	benchablateMapNat6                 = "nat6"
+	benchablateMapNatConfigMap         = "nat_config_map"
+	benchablateMapNatFilter            = "nat_filter"
+	benchablateMapNatScratchMap        = "nat_scratch_map"
+	benchablateMapNatSourceStats       = "nat_source_stats"
+	benchablateMapPinBackoff           = "pin_backoff"
+	benchablateMapPinFilter            = "pin_filter"
+	benchablateMapPins4                = "pins4"
+	benchablateMapPins6                = "pins6"
+	benchablateMapSettingsMap          = "settings_map"
+	benchablateMapStats                = "stats"
+	benchablateMapTxPorts              = "tx_ports"
+	benchablateMapVipAddrs             = "vip_addrs"
+	benchablateMapVipFilter            = "vip_filter"
+	benchablateMapVipIndex             = "vip_index"
+	benchablateMapVipSlots             = "vip_slots"
+	benchablateMapVipStats             = "vip_stats"
+	benchablateMapVips                 = "vips"
+	benchablateProgXdplbBench          = "xdplb_bench"
+	benchablateProgXdplbBenchFloor     = "xdplb_bench_floor"
+	benchablateProgXdplbBenchFloorGrow = "xdplb_bench_floor_grow"
+	benchablateVarBenchAblate          = "bench_ablate"
+	benchablateVarBenchFloorGrow       = "bench_floor_grow"
+	benchablateVarBtfAblation          = "btf_ablation"
+	benchablateVarCfgIcmpEcho          = "cfg_icmp_echo"
+	benchablateVarCfgNat4Mask          = "cfg_nat4_mask"
+	benchablateVarCfgNat6Mask          = "cfg_nat6_mask"
+	benchablateVarCfgPins4Mask         = "cfg_pins4_mask"
+	benchablateVarCfgPins6Mask         = "cfg_pins6_mask"
+	benchablateVarCfgTtl               = "cfg_ttl"
 )
 
 // loadBenchablate returns the embedded CollectionSpec for benchablate.
@@ -524,8 +526,9 @@ type benchablateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchablateProgramSpecs struct {
-	XdplbBench      *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	XdplbBench          *ebpf.ProgramSpec `ebpf:"xdplb_bench"`
+	XdplbBenchFloor     *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor"`
+	XdplbBenchFloorGrow *ebpf.ProgramSpec `ebpf:"xdplb_bench_floor_grow"`
 }
 
 // benchablateMapSpecs contains maps before they are loaded into the kernel.
@@ -566,14 +569,15 @@ type benchablateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchablateVariableSpecs struct {
-	BenchAblate  *ebpf.VariableSpec `ebpf:"bench_ablate"`
-	BtfAblation  *ebpf.VariableSpec `ebpf:"btf_ablation"`
-	CfgIcmpEcho  *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
-	CfgNat4Mask  *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
-	CfgNat6Mask  *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
-	CfgPins4Mask *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
-	CfgPins6Mask *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
-	CfgTtl       *ebpf.VariableSpec `ebpf:"cfg_ttl"`
+	BenchAblate    *ebpf.VariableSpec `ebpf:"bench_ablate"`
+	BenchFloorGrow *ebpf.VariableSpec `ebpf:"bench_floor_grow"`
+	BtfAblation    *ebpf.VariableSpec `ebpf:"btf_ablation"`
+	CfgIcmpEcho    *ebpf.VariableSpec `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask    *ebpf.VariableSpec `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask    *ebpf.VariableSpec `ebpf:"cfg_nat6_mask"`
+	CfgPins4Mask   *ebpf.VariableSpec `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask   *ebpf.VariableSpec `ebpf:"cfg_pins6_mask"`
+	CfgTtl         *ebpf.VariableSpec `ebpf:"cfg_ttl"`
 }
 
 // benchablateObjects contains all objects after they have been loaded into the kernel.
@@ -663,28 +667,31 @@ func (m *benchablateMaps) Close() error {
 //
 // It can be passed to loadBenchablateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchablateVariables struct {
-	BenchAblate  *ebpf.Variable `ebpf:"bench_ablate"`
-	BtfAblation  *ebpf.Variable `ebpf:"btf_ablation"`
-	CfgIcmpEcho  *ebpf.Variable `ebpf:"cfg_icmp_echo"`
-	CfgNat4Mask  *ebpf.Variable `ebpf:"cfg_nat4_mask"`
-	CfgNat6Mask  *ebpf.Variable `ebpf:"cfg_nat6_mask"`
-	CfgPins4Mask *ebpf.Variable `ebpf:"cfg_pins4_mask"`
-	CfgPins6Mask *ebpf.Variable `ebpf:"cfg_pins6_mask"`
-	CfgTtl       *ebpf.Variable `ebpf:"cfg_ttl"`
+	BenchAblate    *ebpf.Variable `ebpf:"bench_ablate"`
+	BenchFloorGrow *ebpf.Variable `ebpf:"bench_floor_grow"`
+	BtfAblation    *ebpf.Variable `ebpf:"btf_ablation"`
+	CfgIcmpEcho    *ebpf.Variable `ebpf:"cfg_icmp_echo"`
+	CfgNat4Mask    *ebpf.Variable `ebpf:"cfg_nat4_mask"`
+	CfgNat6Mask    *ebpf.Variable `ebpf:"cfg_nat6_mask"`
+	CfgPins4Mask   *ebpf.Variable `ebpf:"cfg_pins4_mask"`
+	CfgPins6Mask   *ebpf.Variable `ebpf:"cfg_pins6_mask"`
+	CfgTtl         *ebpf.Variable `ebpf:"cfg_ttl"`
 }
 
 // benchablatePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBenchablateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchablatePrograms struct {
-	XdplbBench      *ebpf.Program `ebpf:"xdplb_bench"`
-	XdplbBenchFloor *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	XdplbBench          *ebpf.Program `ebpf:"xdplb_bench"`
+	XdplbBenchFloor     *ebpf.Program `ebpf:"xdplb_bench_floor"`
+	XdplbBenchFloorGrow *ebpf.Program `ebpf:"xdplb_bench_floor_grow"`
 }
 
 func (p *benchablatePrograms) Close() error {
 	return _BenchablateClose(
 		p.XdplbBench,
 		p.XdplbBenchFloor,
+		p.XdplbBenchFloorGrow,
 	)
 }
 

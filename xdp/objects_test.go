@@ -44,7 +44,7 @@ func TestObjectPrograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := programNames(bench), []string{"xdplb_bench", "xdplb_bench_floor"}; !slices.Equal(got, want) {
+	if got, want := programNames(bench), []string{"xdplb_bench", "xdplb_bench_floor", "xdplb_bench_floor_grow"}; !slices.Equal(got, want) {
 		t.Errorf("programs of the bench object: %v, want %v", got, want)
 	}
 	if _, ok := bench.Maps["bench_frames"]; !ok {
