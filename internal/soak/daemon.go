@@ -164,8 +164,8 @@ type controlRequest struct {
 // asks where its flow goes now. Forked all at once, those processes took
 // the soak's own servers and clients off the CPU for seconds on a loaded
 // 2-vCPU host, long enough for the servers' idle timeout to close
-// connections the datapath had kept (bench.md, "What the soak found beside
-// a CPU hog"). Changes go through the CLI (cli), as an operator makes them.
+// connections the datapath had kept (bench.md, "The soak's own stall").
+// Changes go through the CLI (cli), as an operator makes them.
 func (d *daemon) call(ctx context.Context, req controlRequest, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
