@@ -479,7 +479,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 	int stale = 0;
 	__u64 now;
 
-	if ((m->flags & VIP_F_HAS_PINS) && pin_maybe(hash)) {
+	if (unlikely((m->flags & VIP_F_HAS_PINS) && pin_maybe(hash))) {
 		pin_key(p, &pr);
 		/* An entry that changed while it was read (deleted, reused) is
 		 * no pin. */
@@ -514,7 +514,7 @@ static __always_inline struct backend *choose_backend(struct pkt *p, struct vip_
 
 	cur = table_lookup(m->table_idx, m->table_half, m->table_size, hash);
 	*id = cur;
-	if (m->transition_end && (now = bpf_ktime_get_coarse_ns()) < m->transition_end) {
+	if (unlikely(m->transition_end) && (now = bpf_ktime_get_coarse_ns()) < m->transition_end) {
 		prev = table_lookup(m->prev_idx, m->prev_half, m->prev_size, hash);
 		if (prev && prev != cur) {
 			/* The slot moved moments ago. A SYN starts a flow on the current
@@ -593,9 +593,9 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dmac, const 
 
 static __always_inline __u32 fwd_l2(struct xdp_md *ctx, struct pkt *p, struct backend *b)
 {
-	if (set_macs(ctx, b->dmac, b->smac))
+	if (unlikely(set_macs(ctx, b->dmac, b->smac)))
 		return CNT_DROP_ADJUST;
-	if (p->icmp_err)
+	if (unlikely(p->icmp_err))
 		return xmit(ctx, b, CNT_TX_ICMP_ERROR, CNT_REDIRECT_ICMP_ERROR);
 	return xmit(ctx, b, CNT_TX_L2, CNT_REDIRECT_L2);
 }
@@ -723,16 +723,16 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 	void *data, *data_end;
 	__u8 inner = p->family == 4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
 
-	if (!s)
+	if (unlikely(!s))
 		return CNT_DROP_ADJUST;
-	if (save_tag(ctx, &tag, l2))
+	if (unlikely(save_tag(ctx, &tag, l2)))
 		return CNT_DROP_ADJUST;
 
 	if (b->family == 4) {
 		__u32 saddr = s->encap_src4, w0, w1, w2, daddr;
 		__u64 sum;
 
-		if (!saddr)
+		if (unlikely(!saddr))
 			return CNT_DROP_NO_ENCAP_SOURCE;
 		bits = s->encap_src4_spread;
 		if (bits && bits <= 16)
@@ -747,11 +747,11 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 		sum = (__u64)w0 + w1 + w2 + saddr + daddr;
 		w2 |= (__u32)csum_fold(sum) << 16;
 
-		if (bpf_xdp_adjust_head(ctx, -(int)IPV4_HLEN))
+		if (unlikely(bpf_xdp_adjust_head(ctx, -(int)IPV4_HLEN)))
 			return CNT_DROP_ADJUST;
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
-		if (data + l2 + IPV4_HLEN + TTL_SPAN > data_end)
+		if (unlikely(data + l2 + IPV4_HLEN + TTL_SPAN > data_end))
 			return CNT_DROP_ADJUST;
 		set_l2(data, b->dmac, b->smac, &tag, ETH_P_IP, l2);
 		__u32 *o = data + l2;
@@ -769,7 +769,7 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 		__u32 w3;
 		__u64 *src6 = (__u64 *)s->encap_src6;
 
-		if (!src6[0] && !src6[1])
+		if (unlikely(!src6[0] && !src6[1]))
 			return CNT_DROP_NO_ENCAP_SOURCE;
 		o.flow_lbl[0] = ((p->tos & 0xf) << 4) | ((hash >> 16) & 0xf);
 		o.flow_lbl[1] = hash >> 8;
@@ -784,17 +784,17 @@ static __always_inline __u32 encap(struct xdp_md *ctx, struct pkt *p, struct bac
 		}
 		__builtin_memcpy(&o.daddr, b->addr, 16);
 
-		if (bpf_xdp_adjust_head(ctx, -(int)IPV6_HLEN))
+		if (unlikely(bpf_xdp_adjust_head(ctx, -(int)IPV6_HLEN)))
 			return CNT_DROP_ADJUST;
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
-		if (data + l2 + IPV6_HLEN + TTL_SPAN > data_end)
+		if (unlikely(data + l2 + IPV6_HLEN + TTL_SPAN > data_end))
 			return CNT_DROP_ADJUST;
 		set_l2(data, b->dmac, b->smac, &tag, ETH_P_IPV6, l2);
 		copy_words(data + l2, &o, IPV6_HLEN);
 		lower_ttl(data + l2 + IPV6_HLEN, p->family);
 	}
-	if (p->icmp_err)
+	if (unlikely(p->icmp_err))
 		return xmit(ctx, b, CNT_TX_ICMP_ERROR, CNT_REDIRECT_ICMP_ERROR);
 	return xmit(ctx, b, CNT_TX_IPIP, CNT_REDIRECT_IPIP);
 }
@@ -930,7 +930,7 @@ static __always_inline __u32 fwd_ipip(struct xdp_md *ctx, struct pkt *p, struct 
 {
 	__u32 outer = b->family == 4 ? IPV4_HLEN : IPV6_HLEN;
 
-	if (b->mtu && p->l3_len + outer > b->mtu) {
+	if (unlikely(b->mtu && p->l3_len + outer > b->mtu)) {
 		if (p->icmp_err)
 			return CNT_DROP_ICMP;
 		if (!p->df)
@@ -941,7 +941,7 @@ static __always_inline __u32 fwd_ipip(struct xdp_md *ctx, struct pkt *p, struct 
 	}
 	/* Encapsulation routes the packet: a TTL that would reach 0 ends here
 	 * (a loop of appliances, or a traceroute). No ICMP about ICMP errors. */
-	if (p->ttl <= 1) {
+	if (unlikely(p->ttl <= 1)) {
 		if (p->icmp_err)
 			return CNT_DROP_ICMP;
 		if (p->vlan)
@@ -1012,6 +1012,11 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 
 	if (m->mode == MODE_SNAT) {
 		count_lb(&vip_stats, m->vip_id, p);
+		/* A copy of the translation for IPv4, which knows its family:
+		 * since both families share this function, the one copy
+		 * tested the family at every step (snat_established +11 ns). */
+		if (p->family == 4)
+			return nat_forward4(ctx, p, m);
 		return nat_forward(ctx, p, m);
 	}
 	if (ablated(ABLATE_HASH))
@@ -1024,9 +1029,9 @@ static __always_inline __u32 lb_forward(struct xdp_md *ctx, struct pkt *p, struc
 
 	count_lb(&vip_stats, m->vip_id, p);
 	b = choose_backend(p, m, hash, &id);
-	if (!b)
+	if (unlikely(!b))
 		return CNT_DROP_NO_BACKEND;
-	if (p->frag_first)
+	if (unlikely(p->frag_first))
 		frag_remember(p, id, hash);
 	return lb_send(ctx, p, m, b, id, hash);
 }
@@ -1049,7 +1054,7 @@ static __always_inline __u32 frag_follow(struct xdp_md *ctx, struct pkt *p)
 	p->sport = f->sport;
 	p->dport = f->dport;
 	m = service_lookup(p);
-	if (!m)
+	if (unlikely(!m))
 		return addr_verdict(p, CNT_DROP_NO_SERVICE, CNT_PASS_NOT_VIP);
 	count_lb(&vip_stats, m->vip_id, p);
 	b = backend_lookup(f->backend_id);
@@ -1190,15 +1195,15 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 
 	if (p->proto == IPPROTO_TCP_) {
 		r = parse_tcp(c, &tcph, l4_len);
-		if (r == -1)
+		if (unlikely(r == -1))
 			return addr_verdict(p, CNT_DROP_TRUNCATED, CNT_PASS_NOT_VIP);
-		if (r < 0)
+		if (unlikely(r < 0))
 			return addr_verdict(p, CNT_DROP_BAD_L4, CNT_PASS_NOT_VIP);
 		p->sport = tcph->source;
 		p->dport = tcph->dest;
 		p->syn = tcph->syn && !tcph->ack;
 	} else if (p->proto == IPPROTO_UDP_) {
-		if (parse_udp(c, &udph, l4_len))
+		if (unlikely(parse_udp(c, &udph, l4_len)))
 			return addr_verdict(p, CNT_DROP_TRUNCATED, CNT_PASS_NOT_VIP);
 		p->sport = udph->source;
 		p->dport = udph->dest;
@@ -1247,19 +1252,25 @@ static __always_inline __u32 process_l4(struct xdp_md *ctx, struct cursor *c, st
 		if (!m)
 			m = service_hashed(p);
 	}
-	if (!m)
+	if (unlikely(!m))
 		return addr_verdict(p, CNT_DROP_NO_SERVICE, r ? CNT_PASS_NAT_NO_FLOW : CNT_PASS_NOT_VIP);
 	return lb_forward(ctx, p, m);
 }
 
-static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, struct pkt *p)
+/* process_ipv4 and process_ipv6 return L4_NEXT, not a verdict's reason, when
+ * the packet goes on to process_l4 (its transport bytes in l4_len): one copy
+ * of process_l4 serves both families. Called at the end of each family's
+ * path, it was inlined twice, which made the program twice as long. */
+#define L4_NEXT COUNTER_MAX
+
+static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, struct pkt *p, __u32 *l4_len)
 {
 	struct iphdr *iph;
 	__u32 ihl, tot;
 	int proto;
 
 	proto = parse_ipv4(c, &iph);
-	if (proto < 0)
+	if (unlikely(proto < 0))
 		return CNT_PASS_TRUNCATED;
 	if (!filter_hit(iph->daddr))
 		return CNT_PASS_NOT_VIP;
@@ -1269,14 +1280,14 @@ static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, 
 
 	ihl = iph->ihl * 4;
 	tot = bpf_ntohs(iph->tot_len);
-	if (iph->version != 4 || ihl < IPV4_HLEN || tot < ihl || (void *)iph + tot > c->end)
+	if (unlikely(iph->version != 4 || ihl < IPV4_HLEN || tot < ihl || (void *)iph + tot > c->end))
 		return addr_verdict(p, CNT_DROP_BAD_L3, CNT_PASS_BAD_L3);
 	/* Keep the compiler from dropping later bounds checks it can derive from
 	 * this one: the verifier cannot. */
 	barrier_var(tot);
 	/* Not handled on purpose: options (rare, and they would move the
 	 * transport header). */
-	if (ihl != IPV4_HLEN)
+	if (unlikely(ihl != IPV4_HLEN))
 		return addr_verdict(p, CNT_DROP_IP_OPTIONS, CNT_PASS_NOT_VIP);
 
 	p->proto = proto;
@@ -1284,7 +1295,7 @@ static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, 
 	p->tos = iph->tos;
 	p->ttl = iph->ttl;
 	p->df = !!(iph->frag_off & bpf_htons(IP_DF));
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK)) {
+	if (unlikely(iph->frag_off & bpf_htons(IP_MF | IP_OFFMASK))) {
 		/* TCP and UDP fragments: the first is balanced by its ports, the
 		 * others follow it. Fragmented ICMP is not handled. */
 		if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
@@ -1294,17 +1305,35 @@ static __always_inline __u32 process_ipv4(struct xdp_md *ctx, struct cursor *c, 
 			return frag_follow(ctx, p);
 		p->frag_first = 1;
 	}
-	return process_l4(ctx, c, p, tot - IPV4_HLEN);
+	*l4_len = tot - IPV4_HLEN;
+	return L4_NEXT;
 }
 
-static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, struct pkt *p)
+/* ipv6_ext says whether proto is an IPv6 extension header. */
+static __always_inline int ipv6_ext(int proto)
+{
+	switch (proto) {
+	case IPPROTO_FRAGMENT_:
+	case IPPROTO_HOPOPTS_:
+	case IPPROTO_ROUTING_:
+	case IPPROTO_DSTOPTS_:
+	case 51:  /* AH */
+	case 135: /* Mobility */
+	case 139: /* HIP */
+	case 140: /* Shim6 */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, struct pkt *p, __u32 *l4_len)
 {
 	struct ipv6hdr *ip6h;
 	__u32 plen;
 	int proto;
 
 	proto = parse_ipv6(c, &ip6h);
-	if (proto < 0)
+	if (unlikely(proto < 0))
 		return CNT_PASS_TRUNCATED;
 	__builtin_memcpy(p->daddr, &ip6h->daddr, 16);
 	if (!filter_hit(fold_addr6(p->daddr)))
@@ -1313,7 +1342,7 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	__builtin_memcpy(p->saddr, &ip6h->saddr, 16);
 
 	plen = bpf_ntohs(ip6h->payload_len);
-	if (ip6h->version != 6 || (void *)(ip6h + 1) + plen > c->end)
+	if (unlikely(ip6h->version != 6 || (void *)(ip6h + 1) + plen > c->end))
 		return addr_verdict(p, CNT_DROP_BAD_L3, CNT_PASS_BAD_L3);
 	barrier_var(plen);
 	p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
@@ -1324,7 +1353,7 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	 * are handled as IPv4's (the first balanced by its ports, the others
 	 * follow); an atomic fragment (offset 0, no more) is an ordinary
 	 * packet. */
-	if (proto == IPPROTO_FRAGMENT_) {
+	if (unlikely(proto == IPPROTO_FRAGMENT_)) {
 		struct frag_hdr *fh;
 		__u16 off;
 
@@ -1343,20 +1372,12 @@ static __always_inline __u32 process_ipv6(struct xdp_md *ctx, struct cursor *c, 
 	}
 	/* Not handled on purpose: other extension headers (rare on the
 	 * Internet, and a chain to walk). */
-	switch (proto) {
-	case IPPROTO_FRAGMENT_:
-	case IPPROTO_HOPOPTS_:
-	case IPPROTO_ROUTING_:
-	case IPPROTO_DSTOPTS_:
-	case 51:  /* AH */
-	case 135: /* Mobility */
-	case 139: /* HIP */
-	case 140: /* Shim6 */
+	if (unlikely(ipv6_ext(proto)))
 		return addr_verdict(p, CNT_DROP_IPV6_EXT, CNT_PASS_NOT_VIP);
-	}
 
 	p->proto = proto;
-	return process_l4(ctx, c, p, plen);
+	*l4_len = plen;
+	return L4_NEXT;
 }
 
 static __always_inline __u32 lb_process(struct xdp_md *ctx, struct pkt *p)
@@ -1366,21 +1387,26 @@ static __always_inline __u32 lb_process(struct xdp_md *ctx, struct pkt *p)
 	struct cursor c = { .pos = data, .end = data_end };
 	struct ethhdr *eth;
 	int proto, vlan;
+	__u32 r, l4_len = 0;
 
 	proto = parse_eth(&c, &eth, &vlan);
-	if (proto == -2)
-		return CNT_PASS_VLAN_STACKED;
-	if (proto < 0)
-		return CNT_PASS_TRUNCATED;
-	if (vlan)
+	if (unlikely(proto < 0))
+		return proto == -2 ? CNT_PASS_VLAN_STACKED : CNT_PASS_TRUNCATED;
+	if (unlikely(vlan))
 		count(CNT_EV_VLAN);
 	p->vlan = vlan;
 	p->frame_len = frame_bytes(data, data_end);
+	/* One copy of process_l4 for both families: inlined into each, it
+	 * doubled the program. */
 	if (proto == ETH_P_IP)
-		return process_ipv4(ctx, &c, p);
-	if (proto == ETH_P_IPV6)
-		return process_ipv6(ctx, &c, p);
-	return CNT_PASS_NOT_IP;
+		r = process_ipv4(ctx, &c, p, &l4_len);
+	else if (proto == ETH_P_IPV6)
+		r = process_ipv6(ctx, &c, p, &l4_len);
+	else
+		return CNT_PASS_NOT_IP;
+	if (r != L4_NEXT)
+		return r;
+	return process_l4(ctx, &c, p, l4_len);
 }
 
 static __always_inline int lb_main(struct xdp_md *ctx)
@@ -1397,7 +1423,7 @@ static __always_inline int lb_main(struct xdp_md *ctx)
 		}
 	}
 	count(reason);
-	if (!cfg_dry_run && !ablated(ABLATE_MONITOR) && is_monitored(reason))
+	if (!cfg_dry_run && !ablated(ABLATE_MONITOR) && unlikely(is_monitored(reason)))
 		monitor_verdict(ctx, &p, reason);
 	return verdict_of(reason);
 }

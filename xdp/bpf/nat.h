@@ -934,6 +934,15 @@ static __always_inline __u32 nat_forward(struct xdp_md *ctx, struct pkt *p, stru
 	return xmit(ctx, b, CNT_TX_SNAT, CNT_REDIRECT_SNAT);
 }
 
+/* nat_forward4 is nat_forward for a packet lb_forward found to be IPv4. The
+ * store tells the compiler what the family is: the copy of nat_forward
+ * inlined here has its tests of p->family folded away. */
+static __always_inline __u32 nat_forward4(struct xdp_md *ctx, struct pkt *p, struct vip_meta *m)
+{
+	p->family = 4;
+	return nat_forward(ctx, p, m);
+}
+
 /* nat_to_client sends the frame to the client side of NAT flow entry v
  * (a reply entry's value): to the neighbour and through the interface the
  * flow's first packet came from. */

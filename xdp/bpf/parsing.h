@@ -45,13 +45,13 @@ static __always_inline int parse_eth(struct cursor *c, struct ethhdr **eth, int 
 	struct vlan_hdr *v;
 	__u16 proto;
 
-	if ((void *)(e + 1) > c->end)
+	if (unlikely((void *)(e + 1) > c->end))
 		return -1;
 	c->pos = e + 1;
 	*eth = e;
 	*vlan = 0;
 	proto = bpf_ntohs(e->h_proto);
-	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+	if (unlikely(proto == ETH_P_8021Q || proto == ETH_P_8021AD)) {
 		v = c->pos;
 		if ((void *)(v + 1) > c->end)
 			return -1;
@@ -71,7 +71,7 @@ static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **iph)
 {
 	struct iphdr *h = c->pos;
 
-	if ((void *)(h + 1) > c->end)
+	if (unlikely((void *)(h + 1) > c->end))
 		return -1;
 	*iph = h;
 	c->pos = h + 1;
@@ -82,7 +82,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct ipv6hdr **ip6h)
 {
 	struct ipv6hdr *h = c->pos;
 
-	if ((void *)(h + 1) > c->end)
+	if (unlikely((void *)(h + 1) > c->end))
 		return -1;
 	*ip6h = h;
 	c->pos = h + 1;
@@ -119,10 +119,10 @@ static __always_inline int parse_tcp(struct cursor *c, struct tcphdr **tcph, __u
 	struct tcphdr *h = c->pos;
 	__u32 len;
 
-	if ((void *)(h + 1) > c->end || l4_len < sizeof(*h))
+	if (unlikely((void *)(h + 1) > c->end || l4_len < sizeof(*h)))
 		return -1;
 	len = h->doff * 4;
-	if (len < sizeof(*h) || len > l4_len)
+	if (unlikely(len < sizeof(*h) || len > l4_len))
 		return -2;
 	*tcph = h;
 	c->pos = h + 1;
@@ -133,7 +133,7 @@ static __always_inline int parse_udp(struct cursor *c, struct udphdr **udph, __u
 {
 	struct udphdr *h = c->pos;
 
-	if ((void *)(h + 1) > c->end || l4_len < sizeof(*h))
+	if (unlikely((void *)(h + 1) > c->end || l4_len < sizeof(*h)))
 		return -1;
 	*udph = h;
 	c->pos = h + 1;
