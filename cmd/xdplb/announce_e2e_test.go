@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
@@ -202,7 +203,7 @@ func (a *annAppliance) waitHealthy(n int, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for {
 		var vips []VIPInfo
-		if err := callControl(context.Background(), a.socket, Request{Command: "vips"}, &vips); err != nil {
+		if err := controlplane.Call(context.Background(), a.socket, Request{Command: "vips"}, &vips); err != nil {
 			a.t.Fatal(err)
 		}
 		ok := len(vips) > 0
@@ -782,7 +783,7 @@ func TestDaemonAnnounceFailover(t *testing.T) {
 		t.Logf("second appliance: xdplb_announce_gratuitous_total{vip=%q} = %v", v, g)
 	}
 	var vips1 []VIPInfo
-	if err := callControl(context.Background(), app1.socket, Request{Command: "vips"}, &vips1); err != nil {
+	if err := controlplane.Call(context.Background(), app1.socket, Request{Command: "vips"}, &vips1); err != nil {
 		t.Fatal(err)
 	}
 	if len(vips1) != 0 {

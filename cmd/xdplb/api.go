@@ -2,42 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 
 	"github.com/xdplb/xdplb/internal/controlplane"
 )
 
 // The control socket speaks one JSON request per connection, one JSON
-// response back. The daemon implements controlAPI; the CLI is its client.
-
-// Request is a control-socket request.
-type Request struct {
-	// Command is one of: status, vips, backends, conntrack, maglev, explain,
-	// reload, plan, monitor, top, bgp, drain, undrain, announce.
-	Command string `json:"command"`
-	// VIP selects a VIP ("ADDR:PORT/PROTO", as xdp.VIPKey.String prints
-	// it): a filter for conntrack, the subject of maglev and explain.
-	VIP string `json:"vip,omitempty"`
-	// From is the client ("ADDR:PORT") for explain.
-	From string `json:"from,omitempty"`
-	// SYN makes explain run a TCP SYN rather than an ACK.
-	SYN bool `json:"syn,omitempty"`
-	// Name and Config are the candidate file of plan: its name (for
-	// errors) and content. No Config plans the daemon's own file.
-	Name   string `json:"name,omitempty"`
-	Config []byte `json:"config,omitempty"`
-	// Filter selects the events of monitor.
-	Filter *MonitorFilter `json:"filter,omitempty"`
-	// State is active or standby for announce; empty asks for the state.
-	State string `json:"state,omitempty"`
-}
-
-// Response is a control-socket response: Data on success, Error otherwise.
-type Response struct {
-	OK    bool            `json:"ok"`
-	Error string          `json:"error,omitempty"`
-	Data  json.RawMessage `json:"data,omitempty"`
-}
+// response back (controlplane.Request, controlplane.Response). The daemon
+// implements controlAPI; the CLI is its client (controlplane.Call).
 
 // controlAPI is what the daemon answers on the control socket.
 type controlAPI interface {
@@ -85,6 +56,8 @@ type (
 	TopInfo         = controlplane.TopInfo
 	CounterInfo     = controlplane.CounterInfo
 	MonitorFilter   = controlplane.MonitorFilter
+	Request         = controlplane.Request
+	Response        = controlplane.Response
 	MonitorEvent    = controlplane.MonitorEvent
 	PlanInfo        = controlplane.PlanInfo
 	ServicePlan     = controlplane.ServicePlan

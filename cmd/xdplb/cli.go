@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/xdp"
 )
 
@@ -94,7 +95,7 @@ func (c *cliCommand) noArgs(pos []string) error {
 // call asks the daemon and decodes its answer into out.
 func (c *cliCommand) call(ctx context.Context, req Request, out any) error {
 	req.Command = c.name
-	return callControl(ctx, c.socket, req, out)
+	return controlplane.Call(ctx, c.socket, req, out)
 }
 
 // print writes v as indented JSON, or calls table.
@@ -304,7 +305,7 @@ func runReload(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *plan {
 		var p PlanInfo
-		if err := callControl(ctx, c.socket, Request{Command: "plan"}, &p); err != nil {
+		if err := controlplane.Call(ctx, c.socket, Request{Command: "plan"}, &p); err != nil {
 			return exitStatus{planTrouble, err.Error()}
 		}
 		return printPlan(c, out, p)
@@ -321,7 +322,7 @@ func runReload(ctx context.Context, args []string, out io.Writer) error {
 	} else if !failed {
 		var s StatusInfo
 		sum := "unknown"
-		if err := callControl(ctx, c.socket, Request{Command: "status"}, &s); err == nil {
+		if err := controlplane.Call(ctx, c.socket, Request{Command: "status"}, &s); err == nil {
 			sum = shortSHA(s.Config.SHA256)
 		}
 		if _, err := fmt.Fprintf(out, "reloaded: %s (config sha256 %s)\n", r.Result, sum); err != nil {

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/xdplb/xdplb/internal/controlplane"
 )
 
 // The CLI of announcing: xdplb bgp, drain, undrain and announce.
@@ -152,7 +154,7 @@ func writeQuiet(w io.Writer, r drainResult) error {
 // newFlowCount sums the new-flow counters of every VIP.
 func newFlowCount(ctx context.Context, socket string) (uint64, error) {
 	var vs []VIPInfo
-	if err := callControl(ctx, socket, Request{Command: "vips"}, &vs); err != nil {
+	if err := controlplane.Call(ctx, socket, Request{Command: "vips"}, &vs); err != nil {
 		return 0, err
 	}
 	var n uint64

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/xdplb/xdplb/internal/controlplane"
 )
 
 // The control socket: one JSON Request per connection, one JSON Response
@@ -24,9 +26,6 @@ import (
 // otherwise, and where the CLI looks unless --socket says otherwise.
 const defaultSocket = "/run/xdplb/xdplb.sock"
 
-// controlTimeout bounds one exchange on the control socket, on both sides.
-const controlTimeout = 10 * time.Second
-
 // maxRequestSize bounds a request; real ones are under a hundred bytes, but
 // a plan carries a configuration file.
 const maxRequestSize = 16 << 20
@@ -35,12 +34,6 @@ var (
 	// errAnotherRunning is returned by serveControl when a live daemon
 	// already answers on the socket.
 	errAnotherRunning = errors.New("another xdplb is running")
-	// errNotRunning is returned by callControl when nothing listens on the
-	// socket.
-	errNotRunning = errors.New("xdplb is not running")
-	// errControlPermission is returned by callControl when the caller may
-	// not connect to the socket.
-	errControlPermission = errors.New("permission denied")
 )
 
 // serveControl answers requests for api on a unix socket at path until ctx
@@ -160,13 +153,13 @@ func removeStaleSocket(path string) error {
 }
 
 // serveControlConn answers the one request on c and closes it. It returns
-// within controlTimeout of its start, or when ctx is done, or when the api
+// within controlplane.ControlTimeout of its start, or when ctx is done, or when the api
 // call it makes returns, whichever is last.
 func serveControlConn(ctx context.Context, c *net.UnixConn, api controlAPI, log *slog.Logger) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	c.SetDeadline(time.Now().Add(controlTimeout))
+	c.SetDeadline(time.Now().Add(controlplane.ControlTimeout))
 
 	var req Request
 	dec := json.NewDecoder(io.LimitReader(c, maxRequestSize))
@@ -225,61 +218,9 @@ func serveMonitor(ctx context.Context, c *net.UnixConn, api controlAPI, req Requ
 		return enc.Encode(Response{OK: true, Data: data})
 	})
 	if err != nil && ctx.Err() == nil {
-		c.SetWriteDeadline(time.Now().Add(controlTimeout))
+		c.SetWriteDeadline(time.Now().Add(controlplane.ControlTimeout))
 		if werr := enc.Encode(Response{Error: err.Error()}); werr != nil {
 			log.Debug("monitor: writing the error", "err", werr)
-		}
-	}
-}
-
-// dialControl connects to the daemon's control socket at path; its errors
-// say what to do: errNotRunning, errControlPermission.
-func dialControl(ctx context.Context, path string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-			return nil, fmt.Errorf("%w (no control socket at %s); start it with 'systemctl start xdplb' or 'xdplb run'", errNotRunning, path)
-		case errors.Is(err, fs.ErrPermission):
-			return nil, fmt.Errorf("%w on %s: the control socket is root-only; run with sudo", errControlPermission, path)
-		}
-		return nil, fmt.Errorf("connecting to the control socket %s: %w", path, err)
-	}
-	return c, nil
-}
-
-// streamControl sends req to the daemon at path and calls fn with the data
-// of each Response it streams back, until the daemon closes the stream, ctx
-// ends (nil) or fn fails. A Response with an error ends it with that error.
-func streamControl(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
-	c, err := dialControl(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return controlIOError(ctx, path, "sending the request", err)
-	}
-	dec := json.NewDecoder(c)
-	for {
-		var resp Response
-		if err := dec.Decode(&resp); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("xdplb on %s ended the stream", path)
-			}
-			return fmt.Errorf("control socket %s: reading the stream: %w", path, err)
-		}
-		if !resp.OK {
-			return errors.New(resp.Error)
-		}
-		if err := fn(resp.Data); err != nil {
-			return err
 		}
 	}
 }
@@ -319,53 +260,4 @@ func dispatchControl(api controlAPI, req Request) (any, error) {
 		return nil, fmt.Errorf("announce: state %q: want active or standby", req.State)
 	}
 	return nil, fmt.Errorf("unknown command %q", req.Command)
-}
-
-// callControl sends req to the daemon listening at path and decodes the
-// answer's data into out (unless out is nil). A daemon error is returned
-// with the daemon's text; connection errors say what to do: errNotRunning,
-// errControlPermission.
-func callControl(ctx context.Context, path string, req Request, out any) error {
-	c, err := dialControl(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	c.SetDeadline(time.Now().Add(controlTimeout))
-
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return controlIOError(ctx, path, "sending the request", err)
-	}
-	var resp Response
-	if err := json.NewDecoder(c).Decode(&resp); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return controlIOError(ctx, path, "reading the answer", err)
-	}
-	if !resp.OK {
-		if resp.Error == "" {
-			return fmt.Errorf("xdplb on %s answered with an error and no text", path)
-		}
-		return errors.New(resp.Error)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(resp.Data, out); err != nil {
-		return fmt.Errorf("decoding the answer of xdplb on %s: %w", path, err)
-	}
-	return nil
-}
-
-func controlIOError(ctx context.Context, path, doing string, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("xdplb on %s did not answer within %v", path, controlTimeout)
-	}
-	return fmt.Errorf("control socket %s: %s: %w", path, doing, err)
 }

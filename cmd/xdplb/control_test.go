@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/xdp"
 )
@@ -341,8 +342,8 @@ func TestControlRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.req.Command+tt.req.VIP, func(t *testing.T) {
 			before := len(api.recorded())
-			if err := callControl(ctx, path, tt.req, tt.out); err != nil {
-				t.Fatalf("callControl(%+v): %v", tt.req, err)
+			if err := controlplane.Call(ctx, path, tt.req, tt.out); err != nil {
+				t.Fatalf("controlplane.Call(%+v): %v", tt.req, err)
 			}
 			if diff := cmp.Diff(tt.want, tt.out); diff != "" {
 				t.Errorf("answer (-want +got):\n%s", diff)
@@ -370,9 +371,9 @@ func TestControlErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := callControl(ctx, path, tt.req, nil)
+			err := controlplane.Call(ctx, path, tt.req, nil)
 			if err == nil || err.Error() != tt.want {
-				t.Errorf("callControl(%+v) = %v, want %q", tt.req, err, tt.want)
+				t.Errorf("controlplane.Call(%+v) = %v, want %q", tt.req, err, tt.want)
 			}
 		})
 	}
@@ -400,18 +401,18 @@ func TestControlNotRunning(t *testing.T) {
 	ctx := context.Background()
 
 	missing := filepath.Join(dir, "missing.sock")
-	err := callControl(ctx, missing, Request{Command: "status"}, nil)
+	err := controlplane.Call(ctx, missing, Request{Command: "status"}, nil)
 	want := "xdplb is not running (no control socket at " + missing + "); start it with 'systemctl start xdplb' or 'xdplb run'"
-	if err == nil || err.Error() != want || !errors.Is(err, errNotRunning) {
-		t.Errorf("no socket file: got %v, want %q (errNotRunning)", err, want)
+	if err == nil || err.Error() != want || !errors.Is(err, controlplane.ErrNotRunning) {
+		t.Errorf("no socket file: got %v, want %q (controlplane.ErrNotRunning)", err, want)
 	}
 
 	stale := filepath.Join(dir, "stale.sock")
 	makeStaleSocket(t, stale)
-	err = callControl(ctx, stale, Request{Command: "status"}, nil)
+	err = controlplane.Call(ctx, stale, Request{Command: "status"}, nil)
 	want = "xdplb is not running (no control socket at " + stale + "); start it with 'systemctl start xdplb' or 'xdplb run'"
-	if err == nil || err.Error() != want || !errors.Is(err, errNotRunning) {
-		t.Errorf("socket nobody listens on: got %v, want %q (errNotRunning)", err, want)
+	if err == nil || err.Error() != want || !errors.Is(err, controlplane.ErrNotRunning) {
+		t.Errorf("socket nobody listens on: got %v, want %q (controlplane.ErrNotRunning)", err, want)
 	}
 }
 
@@ -439,8 +440,8 @@ const envControlClient = "XDPLB_TEST_CONTROL_CLIENT"
 // socket it names and prints the error.
 func TestMain(m *testing.M) {
 	if path := os.Getenv(envControlClient); path != "" {
-		err := callControl(context.Background(), path, Request{Command: "status"}, nil)
-		fmt.Printf("uid %d: errControlPermission %v: %v\n", os.Getuid(), errors.Is(err, errControlPermission), err)
+		err := controlplane.Call(context.Background(), path, Request{Command: "status"}, nil)
+		fmt.Printf("uid %d: controlplane.ErrControlPermission %v: %v\n", os.Getuid(), errors.Is(err, controlplane.ErrControlPermission), err)
 		os.Exit(0)
 	}
 	code := m.Run()
@@ -494,7 +495,7 @@ func TestControlPermissionDenied(t *testing.T) {
 	if err != nil {
 		t.Fatalf("client as uid 65534: %v\n%s", err, out)
 	}
-	want := "uid 65534: errControlPermission true: permission denied on " + path + ": the control socket is root-only; run with sudo"
+	want := "uid 65534: controlplane.ErrControlPermission true: permission denied on " + path + ": the control socket is root-only; run with sudo"
 	if got := firstLineOf(string(out)); got != want {
 		t.Errorf("client as uid 65534:\n got %s\nwant %s", got, want)
 	}
@@ -547,7 +548,7 @@ func TestControlSocketLifecycle(t *testing.T) {
 		t.Errorf("second serveControl: got %v, want %q (errAnotherRunning)", err, want)
 	}
 	var s StatusInfo
-	if err := callControl(context.Background(), path, Request{Command: "status"}, &s); err != nil {
+	if err := controlplane.Call(context.Background(), path, Request{Command: "status"}, &s); err != nil {
 		t.Errorf("the first daemon after the second one failed: %v", err)
 	}
 
@@ -571,9 +572,9 @@ func TestControlSocketLifecycle(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("socket file after stop: %v, want it removed", err)
 	}
-	err = callControl(context.Background(), path, Request{Command: "status"}, nil)
-	if !errors.Is(err, errNotRunning) {
-		t.Errorf("callControl after stop: %v, want errNotRunning", err)
+	err = controlplane.Call(context.Background(), path, Request{Command: "status"}, nil)
+	if !errors.Is(err, controlplane.ErrNotRunning) {
+		t.Errorf("Call after stop: %v, want ErrNotRunning", err)
 	}
 }
 
@@ -592,7 +593,7 @@ func TestControlReplacesStaleSocket(t *testing.T) {
 	var s StatusInfo
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		err := callControl(context.Background(), stale, Request{Command: "status"}, &s)
+		err := controlplane.Call(context.Background(), stale, Request{Command: "status"}, &s)
 		if err == nil {
 			break
 		}
@@ -636,7 +637,7 @@ func TestControlConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var vs []VIPInfo
-			if err := callControl(context.Background(), path, Request{Command: "vips"}, &vs); err != nil {
+			if err := controlplane.Call(context.Background(), path, Request{Command: "vips"}, &vs); err != nil {
 				errs <- fmt.Errorf("call %d: %w", i, err)
 				return
 			}
@@ -663,8 +664,8 @@ func TestControlCallCancelled(t *testing.T) {
 	defer ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err = callControl(ctx, path, Request{Command: "status"}, nil)
+	err = controlplane.Call(ctx, path, Request{Command: "status"}, nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("callControl to a silent daemon: %v, want context.DeadlineExceeded", err)
+		t.Errorf("Call to a silent daemon: %v, want context.DeadlineExceeded", err)
 	}
 }

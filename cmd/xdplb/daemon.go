@@ -50,7 +50,7 @@ func (a appliance) Monitor(ctx context.Context, f MonitorFilter, send func(Monit
 
 // BGP answers `xdplb bgp`.
 func (a appliance) BGP() (BGPInfo, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout/2)
+	ctx, cancel := context.WithTimeout(context.Background(), controlplane.ControlTimeout/2)
 	defer cancel()
 	return a.Plane.BGP(ctx)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/promtest"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -124,7 +125,7 @@ func startTestDaemon(t *testing.T, bin string, ns *testnet.NS, cfgPath, socket s
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var st StatusInfo
-		if err := callControl(context.Background(), socket, Request{Command: "status"}, &st); err == nil {
+		if err := controlplane.Call(context.Background(), socket, Request{Command: "status"}, &st); err == nil {
 			return d
 		}
 		select {
@@ -311,7 +312,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	var st StatusInfo
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if err := callControl(ctx, socket, Request{Command: "status"}, &st); err != nil {
+		if err := controlplane.Call(ctx, socket, Request{Command: "status"}, &st); err != nil {
 			t.Fatal(err)
 		}
 		if st.LastReload.Result == "failure" || time.Now().After(deadline) {
@@ -344,7 +345,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	deadline = time.Now().Add(5 * time.Second)
 	for {
-		if err := callControl(ctx, socket, Request{Command: "status"}, &st); err != nil {
+		if err := controlplane.Call(ctx, socket, Request{Command: "status"}, &st); err != nil {
 			t.Fatal(err)
 		}
 		if st.LastReload.Trigger == "sighup" || time.Now().After(deadline) {
@@ -381,7 +382,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}()
 	time.Sleep(200 * time.Millisecond)
 	var before []BackendInfo
-	if err := callControl(ctx, socket, Request{Command: "backends"}, &before); err != nil {
+	if err := controlplane.Call(ctx, socket, Request{Command: "backends"}, &before); err != nil {
 		t.Fatal(err)
 	}
 	d.stop(t)
@@ -397,7 +398,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	// The backends kept their ids (so their pinned flows and counters).
 	var after []BackendInfo
-	if err := callControl(ctx, socket, Request{Command: "backends"}, &after); err != nil {
+	if err := controlplane.Call(ctx, socket, Request{Command: "backends"}, &after); err != nil {
 		t.Fatal(err)
 	}
 	ids := func(bs []BackendInfo) map[string]uint32 {
@@ -415,7 +416,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 // vipPackets reads a VIP's packet counter through the control socket.
 func vipPackets(socket, vip string) (uint64, error) {
 	var vips []VIPInfo
-	if err := callControl(context.Background(), socket, Request{Command: "vips"}, &vips); err != nil {
+	if err := controlplane.Call(context.Background(), socket, Request{Command: "vips"}, &vips); err != nil {
 		return 0, err
 	}
 	for _, v := range vips {

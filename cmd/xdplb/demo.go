@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
@@ -175,7 +176,7 @@ func waitReady(ctx context.Context, socket string, exited <-chan error) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var st StatusInfo
-		if err := callControl(ctx, socket, Request{Command: "status"}, &st); err == nil {
+		if err := controlplane.Call(ctx, socket, Request{Command: "status"}, &st); err == nil {
 			return nil
 		}
 		select {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 	"github.com/xdplb/xdplb/lb/health"
@@ -606,7 +607,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	// 6. Every server stopped: the VIP drops new flows (counted no_backend)
 	// and is no longer announced.
 	var st StatusInfo
-	if err := callControl(ctx, socket, Request{Command: "status"}, &st); err != nil {
+	if err := controlplane.Call(ctx, socket, Request{Command: "status"}, &st); err != nil {
 		t.Fatal(err)
 	}
 	if len(st.Announced) != 1 || strings.Join(st.Announced[0].VIPs, ",") != scenario.VIP4.String() {
@@ -628,7 +629,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 	// stopped, which the same apply does.
 	deadline = time.Now().Add(time.Second)
 	for {
-		if err := callControl(ctx, socket, Request{Command: "status"}, &st); err != nil {
+		if err := controlplane.Call(ctx, socket, Request{Command: "status"}, &st); err != nil {
 			t.Fatal(err)
 		}
 		if len(st.Announced) == 1 && len(st.Announced[0].VIPs) == 0 {

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	k8ssource "github.com/xdplb/xdplb/config/kubernetes"
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/kubetest"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
@@ -112,7 +113,7 @@ func (e *k8sEnv) startAppliance(t *testing.T, host *testnet.Host) *k8sAppliance 
 func (a *k8sAppliance) status(t *testing.T) StatusInfo {
 	t.Helper()
 	var st StatusInfo
-	if err := callControl(context.Background(), a.socket, Request{Command: "status"}, &st); err != nil {
+	if err := controlplane.Call(context.Background(), a.socket, Request{Command: "status"}, &st); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -121,7 +122,7 @@ func (a *k8sAppliance) status(t *testing.T) StatusInfo {
 func (a *k8sAppliance) vips(t *testing.T) []VIPInfo {
 	t.Helper()
 	var vs []VIPInfo
-	if err := callControl(context.Background(), a.socket, Request{Command: "vips"}, &vs); err != nil {
+	if err := controlplane.Call(context.Background(), a.socket, Request{Command: "vips"}, &vs); err != nil {
 		t.Fatal(err)
 	}
 	return vs

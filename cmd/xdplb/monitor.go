@@ -62,7 +62,7 @@ func runMonitor(ctx context.Context, args []string, out io.Writer) error {
 		return usageError{fmt.Sprintf("monitor: --sample %d: want 1 or more", f.Sample)}
 	}
 	f.Types = types
-	return streamControl(ctx, c.socket, Request{Command: "monitor", Filter: &f}, func(data json.RawMessage) error {
+	return controlplane.Stream(ctx, c.socket, Request{Command: "monitor", Filter: &f}, func(data json.RawMessage) error {
 		if c.output == "json" {
 			_, err := fmt.Fprintf(out, "%s\n", data)
 			return err

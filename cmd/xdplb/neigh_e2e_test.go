@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/scenario"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
@@ -70,7 +71,7 @@ func TestDaemonFollowsNeighbour(t *testing.T) {
 	start := time.Now()
 	for {
 		var bs []BackendInfo
-		if err := callControl(ctx, socket, Request{Command: "backends"}, &bs); err != nil {
+		if err := controlplane.Call(ctx, socket, Request{Command: "backends"}, &bs); err != nil {
 			t.Fatal(err)
 		}
 		updated := len(bs) > 0
@@ -153,7 +154,7 @@ func TestDaemonFollowsGatewayAndRoute(t *testing.T) {
 		start := time.Now()
 		for {
 			var bs []BackendInfo
-			if err := callControl(ctx, socket, Request{Command: "backends"}, &bs); err != nil {
+			if err := controlplane.Call(ctx, socket, Request{Command: "backends"}, &bs); err != nil {
 				t.Fatal(err)
 			}
 			if len(bs) == 1 && bs[0].NextHopMAC == mac.String() {

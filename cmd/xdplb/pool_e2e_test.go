@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"github.com/xdplb/xdplb/internal/testnet"
 )
 
@@ -45,7 +46,7 @@ func TestDaemonPools(t *testing.T) {
 	})
 	addrs := func() map[string]string {
 		var vips []VIPInfo
-		if err := callControl(context.Background(), socket, Request{Command: "vips"}, &vips); err != nil {
+		if err := controlplane.Call(context.Background(), socket, Request{Command: "vips"}, &vips); err != nil {
 			t.Fatal(err)
 		}
 		out := map[string]string{}
@@ -61,7 +62,7 @@ func TestDaemonPools(t *testing.T) {
 		t.Fatalf("VIPs from the pool = %v, want a and b on %v and none for c", first, want)
 	}
 	var st StatusInfo
-	if err := callControl(context.Background(), socket, Request{Command: "status"}, &st); err != nil {
+	if err := controlplane.Call(context.Background(), socket, Request{Command: "status"}, &st); err != nil {
 		t.Fatal(err)
 	}
 	if len(st.Apply.Errors) != 1 || st.Apply.Errors[0] != `c: no address: no free address in pool "two"` {
@@ -101,7 +102,7 @@ func TestDaemonPools(t *testing.T) {
 		t.Errorf("b's VIP %s is still in the datapath after the restart: %v\n%s", first["b"], err, out)
 	}
 	var bs []BackendInfo
-	if err := callControl(context.Background(), socket, Request{Command: "backends"}, &bs); err != nil {
+	if err := controlplane.Call(context.Background(), socket, Request{Command: "backends"}, &bs); err != nil {
 		t.Fatal(err)
 	}
 	if len(bs) != 1 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
+	"github.com/xdplb/xdplb/internal/controlplane"
 	"golang.org/x/term"
 )
 
@@ -55,7 +56,7 @@ func runTop(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fetch := func(ctx context.Context) (TopInfo, error) {
 		var t TopInfo
-		err := callControl(ctx, c.socket, Request{Command: "top"}, &t)
+		err := controlplane.Call(ctx, c.socket, Request{Command: "top"}, &t)
 		return t, err
 	}
 	if f, ok := out.(*os.File); ok && !*once && term.IsTerminal(int(f.Fd())) {

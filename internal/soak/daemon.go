@@ -3,11 +3,9 @@ package soak
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -149,14 +147,6 @@ func (d *daemon) cli(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-// controlRequest is a request of the daemon's control socket (one JSON
-// request per connection, one JSON response back; cmd/xdplb's Request).
-type controlRequest struct {
-	Command string `json:"command"`
-	VIP     string `json:"vip,omitempty"`
-	From    string `json:"from,omitempty"`
-}
-
 // call sends req to the daemon's control socket and decodes the answer's
 // data into out. The soak asks its questions (status, backends, explain)
 // here rather than through the CLI: a CLI process costs 50-70 ms of CPU to
@@ -166,40 +156,18 @@ type controlRequest struct {
 // 2-vCPU host, long enough for the servers' idle timeout to close
 // connections the datapath had kept (bench.md, "The soak's own stall").
 // Changes go through the CLI (cli), as an operator makes them.
-func (d *daemon) call(ctx context.Context, req controlRequest, out any) error {
+func (d *daemon) call(ctx context.Context, req controlplane.Request, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "unix", d.socket)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return fmt.Errorf("xdplb %s: sending: %w", req.Command, err)
-	}
-	var resp struct {
-		OK    bool            `json:"ok"`
-		Error string          `json:"error"`
-		Data  json.RawMessage `json:"data"`
-	}
-	if err := json.NewDecoder(c).Decode(&resp); err != nil {
-		return fmt.Errorf("xdplb %s: reading the answer: %w", req.Command, err)
-	}
-	if !resp.OK {
-		return fmt.Errorf("xdplb %s: %s", req.Command, resp.Error)
-	}
-	if err := json.Unmarshal(resp.Data, out); err != nil {
-		return fmt.Errorf("xdplb %s: decoding the answer: %w", req.Command, err)
+	if err := controlplane.Call(ctx, d.socket, req, out); err != nil {
+		return fmt.Errorf("xdplb %s: %w", req.Command, err)
 	}
 	return nil
 }
 
 // json asks the daemon for command's answer (status, backends) into v.
 func (d *daemon) json(ctx context.Context, v any, command string) error {
-	return d.call(ctx, controlRequest{Command: command}, v)
+	return d.call(ctx, controlplane.Request{Command: command}, v)
 }
 
 // counters scrapes the datapath's drop reasons and events from /metrics,

@@ -572,7 +572,7 @@ func (s *soak) whereIs(c *conn, svc *service) string {
 	where := "xdplb explain: "
 	// A few at a time: a removal breaks dozens of connections at once.
 	s.explainSem <- struct{}{}
-	err := s.d.call(ctx, controlRequest{Command: "explain", From: c.LocalAddr().String(), VIP: svc.vipPort() + "/tcp"}, &e)
+	err := s.d.call(ctx, controlplane.Request{Command: "explain", From: c.LocalAddr().String(), VIP: svc.vipPort() + "/tcp"}, &e)
 	<-s.explainSem
 	if err == nil {
 		where += e.Text
