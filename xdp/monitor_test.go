@@ -78,8 +78,10 @@ func eventLine(e MonitorEvent) string {
 	return fmt.Sprintf("%s %s/%s %s -> %s/%s backend %d frame %d/%d", e.Type, e.Action, e.Reason, e.Src, e.Dst, e.Proto, e.BackendID, len(e.Frame), e.FrameLen)
 }
 
-// TestMonitor: drops, echo replies and ICMP errors sent are events with
-// their reason, flow and frame; forwarded packets and passed ones are not;
+// TestMonitor: drops, echo replies and ICMP errors sent or forwarded are
+// events with their reason, flow and frame (an ICMP error forwarded: the
+// flow it quotes, seen from the client, and its backend); forwarded packets
+// and passed ones are not;
 // with nobody listening nothing is sent; the verdicts are the same either
 // way.
 func TestMonitor(t *testing.T) {
@@ -87,6 +89,10 @@ func TestMonitor(t *testing.T) {
 	fixtureWorld.applyVIPs(t, d, fxNoEnv, fxVIP4Three, fxVIP4L2, fxVIP4NoTab)
 	src := fxAP(fxClient4, 40000)
 	echo := fxIn(packet.IPv4{Src: fxClient4, Dst: fxVIP4L2, TTL: 57, Payload: packet.ICMPv4{Type: packet.ICMPv4EchoRequest, Rest: packet.EchoRest(1, 1), Body: []byte("ping")}}, nil)
+	three := fixtureWorld.vip(fxVIP4Three, 80, TCP)
+	cport := fxDecisivePort(fixtureWorld, three, fxClient4)
+	errBackend, _, _ := fixtureWorld.pick(three, fxAP(fxClient4, cport), fxAP(fxVIP4Three, 80))
+	icmpErr := fxIn(fxICMPError(fxVIP4Three, 80, fxAP(fxClient4, cport), TCP, false), nil)
 	frames := []struct {
 		in      []byte
 		verdict uint32
@@ -95,7 +101,8 @@ func TestMonitor(t *testing.T) {
 		{fxIn(fxIP(src, fxAP(fxOther4, 80), packet.TCPAck, nil), nil), fxPass},    // not a VIP: no event
 		{fxIn(fxIP(src, fxAP(fxVIP4Three, 81), packet.TCPSyn, nil), nil), fxDrop}, // no service
 		{fxIn(fxIP(src, fxAP(fxVIP4NoTab, 80), packet.TCPSyn, nil), nil), fxDrop}, // no backend
-		{echo, fxTX}, // echo reply
+		{echo, fxTX},    // echo reply
+		{icmpErr, fxTX}, // ICMP error forwarded to the flow's backend
 	}
 	run := func() {
 		for _, f := range frames {
@@ -109,7 +116,7 @@ func TestMonitor(t *testing.T) {
 	run()
 	m := startMonitor(t, d)
 	run()
-	got := m.wait(t, 3)
+	got := m.wait(t, 4)
 	var lines []string
 	for _, e := range got {
 		lines = append(lines, eventLine(e))
@@ -119,6 +126,7 @@ func TestMonitor(t *testing.T) {
 		fmt.Sprintf("drop drop/no_service 198.18.1.10:40000 -> 198.19.0.8:81/tcp backend 0 frame %d/%d", n(frames[2].in), len(frames[2].in)),
 		fmt.Sprintf("drop drop/no_backend 198.18.1.10:40000 -> 198.19.0.6:80/tcp backend 0 frame %d/%d", n(frames[3].in), len(frames[3].in)),
 		fmt.Sprintf("echo-reply tx/icmp_echo_reply 198.18.1.10:0 -> 198.19.0.1:0/1 backend 0 frame %d/%d", n(echo), len(echo)),
+		fmt.Sprintf("icmp-error tx/icmp_error_to_backend 198.18.1.10:%d -> 198.19.0.8:80/tcp backend %d frame %d/%d", cport, errBackend, n(icmpErr), len(icmpErr)),
 	}
 	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)

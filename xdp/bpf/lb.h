@@ -1093,6 +1093,7 @@ static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, s
 	struct vip_meta *m;
 	struct pkt q = {};
 	__be16 *ports;
+	__u32 r;
 
 	if ((void *)(eth + 1) > data_end)
 		return CNT_DROP_TRUNCATED;
@@ -1178,7 +1179,10 @@ static __always_inline __u32 icmp_to_vip(struct xdp_md *ctx, struct cursor *c, s
 	m = service_lookup(&q);
 	if (!m)
 		return CNT_DROP_ICMP;
-	return lb_forward(ctx, &q, m);
+	r = lb_forward(ctx, &q, m);
+	/* The monitor reports the quoted flow and the backend it went to. */
+	*p = q;
+	return r;
 }
 
 /* process_l4 handles a packet whose destination passed the VIP filter, after
