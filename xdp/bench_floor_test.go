@@ -9,8 +9,9 @@ import (
 
 // TestBenchFloorGrow checks the floor of the cases whose program changes
 // the frame's length: each case knows its growth (20 bytes of IPv4 in
-// front of an IPv4 or IPv6 packet to an IPv4 backend, none for L2), and the floor changes the length on every other run
-// only, so that with the restore it makes one bpf_xdp_adjust_head a run,
+// front of an IPv4 or IPv6 packet to an IPv4 backend, none for L2), and
+// the floor changes the length on every other run only, so that with the
+// restore it makes one bpf_xdp_adjust_head a run,
 // as the restore does after the program: after an odd number of runs the
 // frame is the original with the growth in front, after an even number it
 // is the original.

@@ -20,7 +20,8 @@ import (
 )
 
 // The control socket: one JSON Request per connection, one JSON Response
-// back, then the server closes the connection. The types are in api.go.
+// back, then the server closes the connection. The wire format and the
+// client are controlplane's (client.go); this is the server.
 
 // defaultSocket is where the daemon listens unless paths.socket says
 // otherwise, and where the CLI looks unless --socket says otherwise.
@@ -153,8 +154,8 @@ func removeStaleSocket(path string) error {
 }
 
 // serveControlConn answers the one request on c and closes it. It returns
-// within controlplane.ControlTimeout of its start, or when ctx is done, or when the api
-// call it makes returns, whichever is last.
+// within controlplane.ControlTimeout of its start, or when ctx is done, or
+// when the api call it makes returns, whichever is last.
 func serveControlConn(ctx context.Context, c *net.UnixConn, api controlAPI, log *slog.Logger) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })

@@ -7,8 +7,8 @@ import (
 )
 
 // The types below are what the control plane reports: the control socket
-// sends them as JSON (cmd/xdplb owns that wire format) and the CLI prints
-// them.
+// sends them as JSON, as the Data of a Response (client.go), and the CLI
+// prints them.
 
 // StatusInfo answers `xdplb status`.
 type StatusInfo struct {

@@ -80,18 +80,11 @@ func Dial(ctx context.Context, path string) (net.Conn, error) {
 // data into out (unless out is nil). A daemon error is returned with the
 // daemon's text; connection errors say what to do (Dial).
 func Call(ctx context.Context, path string, req Request, out any) error {
-	c, err := Dial(ctx, path)
+	c, done, err := send(ctx, path, req, time.Now().Add(ControlTimeout))
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	c.SetDeadline(time.Now().Add(ControlTimeout))
-
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return ioError(ctx, path, "sending the request", err)
-	}
+	defer done()
 	var resp Response
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -118,16 +111,11 @@ func Call(ctx context.Context, path string, req Request, out any) error {
 // Response it streams back, until the daemon closes the stream, ctx ends
 // (nil) or fn fails. A Response with an error ends it with that error.
 func Stream(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
-	c, err := Dial(ctx, path)
+	c, done, err := send(ctx, path, req, time.Time{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return ioError(ctx, path, "sending the request", err)
-	}
+	defer done()
 	dec := json.NewDecoder(c)
 	for {
 		var resp Response
@@ -147,6 +135,25 @@ func Stream(ctx context.Context, path string, req Request, fn func(json.RawMessa
 			return err
 		}
 	}
+}
+
+// send dials path and sends req, with deadline on the connection (none if
+// zero) and ctx's end cutting it short; done closes it.
+func send(ctx context.Context, path string, req Request, deadline time.Time) (c net.Conn, done func(), err error) {
+	if c, err = Dial(ctx, path); err != nil {
+		return nil, nil, err
+	}
+	c.SetDeadline(deadline) // before ctx's end may set one
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	done = func() {
+		stop()
+		c.Close()
+	}
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		done()
+		return nil, nil, ioError(ctx, path, "sending the request", err)
+	}
+	return c, done, nil
 }
 
 func ioError(ctx context.Context, path, doing string, err error) error {

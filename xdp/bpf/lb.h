@@ -1400,8 +1400,6 @@ static __always_inline __u32 lb_process(struct xdp_md *ctx, struct pkt *p)
 		count(CNT_EV_VLAN);
 	p->vlan = vlan;
 	p->frame_len = frame_bytes(data, data_end);
-	/* One copy of process_l4 for both families: inlined into each, it
-	 * doubled the program. */
 	if (proto == ETH_P_IP)
 		r = process_ipv4(ctx, &c, p, &l4_len);
 	else if (proto == ETH_P_IPV6)
